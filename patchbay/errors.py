@@ -1,0 +1,275 @@
+"""The one error hierarchy of patchbay.
+
+Every failure a caller can see is a :class:`PatchbayError`. Each class knows the HTTP status
+and the OpenAI-style ``error.type`` it maps to (one table, :data:`ERROR_TABLE`, looked up along
+the class hierarchy), so the server, the CLI and the router all agree on what an error means.
+
+    PatchbayError
+    ├── InvalidRequest              400  a request that would fail anywhere
+    │   ├── ModelNotSupported       404  the provider does not serve that model
+    │   └── ContextTooLong          400  the conversation does not fit the model
+    ├── AuthError                   401  credentials missing, invalid or rejected
+    │   └── SessionRejected         401  the service answered with a captcha or an error page
+    ├── PaymentRequired             402  the account is out of credits
+    ├── PermissionDenied            403  credentials valid, access refused
+    ├── RateLimited                 429  too many requests (``retry_after`` when known)
+    ├── ProviderNotWorking          503  the provider is marked not working or is disabled
+    ├── UpstreamError               502  the service failed (5xx and other statuses)
+    │   ├── ProtocolError           502  the reply broke the wire protocol
+    │   └── ConnectionFailed        502  connect error, reset or disconnect
+    ├── RequestTimeout              504  a wait ran past its limit
+    │   ├── ConnectTimeout          504
+    │   ├── FirstByteTimeout        504
+    │   ├── IdleTimeout             504  a stall between two chunks
+    │   └── DeadlineExceeded        504  the whole request ran past its total deadline
+    └── StreamInterrupted           502  failed after partial output (carries ``partial_text``)
+
+Context (provider, model) is attached in one place, :meth:`PatchbayError.with_context`, by the
+provider base class; messages never contain secrets because :func:`patchbay.secrets.redact`
+runs on every message.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from patchbay.secrets import redact
+
+__all__ = [
+    "ERROR_TABLE",
+    "AuthError",
+    "ConnectTimeout",
+    "ConnectionFailed",
+    "ContextTooLong",
+    "DeadlineExceeded",
+    "ErrorInfo",
+    "FirstByteTimeout",
+    "IdleTimeout",
+    "InvalidRequest",
+    "ModelNotSupported",
+    "PatchbayError",
+    "PaymentRequired",
+    "PermissionDenied",
+    "ProtocolError",
+    "ProviderNotWorking",
+    "RateLimited",
+    "SessionRejected",
+    "StreamInterrupted",
+    "RequestTimeout",
+    "UpstreamError",
+    "error_for_status",
+    "error_info",
+]
+
+
+class PatchbayError(Exception):
+    """Base class of every error patchbay raises on purpose."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        provider: str | None = None,
+        model: str | None = None,
+        status: int | None = None,
+        param: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.provider = provider
+        self.model = model
+        self.upstream_status = status
+        self.param = param
+
+    @property
+    def status(self) -> int:
+        """The HTTP status this error maps to (from :data:`ERROR_TABLE`)."""
+        return error_info(type(self)).status
+
+    @property
+    def type(self) -> str:
+        """The OpenAI-style ``error.type`` this error maps to."""
+        return error_info(type(self)).type
+
+    @property
+    def code(self) -> str:
+        """A short machine-readable code (``error.code`` in the OpenAI error object)."""
+        return error_info(type(self)).code
+
+    def with_context(self, *, provider: str | None = None, model: str | None = None) -> PatchbayError:
+        """Fill in the provider and model where not set yet; returns ``self``."""
+        if self.provider is None:
+            self.provider = provider
+        if self.model is None:
+            self.model = model
+        return self
+
+    def __str__(self) -> str:
+        prefix = f"{self.provider}: " if self.provider else ""
+        return redact(prefix + self.message)
+
+    def to_dict(self) -> dict[str, object]:
+        """The OpenAI-style error object: ``{"message", "type", "param", "code"}``."""
+        return {"message": str(self), "type": self.type, "param": self.param, "code": self.code}
+
+
+class InvalidRequest(PatchbayError):
+    """The request is malformed or cannot be served by any provider as it stands."""
+
+
+class ModelNotSupported(InvalidRequest):
+    """The provider does not serve the requested model; the message lists the valid names."""
+
+
+class ContextTooLong(InvalidRequest):
+    """The conversation does not fit the model's context even after trimming."""
+
+    def __init__(self, message: str, *, limit: int | None = None, size: int | None = None, **kw: object) -> None:
+        super().__init__(message, **kw)  # type: ignore[arg-type]
+        self.limit = limit
+        self.size = size
+
+
+class AuthError(PatchbayError):
+    """Credentials are missing, invalid or were rejected by the service."""
+
+
+class SessionRejected(AuthError):
+    """The service answered with a captcha page or an error body instead of an answer."""
+
+
+class PaymentRequired(PatchbayError):
+    """The account behind the credentials is out of credits."""
+
+
+class PermissionDenied(PatchbayError):
+    """The credentials are valid but not allowed to do this."""
+
+
+class RateLimited(PatchbayError):
+    """The service refused the request for now; ``retry_after`` seconds when it said so."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None, **kw: object) -> None:
+        super().__init__(message, **kw)  # type: ignore[arg-type]
+        self.retry_after = retry_after
+
+
+class ProviderNotWorking(PatchbayError):
+    """The provider is marked not working or disabled, and was not asked for by name."""
+
+
+class UpstreamError(PatchbayError):
+    """The service failed: a 5xx status or another status patchbay has no better class for."""
+
+
+class ProtocolError(UpstreamError):
+    """The reply broke the wire protocol (malformed stream, wrong content, oversized line)."""
+
+
+class ConnectionFailed(UpstreamError):
+    """The connection could not be made, or was reset or closed early."""
+
+
+class RequestTimeout(PatchbayError):
+    """A wait ran past its limit."""
+
+
+class ConnectTimeout(RequestTimeout):
+    """Connecting to the service took too long."""
+
+
+class FirstByteTimeout(RequestTimeout):
+    """The service accepted the request but sent nothing back in time."""
+
+
+class IdleTimeout(RequestTimeout):
+    """The stream stalled: the gap between two chunks ran past the idle timeout."""
+
+
+class DeadlineExceeded(RequestTimeout):
+    """The whole request ran past its total deadline."""
+
+
+class StreamInterrupted(PatchbayError):
+    """The stream failed after part of the answer was delivered; nothing is sent twice.
+
+    ``partial_text`` is exactly what the caller already received; ``__cause__`` says why.
+    """
+
+    def __init__(self, message: str, *, partial_text: str = "", **kw: object) -> None:
+        super().__init__(message, **kw)  # type: ignore[arg-type]
+        self.partial_text = partial_text
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorInfo:
+    """How one error class is shown over HTTP."""
+
+    status: int
+    type: str
+    code: str
+
+
+#: patchbay error class -> HTTP status and OpenAI-style type. Looked up along the MRO, so a
+#: subclass without its own row inherits its parent's. A test checks every class has a row.
+ERROR_TABLE: dict[type[PatchbayError], ErrorInfo] = {
+    PatchbayError: ErrorInfo(500, "api_error", "internal_error"),
+    InvalidRequest: ErrorInfo(400, "invalid_request_error", "invalid_request"),
+    ModelNotSupported: ErrorInfo(404, "invalid_request_error", "model_not_found"),
+    ContextTooLong: ErrorInfo(400, "invalid_request_error", "context_length_exceeded"),
+    AuthError: ErrorInfo(401, "authentication_error", "invalid_api_key"),
+    SessionRejected: ErrorInfo(401, "authentication_error", "session_rejected"),
+    PaymentRequired: ErrorInfo(402, "insufficient_quota", "payment_required"),
+    PermissionDenied: ErrorInfo(403, "permission_error", "permission_denied"),
+    RateLimited: ErrorInfo(429, "rate_limit_error", "rate_limit_exceeded"),
+    ProviderNotWorking: ErrorInfo(503, "api_error", "provider_not_working"),
+    UpstreamError: ErrorInfo(502, "api_error", "upstream_error"),
+    ProtocolError: ErrorInfo(502, "api_error", "protocol_error"),
+    ConnectionFailed: ErrorInfo(502, "api_error", "connection_failed"),
+    RequestTimeout: ErrorInfo(504, "timeout_error", "timeout"),
+    ConnectTimeout: ErrorInfo(504, "timeout_error", "connect_timeout"),
+    FirstByteTimeout: ErrorInfo(504, "timeout_error", "first_byte_timeout"),
+    IdleTimeout: ErrorInfo(504, "timeout_error", "idle_timeout"),
+    DeadlineExceeded: ErrorInfo(504, "timeout_error", "deadline_exceeded"),
+    StreamInterrupted: ErrorInfo(502, "api_error", "stream_interrupted"),
+}
+
+
+def error_info(cls: type[PatchbayError]) -> ErrorInfo:
+    """The table row for ``cls`` or its nearest ancestor."""
+    for klass in cls.__mro__:
+        info = ERROR_TABLE.get(klass)  # type: ignore[arg-type]
+        if info is not None:
+            return info
+    raise KeyError(cls)  # unreachable: PatchbayError has a row
+
+
+#: Upstream HTTP status -> patchbay error class. Statuses not listed map by range (5xx and
+#: anything else unexpected -> UpstreamError).
+STATUS_ERRORS: dict[int, type[PatchbayError]] = {
+    400: InvalidRequest,
+    401: AuthError,
+    402: PaymentRequired,
+    403: PermissionDenied,
+    404: ModelNotSupported,
+    409: UpstreamError,
+    413: ContextTooLong,
+    422: InvalidRequest,
+    429: RateLimited,
+}
+
+
+def error_for_status(
+    status: int,
+    message: str,
+    *,
+    provider: str | None = None,
+    model: str | None = None,
+    retry_after: float | None = None,
+) -> PatchbayError:
+    """Map an upstream HTTP status (and its message) onto the hierarchy."""
+    cls = STATUS_ERRORS.get(status, UpstreamError)
+    text = f"upstream answered {status}: {message}" if message else f"upstream answered {status}"
+    if cls is RateLimited:
+        return RateLimited(text, retry_after=retry_after, provider=provider, model=model, status=status)
+    return cls(text, provider=provider, model=model, status=status)

@@ -1,0 +1,27 @@
+"""Providers: one module per chat service, all registered in :data:`registry`.
+
+``from patchbay.providers import Liaobots, AiChatOnline, liaobots_legacy``
+"""
+
+from __future__ import annotations
+
+from patchbay.providers import liaobots_legacy
+from patchbay.providers.aichatonline import AiChatOnline
+from patchbay.providers.base import AsyncGeneratorProvider, ProviderModelMixin
+from patchbay.providers.liaobots import Liaobots
+from patchbay.providers.liaobots_legacy import LiaobotsLegacy
+from patchbay.providers.registry import ProviderRegistry, registry
+
+__all__ = [
+    "AiChatOnline",
+    "AsyncGeneratorProvider",
+    "Liaobots",
+    "LiaobotsLegacy",
+    "ProviderModelMixin",
+    "ProviderRegistry",
+    "liaobots_legacy",
+    "registry",
+]
+
+for _provider in (Liaobots, LiaobotsLegacy, AiChatOnline):
+    registry.register(_provider)

@@ -1,0 +1,120 @@
+"""AiChatOnline: a web chat service that takes the whole conversation as one prompt.
+
+Protocol (``shared/protocols.md`` §3): fetch a unique id (the ``canvas`` query defeats caches),
+then post the formatted prompt with that id in the ``UniqueId`` header; the answer is
+newline-delimited JSON ``{"data": {"message": ...}}``, lines that do not fit are skipped.
+Its maintainers marked it not working, so it is only used when asked for by name.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import string
+from collections.abc import AsyncIterator
+from typing import Any, ClassVar
+
+import aiohttp
+
+from patchbay.config import Timeout
+from patchbay.decoders import NDJSONDecoder
+from patchbay.errors import ProtocolError, error_for_status
+from patchbay.events import StreamEvent, TextDelta
+from patchbay.http import BROWSER_USER_AGENT, HTTPSession
+from patchbay.messages import Messages, content_text
+from patchbay.providers.base import AsyncGeneratorProvider, ProviderModelMixin
+
+__all__ = ["AiChatOnline", "format_prompt"]
+
+log = logging.getLogger("patchbay.providers.aichatonline")
+
+_ALPHABET = string.ascii_lowercase + string.digits
+
+
+def _random_id(length: int = 10) -> str:
+    return "".join(secrets.choice(_ALPHABET) for _ in range(length))
+
+
+def format_prompt(messages: Messages) -> str:
+    """One message: its content alone; several: ``Role: content`` lines, then ``Assistant:``."""
+    if len(messages) == 1:
+        return content_text(messages[0])
+    lines = "\n".join(f"{m['role'].capitalize()}: {content_text(m)}" for m in messages)
+    return f"{lines}\nAssistant:"
+
+
+class AiChatOnline(AsyncGeneratorProvider, ProviderModelMixin):
+    """AiChatOnline (marked not working by its maintainers; the model name is ignored)."""
+
+    url = "https://aichatonline.org"
+    api_base: ClassVar[str] = "https://aichatonlineorg.erweima.ai"
+    working = False
+    needs_auth = False
+    supports_stream = True
+    supports_message_history = True
+    supports_system_message = True
+    default_model = "gpt-4o-mini"
+    models: ClassVar[list[str]] = ["gpt-4o-mini"]
+
+    @classmethod
+    async def grab_token(
+        cls,
+        session: aiohttp.ClientSession | HTTPSession,
+        proxy: str | None = None,
+        *,
+        base_url: str | None = None,
+    ) -> str:
+        """Fetch a unique id for a chat, with a random ``canvas`` value to defeat caches."""
+        base = (base_url or cls.api_base).rstrip("/")
+        request_url = f"{base}/api/v1/user/getUniqueId"
+        params = {"canvas": f"-{_random_id()}"}
+        if isinstance(session, HTTPSession):
+            async with session.request("GET", request_url, params=params) as response:
+                return _unique_id(response, await session.read_body(response))
+        async with session.get(request_url, params=params, proxy=proxy) as response:
+            return _unique_id(response, await response.text(errors="replace"))
+
+    @classmethod
+    async def generate(
+        cls,
+        model: str,
+        messages: Messages,
+        *,
+        proxy: str | None = None,
+        base_url: str | None = None,
+        timeout: Timeout,
+        **kwargs: Any,
+    ) -> AsyncIterator[StreamEvent]:
+        """Stream an answer; the service ignores the model name."""
+        base = (base_url or cls.api_base).rstrip("/")
+        headers = {"origin": cls.url, "referer": f"{cls.url}/", "user-agent": BROWSER_USER_AGENT}
+        async with HTTPSession(timeout=timeout, proxy=proxy, headers=headers, provider=cls.name) as http:
+            unique_id = await cls.grab_token(http, base_url=base)
+            body = {"conversationId": _random_id(), "prompt": format_prompt(messages)}
+            async with http.request(
+                "POST", f"{base}/aichatonline/api/chat/gpt", json=body, headers={"UniqueId": unique_id}
+            ) as response:
+                if response.status >= 300:
+                    detail = (await http.read_body(response)).strip()
+                    raise error_for_status(response.status, detail[:200])
+                decoder = NDJSONDecoder()
+                async for item in http.iter_decoded(response, decoder):
+                    data = item.get("data") if isinstance(item, dict) else None
+                    message = data.get("message") if isinstance(data, dict) else None
+                    if isinstance(message, str):
+                        yield TextDelta(message)
+                if decoder.skipped:
+                    log.debug("AiChatOnline: skipped %d malformed lines", decoder.skipped)
+
+
+def _unique_id(response: aiohttp.ClientResponse, text: str) -> str:
+    if response.status >= 300:
+        raise error_for_status(response.status, f"fetching a unique id: {text.strip()[:200]}")
+    try:
+        data = json.loads(text).get("data")
+    except (ValueError, AttributeError):
+        raise ProtocolError(f"the unique-id reply is not JSON: {text[:80]!r}") from None
+    if not isinstance(data, str) or not data:
+        raise ProtocolError("the unique-id reply has no id")
+    return data

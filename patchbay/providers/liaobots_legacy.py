@@ -1,0 +1,133 @@
+"""Liaobots, first generation: the module-level ``_create_completion`` the old clients called.
+
+Protocol (``shared/protocols.md`` §2): one ``POST /api/chat`` with the caller's auth code; the
+answer is raw UTF-8 text in arbitrary chunks (decoded incrementally here, so a character split
+across chunks stays whole). A wrong code gets a plain ``Error`` body, sometimes with status 200,
+which is recognised and raised as :class:`~patchbay.errors.AuthError`, never shown as text.
+The module keeps its old attributes (``url``, ``model``, ``models``, ``params``, ...) and
+:class:`LiaobotsLegacy` is the same service as a regular provider.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any, ClassVar, get_type_hints
+
+from patchbay.config import Timeout
+from patchbay.context import count_chars, fit_messages
+from patchbay.decoders import UTF8Decoder
+from patchbay.errors import AuthError, error_for_status
+from patchbay.events import StreamEvent, TextDelta
+from patchbay.http import BROWSER_USER_AGENT, HTTPSession
+from patchbay.messages import Messages, content_text
+from patchbay.providers.base import AsyncGeneratorProvider, ProviderModelMixin
+from patchbay.secrets import register_secret
+from patchbay.sync import BlockingStream
+
+__all__ = ["LiaobotsLegacy", "_create_completion", "model", "models", "needs_auth", "params", "supports_stream", "url"]
+
+url = "https://liaobots.com"
+model = ["gpt-3.5-turbo", "gpt-4"]
+supports_stream = True
+needs_auth = True
+models: dict[str, dict[str, Any]] = {
+    "gpt-4": {"id": "gpt-4", "name": "GPT-4", "maxLength": 24000, "tokenLimit": 8000},
+    "gpt-3.5-turbo": {"id": "gpt-3.5-turbo", "name": "GPT-3.5", "maxLength": 12000, "tokenLimit": 4000},
+}
+DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
+_ERROR_BODY = b"Error"
+
+
+class LiaobotsLegacy(AsyncGeneratorProvider, ProviderModelMixin):
+    """Liaobots first generation; needs an auth code (``auth=``)."""
+
+    url = url
+    working = False  # the service is gone; selectable by name for replicas and old code
+    needs_auth = True
+    supports_stream = True
+    supports_message_history = True
+    supports_system_message = True
+    default_model = "gpt-3.5-turbo"
+    models: ClassVar[list[str]] = list(models)
+
+    @classmethod
+    async def generate(
+        cls,
+        model: str,
+        messages: Messages,
+        *,
+        proxy: str | None = None,
+        base_url: str | None = None,
+        timeout: Timeout,
+        auth: str | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[StreamEvent]:
+        """Stream an answer; ``auth`` (the auth code) is required."""
+        if not auth:
+            raise AuthError("an auth code is required: pass auth='YOUR_AUTH_CODE'", param="auth")
+        register_secret(auth)
+        base = (base_url or url).rstrip("/")
+        record = models[model]
+        history = fit_messages(messages, record["maxLength"], count_chars, unit="characters")
+        system = [m for m in history if m.get("role") == "system"]
+        body = {
+            "conversationId": str(uuid.uuid4()),
+            "model": record,
+            "messages": [m for m in history if m.get("role") != "system"],
+            "key": "",
+            "prompt": "\n".join(content_text(m) for m in system) or DEFAULT_SYSTEM_PROMPT,
+        }
+        headers = {
+            "content-type": "application/json",
+            "origin": url,
+            "referer": f"{url}/",
+            "user-agent": BROWSER_USER_AGENT,
+            "x-auth-code": auth,
+        }
+        async with (
+            HTTPSession(timeout=timeout, proxy=proxy, provider=cls.name) as http,
+            http.request("POST", f"{base}/api/chat", json=body, headers=headers) as response,
+        ):
+            if response.status >= 300:
+                detail = (await http.read_body(response)).strip()
+                raise error_for_status(response.status, detail[:200])
+            decoder = UTF8Decoder()
+            held: bytes | None = b""  # bytes that could still turn out to be the `Error` body
+            async for chunk in http.iter_bytes(response):
+                if held is not None:
+                    held += chunk
+                    if _ERROR_BODY.startswith(held.strip()):
+                        continue  # not yet known whether this is an answer or the error body
+                    chunk, held = held, None
+                for text in decoder.decode(chunk):
+                    yield TextDelta(text)
+            if held is not None and held.strip() == _ERROR_BODY:
+                raise AuthError("the service rejected the auth code (answered `Error`)")
+            for text in decoder.decode(held or b"") + decoder.flush():
+                yield TextDelta(text)
+
+
+def _create_completion(model: str, messages: list, stream: bool, **kwargs: Any) -> BlockingStream[str]:
+    """Yield the answer (deltas when ``stream``, else the whole text once); ``auth=`` required.
+
+    The result works with ``for`` and, inside a coroutine, with ``async for``.
+    """
+    if not kwargs.get("auth"):
+        raise AuthError("an auth code is required: pass auth='YOUR_AUTH_CODE'", provider="LiaobotsLegacy",
+                        param="auth")
+    if stream:
+        return LiaobotsLegacy.create_completion(model, messages, **kwargs)
+
+    async def whole() -> AsyncIterator[str]:
+        yield await LiaobotsLegacy.create_async(model, messages, **kwargs)
+
+    LiaobotsLegacy.resolve_model(model)  # fail at once on an unknown model
+    return BlockingStream(whole)
+
+
+_arguments = _create_completion.__code__.co_varnames[: _create_completion.__code__.co_argcount]
+_hints = get_type_hints(_create_completion)
+params = "patchbay.providers.Liaobots supports: ({})".format(
+    ", ".join(f"{name}: {_hints[name].__name__}" for name in _arguments)
+)

@@ -1,0 +1,56 @@
+"""Keep credentials out of logs, errors and the request log.
+
+Every credential patchbay handles (API keys, auth codes, cookies) is registered here the moment
+it is read, and :func:`redact` replaces each registered value in any text before that text is
+shown. Errors run their message through it, and :class:`RedactingFilter` does the same for log
+records, so a secret that slips into an upstream error body still never reaches the user.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+__all__ = ["RedactingFilter", "mask", "redact", "register_secret"]
+
+_MIN_LENGTH = 4  # shorter values are too likely to occur in ordinary text
+_lock = threading.Lock()
+_secrets: frozenset[str] = frozenset()
+
+
+def register_secret(value: str | None) -> None:
+    """Remember ``value`` as a secret so :func:`redact` hides it from now on."""
+    global _secrets
+    if not value or len(value) < _MIN_LENGTH:
+        return
+    with _lock:
+        _secrets = _secrets | {value}
+
+
+def mask(value: str) -> str:
+    """A short recognisable form of a secret: ``sk-a…7f`` (never more than 4 characters)."""
+    if len(value) <= 8:
+        return "…"
+    return f"{value[:3]}…{value[-2:]}"
+
+
+def redact(text: str) -> str:
+    """``text`` with every registered secret replaced by ``[REDACTED]``."""
+    secrets = _secrets
+    if not secrets:
+        return text
+    for secret in sorted(secrets, key=len, reverse=True):
+        if secret in text:
+            text = text.replace(secret, "[REDACTED]")
+    return text
+
+
+class RedactingFilter(logging.Filter):
+    """A logging filter that redacts secrets from the formatted message of every record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        cleaned = redact(message)
+        if cleaned != message:
+            record.msg, record.args = cleaned, None
+        return True

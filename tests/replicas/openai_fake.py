@@ -1,0 +1,324 @@
+"""A fault-injecting OpenAI-compatible upstream (protocols.md section 4).
+
+Serves ``GET /v1/models`` and ``POST /v1/chat/completions`` (streamed and not) with the exact
+object shapes of the real API, and can answer every documented error, mid-stream failure and
+transport fault.  Request bodies are kept whole so tests can assert on pass-through fields.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from typing import Any, ClassVar
+
+from aiohttp import web
+
+from tests.replicas.base import DEFAULT_ANSWER, ReplicaServer, split_deltas, sse
+
+STATUS_SCENARIOS = {
+    f"status_{code}": code for code in (400, 401, 402, 403, 404, 409, 422, 429, 500, 502, 503)
+}
+
+#: (type, code, message) of the error object for each status.
+ERRORS: dict[int, tuple[str, str | None, str]] = {
+    400: ("invalid_request_error", None, "Bad request."),
+    401: ("invalid_request_error", "invalid_api_key", "Incorrect API key provided."),
+    402: ("insufficient_quota", "insufficient_quota", "You exceeded your current quota."),
+    403: ("permission_error", "unsupported_country_region_territory", "Forbidden."),
+    404: ("invalid_request_error", "model_not_found", "The model does not exist."),
+    409: ("conflict_error", None, "Conflict, please retry."),
+    422: ("invalid_request_error", "unprocessable_entity", "Unprocessable entity."),
+    429: ("rate_limit_error", "rate_limit_exceeded", "Rate limit reached, please retry later."),
+    500: ("server_error", None, "The server had an error while processing your request."),
+    502: ("server_error", "bad_gateway", "Bad gateway."),
+    503: ("server_error", "service_unavailable", "The engine is currently overloaded."),
+}
+
+HTML_ERROR_PAGE = "<!DOCTYPE html><html><head><title>502 Bad Gateway</title></head><body>nginx</body></html>"
+
+ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+
+
+def error_object(status: int, message: str | None = None, param: str | None = None) -> dict[str, Any]:
+    """The ``{"error": {...}}`` body the real API sends with ``status``."""
+    err_type, code, default = ERRORS.get(status, ("server_error", None, "Error."))
+    return {"error": {"message": message or default, "type": err_type, "param": param, "code": code}}
+
+
+def text_of(content: Any) -> str:
+    """The text of a message content: a string, or the text parts of a content-part list."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+    return ""
+
+
+class OpenAIFake(ReplicaServer):
+    """OpenAI-compatible fake.  Base for clients: ``api_base`` (``<base_url>/v1``).
+
+    Attributes: ``models``, ``answer``, ``continuation`` (answer to an assistant prefill),
+    ``prefills`` (prefilled assistant texts seen), ``api_key`` (None = no auth check),
+    ``fail_next``/``fail_status`` (the next N chat requests fail), ``retry_after`` (seconds, for
+    429), ``delay_per_chunk``, ``tool_arguments`` (the JSON arguments of the "tool_call"
+    scenario), ``bodies`` (every chat request body), ``last_body``, ``chat_count``.
+
+    Answer selection: tool call (scenario "tool_call" and ``tools`` present), else
+    ``continuation`` if the last message is an assistant prefill, else the text after an
+    ``echo:`` prefix of the last message (verbatim), else ``answer``.
+    """
+
+    SCENARIOS: ClassVar[frozenset[str]] = frozenset(
+        {
+            "normal",
+            "one_byte",
+            "mid_stream_error",
+            "malformed_stream",
+            "slow_first_byte",
+            "stall",
+            "disconnect",
+            "keepalive",
+            "html_200",
+            "tool_call",
+        }
+        | set(STATUS_SCENARIOS)
+    )
+
+    def __init__(self, scenario: str = "normal") -> None:
+        super().__init__(scenario)
+        self.models = ["fake-small", "fake-large"]
+        self.answer = DEFAULT_ANSWER
+        self.continuation = " and that is all."
+        self.prefills: list[str] = []
+        self.api_key: str | None = None
+        self.fail_next = 0
+        self.fail_status = 500
+        self.retry_after = 1
+        self.tool_arguments: dict[str, Any] = {"city": "Paris", "unit": "celsius"}
+        self.bodies: list[dict[str, Any]] = []
+        self.chat_count = 0
+
+    @property
+    def api_base(self) -> str:
+        """The base URL an OpenAI client takes (``.../v1``)."""
+        return self.url("/v1")
+
+    @property
+    def last_body(self) -> dict[str, Any]:
+        """Body of the latest chat completions request."""
+        return self.bodies[-1]
+
+    def routes(self) -> list[web.RouteDef]:
+        return [web.get("/v1/models", self.list_models), web.post("/v1/chat/completions", self.completions)]
+
+    # ----------------------------------------------------------------- helpers
+
+    def violation_response(self, reason: str) -> web.StreamResponse:
+        return web.json_response(error_object(400, f"replica shape check failed: {reason}"), status=400)
+
+    def error_response(self, status: int) -> web.Response:
+        """An error answer in the API's format; 429 carries ``Retry-After``."""
+        headers = {"Retry-After": str(self.retry_after)} if status == 429 else None
+        return web.json_response(error_object(status), status=status, headers=headers)
+
+    def authorized(self, request: web.Request) -> bool:
+        return self.api_key is None or request.headers.get("Authorization") == f"Bearer {self.api_key}"
+
+    def _check(self, body: dict[str, Any]) -> None:
+        self.check(
+            isinstance(body.get("model"), str) and body["model"],
+            f"model must be a non-empty string: {body.get('model')!r}",
+        )
+        messages = body.get("messages")
+        self.check(isinstance(messages, list) and messages, "messages must be a non-empty list")
+        for i, message in enumerate(messages):
+            self.check(
+                isinstance(message, dict) and message.get("role") in ROLES,
+                f"messages[{i}] has no valid role: {message!r}",
+            )
+            content = message.get("content")
+            ok = isinstance(content, str | list) or (content is None and message["role"] == "assistant")
+            self.check(ok, f"messages[{i}].content must be a string or a list of parts: {content!r}")
+            if message["role"] == "tool":
+                self.check(
+                    isinstance(message.get("tool_call_id"), str), f"messages[{i}] (tool) lacks tool_call_id"
+                )
+        stream = body.get("stream", False)
+        self.check(isinstance(stream, bool), f"stream must be a boolean: {stream!r}")
+        if "stream_options" in body and body["stream_options"] is not None:
+            self.check(stream, "stream_options is only allowed when stream is true")
+            self.check(isinstance(body["stream_options"], dict), "stream_options must be an object")
+        tools = body.get("tools")
+        if tools is not None:
+            self.check(isinstance(tools, list), "tools must be a list")
+            for i, tool in enumerate(tools):
+                fn = tool.get("function") if isinstance(tool, dict) else None
+                self.check(
+                    isinstance(tool, dict)
+                    and tool.get("type") == "function"
+                    and isinstance(fn, dict)
+                    and fn.get("name"),
+                    f"tools[{i}] is not a function tool: {tool!r}",
+                )
+        temperature = body.get("temperature")
+        if temperature is not None:
+            self.check(
+                isinstance(temperature, int | float) and 0 <= temperature <= 2,
+                f"bad temperature {temperature!r}",
+            )
+
+    def choose_answer(self, body: dict[str, Any]) -> str:
+        last = body["messages"][-1]
+        content = text_of(last.get("content"))
+        if last["role"] == "assistant":
+            self.prefills.append(content)
+            return self.continuation
+        if content.startswith("echo:"):
+            return content.removeprefix("echo:")
+        return self.answer
+
+    # ----------------------------------------------------------------- endpoints
+
+    async def list_models(self, request: web.Request) -> web.StreamResponse:
+        """The model list in the API's ``{"object": "list", "data": [...]}`` shape."""
+        if not self.authorized(request):
+            return self.error_response(401)
+        data = [
+            {"id": m, "object": "model", "created": 1700000000, "owned_by": "openai-fake"}
+            for m in self.models
+        ]
+        return web.json_response({"object": "list", "data": data})
+
+    async def completions(self, request: web.Request) -> web.StreamResponse:
+        """Chat completions, streamed (SSE) or whole, shaped by the scenario."""
+        self.chat_count += 1
+        body = self.json_body(request)
+        self.bodies.append(body)
+        self._check(body)
+        if not self.authorized(request):
+            return self.error_response(401)
+        if self.fail_next > 0:
+            self.fail_next -= 1
+            return self.error_response(self.fail_status)
+        if self.scenario in STATUS_SCENARIOS:
+            return self.error_response(STATUS_SCENARIOS[self.scenario])
+        if self.scenario == "html_200":
+            return web.Response(text=HTML_ERROR_PAGE, content_type="text/html")
+        tools = body.get("tools")
+        tool_call = self.scenario == "tool_call" and bool(tools)
+        text = "" if tool_call else self.choose_answer(body)
+        completion_id = f"chatcmpl-{secrets.token_hex(12)}"
+        created = int(time.time())
+        usage = self.usage(body, text)
+        if body.get("stream"):
+            return await self.stream(request, body, text, completion_id, created, usage, tool_call)
+        message: dict[str, Any] = {"role": "assistant", "content": text, "refusal": None}
+        finish = "stop"
+        if tool_call:
+            message["content"] = None
+            message["tool_calls"] = [
+                {
+                    "id": self.tool_call_id(completion_id),
+                    "type": "function",
+                    "function": {
+                        "name": tools[0]["function"]["name"],
+                        "arguments": json.dumps(self.tool_arguments),
+                    },
+                }
+            ]
+            finish = "tool_calls"
+        obj = {
+            "id": completion_id,
+            "object": "chat.completion",
+            "created": created,
+            "model": body["model"],
+            "system_fingerprint": "fp_replica",
+            "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
+            "usage": usage,
+        }
+        return await self.send(
+            request,
+            [json.dumps(obj, ensure_ascii=False).encode()],
+            content_type="application/json",
+            sized=True,
+        )
+
+    @staticmethod
+    def tool_call_id(completion_id: str) -> str:
+        return "call_" + completion_id.removeprefix("chatcmpl-")[:16]
+
+    @staticmethod
+    def usage(body: dict[str, Any], text: str) -> dict[str, int]:
+        """Rough word-count usage, deterministic for a given request and answer."""
+        prompt = sum(len(text_of(m.get("content")).split()) for m in body["messages"]) or 1
+        completion = len(text.split()) or 1
+        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+    async def stream(
+        self,
+        request: web.Request,
+        body: dict[str, Any],
+        text: str,
+        completion_id: str,
+        created: int,
+        usage: dict[str, int],
+        tool_call: bool,
+    ) -> web.StreamResponse:
+        """SSE ``chat.completion.chunk`` events, the optional usage chunk and ``[DONE]``."""
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+
+        def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
+            obj: dict[str, Any] = {
+                "id": completion_id,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": body["model"],
+                "system_fingerprint": "fp_replica",
+                "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+            }
+            if include_usage:
+                obj["usage"] = None
+            return sse(obj)
+
+        if tool_call:
+            name = body["tools"][0]["function"]["name"]
+            head = {
+                "index": 0,
+                "id": self.tool_call_id(completion_id),
+                "type": "function",
+                "function": {"name": name, "arguments": ""},
+            }
+            events = [chunk({"role": "assistant", "content": None, "tool_calls": [head]})]
+            for fragment in split_deltas(json.dumps(self.tool_arguments), 4):
+                events.append(chunk({"tool_calls": [{"index": 0, "function": {"arguments": fragment}}]}))
+            events.append(chunk({}, "tool_calls"))
+        else:
+            events = [chunk({"role": "assistant", "content": "", "refusal": None})]
+            events += [chunk({"content": delta}) for delta in split_deltas(text, 6)]
+            events.append(chunk({}, "stop"))
+        if include_usage:
+            events.append(
+                sse(
+                    {
+                        "id": completion_id,
+                        "object": "chat.completion.chunk",
+                        "created": created,
+                        "model": body["model"],
+                        "system_fingerprint": "fp_replica",
+                        "choices": [],
+                        "usage": usage,
+                    }
+                )
+            )
+        events.append(b"data: [DONE]\n\n")
+        if self.scenario == "mid_stream_error":
+            events = [*events[:3], sse(error_object(500, "The server had an error while streaming."))]
+        elif self.scenario == "malformed_stream":
+            events = [*events[:3], b"data: {not json\n\n"]
+        elif self.scenario == "keepalive":
+            events = [piece for event in events for piece in (b": ping\n\n", event)]
+        headers = {"Cache-Control": "no-cache"}
+        return await self.send(
+            request, events, content_type="text/event-stream; charset=utf-8", headers=headers
+        )
