@@ -125,9 +125,10 @@ class Liaobots(AsyncGeneratorProvider, ProviderModelMixin):
         ) as http:
             last_error: AuthError | PaymentRequired | None = None
             for attempt in range(1, cls.max_auth_attempts + 1):
-                code = await cls.ensure_auth_code(http, base)
+                code: str | None = None
                 delivered = False
                 try:
+                    code = await cls.ensure_auth_code(http, base)
                     async for text in cls._chat(http, base, code, body):
                         delivered = True
                         yield TextDelta(text)
@@ -136,7 +137,8 @@ class Liaobots(AsyncGeneratorProvider, ProviderModelMixin):
                     if delivered:
                         raise  # never retry after text: the base class reports StreamInterrupted
                     log.info("Liaobots rejected an auth code (attempt %d): %s", attempt, exc.message)
-                    cls.auth_codes.ban(code)
+                    if code is not None:
+                        cls.auth_codes.ban(code)
                     cls.cookies.clear(base)
                     last_error = exc
             assert last_error is not None

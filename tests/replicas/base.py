@@ -103,6 +103,9 @@ def _parse_form(body: bytes) -> dict[str, str] | None:
         return None
 
 
+RECORDED_KEY = web.RequestKey("recorded", RecordedRequest)
+
+
 class ReplicaServer:
     """Base class: lifecycle, request recording, shape-check plumbing and transport faults.
 
@@ -120,7 +123,7 @@ class ReplicaServer:
         self.scenario = scenario
         self.requests: list[RecordedRequest] = []
         self.violations: list[str] = []
-        #: Streaming responses currently being written.
+        #: Responses being written by :meth:`send` (including ones still waiting out a slow first byte).
         self.open_streams = 0
         #: Streams the *client* abandoned (write failed, or the handler was cancelled mid-stream).
         self.disconnects = 0
@@ -257,7 +260,7 @@ class ReplicaServer:
                     recorded.json = json.loads(body)
             elif ctype == "application/x-www-form-urlencoded":
                 recorded.form = _parse_form(body)
-            request["recorded"] = recorded
+            request[RECORDED_KEY] = recorded
             self.requests.append(recorded)
             self._notify()
             try:
@@ -283,8 +286,7 @@ class ReplicaServer:
     @staticmethod
     def recorded(request: web.Request) -> RecordedRequest:
         """The :class:`RecordedRequest` of ``request``."""
-        rec: RecordedRequest = request["recorded"]
-        return rec
+        return request[RECORDED_KEY]
 
     def json_body(self, request: web.Request) -> dict[str, Any]:
         """The request's JSON object body, checking the content type and that it parses to an object."""
@@ -339,8 +341,6 @@ class ReplicaServer:
                 pieces = [pieces[0][:half], pieces[0][half:]]
             cut = max(1, len(pieces) // 2)
         self.last_chunks = []
-        if scenario == "slow_first_byte":
-            await self.sleep(self.first_byte_delay)
         resp = web.StreamResponse(status=status, headers=headers)
         resp.headers["Content-Type"] = content_type
         if sized:
@@ -348,6 +348,8 @@ class ReplicaServer:
         self.open_streams += 1
         self._notify()
         try:
+            if scenario == "slow_first_byte":
+                await self.sleep(self.first_byte_delay)
             await resp.prepare(request)
             for index, piece in enumerate(pieces):
                 if index == cut and scenario == "stall":

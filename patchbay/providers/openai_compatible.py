@@ -1,0 +1,428 @@
+"""Any OpenAI-compatible Chat Completions API (``shared/protocols.md`` §4).
+
+``POST {base}/chat/completions`` streamed as server-sent events (one ``chat.completion.chunk`` per
+event, a usage chunk when asked for, then ``data: [DONE]``) or answered whole; ``GET {base}/models``
+lists the models. Providers are classes, so a service is configured by making a subclass:
+:meth:`OpenAICompatible.configure` or :meth:`OpenAICompatible.from_preset`. API keys live in a
+per-class :class:`~patchbay.credentials.CredentialPool`; with several keys, one the service rejects
+is banned and the next tried, but only before any output was delivered.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from typing import Any, ClassVar
+
+import aiohttp
+
+from patchbay.config import Timeout
+from patchbay.credentials import CredentialPool
+from patchbay.decoders import SSEDecoder
+from patchbay.errors import (
+    AuthError,
+    InvalidRequest,
+    PatchbayError,
+    PermissionDenied,
+    ProtocolError,
+    UpstreamError,
+    error_for_status,
+)
+from patchbay.events import Finish, StreamEvent, TextDelta, ToolCallDelta, Usage
+from patchbay.http import HTTPSession, parse_retry_after
+from patchbay.messages import Messages
+from patchbay.presets import get_preset
+from patchbay.providers.base import AsyncGeneratorProvider, ProviderModelMixin
+from patchbay.secrets import mask, redact, register_secret
+from patchbay.sync import run_sync
+
+__all__ = ["OpenAICompatible"]
+
+log = logging.getLogger("patchbay.providers.openai_compatible")
+
+MODELS_TIMEOUT = 5.0  # seconds for GET /models
+MODELS_TTL = 300.0  # seconds a fetched model list is reused
+MAX_BODY = 16 * 1024 * 1024  # bytes of a non-streamed answer read at most
+#: The errors that mean "this key is no good": with several keys, ban it and try the next.
+KEY_REJECTED = (AuthError, PermissionDenied)
+#: OpenAI error ``code`` / ``type`` names -> the HTTP status they stand for (for in-stream errors).
+ERROR_NAME_STATUS: dict[str, int] = {
+    "invalid_request_error": 400,
+    "authentication_error": 401,
+    "invalid_api_key": 401,
+    "insufficient_quota": 402,
+    "permission_error": 403,
+    "not_found_error": 404,
+    "model_not_found": 404,
+    "conflict_error": 409,
+    "rate_limit_error": 429,
+    "rate_limit_exceeded": 429,
+    "server_error": 500,
+    "api_error": 500,
+    "overloaded_error": 503,
+}
+_TITLE = re.compile(r"<title>(.*?)</title>", re.IGNORECASE | re.DOTALL)
+_SENSITIVE_HEADER = re.compile(r"auth|key|token|cookie", re.IGNORECASE)
+
+
+class OpenAICompatible(AsyncGeneratorProvider, ProviderModelMixin):
+    """An OpenAI-compatible API; use :meth:`configure` or :meth:`from_preset` to point it somewhere."""
+
+    name = "OpenAICompatible"
+    working = True
+    needs_auth = False
+    supports_stream = True
+    supports_system_message = True
+    supports_message_history = True
+
+    base_url: ClassVar[str] = ""
+    api_key_env: ClassVar[str | None] = None
+    local: ClassVar[bool] = False
+    headers: ClassVar[dict[str, str]] = {}
+    extra_body: ClassVar[dict[str, Any]] = {}
+    credentials: ClassVar[CredentialPool] = CredentialPool("OpenAICompatible")
+    _models_cache: ClassVar[tuple[float, list[str]] | None] = None
+
+    # -- configuration -------------------------------------------------------------------------
+
+    @classmethod
+    def configure(
+        cls,
+        name: str,
+        *,
+        base_url: str,
+        api_key: str | None = None,
+        api_key_env: str | None = None,
+        api_keys: list[str] | None = None,
+        models: list[str] | None = None,
+        default_model: str | None = None,
+        headers: dict[str, str] | None = None,
+        extra_body: dict[str, Any] | None = None,
+        verify_ssl: bool = True,
+    ) -> type[OpenAICompatible]:
+        """A new subclass for one service, with its own key pool (``api_key``/``api_keys`` plus the
+        comma-separated keys in ``api_key_env``, read at the first request). Other arguments left
+        ``None`` are inherited from ``cls``."""
+        if not name or not isinstance(name, str):
+            raise InvalidRequest("a configured provider needs a non-empty name", param="name")
+        if not base_url or not isinstance(base_url, str):
+            raise InvalidRequest(f"{name}: base_url must be a non-empty URL", param="base_url")
+        env = api_key_env if api_key_env is not None else cls.api_key_env
+        pool = CredentialPool(name, env_var=env)
+        pool.add(api_key)
+        pool.add(api_keys)
+        merged_headers = {**cls.headers, **(headers or {})}
+        for header, value in merged_headers.items():
+            if _SENSITIVE_HEADER.search(header):
+                register_secret(value)
+        attrs: dict[str, Any] = {
+            "__module__": cls.__module__,
+            "__doc__": f"OpenAI-compatible API at {base_url}.",
+            "name": name,
+            "url": base_url,
+            "base_url": base_url.rstrip("/"),
+            "api_key_env": env,
+            "credentials": pool,
+            "models": list(models) if models is not None else list(cls.models),
+            "default_model": default_model if default_model is not None else cls.default_model,
+            "headers": merged_headers,
+            "extra_body": {**cls.extra_body, **(extra_body or {})},
+            "verify_ssl": verify_ssl,
+            "_models_cache": None,
+        }
+        return type(_class_name(name), (cls,), attrs)
+
+    @classmethod
+    def from_preset(cls, preset_name: str, **overrides: Any) -> type[OpenAICompatible]:
+        """A configured subclass for a named preset (see :mod:`patchbay.presets`)."""
+        preset = get_preset(preset_name)
+        overrides.setdefault("base_url", preset.base_url)
+        overrides.setdefault("api_key_env", preset.key_env)
+        provider = cls.configure(overrides.pop("name", preset.name), **overrides)
+        provider.needs_auth = preset.needs_auth
+        provider.local = preset.local
+        return provider
+
+    # -- models --------------------------------------------------------------------------------
+
+    @classmethod
+    def resolve_model(cls, model: str | None) -> str:
+        """Empty -> ``default_model``; any other name is passed through (the server knows its models)."""
+        if model:
+            return model
+        if cls.default_model:
+            return cls.default_model
+        raise InvalidRequest(f"{cls.name}: no model given and no default_model configured", param="model")
+
+    @classmethod
+    def get_model(cls, name: str | None) -> str:
+        return cls.resolve_model(name)
+
+    @classmethod
+    def get_models(cls) -> list[str]:
+        """The configured models, else the server's list (cached), else ``[default_model]``."""
+        if cls.models:
+            return list(cls.models)
+        cached = cls._cached_models()
+        if cached is not None:
+            return cached
+        try:
+            return run_sync(cls.fetch_models(), timeout=MODELS_TIMEOUT + 1)
+        except (PatchbayError, TimeoutError):
+            if cls.default_model:
+                return [cls.default_model]
+            raise
+
+    @classmethod
+    async def fetch_models(cls, *, refresh: bool = False) -> list[str]:
+        """The model ids from ``GET {base}/models``, reused for :data:`MODELS_TTL` seconds."""
+        cached = None if refresh else cls._cached_models()
+        if cached is not None:
+            return cached
+        base = cls._base()
+        limits = Timeout(connect=MODELS_TIMEOUT, first_byte=MODELS_TIMEOUT, idle=MODELS_TIMEOUT, total=MODELS_TIMEOUT)
+        async with (
+            HTTPSession(timeout=limits, verify_ssl=cls.verify_ssl, headers=cls.headers, provider=cls.name) as http,
+            http.request("GET", f"{base}/models", headers=_auth(cls.credentials.current())) as response,
+        ):
+            if response.status >= 300:
+                raise await cls._status_error(http, response)
+            text = await http.read_body(response, MAX_BODY)
+        try:
+            payload = json.loads(text)
+            items = payload["data"] if isinstance(payload, dict) else payload
+            models = [item["id"] if isinstance(item, dict) else str(item) for item in items]
+        except (ValueError, KeyError, TypeError):
+            raise ProtocolError(f"{cls.name}: the model list is not in the OpenAI shape: {text[:80]!r}") from None
+        cls._models_cache = (time.monotonic() + MODELS_TTL, models)
+        return list(models)
+
+    @classmethod
+    def _cached_models(cls) -> list[str] | None:
+        cached = cls.__dict__.get("_models_cache")
+        if cached is None or cached[0] < time.monotonic():
+            return None
+        return list(cached[1])
+
+    # -- chat ----------------------------------------------------------------------------------
+
+    @classmethod
+    async def generate(
+        cls,
+        model: str,
+        messages: Messages,
+        *,
+        proxy: str | None = None,
+        base_url: str | None = None,
+        timeout: Timeout,
+        api_key: str | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        max_tokens: int | None = None,
+        stop: str | list[str] | None = None,
+        seed: int | None = None,
+        tools: list[dict[str, Any]] | None = None,
+        tool_choice: str | dict[str, Any] | None = None,
+        response_format: dict[str, Any] | None = None,
+        stream: bool = True,
+        extra_body: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[StreamEvent]:
+        """Stream the answer; ``extra_body`` is merged into the request JSON as-is."""
+        if kwargs:
+            log.debug("%s ignores unknown arguments: %s", cls.name, ", ".join(sorted(kwargs)))
+        register_secret(api_key)
+        url = f"{cls._base(base_url)}/chat/completions"
+        body: dict[str, Any] = {"model": model, "messages": messages, "stream": stream}
+        if stream:
+            body["stream_options"] = {"include_usage": True}
+        options = {"temperature": temperature, "top_p": top_p, "max_tokens": max_tokens, "stop": stop,
+                   "seed": seed, "tools": tools, "tool_choice": tool_choice, "response_format": response_format}
+        body.update({key: value for key, value in options.items() if value is not None})
+        body.update(cls.extra_body)
+        body.update(extra_body or {})
+        cls.credentials.load_env()
+        async with HTTPSession(
+            timeout=timeout, proxy=proxy, verify_ssl=cls.verify_ssl, headers=cls.headers, provider=cls.name
+        ) as http:
+            for _ in range(max(1, len(cls.credentials))):  # at most one attempt per key
+                key = api_key or cls.credentials.current()
+                if key is None and (cls.needs_auth or len(cls.credentials)):
+                    raise cls._missing_key()
+                delivered = False
+                try:
+                    async with aclosing(cls._chat(http, url, body, key)) as events:
+                        async for event in events:
+                            delivered = delivered or isinstance(event, TextDelta | ToolCallDelta)
+                            yield event
+                    return
+                except KEY_REJECTED as exc:
+                    if delivered or api_key or key is None or len(cls.credentials) < 2:
+                        raise
+                    cls.credentials.ban(key)
+                    log.info("%s: API key %s was rejected (%s); trying the next one", cls.name, mask(key), exc.code)
+                    if cls.credentials.current() is None:
+                        raise AuthError(f"all {len(cls.credentials)} API keys were rejected: {exc.message}") from exc
+            raise cls._missing_key()  # other requests banned the remaining keys meanwhile
+
+    @classmethod
+    async def _chat(
+        cls, http: HTTPSession, url: str, body: dict[str, Any], key: str | None
+    ) -> AsyncIterator[StreamEvent]:
+        headers = _auth(key)
+        if body.get("stream"):
+            headers["Accept"] = "text/event-stream"
+        async with http.request("POST", url, json=body, headers=headers) as response:
+            if response.status >= 300:
+                raise await cls._status_error(http, response)
+            content_type = response.headers.get("content-type", "").lower()
+            if "html" in content_type:
+                raise ProtocolError(f"the service answered with an HTML page ({content_type}) instead of an answer")
+            if "json" in content_type or not body.get("stream"):
+                text = await http.read_body(response, MAX_BODY)
+                for event in _completion_events(_parse_json(text)):
+                    yield event
+                return
+            async for event in _stream_events(http, response):
+                yield event
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    @classmethod
+    def _base(cls, base_url: str | None = None) -> str:
+        base = (base_url or cls.base_url).rstrip("/")
+        if not base:
+            raise InvalidRequest(f"{cls.name} has no base_url; use OpenAICompatible.configure()", param="base_url")
+        return base
+
+    @classmethod
+    def _missing_key(cls) -> AuthError:
+        if len(cls.credentials):
+            return AuthError(f"all {len(cls.credentials)} API keys were rejected")
+        where = f" (set {cls.api_key_env})" if cls.api_key_env else ""
+        return AuthError(f"{cls.name} needs an API key{where}")
+
+    @classmethod
+    async def _status_error(cls, http: HTTPSession, response: aiohttp.ClientResponse) -> PatchbayError:
+        """The patchbay error for an upstream error answer (OpenAI error object or plain text)."""
+        text = await http.read_body(response)
+        message, param = _error_message(text)
+        error = error_for_status(
+            response.status, message, provider=cls.name, retry_after=parse_retry_after(response.headers)
+        )
+        error.param = param
+        return error
+
+
+def _class_name(name: str) -> str:
+    cleaned = re.sub(r"\W+", "_", name).strip("_")
+    return cleaned if cleaned.isidentifier() else f"Provider_{cleaned}"
+
+
+def _auth(key: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"} if key else {}
+
+
+def _error_message(text: str) -> tuple[str, str | None]:
+    """The message (redacted, shortened) and ``param`` of an error body."""
+    stripped = text.strip()
+    try:
+        payload = json.loads(stripped)
+    except ValueError:
+        payload = None
+    if isinstance(payload, dict) and "error" in payload:
+        error = payload["error"]
+        if not isinstance(error, dict):
+            return redact(str(error)[:500]), None
+        param = error.get("param")
+        message = str(error.get("message") or error.get("type") or "")
+        return redact(message[:500]), param if isinstance(param, str) else None
+    if stripped[:1] == "<":
+        title = _TITLE.search(stripped)
+        return f"an HTML error page ({title.group(1).strip()[:80] if title else 'untitled'})", None
+    return redact(stripped[:500]), None
+
+
+def _error_from_object(error: object) -> PatchbayError:
+    """The patchbay error for an error object sent inside a 200 answer."""
+    status = None
+    if isinstance(error, dict):
+        code = error.get("code")
+        if isinstance(code, int) or (isinstance(code, str) and code.isdigit()):
+            status = int(code) if 400 <= int(code) < 600 else None
+        for field in (error.get("code"), error.get("type")):
+            if status is None and isinstance(field, str):
+                status = ERROR_NAME_STATUS.get(field)
+    message, _ = _error_message(json.dumps({"error": error}))
+    if status is None:
+        return UpstreamError(f"the service reported an error: {message}")
+    return error_for_status(status, message)
+
+
+def _parse_json(text: str) -> dict[str, Any]:
+    try:
+        payload = json.loads(text)
+    except ValueError:
+        raise ProtocolError(f"the answer is not valid JSON: {text[:80]!r}") from None
+    if not isinstance(payload, dict):
+        raise ProtocolError(f"the answer is not a JSON object: {text[:80]!r}")
+    if "error" in payload:
+        raise _error_from_object(payload["error"])
+    return payload
+
+
+def _completion_events(payload: dict[str, Any]) -> list[StreamEvent]:
+    """The events of a whole (non-streamed) ``chat.completion``."""
+    choices = payload.get("choices")
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        raise ProtocolError("the answer has no choices")
+    message = choices[0].get("message") or {}
+    events: list[StreamEvent] = []
+    if isinstance(message.get("content"), str) and message["content"]:
+        events.append(TextDelta(message["content"]))
+    for index, call in enumerate(message.get("tool_calls") or []):
+        function = call.get("function") or {}
+        events.append(ToolCallDelta(index, call.get("id"), function.get("name"), function.get("arguments") or ""))
+    events.extend(_usage(payload))
+    if choices[0].get("finish_reason"):
+        events.append(Finish(choices[0]["finish_reason"]))
+    return events
+
+
+async def _stream_events(http: HTTPSession, response: aiohttp.ClientResponse) -> AsyncIterator[StreamEvent]:
+    """The events of a streamed answer; Finish is held back to come last (after the usage chunk)."""
+    finish: str | None = None
+    done = False
+    async for event in http.iter_decoded(response, SSEDecoder()):
+        if event.data.strip() == "[DONE]":
+            done = True
+            break
+        payload = _parse_json(event.data)
+        for choice in payload.get("choices") or []:
+            if not isinstance(choice, dict) or choice.get("index", 0) != 0:
+                continue
+            delta = choice.get("delta") or {}
+            if isinstance(delta.get("content"), str) and delta["content"]:
+                yield TextDelta(delta["content"])
+            for position, call in enumerate(delta.get("tool_calls") or []):
+                function = call.get("function") or {}
+                yield ToolCallDelta(call.get("index", position), call.get("id"), function.get("name"),
+                                    function.get("arguments") or "")
+            finish = choice.get("finish_reason") or finish
+        for usage in _usage(payload):
+            yield usage
+    if not done and finish is None:
+        raise ProtocolError("the stream ended before its last chunk (no finish_reason and no [DONE])")
+    if finish is not None:
+        yield Finish(finish)
+
+
+def _usage(payload: dict[str, Any]) -> list[Usage]:
+    usage = payload.get("usage")
+    if not isinstance(usage, dict):
+        return []
+    return [Usage(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))]
