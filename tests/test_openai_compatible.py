@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from typing import Any
 
 import pytest
@@ -12,6 +13,7 @@ from aiohttp import web
 from patchbay.config import Timeout
 from patchbay.errors import (
     AuthError,
+    ConnectionFailed,
     FirstByteTimeout,
     IdleTimeout,
     InvalidRequest,
@@ -257,11 +259,17 @@ async def test_stall_mid_stream(openai_fake: OpenAIFake) -> None:
     await openai_fake.wait_until(lambda: openai_fake.open_streams == 0)
 
 
-async def test_disconnect_mid_stream(openai_fake: OpenAIFake) -> None:
+@pytest.mark.parametrize("stream", [True, False])
+async def test_disconnect_mid_answer(openai_fake: OpenAIFake, stream: bool) -> None:
     openai_fake.scenario = "disconnect"
     with pytest.raises(PatchbayError) as caught:
-        await run(provider_for(openai_fake))
-    assert isinstance(caught.value, StreamInterrupted | UpstreamError)
+        await run(provider_for(openai_fake), stream=stream)
+    error = caught.value
+    if stream:  # text was delivered before the connection dropped
+        assert isinstance(error, StreamInterrupted) and isinstance(error.__cause__, ConnectionFailed)
+        assert error.partial_text and DEFAULT_ANSWER.startswith(error.partial_text)
+    else:
+        assert isinstance(error, ConnectionFailed)
 
 
 # -- keys ------------------------------------------------------------------------------------------
@@ -322,7 +330,9 @@ async def test_per_request_api_key_is_redacted(openai_fake: OpenAIFake) -> None:
     assert openai_fake.requests[-1].headers["authorization"] == f"Bearer {secret}"
 
 
-async def test_rejected_key_is_banned_and_next_key_used(openai_fake: OpenAIFake) -> None:
+async def test_rejected_key_is_banned_and_next_key_used(openai_fake: OpenAIFake,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="patchbay")
     openai_fake.api_key = "sk-good-key-2222"
     provider = provider_for(openai_fake, api_keys=["sk-bad-key-1111", "sk-good-key-2222"])
     assert (await run(provider)).text == DEFAULT_ANSWER
@@ -332,6 +342,7 @@ async def test_rejected_key_is_banned_and_next_key_used(openai_fake: OpenAIFake)
     assert "(banned)" in repr(provider.credentials) and "sk-bad" not in repr(provider.credentials)
     await run(provider)  # the banned key is not tried again
     assert openai_fake.requests[-1].headers["authorization"] == "Bearer sk-good-key-2222"
+    assert "was rejected" in caplog.text and "sk-bad-key-1111" not in caplog.text
 
 
 async def test_all_keys_rejected_is_bounded(openai_fake: OpenAIFake) -> None:

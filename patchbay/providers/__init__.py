@@ -1,6 +1,6 @@
 """Providers: one module per chat service, all registered in :data:`registry`.
 
-``from patchbay.providers import Liaobots, AiChatOnline, liaobots_legacy``
+``from patchbay.providers import Local, Liaobots, AiChatOnline, liaobots_legacy``
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from patchbay.providers.aichatonline import AiChatOnline
 from patchbay.providers.base import AsyncGeneratorProvider, ProviderModelMixin
 from patchbay.providers.liaobots import Liaobots
 from patchbay.providers.liaobots_legacy import LiaobotsLegacy
+from patchbay.providers.local import Local
 from patchbay.providers.registry import ProviderRegistry, registry
 
 __all__ = [
@@ -17,11 +18,12 @@ __all__ = [
     "AsyncGeneratorProvider",
     "Liaobots",
     "LiaobotsLegacy",
+    "Local",
     "ProviderModelMixin",
     "ProviderRegistry",
     "liaobots_legacy",
     "registry",
 ]
 
-for _provider in (Liaobots, LiaobotsLegacy, AiChatOnline):
+for _provider in (Local, Liaobots, LiaobotsLegacy, AiChatOnline):
     registry.register(_provider)

@@ -1,28 +1,26 @@
 """Any OpenAI-compatible Chat Completions API (``shared/protocols.md`` §4).
 
-``POST {base}/chat/completions`` streamed as server-sent events (one ``chat.completion.chunk`` per
-event, a usage chunk when asked for, then ``data: [DONE]``) or answered whole; ``GET {base}/models``
-lists the models. Providers are classes, so a service is configured by making a subclass:
-:meth:`OpenAICompatible.configure` or :meth:`OpenAICompatible.from_preset`. API keys live in a
-per-class :class:`~patchbay.credentials.CredentialPool`; with several keys, one the service rejects
-is banned and the next tried, but only before any output was delivered.
+Providers are classes, so a service is configured by making a subclass (:meth:`~OpenAICompatible.configure`,
+:meth:`~OpenAICompatible.from_preset`). Keys live in a per-class CredentialPool; with several keys, one
+the service rejects is banned and the next tried, but only before any output was delivered.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import aclosing
-from typing import Any, ClassVar
+from typing import Any, ClassVar, ParamSpec, TypeVar, cast
 
 import aiohttp
 
 from patchbay.config import Timeout
 from patchbay.credentials import CredentialPool
-from patchbay.decoders import SSEDecoder
+from patchbay.decoders import ServerSentEvent, SSEDecoder
 from patchbay.errors import (
     AuthError,
     InvalidRequest,
@@ -43,6 +41,8 @@ from patchbay.sync import run_sync
 __all__ = ["OpenAICompatible"]
 
 log = logging.getLogger("patchbay.providers.openai_compatible")
+P = ParamSpec("P")
+R = TypeVar("R")
 
 MODELS_TIMEOUT = 5.0  # seconds for GET /models
 MODELS_TTL = 300.0  # seconds a fetched model list is reused
@@ -51,18 +51,9 @@ MAX_BODY = 16 * 1024 * 1024  # bytes of a non-streamed answer read at most
 KEY_REJECTED = (AuthError, PermissionDenied)
 #: OpenAI error ``code`` / ``type`` names -> the HTTP status they stand for (for in-stream errors).
 ERROR_NAME_STATUS: dict[str, int] = {
-    "invalid_request_error": 400,
-    "authentication_error": 401,
-    "invalid_api_key": 401,
-    "insufficient_quota": 402,
-    "permission_error": 403,
-    "not_found_error": 404,
-    "model_not_found": 404,
-    "conflict_error": 409,
-    "rate_limit_error": 429,
-    "rate_limit_exceeded": 429,
-    "server_error": 500,
-    "api_error": 500,
+    "invalid_request_error": 400, "authentication_error": 401, "invalid_api_key": 401, "insufficient_quota": 402,
+    "permission_error": 403, "not_found_error": 404, "model_not_found": 404, "conflict_error": 409,
+    "rate_limit_error": 429, "rate_limit_exceeded": 429, "server_error": 500, "api_error": 500,
     "overloaded_error": 503,
 }
 _TITLE = re.compile(r"<title>(.*?)</title>", re.IGNORECASE | re.DOTALL)
@@ -91,26 +82,16 @@ class OpenAICompatible(AsyncGeneratorProvider, ProviderModelMixin):
 
     @classmethod
     def configure(
-        cls,
-        name: str,
-        *,
-        base_url: str,
-        api_key: str | None = None,
-        api_key_env: str | None = None,
-        api_keys: list[str] | None = None,
-        models: list[str] | None = None,
-        default_model: str | None = None,
-        headers: dict[str, str] | None = None,
-        extra_body: dict[str, Any] | None = None,
-        verify_ssl: bool = True,
+        cls, name: str, *, base_url: str,
+        api_key: str | None = None, api_key_env: str | None = None, api_keys: list[str] | None = None,
+        models: list[str] | None = None, default_model: str | None = None,
+        headers: dict[str, str] | None = None, extra_body: dict[str, Any] | None = None, verify_ssl: bool = True,
     ) -> type[OpenAICompatible]:
         """A new subclass for one service, with its own key pool (``api_key``/``api_keys`` plus the
         comma-separated keys in ``api_key_env``, read at the first request). Other arguments left
         ``None`` are inherited from ``cls``."""
-        if not name or not isinstance(name, str):
-            raise InvalidRequest("a configured provider needs a non-empty name", param="name")
-        if not base_url or not isinstance(base_url, str):
-            raise InvalidRequest(f"{name}: base_url must be a non-empty URL", param="base_url")
+        if not name or not base_url:
+            raise InvalidRequest("a configured provider needs a name and a base_url", param="base_url")
         env = api_key_env if api_key_env is not None else cls.api_key_env
         pool = CredentialPool(name, env_var=env)
         pool.add(api_key)
@@ -120,21 +101,14 @@ class OpenAICompatible(AsyncGeneratorProvider, ProviderModelMixin):
             if _SENSITIVE_HEADER.search(header):
                 register_secret(value)
         attrs: dict[str, Any] = {
-            "__module__": cls.__module__,
-            "__doc__": f"OpenAI-compatible API at {base_url}.",
-            "name": name,
-            "url": base_url,
-            "base_url": base_url.rstrip("/"),
-            "api_key_env": env,
-            "credentials": pool,
-            "models": list(models) if models is not None else list(cls.models),
+            "__module__": cls.__module__, "__doc__": f"OpenAI-compatible API at {base_url}.", "name": name,
+            "url": base_url, "base_url": base_url.rstrip("/"), "api_key_env": env, "credentials": pool,
+            "models": list(models if models is not None else cls.models),
             "default_model": default_model if default_model is not None else cls.default_model,
-            "headers": merged_headers,
-            "extra_body": {**cls.extra_body, **(extra_body or {})},
-            "verify_ssl": verify_ssl,
-            "_models_cache": None,
+            "headers": merged_headers, "extra_body": {**cls.extra_body, **(extra_body or {})},
+            "verify_ssl": verify_ssl, "_models_cache": None,
         }
-        return type(_class_name(name), (cls,), attrs)
+        return type(re.sub(r"\W", "_", name), (cls,), attrs)
 
     @classmethod
     def from_preset(cls, preset_name: str, **overrides: Any) -> type[OpenAICompatible]:
@@ -164,7 +138,9 @@ class OpenAICompatible(AsyncGeneratorProvider, ProviderModelMixin):
 
     @classmethod
     def get_models(cls) -> list[str]:
-        """The configured models, else the server's list (cached), else ``[default_model]``."""
+        """The configured models, else the server's list (cached), else ``[default_model]``.
+
+        Blocks while it fetches; async code should await :meth:`fetch_models` instead."""
         if cls.models:
             return list(cls.models)
         cached = cls._cached_models()
@@ -212,25 +188,13 @@ class OpenAICompatible(AsyncGeneratorProvider, ProviderModelMixin):
 
     @classmethod
     async def generate(
-        cls,
-        model: str,
-        messages: Messages,
-        *,
-        proxy: str | None = None,
-        base_url: str | None = None,
-        timeout: Timeout,
-        api_key: str | None = None,
-        temperature: float | None = None,
-        top_p: float | None = None,
-        max_tokens: int | None = None,
-        stop: str | list[str] | None = None,
-        seed: int | None = None,
-        tools: list[dict[str, Any]] | None = None,
-        tool_choice: str | dict[str, Any] | None = None,
-        response_format: dict[str, Any] | None = None,
-        stream: bool = True,
-        extra_body: dict[str, Any] | None = None,
-        **kwargs: Any,
+        cls, model: str, messages: Messages, *,
+        proxy: str | None = None, base_url: str | None = None, timeout: Timeout, api_key: str | None = None,
+        temperature: float | None = None, top_p: float | None = None, max_tokens: int | None = None,
+        stop: str | list[str] | None = None, seed: int | None = None,
+        tools: list[dict[str, Any]] | None = None, tool_choice: str | dict[str, Any] | None = None,
+        response_format: dict[str, Any] | None = None, stream: bool = True,
+        extra_body: dict[str, Any] | None = None, **kwargs: Any,
     ) -> AsyncIterator[StreamEvent]:
         """Stream the answer; ``extra_body`` is merged into the request JSON as-is."""
         if kwargs:
@@ -252,7 +216,7 @@ class OpenAICompatible(AsyncGeneratorProvider, ProviderModelMixin):
             for _ in range(max(1, len(cls.credentials))):  # at most one attempt per key
                 key = api_key or cls.credentials.current()
                 if key is None and (cls.needs_auth or len(cls.credentials)):
-                    raise cls._missing_key()
+                    raise cls._no_key()
                 delivered = False
                 try:
                     async with aclosing(cls._chat(http, url, body, key)) as events:
@@ -267,12 +231,12 @@ class OpenAICompatible(AsyncGeneratorProvider, ProviderModelMixin):
                     log.info("%s: API key %s was rejected (%s); trying the next one", cls.name, mask(key), exc.code)
                     if cls.credentials.current() is None:
                         raise AuthError(f"all {len(cls.credentials)} API keys were rejected: {exc.message}") from exc
-            raise cls._missing_key()  # other requests banned the remaining keys meanwhile
+            raise cls._no_key()  # other requests banned the remaining keys meanwhile
 
     @classmethod
     async def _chat(
         cls, http: HTTPSession, url: str, body: dict[str, Any], key: str | None
-    ) -> AsyncIterator[StreamEvent]:
+    ) -> AsyncGenerator[StreamEvent, None]:
         headers = _auth(key)
         if body.get("stream"):
             headers["Accept"] = "text/event-stream"
@@ -282,13 +246,24 @@ class OpenAICompatible(AsyncGeneratorProvider, ProviderModelMixin):
             content_type = response.headers.get("content-type", "").lower()
             if "html" in content_type:
                 raise ProtocolError(f"the service answered with an HTML page ({content_type}) instead of an answer")
-            if "json" in content_type or not body.get("stream"):
-                text = await http.read_body(response, MAX_BODY)
-                for event in _completion_events(_parse_json(text)):
+            if "json" in content_type or not body.get("stream"):  # a whole answer, asked for or not
+                for event in _completion_events(_parse_json(await http.read_body(response, MAX_BODY))):
                     yield event
                 return
-            async for event in _stream_events(http, response):
-                yield event
+            finish: str | None = None  # held back so that Finish comes last, after the usage chunk
+            events_in = cast("AsyncGenerator[ServerSentEvent, None]", http.iter_decoded(response, SSEDecoder()))
+            async with aclosing(events_in) as sse:
+                async for item in sse:
+                    if item.data.strip() == "[DONE]":
+                        break
+                    events, finish = _chunk_events(_parse_json(item.data), finish)
+                    for event in events:
+                        yield event
+                else:
+                    if finish is None:
+                        raise ProtocolError("the stream ended before its last chunk (no finish_reason, no [DONE])")
+            if finish is not None:
+                yield Finish(finish)
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -300,7 +275,7 @@ class OpenAICompatible(AsyncGeneratorProvider, ProviderModelMixin):
         return base
 
     @classmethod
-    def _missing_key(cls) -> AuthError:
+    def _no_key(cls) -> AuthError:
         if len(cls.credentials):
             return AuthError(f"all {len(cls.credentials)} API keys were rejected")
         where = f" (set {cls.api_key_env})" if cls.api_key_env else ""
@@ -318,63 +293,77 @@ class OpenAICompatible(AsyncGeneratorProvider, ProviderModelMixin):
         return error
 
 
-def _class_name(name: str) -> str:
-    cleaned = re.sub(r"\W+", "_", name).strip("_")
-    return cleaned if cleaned.isidentifier() else f"Provider_{cleaned}"
-
-
 def _auth(key: str | None) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"} if key else {}
 
 
 def _error_message(text: str) -> tuple[str, str | None]:
-    """The message (redacted, shortened) and ``param`` of an error body."""
+    """The message (redacted, shortened) and ``param`` of an error body: JSON, HTML or plain text."""
     stripped = text.strip()
     try:
         payload = json.loads(stripped)
     except ValueError:
         payload = None
     if isinstance(payload, dict) and "error" in payload:
-        error = payload["error"]
-        if not isinstance(error, dict):
-            return redact(str(error)[:500]), None
-        param = error.get("param")
-        message = str(error.get("message") or error.get("type") or "")
-        return redact(message[:500]), param if isinstance(param, str) else None
+        return _error_fields(payload["error"])
     if stripped[:1] == "<":
         title = _TITLE.search(stripped)
         return f"an HTML error page ({title.group(1).strip()[:80] if title else 'untitled'})", None
     return redact(stripped[:500]), None
 
 
+def _error_fields(error: object) -> tuple[str, str | None]:
+    """The message (redacted, shortened) and ``param`` of an OpenAI error object."""
+    if not isinstance(error, dict):
+        return redact(str(error)[:500]), None
+    param = error.get("param")
+    return redact(str(error.get("message") or error.get("type") or "")[:500]), param if isinstance(param, str) else None
+
+
 def _error_from_object(error: object) -> PatchbayError:
-    """The patchbay error for an error object sent inside a 200 answer."""
+    """The patchbay error for an error object sent with a 200 status (e.g. mid-stream)."""
     status = None
     if isinstance(error, dict):
         code = error.get("code")
         if isinstance(code, int) or (isinstance(code, str) and code.isdigit()):
             status = int(code) if 400 <= int(code) < 600 else None
-        for field in (error.get("code"), error.get("type")):
-            if status is None and isinstance(field, str):
-                status = ERROR_NAME_STATUS.get(field)
-    message, _ = _error_message(json.dumps({"error": error}))
-    if status is None:
-        return UpstreamError(f"the service reported an error: {message}")
-    return error_for_status(status, message)
+        for name in (code, error.get("type")):
+            if status is None and isinstance(name, str):
+                status = ERROR_NAME_STATUS.get(name)
+    message, param = _error_fields(error)
+    result = UpstreamError(f"the service reported an error: {message}") if status is None else \
+        error_for_status(status, message)
+    result.param = param
+    return result
 
 
 def _parse_json(text: str) -> dict[str, Any]:
+    """A JSON object from the service; an ``error`` object in it is raised as its patchbay error."""
     try:
         payload = json.loads(text)
     except ValueError:
         raise ProtocolError(f"the answer is not valid JSON: {text[:80]!r}") from None
     if not isinstance(payload, dict):
         raise ProtocolError(f"the answer is not a JSON object: {text[:80]!r}")
-    if "error" in payload:
+    if payload.get("error"):
         raise _error_from_object(payload["error"])
     return payload
 
 
+def _shape_checked(parse: Callable[P, R]) -> Callable[P, R]:
+    """Turn a reply of an unexpected shape (a list where an object belongs...) into ProtocolError."""
+
+    @functools.wraps(parse)
+    def checked(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return parse(*args, **kwargs)
+        except (AttributeError, TypeError, ValueError) as exc:
+            raise ProtocolError(f"the answer does not have the OpenAI shape ({exc})") from exc
+
+    return checked
+
+
+@_shape_checked
 def _completion_events(payload: dict[str, Any]) -> list[StreamEvent]:
     """The events of a whole (non-streamed) ``chat.completion``."""
     choices = payload.get("choices")
@@ -393,35 +382,25 @@ def _completion_events(payload: dict[str, Any]) -> list[StreamEvent]:
     return events
 
 
-async def _stream_events(http: HTTPSession, response: aiohttp.ClientResponse) -> AsyncIterator[StreamEvent]:
-    """The events of a streamed answer; Finish is held back to come last (after the usage chunk)."""
-    finish: str | None = None
-    done = False
-    async for event in http.iter_decoded(response, SSEDecoder()):
-        if event.data.strip() == "[DONE]":
-            done = True
-            break
-        payload = _parse_json(event.data)
-        for choice in payload.get("choices") or []:
-            if not isinstance(choice, dict) or choice.get("index", 0) != 0:
-                continue
-            delta = choice.get("delta") or {}
-            if isinstance(delta.get("content"), str) and delta["content"]:
-                yield TextDelta(delta["content"])
-            for position, call in enumerate(delta.get("tool_calls") or []):
-                function = call.get("function") or {}
-                yield ToolCallDelta(call.get("index", position), call.get("id"), function.get("name"),
-                                    function.get("arguments") or "")
-            finish = choice.get("finish_reason") or finish
-        for usage in _usage(payload):
-            yield usage
-    if not done and finish is None:
-        raise ProtocolError("the stream ended before its last chunk (no finish_reason and no [DONE])")
-    if finish is not None:
-        yield Finish(finish)
+@_shape_checked
+def _chunk_events(payload: dict[str, Any], finish: str | None) -> tuple[list[StreamEvent], str | None]:
+    """The events of one ``chat.completion.chunk`` (first choice only) and the finish reason so far."""
+    events: list[StreamEvent] = []
+    for choice in payload.get("choices") or []:
+        if not isinstance(choice, dict) or choice.get("index", 0) != 0:
+            continue
+        delta = choice.get("delta") or {}
+        if isinstance(delta.get("content"), str) and delta["content"]:
+            events.append(TextDelta(delta["content"]))
+        for position, call in enumerate(delta.get("tool_calls") or []):
+            function = call.get("function") or {}
+            events.append(ToolCallDelta(call.get("index", position), call.get("id"), function.get("name"),
+                                        function.get("arguments") or ""))
+        finish = choice.get("finish_reason") or finish
+    return events + _usage(payload), finish
 
 
-def _usage(payload: dict[str, Any]) -> list[Usage]:
+def _usage(payload: dict[str, Any]) -> list[StreamEvent]:
     usage = payload.get("usage")
     if not isinstance(usage, dict):
         return []

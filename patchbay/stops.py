@@ -1,0 +1,54 @@
+"""Stop sequences detected across chunk boundaries.
+
+A stop string may arrive split over several deltas ("Par" + "is"). :class:`StopSequenceFilter`
+holds back only the tail that could still be the start of a stop string, so text is delivered as
+early as possible and never past a stop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+__all__ = ["StopSequenceFilter"]
+
+
+class StopSequenceFilter:
+    """Feed text deltas in; get back the text that is safe to deliver, and whether a stop hit."""
+
+    def __init__(self, stops: Sequence[str] | str | None) -> None:
+        if isinstance(stops, str):
+            stops = [stops]
+        self.stops = [s for s in (stops or []) if s]
+        self._held = ""
+        self.stopped = False
+
+    def feed(self, text: str) -> str:
+        """The part of ``held + text`` that can be delivered now; sets ``stopped`` on a match."""
+        if self.stopped:
+            return ""
+        if not self.stops:
+            return text
+        buffer = self._held + text
+        cut = min((i for i in (buffer.find(s) for s in self.stops) if i >= 0), default=-1)
+        if cut >= 0:
+            self.stopped = True
+            self._held = ""
+            return buffer[:cut]
+        keep = self._partial_tail(buffer)
+        self._held = buffer[len(buffer) - keep:] if keep else ""
+        return buffer[: len(buffer) - keep]
+
+    def flush(self) -> str:
+        """At end of stream: the held tail was not a stop after all."""
+        held, self._held = self._held, ""
+        return "" if self.stopped else held
+
+    def _partial_tail(self, buffer: str) -> int:
+        """Length of the longest suffix of ``buffer`` that is a proper prefix of a stop string."""
+        longest = 0
+        for stop in self.stops:
+            for size in range(min(len(stop) - 1, len(buffer)), longest, -1):
+                if buffer.endswith(stop[:size]):
+                    longest = size
+                    break
+        return longest
