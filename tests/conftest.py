@@ -2,4 +2,4 @@
 
 from __future__ import annotations
 
-pytest_plugins = ["tests.replicas.fixtures"]
+pytest_plugins = ["tests.replicas.fixtures", "tests.replicas.proxy"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 import socket
 import time
 from collections.abc import AsyncIterator, Callable
@@ -303,10 +304,10 @@ async def test_streaming_response_passes_through_unbuffered(
 ) -> None:
     url = f"{target.base_url}/stream"
     if kind == "http":
-        session, extra = aiohttp.ClientSession(timeout=TIMEOUT), {"proxy": http_proxy.url}
+        session, proxy = aiohttp.ClientSession(timeout=TIMEOUT), http_proxy.url
     else:
-        session, extra = socks_session(socks5_proxy.url), {}
-    async with session, session.get(url, **extra) as resp:
+        session, proxy = socks_session(socks5_proxy.url), None
+    async with session, session.get(url, proxy=proxy) as resp:
         assert resp.headers["Transfer-Encoding"] == "chunked"
         # The target sends the rest only once the first part has arrived here.
         first = await asyncio.wait_for(resp.content.readexactly(len(STREAM_PARTS[0])), 5)
@@ -329,7 +330,9 @@ async def test_silent_client_is_dropped(factory: ProxyFactory) -> None:
 
 
 @pytest.mark.parametrize("factory", [HTTPProxy, Socks5Proxy])
-async def test_stop_closes_open_tunnels(factory: ProxyFactory, target: Target) -> None:
+async def test_stop_closes_open_tunnels(
+    factory: ProxyFactory, target: Target, caplog: pytest.LogCaptureFixture
+) -> None:
     proxy = factory()
     await proxy.start()
     reader, writer = await raw_connect(proxy.url)
@@ -347,3 +350,5 @@ async def test_stop_closes_open_tunnels(factory: ProxyFactory, target: Target) -
     finally:
         await close(writer)
     await proxy.stop()  # idempotent
+    await asyncio.sleep(0.05)  # let asyncio run the done-callbacks of the cancelled connection tasks
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []

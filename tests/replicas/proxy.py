@@ -154,6 +154,8 @@ class _ProxyServer:
             await self._handle(reader, writer)
         except (OSError, EOFError, TimeoutError, ValueError, asyncio.LimitOverrunError):
             pass  # client went away, stalled or sent garbage: just drop it
+        except asyncio.CancelledError:
+            pass  # stop() cancelled us; end normally, as some 3.11 releases log cancelled stream handlers
         finally:
             self._tasks.discard(task)
             await self._close(writer)
@@ -194,7 +196,7 @@ class _ProxyServer:
         client: tuple[asyncio.StreamReader, asyncio.StreamWriter],
         upstream: tuple[asyncio.StreamReader, asyncio.StreamWriter],
     ) -> None:
-        """Pipe bytes both ways until either side closes, then close the upstream connection."""
+        """Pipe bytes both ways until either side closes (the caller closes both connections)."""
         tasks = [self._spawn(self._copy(client[0], upstream[1])), self._spawn(self._copy(upstream[0], client[1]))]
         try:
             await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
@@ -202,7 +204,6 @@ class _ProxyServer:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            await self._close(upstream[1])
 
 
 class HTTPProxy(_ProxyServer):
@@ -259,11 +260,14 @@ class HTTPProxy(_ProxyServer):
         except (OSError, TimeoutError):
             await self._reply(writer, 502, "Bad Gateway")
             return
-        if method == "CONNECT":
-            writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
-        else:
-            upstream[1].write(self._upstream_head(method, url, version, headers))
-        await self._pipe((reader, writer), upstream)
+        try:
+            if method == "CONNECT":
+                writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            else:
+                upstream[1].write(self._upstream_head(method, url, version, headers))
+            await self._pipe((reader, writer), upstream)
+        finally:
+            await self._close(upstream[1])
 
     @staticmethod
     def _parse_head(head: bytes) -> tuple[str, str, str, list[tuple[str, str]]]:
@@ -346,8 +350,11 @@ class Socks5Proxy(_ProxyServer):
         except (OSError, TimeoutError):
             await self._reply(writer, 0x04)
             return
-        await self._reply(writer, 0x00, upstream[1].get_extra_info("sockname"))
-        await self._pipe((reader, writer), upstream)
+        try:
+            await self._reply(writer, 0x00, upstream[1].get_extra_info("sockname"))
+            await self._pipe((reader, writer), upstream)
+        finally:
+            await self._close(upstream[1])
 
     async def _handshake(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> tuple[str, int] | None:
         """Method negotiation, authentication and the request; the target, or None if refused."""
