@@ -17,7 +17,9 @@ from typing import Any, ClassVar
 
 import aiohttp
 
+from patchbay.catalog import ModelRecord, catalog
 from patchbay.config import UNSET, Timeout, TimeoutTypes
+from patchbay.context import estimate_tokens, fit_messages
 from patchbay.errors import ModelNotSupported, PatchbayError, StreamInterrupted
 from patchbay.events import EventStream, ProviderInfo, StreamEvent, TextDelta, TextStream
 from patchbay.http import map_transport_error
@@ -94,6 +96,11 @@ class AsyncGeneratorProvider:
     supports_message_history: ClassVar[bool] = True
     supports_system_message: ClassVar[bool] = True
     verify_ssl: ClassVar[bool] = True
+    supports_tools: ClassVar[bool] = False
+    supports_prefill: ClassVar[bool] = False  # continues a trailing partial assistant message
+    #: True when generate() fits the history to the model itself (with its own measure);
+    #: otherwise stream() fits it to the catalog's context window with the token estimate.
+    fits_context: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -127,6 +134,25 @@ class AsyncGeneratorProvider:
         return model or ""
 
     @classmethod
+    def model_records(cls) -> list[ModelRecord]:
+        """Catalog records for this provider's models (no network). Override to state limits."""
+        names = list(getattr(cls, "models", []) or [])
+        default = getattr(cls, "default_model", "")
+        if default and default not in names:
+            names.append(default)
+        aliases: dict[str, list[str]] = {}
+        for alias, target in getattr(cls, "model_aliases", {}).items():
+            aliases.setdefault(target, []).append(alias)
+        return [cls.model_record(name, aliases=tuple(aliases.get(name, ()))) for name in names]
+
+    @classmethod
+    def model_record(cls, model: str, **fields: Any) -> ModelRecord:
+        """A record for ``model`` with this provider's capability flags, plus ``fields``."""
+        return ModelRecord(provider=cls.name, model=model, streaming=cls.supports_stream,
+                           system_message=cls.supports_system_message, tools=cls.supports_tools,
+                           prefill=cls.supports_prefill, **fields)
+
+    @classmethod
     def stream(
         cls,
         model: str | None,
@@ -141,6 +167,10 @@ class AsyncGeneratorProvider:
         checked = validate_messages(messages)
         resolved = cls.resolve_model(model)
         limits = Timeout.of(timeout)
+        if not cls.fits_context:
+            record = catalog().get(cls.name, resolved)
+            if record is not None:
+                checked = fit_messages(checked, record.input_budget(kwargs.get("max_tokens")), estimate_tokens)
         source = cls.generate(resolved, checked, proxy=proxy, base_url=base_url, timeout=limits, **kwargs)
         return EventStream(_guarded(cls.name, resolved, source))
 

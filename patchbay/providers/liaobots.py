@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 
 import aiohttp
 
+from patchbay.catalog import ModelRecord
 from patchbay.config import Timeout
 from patchbay.context import count_chars, fit_messages
 from patchbay.credentials import CredentialPool
@@ -77,6 +78,7 @@ class Liaobots(AsyncGeneratorProvider, ProviderModelMixin):
     supports_system_message = True
     verify_ssl = False  # the service's certificate was never verifiable
     max_auth_attempts: ClassVar[int] = 3
+    fits_context = True  # to the model's maxLength, in characters
 
     default_model = "gpt-4o-2024-08-06"
     models: ClassVar[list[str]] = list(MODELS)
@@ -93,6 +95,14 @@ class Liaobots(AsyncGeneratorProvider, ProviderModelMixin):
 
     auth_codes: ClassVar[CredentialPool] = CredentialPool("Liaobots", env_var="LIAOBOTS_AUTH_CODES")
     cookies: ClassVar[CookieStore] = CookieStore()
+
+    @classmethod
+    def model_records(cls) -> list[ModelRecord]:
+        aliases: dict[str, list[str]] = {}
+        for alias, target in cls.model_aliases.items():
+            aliases.setdefault(target, []).append(alias)
+        return [cls.model_record(m, context_window=r["tokenLimit"], max_chars=r["maxLength"],
+                                 aliases=tuple(aliases.get(m, ()))) for m, r in cls.model_data.items()]
 
     @classmethod
     async def generate(

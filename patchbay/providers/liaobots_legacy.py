@@ -14,6 +14,7 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any, ClassVar, get_type_hints
 
+from patchbay.catalog import ModelRecord
 from patchbay.config import Timeout
 from patchbay.context import count_chars, fit_messages
 from patchbay.decoders import UTF8Decoder
@@ -50,6 +51,12 @@ class LiaobotsLegacy(AsyncGeneratorProvider, ProviderModelMixin):
     supports_system_message = True
     default_model = "gpt-3.5-turbo"
     models: ClassVar[list[str]] = list(models)
+    fits_context = True  # to the model's maxLength, in characters
+
+    @classmethod
+    def model_records(cls) -> list[ModelRecord]:
+        return [cls.model_record(m, context_window=r["tokenLimit"], max_chars=r["maxLength"])
+                for m, r in models.items()]
 
     @classmethod
     async def generate(

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+from patchbay.catalog import ModelRecord
 from patchbay.config import Timeout
 from patchbay.context import fit_messages
 from patchbay.errors import InvalidRequest, ModelNotSupported, ProviderNotWorking
@@ -239,6 +240,13 @@ class Local(AsyncGeneratorProvider, ProviderModelMixin):
     default_model = DEFAULT_MODEL
     models: ClassVar[list[str]] = [DEFAULT_MODEL]
     model_aliases: ClassVar[dict[str, str]] = {"smollm2": DEFAULT_MODEL, "local": DEFAULT_MODEL}
+    supports_prefill = True
+    fits_context = True  # with the model's own tokenizer
+
+    @classmethod
+    def model_records(cls) -> list[ModelRecord]:
+        return [cls.model_record(DEFAULT_MODEL, context_window=MAX_CONTEXT,
+                                 aliases=tuple(cls.model_aliases))]
 
     @classmethod
     def resolve_model(cls, model: str | None) -> str:
