@@ -24,7 +24,7 @@ def test_not_working_providers_are_skipped_unless_named() -> None:
 
 
 def test_unknown_name_lists_known_ones() -> None:
-    with pytest.raises(InvalidRequest, match="known providers: .*Liaobots"):
+    with pytest.raises(InvalidRequest, match=r"known providers: .*Liaobots"):
         registry.get("nope")
 
 

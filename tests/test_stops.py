@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import itertools
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -35,7 +37,7 @@ def test_any_chunking_gives_the_same_result(text: str, cuts: list[int]) -> None:
     stops = ["Pa", "世🌍"]
     whole = run(stops, [text])
     bounds = sorted({0, len(text), *[min(c, len(text)) for c in cuts]})
-    parts = [text[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
+    parts = [text[a:b] for a, b in itertools.pairwise(bounds)]
     assert run(stops, parts) == whole
     expected_cut = min((i for i in (text.find(s) for s in stops) if i >= 0), default=-1)
     assert whole[0] == (text if expected_cut < 0 else text[:expected_cut])

@@ -1,0 +1,86 @@
+"""The HTTP session factory: proxies, timeouts, cookies and transport-error mapping."""
+
+from __future__ import annotations
+
+import aiohttp
+import pytest
+
+from patchbay.config import Timeout
+from patchbay.errors import ConnectionFailed, DeadlineExceeded, InvalidRequest
+from patchbay.http import HTTPSession, map_transport_error, parse_retry_after
+from patchbay.providers import AiChatOnline, Liaobots
+from tests.replicas.aichatonline import AiChatOnlineReplica
+from tests.replicas.liaobots import LiaobotsReplica
+from tests.replicas.proxy import HTTPProxy, Socks5Proxy
+
+MESSAGES = [{"role": "user", "content": "Hello"}]
+
+
+async def test_documentation_example_through_an_http_proxy(aichatonline_replica: AiChatOnlineReplica,
+                                                           http_proxy: HTTPProxy) -> None:
+    chunks = [chunk async for chunk in await AiChatOnline.create_async_generator(
+        "gpt-4o-mini", MESSAGES, proxy=http_proxy.url, base_url=aichatonline_replica.base_url)]
+    assert "".join(chunks) == aichatonline_replica.answer
+    assert any("/aichatonline/api/chat/gpt" in target for target in http_proxy.requests)
+
+
+async def test_grab_token_through_an_http_proxy(aichatonline_replica: AiChatOnlineReplica,
+                                                http_proxy: HTTPProxy) -> None:
+    async with aiohttp.ClientSession() as session:
+        token = await AiChatOnline.grab_token(session, http_proxy.url, base_url=aichatonline_replica.base_url)
+    assert token in aichatonline_replica.issued_ids
+    assert any("getUniqueId" in target for target in http_proxy.requests)
+
+
+async def test_liaobots_through_a_socks5_proxy(liaobots_replica: LiaobotsReplica, socks5_proxy: Socks5Proxy) -> None:
+    Liaobots.auth_codes.clear()
+    Liaobots.cookies.clear()
+    text = await Liaobots.create_async("gpt-4o", MESSAGES, proxy=socks5_proxy.url, base_url=liaobots_replica.base_url)
+    assert text == liaobots_replica.answer
+    assert len(socks5_proxy.connections) >= 1
+    assert liaobots_replica.violations == []
+
+
+async def test_unsupported_proxy_scheme_is_named() -> None:
+    with pytest.raises(InvalidRequest, match="unsupported proxy scheme 'ftp'"):
+        await AiChatOnline.create_async("", MESSAGES, proxy="ftp://127.0.0.1:1", base_url="http://127.0.0.1:9")
+
+
+async def test_connection_refused_is_connection_failed(unused_tcp_port: int) -> None:
+    with pytest.raises(ConnectionFailed) as info:
+        await AiChatOnline.create_async("", MESSAGES, base_url=f"http://127.0.0.1:{unused_tcp_port}")
+    assert info.value.provider == "AiChatOnline"
+
+
+async def test_total_deadline_bounds_every_wait(aichatonline_replica: AiChatOnlineReplica) -> None:
+    aichatonline_replica.scenario = "stall"
+    aichatonline_replica.stall_seconds = 10
+    with pytest.raises(Exception) as info:
+        await AiChatOnline.create_async("", MESSAGES, base_url=aichatonline_replica.base_url,
+                                        timeout=Timeout(connect=1, first_byte=5, idle=5, total=0.5))
+    cause = info.value.__cause__ or info.value
+    assert isinstance(cause, DeadlineExceeded)
+
+
+async def test_cookies_survive_the_session(liaobots_replica: LiaobotsReplica) -> None:
+    from patchbay.http import CookieStore
+
+    store = CookieStore()
+    async with HTTPSession(cookies=store, site=liaobots_replica.base_url) as http, \
+            http.request("POST", f"{liaobots_replica.base_url}/recaptcha/api/login",
+                         data={"token": "x" * 20}) as response:
+        assert response.status == 200
+    assert liaobots_replica.base_url in store
+
+
+def test_retry_after_forms() -> None:
+    assert parse_retry_after({"retry-after": "3"}) == 3.0
+    assert parse_retry_after({"retry-after-ms": "1500", "retry-after": "9"}) == 1.5
+    assert parse_retry_after({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}) == 0.0
+    assert parse_retry_after({"retry-after": "soon"}) is None
+    assert parse_retry_after({}) is None
+
+
+def test_transport_errors_map_by_class() -> None:
+    assert isinstance(map_transport_error(aiohttp.ServerDisconnectedError()), ConnectionFailed)
+    assert isinstance(map_transport_error(ConnectionResetError()), ConnectionFailed)
