@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from http.cookies import SimpleCookie
 from typing import Any, Protocol, TypeVar
@@ -128,21 +128,23 @@ class Deadline:
             return None
         return self._expires - asyncio.get_running_loop().time()
 
-    async def wait(self, awaitable: Any, limit: float | None, on_timeout: PatchbayError) -> Any:
-        """Await ``awaitable`` within ``limit`` seconds and the deadline, whichever is sooner."""
+    async def wait(self, awaitable: Any, limit: float | None, on_timeout: Callable[[], PatchbayError]) -> Any:
+        """Await ``awaitable`` within ``limit`` seconds and the deadline, whichever is sooner.
+
+        ``on_timeout`` builds the error to raise when ``limit`` (not the deadline) runs out.
+        """
         remaining = self.remaining()
         if remaining is not None and remaining <= 0:
             if asyncio.iscoroutine(awaitable):
                 awaitable.close()
-            raise DeadlineExceeded(f"the request ran past its total deadline of {self._total:g} s")
-        bound, error = limit, on_timeout
-        if remaining is not None and (limit is None or remaining < limit):
-            bound = remaining
-            error = DeadlineExceeded(f"the request ran past its total deadline of {self._total:g} s")
+            raise DeadlineExceeded(f"the request ran past its total deadline of {self._total} s")
+        deadline_first = remaining is not None and (limit is None or remaining < limit)
         try:
-            return await asyncio.wait_for(awaitable, bound)
+            return await asyncio.wait_for(awaitable, remaining if deadline_first else limit)
         except TimeoutError:
-            raise error from None
+            if deadline_first:
+                raise DeadlineExceeded(f"the request ran past its total deadline of {self._total} s") from None
+            raise on_timeout() from None
 
 
 class CookieStore:
@@ -157,7 +159,9 @@ class CookieStore:
             jar.update_cookies(cookies, URL(site))
 
     def save_from(self, jar: aiohttp.CookieJar, site: str) -> None:
-        self._sites[_origin(site)] = jar.filter_cookies(URL(site))
+        cookies = SimpleCookie()
+        cookies.update(jar.filter_cookies(URL(site)))
+        self._sites[_origin(site)] = cookies
 
     def clear(self, site: str | None = None) -> None:
         if site is None:
@@ -248,7 +252,7 @@ class HTTPSession:
             response = await self.deadline.wait(
                 self.client.request(method, url, **kwargs),
                 limit,
-                FirstByteTimeout(f"no answer from {URL(url).host} within {limit:g} s"),
+                lambda: FirstByteTimeout(f"no answer from {URL(url).host} within {limit} s"),
             )
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise map_transport_error(exc, provider=self.provider) from exc
@@ -257,29 +261,28 @@ class HTTPSession:
         finally:
             response.release()
 
-    async def iter_bytes(self, response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
+    async def iter_bytes(self, response: aiohttp.ClientResponse) -> AsyncGenerator[bytes, None]:
         """The response body in chunks as they arrive, with first-byte, idle and total limits."""
         assert self.deadline is not None
-        first = True
+        limit = self.timeout.first_byte
+        error: Callable[[], PatchbayError] = self._first_byte_timeout
         while True:
-            if first:
-                limit, error = self.timeout.first_byte, FirstByteTimeout(
-                    f"the answer's first byte did not arrive within {self.timeout.first_byte:g} s"
-                )
-            else:
-                limit, error = self.timeout.idle, IdleTimeout(
-                    f"the stream stalled for more than {self.timeout.idle:g} s"
-                )
             try:
                 chunk = await self.deadline.wait(response.content.readany(), limit, error)
             except (aiohttp.ClientError, OSError) as exc:
                 raise map_transport_error(exc, provider=self.provider) from exc
             if not chunk:
                 return
-            first = False
+            limit, error = self.timeout.idle, self._idle_timeout
             yield chunk
 
-    async def iter_decoded(self, response: aiohttp.ClientResponse, decoder: Decoder[T]) -> AsyncIterator[T]:
+    def _first_byte_timeout(self) -> FirstByteTimeout:
+        return FirstByteTimeout(f"the answer's first byte did not arrive within {self.timeout.first_byte} s")
+
+    def _idle_timeout(self) -> IdleTimeout:
+        return IdleTimeout(f"the stream stalled for more than {self.timeout.idle} s")
+
+    async def iter_decoded(self, response: aiohttp.ClientResponse, decoder: Decoder[T]) -> AsyncGenerator[T, None]:
         """The response body run through ``decoder``: its items as soon as each chunk allows."""
         async for chunk in self.iter_bytes(response):
             for item in decoder.decode(chunk):

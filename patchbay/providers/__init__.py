@@ -11,6 +11,7 @@ from patchbay.providers.base import AsyncGeneratorProvider, ProviderModelMixin
 from patchbay.providers.liaobots import Liaobots
 from patchbay.providers.liaobots_legacy import LiaobotsLegacy
 from patchbay.providers.local import Local
+from patchbay.providers.openai_compatible import OpenAICompatible
 from patchbay.providers.registry import ProviderRegistry, registry
 
 __all__ = [
@@ -19,11 +20,12 @@ __all__ = [
     "Liaobots",
     "LiaobotsLegacy",
     "Local",
+    "OpenAICompatible",
     "ProviderModelMixin",
     "ProviderRegistry",
     "liaobots_legacy",
     "registry",
 ]
 
-for _provider in (Local, Liaobots, LiaobotsLegacy, AiChatOnline):
+for _provider in (Local, OpenAICompatible, Liaobots, LiaobotsLegacy, AiChatOnline):
     registry.register(_provider)

@@ -239,7 +239,8 @@ class AsyncGeneratorProvider:
             if parameter.default is not parameter.empty:
                 text += f" = {parameter.default!r}"
             parts.append(text)
-        return f"{cls.__module__}.{cls.__name__} supports: ({', '.join(parts)})"
+        owner: type = cls  # type: ignore[assignment]
+        return f"{owner.__module__}.{owner.__qualname__} supports: ({', '.join(parts)})"
 
 
 async def _guarded(provider: str, model: str, source: AsyncIterator[StreamEvent]) -> AsyncIterator[StreamEvent]:

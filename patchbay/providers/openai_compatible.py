@@ -14,13 +14,13 @@ import re
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import aclosing
-from typing import Any, ClassVar, ParamSpec, TypeVar, cast
+from typing import Any, ClassVar, ParamSpec, TypeVar
 
 import aiohttp
 
 from patchbay.config import Timeout
 from patchbay.credentials import CredentialPool
-from patchbay.decoders import ServerSentEvent, SSEDecoder
+from patchbay.decoders import SSEDecoder
 from patchbay.errors import (
     AuthError,
     InvalidRequest,
@@ -251,7 +251,7 @@ class OpenAICompatible(AsyncGeneratorProvider, ProviderModelMixin):
                     yield event
                 return
             finish: str | None = None  # held back so that Finish comes last, after the usage chunk
-            events_in = cast("AsyncGenerator[ServerSentEvent, None]", http.iter_decoded(response, SSEDecoder()))
+            events_in = http.iter_decoded(response, SSEDecoder())
             async with aclosing(events_in) as sse:
                 async for item in sse:
                     if item.data.strip() == "[DONE]":

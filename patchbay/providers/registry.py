@@ -12,7 +12,7 @@ from importlib.metadata import entry_points
 from typing import Any
 
 from patchbay.errors import InvalidRequest, ProviderNotWorking
-from patchbay.providers.base import AsyncGeneratorProvider, ProviderModelMixin
+from patchbay.providers.base import AsyncGeneratorProvider
 
 __all__ = ["ENTRY_POINT_GROUP", "ProviderRegistry", "registry"]
 
@@ -89,7 +89,7 @@ class ProviderRegistry:
 
 
 def _describe(provider: ProviderType) -> dict[str, Any]:
-    models = provider.get_models() if issubclass(provider, ProviderModelMixin) else []
+    models = [record.model for record in provider.model_records()]  # never asks the network
     return {
         "name": provider.name,
         "url": provider.url,
