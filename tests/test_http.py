@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import ssl
+import subprocess
+from collections.abc import AsyncIterator
+from pathlib import Path
+
 import aiohttp
 import pytest
+from aiohttp import web
 
 from patchbay.config import Timeout
 from patchbay.errors import ConnectionFailed, DeadlineExceeded, InvalidRequest
@@ -84,3 +90,41 @@ def test_retry_after_forms() -> None:
 def test_transport_errors_map_by_class() -> None:
     assert isinstance(map_transport_error(aiohttp.ServerDisconnectedError()), ConnectionFailed)
     assert isinstance(map_transport_error(ConnectionResetError()), ConnectionFailed)
+
+
+@pytest.fixture
+async def tls_server(tmp_path: Path) -> AsyncIterator[str]:
+    """An HTTPS server on 127.0.0.1 with a freshly made self-signed certificate."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
+                    "/CN=127.0.0.1", "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True,
+                   timeout=60)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    async def garden(request: web.Request) -> web.Response:
+        return web.Response(text="secret garden")
+
+    app = web.Application()
+    app.router.add_get("/", garden)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        yield f"https://127.0.0.1:{port}/"
+    finally:
+        await runner.cleanup()
+
+
+async def test_tls_is_verified_by_default(tls_server: str) -> None:
+    async with HTTPSession() as http:
+        with pytest.raises(ConnectionFailed, match="certificate"):
+            async with http.request("GET", tls_server):
+                pass
+
+
+async def test_tls_verification_can_be_turned_off_per_provider(tls_server: str) -> None:
+    assert Liaobots.verify_ssl is False  # the service's certificate was never verifiable
+    async with HTTPSession(verify_ssl=Liaobots.verify_ssl) as http, http.request("GET", tls_server) as response:
+        assert await http.read_body(response) == "secret garden"
