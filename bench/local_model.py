@@ -22,8 +22,7 @@ from llama_cpp import Llama
 
 from patchbay.providers.local import DEFAULT_SYSTEM_PROMPT, MAX_CONTEXT, Local, default_model_path
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench.report import write_section  # noqa: E402
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 MESSAGES = [
     {"role": "system", "content": DEFAULT_SYSTEM_PROMPT},
@@ -59,7 +58,7 @@ async def through_patchbay(max_tokens: int) -> Run:
     started = time.perf_counter()
     first = last = 0.0
     stream = Local.stream("", MESSAGES, temperature=0, max_tokens=max_tokens)
-    async for text in stream.text_stream():
+    async for _ in stream.text_stream():
         last = time.perf_counter()
         first = first or last
     assert stream.usage is not None
@@ -111,6 +110,9 @@ Goal (decode >= 0.95x direct, first token <= +5 ms): **{verdict}**.
 """
     print(body)
     if not args.no_write:
+        sys.path.insert(0, ROOT)  # run as a script: make the bench package importable
+        from bench.report import write_section
+
         write_section("local-model", body)
 
 
