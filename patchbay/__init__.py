@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from patchbay.config import UNSET, Timeout
 from patchbay.errors import (
+    AllProvidersFailed,
+    Attempt,
     AuthError,
     ConnectionFailed,
     ConnectTimeout,
@@ -29,6 +31,7 @@ from patchbay.errors import (
 )
 from patchbay.events import (
     EventStream,
+    Fallback,
     Finish,
     ProviderInfo,
     StreamConsumed,
@@ -43,6 +46,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "UNSET",
+    "AllProvidersFailed",
+    "Attempt",
     "AuthError",
     "ConnectTimeout",
     "ConnectionFailed",
@@ -51,6 +56,7 @@ __all__ = [
     "FirstByteTimeout",
     "IdleTimeout",
     "EventStream",
+    "Fallback",
     "Finish",
     "InvalidRequest",
     "ModelNotSupported",

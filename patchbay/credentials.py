@@ -11,7 +11,7 @@ import os
 import threading
 from collections.abc import Iterable
 
-from patchbay.secrets import mask, register_secret
+from patchbay.secrets import fingerprint, mask, register_secret
 
 __all__ = ["CredentialPool"]
 
@@ -24,6 +24,7 @@ class CredentialPool:
         self.env_var = env_var
         self._codes: list[str] = []
         self._banned: set[str] = set()
+        self._banned_marks: set[str] = set()  # fingerprints banned elsewhere (shared state)
         self._lock = threading.Lock()
         self._env_loaded = False
 
@@ -53,7 +54,7 @@ class CredentialPool:
         self.load_env()
         with self._lock:
             for code in self._codes:
-                if code not in self._banned:
+                if code not in self._banned and fingerprint(code) not in self._banned_marks:
                     return code
         return None
 
@@ -62,10 +63,22 @@ class CredentialPool:
         with self._lock:
             self._banned.add(code)
 
+    def banned_fingerprints(self) -> set[str]:
+        """Fingerprints of the banned credentials (safe to share: never the values)."""
+        with self._lock:
+            return {fingerprint(code) for code in self._banned}
+
+    def apply_bans(self, fingerprints: set[str]) -> None:
+        """Ban the credentials whose fingerprint is in ``fingerprints`` (bans made elsewhere),
+        including ones added to the pool later."""
+        with self._lock:
+            self._banned_marks |= fingerprints
+
     def clear(self) -> None:
         with self._lock:
             self._codes.clear()
             self._banned.clear()
+            self._banned_marks.clear()
             self._env_loaded = False
 
     def __len__(self) -> int:

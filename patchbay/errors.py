@@ -22,7 +22,10 @@ the class hierarchy), so the server, the CLI and the router all agree on what an
     │   ├── FirstByteTimeout        504
     │   ├── IdleTimeout             504  a stall between two chunks
     │   └── DeadlineExceeded        504  the whole request ran past its total deadline
-    └── StreamInterrupted           502  failed after partial output (carries ``partial_text``)
+    ├── StreamInterrupted           502  failed after partial output (carries ``partial_text``)
+    └── AllProvidersFailed          502  every target of a route failed (carries ``attempts``);
+                                         429 if all were rate limited, 401 if all were auth
+                                         failures, 503 if none could be tried
 
 Context (provider, model) is attached in one place, :meth:`PatchbayError.with_context`, by the
 provider base class; messages never contain secrets because :func:`patchbay.secrets.redact`
@@ -37,6 +40,8 @@ from patchbay.secrets import redact
 
 __all__ = [
     "ERROR_TABLE",
+    "AllProvidersFailed",
+    "Attempt",
     "AuthError",
     "ConnectTimeout",
     "ConnectionFailed",
@@ -202,6 +207,47 @@ class StreamInterrupted(PatchbayError):
 
 
 @dataclass(frozen=True, slots=True)
+class Attempt:
+    """One failed try of one target, as reported in :class:`AllProvidersFailed`."""
+
+    provider: str
+    model: str
+    error: str  # the error's class name
+    status: int
+    message: str
+
+    @classmethod
+    def of(cls, error: PatchbayError, provider: str, model: str) -> Attempt:
+        return cls(provider, model, type(error).__name__, error.status, redact(error.message))
+
+
+class AllProvidersFailed(PatchbayError):
+    """Every target of a route failed; ``attempts`` says what each one answered."""
+
+    def __init__(self, attempts: list[Attempt], *, model: str | None = None, note: str = "") -> None:
+        lines = "; ".join(f"{a.provider}/{a.model}: {a.error} ({a.status}): {a.message}" for a in attempts)
+        summary = f"all providers failed for {model!r}" if model else "all providers failed"
+        super().__init__(f"{summary}{note}: {lines or 'no target could be tried'}", model=model)
+        self.attempts = list(attempts)
+
+    @property
+    def status(self) -> int:
+        """429 when every attempt was rate limited, 401 when every one was an auth failure,
+        503 when none could be made, else 502."""
+        if not self.attempts:
+            return 503
+        if all(a.status == 429 for a in self.attempts):
+            return 429
+        if all(a.status == 401 for a in self.attempts):
+            return 401
+        return 502
+
+    @property
+    def type(self) -> str:
+        return {429: "rate_limit_error", 401: "authentication_error"}.get(self.status, "api_error")
+
+
+@dataclass(frozen=True, slots=True)
 class ErrorInfo:
     """How one error class is shown over HTTP."""
 
@@ -232,6 +278,7 @@ ERROR_TABLE: dict[type[PatchbayError], ErrorInfo] = {
     IdleTimeout: ErrorInfo(504, "timeout_error", "idle_timeout"),
     DeadlineExceeded: ErrorInfo(504, "timeout_error", "deadline_exceeded"),
     StreamInterrupted: ErrorInfo(502, "api_error", "stream_interrupted"),
+    AllProvidersFailed: ErrorInfo(502, "api_error", "all_providers_failed"),
 }
 
 

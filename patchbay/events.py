@@ -15,6 +15,7 @@ from typing import Any
 
 __all__ = [
     "EventStream",
+    "Fallback",
     "Finish",
     "ProviderInfo",
     "StreamConsumed",
@@ -70,7 +71,22 @@ class ProviderInfo:
     model: str
 
 
-StreamEvent = TextDelta | ToolCallDelta | Usage | Finish | ProviderInfo
+@dataclass(frozen=True, slots=True)
+class Fallback:
+    """A router left a target after a failure; the next :class:`ProviderInfo` says who answers now.
+
+    ``delivered`` is how many characters had reached the caller; when it is non-zero the next
+    target continues the answer from there (assistant prefill), so nothing is sent twice.
+    """
+
+    provider: str
+    model: str
+    error: str  # the error's class name
+    message: str
+    delivered: int = 0
+
+
+StreamEvent = TextDelta | ToolCallDelta | Usage | Finish | ProviderInfo | Fallback
 
 
 class StreamConsumed(RuntimeError):
@@ -97,6 +113,7 @@ class EventStream:
         self.finish_reason: str | None = None
         self.provider_info: ProviderInfo | None = None
         self.tool_calls: list[ToolCallDelta] = []
+        self.fallbacks: list[Fallback] = []
 
     @property
     def text(self) -> str:
@@ -125,6 +142,8 @@ class EventStream:
             self.provider_info = event
         elif isinstance(event, ToolCallDelta):
             self.tool_calls.append(event)
+        elif isinstance(event, Fallback):
+            self.fallbacks.append(event)
 
     async def aclose(self) -> None:
         """Stop the stream early and close the upstream request."""

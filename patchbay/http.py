@@ -13,7 +13,7 @@ import asyncio
 import email.utils
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
-from contextlib import asynccontextmanager
+from contextlib import aclosing, asynccontextmanager
 from http.cookies import SimpleCookie
 from typing import Any, Protocol, TypeVar
 
@@ -294,11 +294,12 @@ class HTTPSession:
         """Read up to ``limit`` bytes of the body as text (for error bodies and small replies)."""
         parts: list[bytes] = []
         size = 0
-        async for chunk in self.iter_bytes(response):
-            parts.append(chunk)
-            size += len(chunk)
-            if size >= limit:
-                break
+        async with aclosing(self.iter_bytes(response)) as chunks:
+            async for chunk in chunks:
+                parts.append(chunk)
+                size += len(chunk)
+                if size >= limit:
+                    break
         return b"".join(parts)[:limit].decode("utf-8", errors="replace")
 
 

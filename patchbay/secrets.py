@@ -8,10 +8,11 @@ records, so a secret that slips into an upstream error body still never reaches 
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 
-__all__ = ["RedactingFilter", "mask", "redact", "register_secret"]
+__all__ = ["RedactingFilter", "fingerprint", "mask", "redact", "register_secret"]
 
 _MIN_LENGTH = 4  # shorter values are too likely to occur in ordinary text
 _lock = threading.Lock()
@@ -32,6 +33,11 @@ def mask(value: str) -> str:
     if len(value) <= 8:
         return "…"
     return f"{value[:3]}…{value[-2:]}"
+
+
+def fingerprint(secret: str) -> str:
+    """A stable, non-reversible id for a secret (16 hex digits of its SHA-256), for shared state."""
+    return hashlib.sha256(secret.encode("utf-8")).hexdigest()[:16]
 
 
 def redact(text: str) -> str:

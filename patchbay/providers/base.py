@@ -101,6 +101,8 @@ class AsyncGeneratorProvider:
     #: True when generate() fits the history to the model itself (with its own measure);
     #: otherwise stream() fits it to the catalog's context window with the token estimate.
     fits_context: ClassVar[bool] = False
+    #: Whether the stream starts with this provider's ProviderInfo (a router lets its targets say it).
+    announces_provider: ClassVar[bool] = True
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -172,7 +174,7 @@ class AsyncGeneratorProvider:
             if record is not None:
                 checked = fit_messages(checked, record.input_budget(kwargs.get("max_tokens")), estimate_tokens)
         source = cls.generate(resolved, checked, proxy=proxy, base_url=base_url, timeout=limits, **kwargs)
-        return EventStream(_guarded(cls.name, resolved, source))
+        return EventStream(_guarded(cls.name, resolved, source, announce=cls.announces_provider))
 
     @classmethod
     def create_async_generator(
@@ -243,12 +245,14 @@ class AsyncGeneratorProvider:
         return f"{owner.__module__}.{owner.__qualname__} supports: ({', '.join(parts)})"
 
 
-async def _guarded(provider: str, model: str, source: AsyncIterator[StreamEvent]) -> AsyncIterator[StreamEvent]:
+async def _guarded(provider: str, model: str, source: AsyncIterator[StreamEvent], *,
+                   announce: bool = True) -> AsyncIterator[StreamEvent]:
     """Run a provider's stream: announce who answers, attach context to errors, and turn any
     failure after text was delivered into StreamInterrupted with exactly that text."""
     delivered: list[str] = []
     try:
-        yield ProviderInfo(provider=provider, model=model)
+        if announce:
+            yield ProviderInfo(provider=provider, model=model)
         async for event in source:
             if isinstance(event, TextDelta):
                 if not event.text:

@@ -15,7 +15,8 @@ import logging
 import secrets
 import string
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import aclosing
 from typing import Any, ClassVar
 
 import aiohttp
@@ -139,9 +140,10 @@ class Liaobots(AsyncGeneratorProvider, ProviderModelMixin):
                 delivered = False
                 try:
                     code = await cls.ensure_auth_code(http, base)
-                    async for text in cls._chat(http, base, code, body):
-                        delivered = True
-                        yield TextDelta(text)
+                    async with aclosing(cls._chat(http, base, code, body)) as texts:
+                        async for text in texts:
+                            delivered = True
+                            yield TextDelta(text)
                     return
                 except AUTH_FAILURES as exc:
                     if delivered:
@@ -186,7 +188,7 @@ class Liaobots(AsyncGeneratorProvider, ProviderModelMixin):
         return code
 
     @classmethod
-    async def _chat(cls, http: HTTPSession, base: str, code: str, body: dict[str, Any]) -> AsyncIterator[str]:
+    async def _chat(cls, http: HTTPSession, base: str, code: str, body: dict[str, Any]) -> AsyncGenerator[str, None]:
         async with http.request("POST", f"{base}/api/chat", json=body, headers={"x-auth-code": code}) as response:
             if response.status >= 300:
                 raise await _failure(http, response, "chat")

@@ -86,10 +86,13 @@ class OpenAICompatible(AsyncGeneratorProvider, ProviderModelMixin):
         api_key: str | None = None, api_key_env: str | None = None, api_keys: list[str] | None = None,
         models: list[str] | None = None, default_model: str | None = None,
         headers: dict[str, str] | None = None, extra_body: dict[str, Any] | None = None, verify_ssl: bool = True,
+        prefill: bool | None = None,
     ) -> type[OpenAICompatible]:
         """A new subclass for one service, with its own key pool (``api_key``/``api_keys`` plus the
         comma-separated keys in ``api_key_env``, read at the first request). Other arguments left
-        ``None`` are inherited from ``cls``."""
+        ``None`` are inherited from ``cls``. ``prefill`` says the server continues a trailing
+        partial assistant message (llama.cpp, vLLM and others do), which the router uses to
+        continue an interrupted answer."""
         if not name or not base_url:
             raise InvalidRequest("a configured provider needs a name and a base_url", param="base_url")
         env = api_key_env if api_key_env is not None else cls.api_key_env
@@ -107,6 +110,7 @@ class OpenAICompatible(AsyncGeneratorProvider, ProviderModelMixin):
             "default_model": default_model if default_model is not None else cls.default_model,
             "headers": merged_headers, "extra_body": {**cls.extra_body, **(extra_body or {})},
             "verify_ssl": verify_ssl, "_models_cache": None,
+            "supports_prefill": cls.supports_prefill if prefill is None else prefill,
         }
         return type(re.sub(r"\W", "_", name), (cls,), attrs)
 

@@ -1,0 +1,337 @@
+"""Router state in Redis, shared by every router process that points at the same server.
+
+Layout, under ``patchbay:{namespace}:``:
+
+    keys                 set     every target key seen (for :meth:`RedisStateStore.all_health`)
+    health:{key}         hash    successes, failures, latency, ttft, last_error, last_error_at,
+                                 in_flight
+    failures:{key}       zset    one member per failure, scored by its time
+    cooldown:{key}       string  the end of the cooldown, expiring with it (PX)
+    bans:{pool}          hash    credential fingerprint -> end of its ban
+    counter:{name}       string  a named counter
+
+Times come from the store's clock and are compared on read, so the Redis expiries are only
+housekeeping. The moving averages are read, computed here and written back: two processes
+recording a success at the same moment may each miss the other's sample, which shifts an average
+a little and is accepted. An in-flight count taken below zero is raised back by exactly the
+amount this call overshot (a second command, so others' concurrent changes are kept), and expired
+bans are deleted under WATCH. Everything else is one atomic command or a MULTI transaction.
+
+Redis being unreachable never fails a request: every call is bounded by ``timeout``, and on a
+Redis or socket error the store logs one warning, serves calls from a local
+:class:`~patchbay.routing.state.MemoryStateStore` and tries Redis again after ``retry_after``
+seconds. Changes made while degraded stay local and are not copied to Redis later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
+
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError, WatchError
+from redis.typing import EncodableT, FieldT
+
+from patchbay.routing.state import Health, MemoryStateStore, ema, short_error
+from patchbay.secrets import redact, register_secret
+
+__all__ = ["RedisStateStore", "masked_url"]
+
+logger = logging.getLogger("patchbay.routing.state")
+
+T = TypeVar("T")
+
+_UNAVAILABLE = (RedisError, OSError, TimeoutError)
+
+
+def _passwords(url: str) -> list[str]:
+    parts = urlsplit(url)
+    found = [value for name, value in parse_qsl(parts.query) if name == "password"]
+    if parts.password is not None:
+        found += [parts.password, unquote(parts.password)]
+    return found
+
+
+def masked_url(url: str) -> str:
+    """``url`` with its password (in the authority or the query) replaced by ``***``."""
+    parts = urlsplit(url)
+    if parts.password is not None:
+        userinfo, _, hostport = parts.netloc.rpartition("@")
+        user = userinfo.partition(":")[0]
+        parts = parts._replace(netloc=f"{user}:***@{hostport}")
+    if "password=" in parts.query:
+        query = [(name, "***" if name == "password" else value) for name, value in parse_qsl(parts.query)]
+        parts = parts._replace(query=urlencode(query, safe="*"))
+    return urlunsplit(parts)
+
+
+def _float(value: Any) -> float | None:
+    try:
+        return None if value is None else float(value)
+    except ValueError:
+        return None
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+
+def _int(value: Any) -> int:
+    try:
+        return 0 if value is None else int(value)
+    except ValueError:
+        return 0
+
+
+class RedisStateStore:
+    """:class:`~patchbay.routing.state.StateStore` in Redis, falling back to local state.
+
+    Redis connections belong to an event loop, so the store keeps one client per loop that uses
+    it; :meth:`close` closes the calling loop's client, so call it in each loop before that loop
+    ends (clients of loops already closed are dropped).
+    """
+
+    def __init__(
+        self,
+        url: str = "redis://127.0.0.1:6379/0",
+        *,
+        namespace: str = "default",
+        timeout: float = 0.5,
+        retry_after: float = 5.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        for password in _passwords(url):
+            register_secret(password)
+        self.url = masked_url(url)
+        self.namespace = namespace
+        self.timeout = timeout
+        self.retry_after = retry_after
+        self._clock = clock
+        self._prefix = f"patchbay:{namespace}:"
+        self.__url = url  # with the password: only ever given to the Redis client
+        self._clients: dict[asyncio.AbstractEventLoop, Redis] = {}
+        self._local = MemoryStateStore(clock=clock)
+        self._lock = threading.Lock()
+        self._degraded = False
+        self._retry_at = 0.0
+
+    @property
+    def degraded(self) -> bool:
+        """Whether calls are currently served from local state because Redis is unavailable."""
+        return self._degraded
+
+    @property
+    def _client(self) -> Redis:
+        """The Redis client of the running event loop, made on first use."""
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            client = self._clients.get(loop)
+            if client is None:
+                self._forget_closed_loops()
+                client = self._clients[loop] = Redis.from_url(
+                    self.__url,
+                    socket_timeout=self.timeout,
+                    socket_connect_timeout=self.timeout,
+                    retry=Retry(NoBackoff(), 0),  # no retries: fall back to local state at once
+                    decode_responses=True,
+                )
+            return client
+
+    def _forget_closed_loops(self) -> None:
+        for loop in [loop for loop in self._clients if loop.is_closed()]:
+            del self._clients[loop]
+
+    def _key(self, kind: str, name: str = "") -> str:
+        return f"{self._prefix}{kind}:{name}" if name else f"{self._prefix}{kind}"
+
+    async def _run(self, remote: Callable[[], Awaitable[T]], local: Callable[[MemoryStateStore], Awaitable[T]]) -> T:
+        """``remote()`` within the timeout, or ``local(fallback)`` when Redis is unavailable."""
+        if self._degraded and time.monotonic() < self._retry_at:
+            return await local(self._local)
+        try:
+            async with asyncio.timeout(self.timeout):
+                result = await remote()
+        except _UNAVAILABLE as exc:
+            self._mark_down(exc)
+            return await local(self._local)
+        self._mark_up()
+        return result
+
+    def _mark_down(self, exc: BaseException) -> None:
+        with self._lock:
+            self._retry_at = time.monotonic() + self.retry_after
+            was_degraded, self._degraded = self._degraded, True
+        reason = redact(str(exc) or type(exc).__name__)
+        if was_degraded:
+            logger.debug("Redis at %s still unavailable: %s", self.url, reason)
+        else:
+            logger.warning("Redis at %s unavailable, using local state: %s", self.url, reason)
+
+    def _mark_up(self) -> None:
+        if not self._degraded:
+            return
+        with self._lock:
+            was_degraded, self._degraded = self._degraded, False
+        if was_degraded:
+            logger.info("Redis at %s available again, using shared state", self.url)
+
+    # -- the StateStore protocol ------------------------------------------------------------
+
+    async def record_success(self, key: str, *, latency: float, ttft: float | None) -> None:
+        async def remote() -> None:
+            health = self._key("health", key)
+            old_latency, old_ttft = await self._client.hmget(health, ["latency", "ttft"])
+            values: dict[FieldT, EncodableT] = {"latency": repr(ema(_float(old_latency), latency))}
+            if ttft is not None:
+                values["ttft"] = repr(ema(_float(old_ttft), ttft))
+            pipe = self._client.pipeline(transaction=True)
+            pipe.hincrby(health, "successes", 1)
+            pipe.hset(health, mapping=values)
+            pipe.sadd(self._key("keys"), key)
+            await pipe.execute()
+
+        await self._run(remote, lambda store: store.record_success(key, latency=latency, ttft=ttft))
+
+    async def record_failure(self, key: str, *, error: str, window: float) -> int:
+        message = short_error(error)
+
+        async def remote() -> int:
+            now = self._clock()
+            failures = self._key("failures", key)
+            health = self._key("health", key)
+            pipe = self._client.pipeline(transaction=True)
+            pipe.zadd(failures, {f"{now!r}/{uuid.uuid4().hex}": now})
+            pipe.zremrangebyscore(failures, "-inf", f"({now - window!r}")
+            pipe.zcard(failures)
+            pipe.pexpire(failures, max(1, int(window * 1000) + 1000))
+            pipe.hincrby(health, "failures", 1)
+            pipe.hset(health, mapping={"last_error": message, "last_error_at": repr(now)})
+            pipe.sadd(self._key("keys"), key)
+            results = await pipe.execute()
+            return int(results[2])
+
+        return await self._run(remote, lambda store: store.record_failure(key, error=message, window=window))
+
+    async def set_cooldown(self, key: str, until: float) -> None:
+        async def remote() -> None:
+            cooldown = self._key("cooldown", key)
+            remaining_ms = int((until - self._clock()) * 1000)
+            pipe = self._client.pipeline(transaction=True)
+            if remaining_ms > 0:
+                pipe.set(cooldown, repr(until), px=remaining_ms + 1)
+            else:
+                pipe.delete(cooldown)
+            pipe.sadd(self._key("keys"), key)
+            await pipe.execute()
+
+        await self._run(remote, lambda store: store.set_cooldown(key, until))
+
+    def _live(self, until: Any) -> float | None:
+        value = _float(until)
+        return value if value is not None and value > self._clock() else None
+
+    async def cooldown_until(self, key: str) -> float | None:
+        async def remote() -> float | None:
+            return self._live(await self._client.get(self._key("cooldown", key)))
+
+        return await self._run(remote, lambda store: store.cooldown_until(key))
+
+    async def add_in_flight(self, key: str, delta: int) -> int:
+        async def remote() -> int:
+            health = self._key("health", key)
+            pipe = self._client.pipeline(transaction=True)
+            pipe.hincrby(health, "in_flight", delta)
+            pipe.sadd(self._key("keys"), key)
+            count = int((await pipe.execute())[0])
+            if count < 0 and delta < 0:
+                # Add back only what this call took below zero (not "set 0"), so increments and
+                # decrements made by others in between are neither lost nor compensated twice.
+                await self._client.hincrby(health, "in_flight", min(-count, -delta))
+            return max(0, count)
+
+        return await self._run(remote, lambda store: store.add_in_flight(key, delta))
+
+    def _health(self, fields: dict[str, str], cooldown: Any) -> Health:
+        return Health(
+            successes=_int(fields.get("successes")),
+            failures=_int(fields.get("failures")),
+            latency=_float(fields.get("latency")),
+            ttft=_float(fields.get("ttft")),
+            last_error=fields.get("last_error"),
+            last_error_at=_float(fields.get("last_error_at")),
+            in_flight=max(0, _int(fields.get("in_flight"))),
+            cooldown_until=self._live(cooldown),
+        )
+
+    async def _fetch_health(self, keys: list[str]) -> dict[str, Health]:
+        pipe = self._client.pipeline(transaction=False)
+        for key in keys:
+            pipe.hgetall(self._key("health", key))
+            pipe.get(self._key("cooldown", key))
+        results = await pipe.execute()
+        return {key: self._health(results[2 * i], results[2 * i + 1]) for i, key in enumerate(keys)}
+
+    async def health(self, key: str) -> Health:
+        async def remote() -> Health:
+            return (await self._fetch_health([key]))[key]
+
+        return await self._run(remote, lambda store: store.health(key))
+
+    async def all_health(self) -> dict[str, Health]:
+        async def remote() -> dict[str, Health]:
+            keys = sorted(_text(member) for member in await self._client.smembers(self._key("keys")))
+            return await self._fetch_health(keys) if keys else {}
+
+        return await self._run(remote, lambda store: store.all_health())
+
+    async def ban_credential(self, pool: str, fingerprint: str, until: float) -> None:
+        async def remote() -> None:
+            await self._client.hset(self._key("bans", pool), fingerprint, repr(until))
+
+        await self._run(remote, lambda store: store.ban_credential(pool, fingerprint, until))
+
+    async def banned_credentials(self, pool: str) -> set[str]:
+        async def remote() -> set[str]:
+            bans = self._key("bans", pool)
+            async with self._client.pipeline(transaction=True) as pipe:
+                # WATCH, so an expired ban renewed by another process meanwhile is not deleted.
+                await pipe.watch(bans)
+                entries = await pipe.hgetall(bans)
+                live = {_text(fp) for fp, until in entries.items() if self._live(until) is not None}
+                expired = [fp for fp in entries if _text(fp) not in live]
+                if expired:
+                    pipe.multi()
+                    pipe.hdel(bans, *expired)
+                    with contextlib.suppress(WatchError):  # cleaned up on a later read
+                        await pipe.execute()
+            return live
+
+        return await self._run(remote, lambda store: store.banned_credentials(pool))
+
+    async def incr(self, name: str, amount: int = 1) -> int:
+        async def remote() -> int:
+            return int(await self._client.incrby(self._key("counter", name), amount))
+
+        return await self._run(remote, lambda store: store.incr(name, amount))
+
+    async def close(self) -> None:
+        """Close the running event loop's Redis client and its connections."""
+        with self._lock:
+            client = self._clients.pop(asyncio.get_running_loop(), None)
+            self._forget_closed_loops()
+        if client is not None:
+            await client.aclose()
+        await self._local.close()
+
+    def __repr__(self) -> str:
+        state = ", degraded" if self._degraded else ""
+        return f"RedisStateStore({self.url!r}, namespace={self.namespace!r}{state})"

@@ -1,0 +1,316 @@
+"""The router: a provider that serves each request from the first target that works.
+
+A :class:`Router` is configured like any provider class (:meth:`Router.configure` makes a
+subclass) and has the same interface, so it composes with everything else. Per request it:
+
+1. takes the route's targets, drops those in cooldown (unless all are) and orders the rest by
+   the strategy;
+2. tries them in turn; before any text, each failure is handled by :func:`~.policy.decide`
+   (retry with backoff, next target, larger context, or stop);
+3. after text was delivered nothing is sent twice: with ``mid_stream="continue"`` a target that
+   supports assistant prefill continues the answer from the delivered text (a :class:`Fallback`
+   event marks the switch); otherwise :class:`StreamInterrupted` carries the delivered text;
+4. bounds everything by one total deadline, and closes the upstream at once when the caller
+   stops reading.
+
+Cooldowns, health and credential bans live in a :class:`~.state.StateStore`, in memory or in
+Redis (shared across processes and hosts).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import aclosing
+from typing import Any, ClassVar, Literal
+
+from patchbay.config import Timeout
+from patchbay.credentials import CredentialPool
+from patchbay.errors import (
+    AllProvidersFailed,
+    Attempt,
+    DeadlineExceeded,
+    PatchbayError,
+    RateLimited,
+    StreamInterrupted,
+)
+from patchbay.events import Fallback, StreamEvent, TextDelta
+from patchbay.messages import Messages
+from patchbay.providers.base import AsyncGeneratorProvider
+from patchbay.routing.policy import Action, CooldownPolicy, RetryPolicy, decide
+from patchbay.routing.state import Health, MemoryStateStore, StateStore
+from patchbay.routing.strategies import Strategy, get_strategy
+from patchbay.routing.targets import RouteTable, Target
+
+__all__ = ["MidStream", "RetryProvider", "Router"]
+
+log = logging.getLogger("patchbay.routing")
+
+MidStream = Literal["continue", "error"]
+CREDENTIAL_BAN_SECONDS = 3600.0
+
+
+class _Request:
+    """The bookkeeping of one routed request: what was delivered and every failed attempt."""
+
+    def __init__(self, model: str | None, timeout: Timeout) -> None:
+        self.model = model
+        self.timeout = timeout
+        self.started = time.monotonic()
+        self.delivered: list[str] = []
+        self.attempts: list[Attempt] = []
+
+    @property
+    def text(self) -> str:
+        return "".join(self.delivered)
+
+    def remaining(self) -> float | None:
+        if self.timeout.total is None:
+            return None
+        return self.timeout.total - (time.monotonic() - self.started)
+
+
+
+class Router(AsyncGeneratorProvider):
+    """Routes each request over a :class:`RouteTable`; configure with :meth:`configure`."""
+
+    name = "Router"
+    url = "patchbay://router"
+    announces_provider = False  # the targets announce themselves
+
+    routes: ClassVar[RouteTable | None] = None
+    strategy: ClassVar[str] = "priority"
+    retry: ClassVar[RetryPolicy] = RetryPolicy()
+    cooldown: ClassVar[CooldownPolicy] = CooldownPolicy()
+    mid_stream: ClassVar[MidStream] = "continue"
+    state: ClassVar[StateStore] = MemoryStateStore()
+    rng: ClassVar[random.Random] = random.Random()
+    #: Injected for tests: how to wait before a retry, and the wall clock used for cooldowns
+    #: (the state store must use the same clock).
+    sleep: ClassVar[Callable[[float], Awaitable[None]]] = staticmethod(asyncio.sleep)  # type: ignore[assignment]
+    clock: ClassVar[Callable[[], float]] = staticmethod(time.time)  # type: ignore[assignment]
+
+    @classmethod
+    def configure(
+        cls,
+        routes: RouteTable | Mapping[str, Sequence[Any]],
+        *,
+        name: str = "Router",
+        strategy: str = "priority",
+        retry: RetryPolicy | None = None,
+        cooldown: CooldownPolicy | None = None,
+        mid_stream: MidStream = "continue",
+        state: StateStore | None = None,
+        seed: int | None = None,
+    ) -> type[Router]:
+        """A router class for ``routes`` (a RouteTable, or plain data for :meth:`RouteTable.from_config`)."""
+        table = routes if isinstance(routes, RouteTable) else RouteTable.from_config(routes)
+        get_strategy(strategy)  # an unknown name fails here, not on the first request
+        if mid_stream not in ("continue", "error"):
+            raise PatchbayError(f"mid_stream must be 'continue' or 'error', got {mid_stream!r}")
+        attrs = {
+            "__module__": cls.__module__, "name": name, "routes": table, "strategy": strategy,
+            "retry": retry or RetryPolicy(), "cooldown": cooldown or CooldownPolicy(), "mid_stream": mid_stream,
+            "state": state or MemoryStateStore(), "rng": random.Random(seed),
+        }
+        return type(name.replace("-", "_"), (cls,), attrs)
+
+    # -- the provider interface -------------------------------------------------------------------
+
+    @classmethod
+    def resolve_model(cls, model: str | None) -> str:
+        cls._table().targets_for(model)  # unknown -> ModelNotSupported, at once
+        return model or ""
+
+    @classmethod
+    def get_models(cls) -> list[str]:
+        return cls._table().names()
+
+    @classmethod
+    def model_records(cls) -> list[Any]:
+        return []
+
+    @classmethod
+    async def health(cls) -> dict[str, Health]:
+        """Health of every target that has been tried (success rate, latency, last error...)."""
+        return await cls.state.all_health()
+
+    @classmethod
+    async def generate(
+        cls,
+        model: str,
+        messages: Messages,
+        *,
+        proxy: str | None = None,
+        base_url: str | None = None,
+        timeout: Timeout,
+        **kwargs: Any,
+    ) -> AsyncIterator[StreamEvent]:
+        """Serve the request from the route's targets (see the module docstring)."""
+        request = _Request(model or None, timeout)
+        pending = await cls._ordered(cls._table().targets_for(model or None), request.model)
+        tried_any = False
+        while pending:
+            target = pending.pop(0)
+            if request.delivered and not target.supports_prefill:
+                continue  # it could only start over, which would repeat the delivered text
+            for retry in range(cls.retry.attempts):
+                if (remaining := request.remaining()) is not None and remaining <= 0:
+                    raise cls._final(request, DeadlineExceeded(
+                        f"the request ran past its total deadline of {timeout.total} s"))
+                tried_any = True
+                try:
+                    attempt = cls._attempt(target, request, messages, proxy, base_url, kwargs)
+                    async with aclosing(attempt) as events:
+                        async for event in events:
+                            yield event
+                    return
+                except PatchbayError as error:
+                    action = decide(error)
+                    await cls._record_failure(target, request, error)
+                    if action is Action.FAIL:
+                        raise cls._final(request, error) from error
+                    if request.delivered:
+                        if cls.mid_stream == "error" or not any(t.supports_prefill for t in pending):
+                            raise cls._final(request, error) from error
+                    elif action is Action.RETRY and retry + 1 < cls.retry.attempts:
+                        retry_after = error.retry_after if isinstance(error, RateLimited) else None
+                        delay = cls.retry.delay(retry, retry_after, cls.rng)
+                        remaining = request.remaining()
+                        if delay is not None and (remaining is None or delay < remaining):
+                            await cls.sleep(delay)
+                            continue
+                    elif action is Action.LARGER_CONTEXT:
+                        window = target.context_window(request.model) or 0
+                        pending = [t for t in pending if (t.context_window(request.model) or 0) > window]
+                    if pending:
+                        yield Fallback(target.provider.name, target.model_for(request.model) or "",
+                                       type(error).__name__, error.message, len(request.text))
+                    break
+        if request.delivered:
+            raise cls._final(request, StreamInterrupted("no remaining target can continue the answer"))
+        note = "" if tried_any else " (every target is cooling down or unavailable)"
+        raise AllProvidersFailed(request.attempts, model=request.model, note=note)
+
+    # -- one attempt ------------------------------------------------------------------------------
+
+    @classmethod
+    async def _attempt(cls, target: Target, request: _Request, messages: Messages, proxy: str | None,
+                       base_url: str | None, kwargs: dict[str, Any]) -> AsyncGenerator[StreamEvent, None]:
+        """Stream from one target, continuing after ``request.delivered`` when it is not empty."""
+        key = target.key(request.model)
+        await cls._load_bans(target.provider)
+        if request.delivered:
+            messages = [*messages, {"role": "assistant", "content": request.text}]
+        remaining = request.remaining()
+        limits = request.timeout if remaining is None else request.timeout.replace(total=max(remaining, 0.001))
+        stream = target.provider.stream(target.model_for(request.model), messages, proxy=proxy,
+                                        base_url=target.base_url or base_url, timeout=limits, **kwargs)
+        started = time.monotonic()
+        first_text: float | None = None
+        own_text: list[str] = []
+        await cls.state.add_in_flight(key, 1)
+        try:
+            async for event in stream:
+                if isinstance(event, TextDelta):
+                    if first_text is None:
+                        first_text = time.monotonic()
+                    own_text.append(event.text)
+                    request.delivered.append(event.text)
+                yield event
+        except PatchbayError as error:
+            if own_text and not isinstance(error, StreamInterrupted):
+                raise StreamInterrupted(error.message, partial_text="".join(own_text),
+                                        provider=target.provider.name) from error
+            raise
+        finally:
+            await stream.aclose()
+            await cls.state.add_in_flight(key, -1)
+            await cls._publish_bans(target.provider)
+        now = time.monotonic()
+        await cls.state.record_success(key, latency=now - started,
+                                       ttft=None if first_text is None else first_text - started)
+
+    @classmethod
+    async def _record_failure(cls, target: Target, request: _Request, error: PatchbayError) -> None:
+        """Note the failure: the attempt, the target's health, and a cooldown when it is due."""
+        key = target.key(request.model)
+        model = target.model_for(request.model) or ""
+        request.attempts.append(Attempt.of(error, target.provider.name, model))
+        now = cls.clock()
+        failures = await cls.state.record_failure(key, error=f"{type(error).__name__}: {error.message}"[:300],
+                                                  window=cls.cooldown.window)
+        retry_after = error.retry_after if isinstance(error, RateLimited) else None
+        if failures >= cls.cooldown.failures:
+            await cls.state.set_cooldown(key, now + cls.cooldown.duration)
+        elif retry_after is not None and retry_after > cls.retry.max_retry_after:
+            await cls.state.set_cooldown(key, now + retry_after)  # it told us when to come back
+        log.info("%s failed: %s (%s)", key, type(error).__name__, error.message)
+
+    # -- ordering, credentials, errors ----------------------------------------------------------
+
+    @classmethod
+    async def _ordered(cls, targets: list[Target], model: str | None) -> list[Target]:
+        """Targets not in cooldown, in strategy order; all of them (soonest free first) if none is free."""
+        now = cls.clock()
+        until = {t: await cls.state.cooldown_until(t.key(model)) for t in targets}
+        health = {t: await cls.state.health(t.key(model)) for t in targets}
+        strategy: Strategy = get_strategy(cls.strategy)
+        free = [t for t in targets if not until[t] or until[t] <= now]  # type: ignore[operator]
+        if free:
+            return strategy(free, health, cls.rng)
+        return sorted(targets, key=lambda t: until[t] or 0.0)
+
+    @classmethod
+    async def _load_bans(cls, provider: type[AsyncGeneratorProvider]) -> None:
+        pool = _pool_of(provider)
+        if pool is not None:
+            pool.apply_bans(await cls.state.banned_credentials(pool.name))
+
+    @classmethod
+    async def _publish_bans(cls, provider: type[AsyncGeneratorProvider]) -> None:
+        pool = _pool_of(provider)
+        if pool is None:
+            return
+        until = cls.clock() + CREDENTIAL_BAN_SECONDS
+        for mark in pool.banned_fingerprints():
+            await cls.state.ban_credential(pool.name, mark, until)
+
+    @classmethod
+    def _final(cls, request: _Request, error: PatchbayError) -> PatchbayError:
+        """The error to raise at the end: it carries the delivered text when there was some."""
+        if request.delivered:
+            final = StreamInterrupted(
+                f"the answer was interrupted after {len(request.text)} characters: {error.message}",
+                partial_text=request.text,
+            )
+            final.__cause__ = error
+            return final
+        return error
+
+    @classmethod
+    def _table(cls) -> RouteTable:
+        if cls.routes is None:
+            raise PatchbayError("this Router has no routes; use Router.configure(routes) or RetryProvider([...])")
+        return cls.routes
+
+
+def _pool_of(provider: type[AsyncGeneratorProvider]) -> CredentialPool | None:
+    for attribute in ("auth_codes", "credentials"):
+        pool = getattr(provider, attribute, None)
+        if isinstance(pool, CredentialPool):
+            return pool
+    return None
+
+
+def RetryProvider(
+    providers: Sequence[type[AsyncGeneratorProvider]], shuffle: bool = False, **options: Any
+) -> type[Router]:
+    """A router over ``providers`` that passes the requested model to each of them."""
+    if not providers:
+        raise PatchbayError("RetryProvider needs at least one provider")
+    return Router.configure({"*": [Target(p) for p in providers]}, name="RetryProvider",
+                            strategy="shuffle" if shuffle else "priority", **options)

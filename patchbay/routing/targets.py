@@ -1,0 +1,109 @@
+"""Route tables: a public model name -> the ordered targets that can serve it.
+
+A :class:`Target` is one provider with the model name to ask it for and a weight (for the
+weighted strategy). A :class:`RouteTable` maps public names to targets; the name ``"*"`` is a
+catch-all whose targets receive the requested model name unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from patchbay.catalog import catalog
+from patchbay.errors import InvalidRequest, ModelNotSupported
+from patchbay.providers.base import AsyncGeneratorProvider
+
+__all__ = ["WILDCARD", "RouteTable", "Target"]
+
+WILDCARD = "*"
+ProviderType = type[AsyncGeneratorProvider]
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """One provider (and the model to ask it for) that can serve a route."""
+
+    provider: ProviderType
+    model: str | None = None  # None: ask for the model the caller named
+    weight: float = 1.0
+    base_url: str | None = None  # this target's API address, when not the provider's default
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.weight, int | float) and self.weight > 0):
+            raise InvalidRequest(f"target {self.provider.name}: weight must be a positive number, got {self.weight!r}")
+
+    def model_for(self, requested: str | None) -> str | None:
+        return self.model if self.model is not None else requested
+
+    def key(self, requested: str | None = None) -> str:
+        """The state key of this target: ``provider/model``."""
+        return f"{self.provider.name}/{self.model_for(requested) or 'default'}"
+
+    @property
+    def supports_prefill(self) -> bool:
+        return bool(self.provider.supports_prefill)
+
+    def context_window(self, requested: str | None) -> int | None:
+        model = self.model_for(requested)
+        record = catalog().get(self.provider.name, model) if model else None
+        return record.context_window if record else None
+
+
+class RouteTable:
+    """Public model names -> ordered targets."""
+
+    def __init__(self, routes: Mapping[str, Sequence[Target]]) -> None:
+        if not routes:
+            raise InvalidRequest("a route table needs at least one route")
+        for name, targets in routes.items():
+            if not targets:
+                raise InvalidRequest(f"route {name!r} has no targets")
+        self._routes = {name: list(targets) for name, targets in routes.items()}
+
+    @classmethod
+    def from_config(cls, routes: Mapping[str, Iterable[Any]]) -> RouteTable:
+        """Build from plain data: ``{"gpt-4o": ["Liaobots/gpt-4o", {"provider": "Local", "weight": 2}]}``."""
+        from patchbay.providers import registry
+
+        table: dict[str, list[Target]] = {}
+        for name, entries in routes.items():
+            targets = table.setdefault(name, [])
+            for entry in entries:
+                if isinstance(entry, Target):
+                    targets.append(entry)
+                elif isinstance(entry, str):
+                    provider, _, model = entry.partition("/")
+                    targets.append(Target(registry.get(provider), model or None))
+                elif isinstance(entry, Mapping) and isinstance(entry.get("provider"), str):
+                    unknown = set(entry) - {"provider", "model", "weight", "base_url"}
+                    if unknown:
+                        raise InvalidRequest(f"route {name!r}: unknown target fields {sorted(unknown)}")
+                    targets.append(Target(registry.get(entry["provider"]), entry.get("model"),
+                                          entry.get("weight", 1.0), entry.get("base_url")))
+                else:
+                    raise InvalidRequest(f"route {name!r}: a target is 'Provider/model' or a table with a "
+                                         f"provider, got {entry!r}")
+        return cls(table)
+
+    def names(self) -> list[str]:
+        return [name for name in self._routes if name != WILDCARD]
+
+    def targets_for(self, model: str | None) -> list[Target]:
+        """The targets of ``model``'s route, else the catch-all's; unknown -> ModelNotSupported."""
+        if model and model in self._routes:
+            return list(self._routes[model])
+        if WILDCARD in self._routes:
+            return list(self._routes[WILDCARD])
+        raise ModelNotSupported(
+            f"no route for model {model!r}; routes: {', '.join(self.names()) or '(none)'}", model=model,
+            param="model",
+        )
+
+    def all_targets(self) -> list[Target]:
+        seen: dict[tuple[str, str | None], Target] = {}
+        for targets in self._routes.values():
+            for target in targets:
+                seen.setdefault((target.provider.name, target.model), target)
+        return list(seen.values())
