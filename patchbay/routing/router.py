@@ -67,6 +67,11 @@ class _Request:
     def text(self) -> str:
         return "".join(self.delivered)
 
+    def deadline_error(self) -> DeadlineExceeded:
+        tried = "; ".join(f"{a.provider}/{a.model}: {a.error}: {a.message}" for a in self.attempts)
+        return DeadlineExceeded(f"the request ran past its total deadline of {self.timeout.total} s"
+                                + (f" after: {tried}" if tried else ""))
+
     def remaining(self) -> float | None:
         if self.timeout.total is None:
             return None
@@ -159,8 +164,7 @@ class Router(AsyncGeneratorProvider):
                 continue  # it could only start over, which would repeat the delivered text
             for retry in range(cls.retry.attempts):
                 if (remaining := request.remaining()) is not None and remaining <= 0:
-                    raise cls._final(request, DeadlineExceeded(
-                        f"the request ran past its total deadline of {timeout.total} s"))
+                    raise cls._final(request, request.deadline_error())
                 tried_any = True
                 try:
                     attempt = cls._attempt(target, request, messages, proxy, base_url, kwargs)
