@@ -1,5 +1,5 @@
-"""Suite-wide fixtures: the replica servers (tests/replicas) for every test module."""
+"""Suite-wide fixtures: replica servers and proxies (tests/replicas) and a real redis-server."""
 
 from __future__ import annotations
 
-pytest_plugins = ["tests.replicas.fixtures", "tests.replicas.proxy"]
+pytest_plugins = ["tests.replicas.fixtures", "tests.replicas.proxy", "tests.redis_server"]

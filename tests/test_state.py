@@ -30,9 +30,6 @@ from patchbay.secrets import register_secret
 from tests import redis_server as redis_fixtures
 from tests.redis_server import free_port, start_redis
 
-redis_server = redis_fixtures.redis_server
-redis_url = redis_fixtures.redis_url
-
 ROOT = Path(__file__).resolve().parents[1]
 KEY = "Liaobots/gpt-4o-2024-08-06"
 LOGGER = "patchbay.routing.state"

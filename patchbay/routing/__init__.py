@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 from patchbay.routing.policy import DECISIONS, Action, CooldownPolicy, RetryPolicy, decide
+from patchbay.routing.redis_state import RedisStateStore
 from patchbay.routing.router import MidStream, RetryProvider, Router
 from patchbay.routing.state import Health, MemoryStateStore, StateStore
 from patchbay.routing.strategies import STRATEGIES, get_strategy
@@ -20,6 +21,7 @@ __all__ = [
     "Health",
     "MemoryStateStore",
     "MidStream",
+    "RedisStateStore",
     "RetryPolicy",
     "RetryProvider",
     "RouteTable",

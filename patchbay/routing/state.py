@@ -13,7 +13,6 @@ only their :func:`fingerprint`.
 
 from __future__ import annotations
 
-import hashlib
 import threading
 import time
 from collections import deque
@@ -21,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
-from patchbay.secrets import redact
+from patchbay.secrets import fingerprint, redact
 
 __all__ = [
     "EMA_ALPHA",
@@ -108,11 +107,6 @@ class StateStore(Protocol):
     async def close(self) -> None:
         """Release connections; the store is not used afterwards."""
         ...
-
-
-def fingerprint(secret: str) -> str:
-    """A stable, non-reversible name for a credential: 16 hex digits of its SHA-256."""
-    return hashlib.sha256(secret.encode("utf-8")).hexdigest()[:16]
 
 
 def ema(old: float | None, value: float) -> float:
