@@ -7,14 +7,16 @@ import json
 import sys
 from pathlib import Path
 
+from patchbay.secrets import fingerprint
+from tests.replicas.liaobots import LiaobotsReplica
 from tests.replicas.openai_fake import OpenAIFake
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-async def routed_request(redis_url: str, bad: OpenAIFake, good: OpenAIFake) -> dict[str, object]:
+async def routed_request(*args: str) -> dict[str, object]:
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "tests.router_process", redis_url, bad.api_base, good.api_base,
+        sys.executable, "-m", "tests.router_process", *args,
         cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )
     stdout, stderr = await asyncio.wait_for(process.communicate(), timeout=60)
@@ -25,12 +27,13 @@ async def routed_request(redis_url: str, bad: OpenAIFake, good: OpenAIFake) -> d
 async def test_a_cooldown_set_in_one_process_is_honoured_in_another(redis_url: str) -> None:
     async with OpenAIFake() as bad, OpenAIFake() as good:
         bad.scenario = "status_503"
-        first = await routed_request(redis_url, bad, good)
+        first = await routed_request("cooldown", redis_url, bad.api_base, good.api_base)
         assert first["text"] == good.answer and first["fallbacks"] == ["Bad"]
         assert first["bad_cooldown"] is not None and first["degraded"] is False
         assert bad.chat_count == 1
 
-        second = await routed_request(redis_url, bad, good)  # a new process: no local memory of A
+        # A new process, with no local memory of the first:
+        second = await routed_request("cooldown", redis_url, bad.api_base, good.api_base)
         assert second["text"] == good.answer
         assert second["fallbacks"] == []
         assert bad.chat_count == 1  # skipped: cooling down, as process one recorded in Redis
@@ -53,3 +56,17 @@ async def test_redis_down_degrades_to_local_state_not_failed_requests(unused_tcp
     warnings = [r for r in caplog.records if r.levelname == "WARNING" and "unavailable" in r.getMessage()]  # type: ignore[attr-defined]
     assert len(warnings) == 1
     await state.close()
+
+
+async def test_a_credential_banned_in_one_process_is_skipped_in_another(redis_url: str) -> None:
+    async with LiaobotsReplica() as replica:
+        replica.rejected_codes = {"code-a"}
+        replica.valid_codes = {"code-b"}
+        first = await routed_request("liaobots", redis_url, replica.base_url, "code-a,code-b")
+        assert first["text"] == replica.answer
+        assert first["banned"] == [fingerprint("code-a")]  # a fingerprint, never the code itself
+        assert [r.headers["x-auth-code"] for r in replica.requests_to("/api/chat")] == ["code-a", "code-b"]
+
+        second = await routed_request("liaobots", redis_url, replica.base_url, "code-a,code-b")
+        assert second["text"] == replica.answer
+        assert [r.headers["x-auth-code"] for r in replica.requests_to("/api/chat")][2:] == ["code-b"]
