@@ -349,3 +349,15 @@ async def test_cancelled_consumer_closes_the_target_stream() -> None:
     assert closed.is_set()
     health = await r.health()
     assert health["Endless/m"].in_flight == 0
+
+
+async def test_secrets_in_upstream_errors_never_reach_events_or_errors() -> None:
+    from patchbay.secrets import register_secret
+
+    register_secret("sk-router-secret-999")
+    a = script("A", ([], AuthError("key sk-router-secret-999 rejected")))
+    b = script("B")
+    r, _ = router({"m": [Target(a), Target(b)]})
+    _, events = await run(r)
+    assert "sk-router-secret-999" not in repr(events)
+    assert "sk-router-secret-999" not in repr(await r.health())
