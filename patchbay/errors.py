@@ -28,8 +28,9 @@ the class hierarchy), so the server, the CLI and the router all agree on what an
                                          failures, 503 if none could be tried
 
 Context (provider, model) is attached in one place, :meth:`PatchbayError.with_context`, by the
-provider base class; messages never contain secrets because :func:`patchbay.secrets.redact`
-runs on every message.
+provider base class. Messages never contain secrets: :func:`patchbay.secrets.redact` runs on
+every message when the error is made (so ``error.message`` is safe to log) and again when it is
+shown (for secrets registered in between).
 """
 
 from __future__ import annotations
@@ -79,6 +80,7 @@ class PatchbayError(Exception):
         status: int | None = None,
         param: str | None = None,
     ) -> None:
+        message = redact(message)  # secrets known now; __str__ redacts again for later ones
         super().__init__(message)
         self.message = message
         self.provider = provider
@@ -218,7 +220,7 @@ class Attempt:
 
     @classmethod
     def of(cls, error: PatchbayError, provider: str, model: str) -> Attempt:
-        return cls(provider, model, type(error).__name__, error.status, redact(error.message))
+        return cls(provider, model, type(error).__name__, error.status, error.message)
 
 
 class AllProvidersFailed(PatchbayError):

@@ -85,3 +85,10 @@ def test_openai_error_object_shape() -> None:
         "param": "messages[0].role",
         "code": "invalid_request",
     }
+
+
+def test_message_attribute_is_already_redacted_for_logging() -> None:
+    register_secret("auth-code-for-logs-42")
+    error = AuthError("rejected code auth-code-for-logs-42")
+    assert "auth-code-for-logs-42" not in error.message
+    assert "auth-code-for-logs-42" not in repr(error.args)

@@ -44,7 +44,6 @@ from patchbay.routing.policy import Action, CooldownPolicy, RetryPolicy, decide
 from patchbay.routing.state import Health, MemoryStateStore, StateStore
 from patchbay.routing.strategies import Strategy, get_strategy
 from patchbay.routing.targets import RouteTable, Target
-from patchbay.secrets import redact
 
 __all__ = ["MidStream", "RetryProvider", "Router"]
 
@@ -193,7 +192,7 @@ class Router(AsyncGeneratorProvider):
                         pending = [t for t in pending if (t.context_window(request.model) or 0) > window]
                     if pending:
                         yield Fallback(target.provider.name, target.model_for(request.model) or "",
-                                       type(error).__name__, redact(error.message), len(request.text))
+                                       type(error).__name__, error.message, len(request.text))
                     break
         if request.delivered:
             raise cls._final(request, StreamInterrupted("no remaining target can continue the answer"))
@@ -253,7 +252,7 @@ class Router(AsyncGeneratorProvider):
             await cls.state.set_cooldown(key, now + cls.cooldown.duration)
         elif retry_after is not None and retry_after > cls.retry.max_retry_after:
             await cls.state.set_cooldown(key, now + retry_after)  # it told us when to come back
-        log.info("%s failed: %s (%s)", key, type(error).__name__, redact(error.message))
+        log.info("%s failed: %s (%s)", key, type(error).__name__, error.message)
 
     # -- ordering, credentials, errors ----------------------------------------------------------
 
