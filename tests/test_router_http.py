@@ -104,6 +104,24 @@ async def test_credential_bans_are_shared_through_the_state_store(liaobots_repli
     assert used == ["code-b"]
 
 
+async def test_a_ban_is_written_to_the_shared_state_once(liaobots_replica: LiaobotsReplica,
+                                                         clean_liaobots: None) -> None:
+    liaobots_replica.rejected_codes = {"code-a"}
+    liaobots_replica.valid_codes = {"code-b"}
+    writes: list[str] = []
+
+    class CountingStore(MemoryStateStore):
+        async def ban_credential(self, pool: str, fingerprint: str, until: float) -> None:
+            writes.append(fingerprint)
+            await super().ban_credential(pool, fingerprint, until)
+
+    router = Router.configure({"gpt-4o": [Target(Liaobots, "gpt-4o", base_url=liaobots_replica.base_url)]},
+                              state=CountingStore())
+    for _ in range(3):
+        assert await router.create_async("gpt-4o", HELLO, auth="code-a,code-b") == liaobots_replica.answer
+    assert writes == [fingerprint("code-a")]
+
+
 def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 

@@ -42,7 +42,7 @@ from patchbay.messages import Messages
 from patchbay.providers.base import AsyncGeneratorProvider
 from patchbay.routing.policy import Action, CooldownPolicy, RetryPolicy, decide
 from patchbay.routing.state import Health, MemoryStateStore, StateStore
-from patchbay.routing.strategies import Strategy, get_strategy
+from patchbay.routing.strategies import USES_HEALTH, get_strategy
 from patchbay.routing.targets import RouteTable, Target
 
 __all__ = ["MidStream", "RetryProvider", "Router"]
@@ -206,7 +206,7 @@ class Router(AsyncGeneratorProvider):
                        base_url: str | None, kwargs: dict[str, Any]) -> AsyncGenerator[StreamEvent, None]:
         """Stream from one target, continuing after ``request.delivered`` when it is not empty."""
         key = target.key(request.model)
-        await cls._load_bans(target.provider)
+        shared_bans = await cls._load_bans(target.provider)
         if request.delivered:
             messages = [*messages, {"role": "assistant", "content": request.text}]
         remaining = request.remaining()
@@ -233,7 +233,7 @@ class Router(AsyncGeneratorProvider):
         finally:
             await stream.aclose()
             await cls.state.add_in_flight(key, -1)
-            await cls._publish_bans(target.provider)
+            await cls._publish_bans(target.provider, shared_bans)
         now = time.monotonic()
         await cls.state.record_success(key, latency=now - started,
                                        ttft=None if first_text is None else first_text - started)
@@ -260,27 +260,34 @@ class Router(AsyncGeneratorProvider):
     async def _ordered(cls, targets: list[Target], model: str | None) -> list[Target]:
         """Targets not in cooldown, in strategy order; all of them (soonest free first) if none is free."""
         now = cls.clock()
-        until = {t: await cls.state.cooldown_until(t.key(model)) for t in targets}
-        health = {t: await cls.state.health(t.key(model)) for t in targets}
-        strategy: Strategy = get_strategy(cls.strategy)
-        free = [t for t in targets if not until[t] or until[t] <= now]  # type: ignore[operator]
-        if free:
-            return strategy(free, health, cls.rng)
-        return sorted(targets, key=lambda t: until[t] or 0.0)
+        keys = [t.key(model) for t in targets]
+        until = dict(zip(targets, await asyncio.gather(*map(cls.state.cooldown_until, keys)), strict=True))
+        free = [t for t in targets if until[t] is None or until[t] <= now]  # type: ignore[operator]
+        if not free:
+            return sorted(targets, key=lambda t: until[t] or 0.0)
+        health: dict[Target, Health] = {}
+        if cls.strategy in USES_HEALTH:  # only these strategies read it: spare the store the round trips
+            health = dict(zip(targets, await asyncio.gather(*map(cls.state.health, keys)), strict=True))
+        return get_strategy(cls.strategy)(free, health, cls.rng)
 
     @classmethod
-    async def _load_bans(cls, provider: type[AsyncGeneratorProvider]) -> None:
+    async def _load_bans(cls, provider: type[AsyncGeneratorProvider]) -> set[str]:
+        """Apply the credential bans in the shared state to the provider's pool; return them."""
         pool = _pool_of(provider)
-        if pool is not None:
-            pool.apply_bans(await cls.state.banned_credentials(pool.name))
+        if pool is None:
+            return set()
+        shared = await cls.state.banned_credentials(pool.name)
+        pool.apply_bans(shared)
+        return shared
 
     @classmethod
-    async def _publish_bans(cls, provider: type[AsyncGeneratorProvider]) -> None:
+    async def _publish_bans(cls, provider: type[AsyncGeneratorProvider], shared: set[str]) -> None:
+        """Share the bans this process made that the shared state does not have yet."""
         pool = _pool_of(provider)
         if pool is None:
             return
         until = cls.clock() + CREDENTIAL_BAN_SECONDS
-        for mark in pool.banned_fingerprints():
+        for mark in pool.banned_fingerprints() - shared:
             await cls.state.ban_credential(pool.name, mark, until)
 
     @classmethod

@@ -13,7 +13,7 @@ from patchbay.errors import InvalidRequest
 from patchbay.routing.state import Health
 from patchbay.routing.targets import Target
 
-__all__ = ["STRATEGIES", "Strategy", "get_strategy"]
+__all__ = ["STRATEGIES", "USES_HEALTH", "Strategy", "get_strategy"]
 
 Strategy = Callable[[list[Target], Mapping[Target, Health], random.Random], list[Target]]
 
@@ -57,6 +57,10 @@ STRATEGIES: dict[str, Strategy] = {
     "lowest_latency": lowest_latency,
     "least_busy": least_busy,
 }
+
+
+#: The strategies that read target health (the others get an empty mapping).
+USES_HEALTH = frozenset({"lowest_latency", "least_busy"})
 
 
 def get_strategy(name: str) -> Strategy:
