@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import json
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from contextlib import aclosing, asynccontextmanager
@@ -31,11 +32,13 @@ from patchbay.errors import (
     PatchbayError,
     ProtocolError,
     UpstreamError,
+    error_for_status,
 )
 
 __all__ = [
     "TRANSPORT_ERRORS",
     "BROWSER_USER_AGENT",
+    "error_for_response",
     "CookieStore",
     "Deadline",
     "HTTPSession",
@@ -91,6 +94,25 @@ def map_transport_error(exc: BaseException, *, provider: str | None = None) -> P
     error = cls(f"{_TRANSPORT_MESSAGES.get(cls, 'request failed')}: {detail}", provider=provider)
     error.__cause__ = exc
     return error
+
+
+def error_for_response(status: int, body: str, headers: Mapping[str, str], *, during: str | None = None
+                       ) -> PatchbayError:
+    """The error for an upstream error answer: its status, Retry-After, and the message of a JSON
+    ``{"message"}`` or ``{"error": {"message"}}`` body, else the start of the body's text."""
+    detail = body.strip()
+    try:
+        payload = json.loads(detail)
+    except ValueError:
+        payload = None
+    if isinstance(payload, dict):
+        inner = payload.get("error")
+        message = inner.get("message") if isinstance(inner, dict) else payload.get("message")
+        if isinstance(message, str):
+            detail = message
+    detail = detail[:200]
+    return error_for_status(status, f"{during}: {detail}" if during else detail,
+                            retry_after=parse_retry_after(headers))
 
 
 def parse_retry_after(headers: Mapping[str, str]) -> float | None:
@@ -289,6 +311,10 @@ class HTTPSession:
                 yield item
         for item in decoder.flush():
             yield item
+
+    async def status_error(self, response: aiohttp.ClientResponse, during: str | None = None) -> PatchbayError:
+        """The error for an upstream error answer (see :func:`error_for_response`)."""
+        return error_for_response(response.status, await self.read_body(response), response.headers, during=during)
 
     async def read_body(self, response: aiohttp.ClientResponse, limit: int = ERROR_BODY_LIMIT) -> str:
         """Read up to ``limit`` bytes of the body as text (for error bodies and small replies)."""

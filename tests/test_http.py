@@ -128,3 +128,15 @@ async def test_tls_verification_can_be_turned_off_per_provider(tls_server: str) 
     assert Liaobots.verify_ssl is False  # the service's certificate was never verifiable
     async with HTTPSession(verify_ssl=Liaobots.verify_ssl) as http, http.request("GET", tls_server) as response:
         assert await http.read_body(response) == "secret garden"
+
+
+def test_error_for_response_reads_the_message_wherever_services_put_it() -> None:
+    from patchbay.errors import AuthError, PaymentRequired, RateLimited
+    from patchbay.http import error_for_response
+
+    flat = error_for_response(401, '{"message":"401 Unauthorized"}', {}, during="chat")
+    assert isinstance(flat, AuthError) and flat.message == "upstream answered 401: chat: 401 Unauthorized"
+    nested = error_for_response(429, '{"error": {"message": "slow down"}}', {"retry-after": "2"})
+    assert isinstance(nested, RateLimited) and nested.retry_after == 2.0 and nested.message.endswith("slow down")
+    plain = error_for_response(402, "  Error\n" + "x" * 500, {})
+    assert isinstance(plain, PaymentRequired) and len(plain.message) < 250

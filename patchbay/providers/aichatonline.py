@@ -19,9 +19,9 @@ import aiohttp
 
 from patchbay.config import Timeout
 from patchbay.decoders import NDJSONDecoder
-from patchbay.errors import ProtocolError, error_for_status
+from patchbay.errors import ProtocolError
 from patchbay.events import StreamEvent, TextDelta
-from patchbay.http import BROWSER_USER_AGENT, HTTPSession
+from patchbay.http import BROWSER_USER_AGENT, HTTPSession, error_for_response
 from patchbay.messages import Messages, content_text
 from patchbay.providers.base import AsyncGeneratorProvider, ProviderModelMixin
 
@@ -96,8 +96,7 @@ class AiChatOnline(AsyncGeneratorProvider, ProviderModelMixin):
                 "POST", f"{base}/aichatonline/api/chat/gpt", json=body, headers={"UniqueId": unique_id}
             ) as response:
                 if response.status >= 300:
-                    detail = (await http.read_body(response)).strip()
-                    raise error_for_status(response.status, detail[:200])
+                    raise await http.status_error(response)
                 decoder = NDJSONDecoder()
                 async for item in http.iter_decoded(response, decoder):
                     data = item.get("data") if isinstance(item, dict) else None
@@ -110,7 +109,7 @@ class AiChatOnline(AsyncGeneratorProvider, ProviderModelMixin):
 
 def _unique_id(response: aiohttp.ClientResponse, text: str) -> str:
     if response.status >= 300:
-        raise error_for_status(response.status, f"fetching a unique id: {text.strip()[:200]}")
+        raise error_for_response(response.status, text, response.headers, during="fetching a unique id")
     try:
         data = json.loads(text).get("data")
     except (ValueError, AttributeError):

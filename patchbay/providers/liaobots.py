@@ -19,8 +19,6 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
 from typing import Any, ClassVar
 
-import aiohttp
-
 from patchbay.catalog import ModelRecord
 from patchbay.config import Timeout
 from patchbay.context import count_chars, fit_messages
@@ -31,10 +29,9 @@ from patchbay.errors import (
     PaymentRequired,
     ProtocolError,
     SessionRejected,
-    error_for_status,
 )
 from patchbay.events import StreamEvent, TextDelta
-from patchbay.http import BROWSER_USER_AGENT, CookieStore, HTTPSession
+from patchbay.http import BROWSER_USER_AGENT, CookieStore, HTTPSession, error_for_response
 from patchbay.messages import Messages, content_text
 from patchbay.providers.base import AsyncGeneratorProvider, ProviderModelMixin
 
@@ -171,11 +168,11 @@ class Liaobots(AsyncGeneratorProvider, ProviderModelMixin):
         token = "".join(secrets.choice(string.ascii_letters + string.digits) for _ in range(20))
         async with http.request("POST", f"{base}/recaptcha/api/login", data={"token": token}) as response:
             if response.status >= 300:
-                raise await _failure(http, response, "login")
+                raise await http.status_error(response, "login")
         async with http.request("POST", f"{base}/api/user", json={"authcode": ""}) as response:
             text = await http.read_body(response)
             if response.status >= 300:
-                raise _status_error(response.status, text, "fetching an auth code")
+                raise error_for_response(response.status, text, response.headers, during="fetching an auth code")
             if _is_html(text):
                 raise SessionRejected("the service answered the auth-code request with a captcha page")
             try:
@@ -191,7 +188,7 @@ class Liaobots(AsyncGeneratorProvider, ProviderModelMixin):
     async def _chat(cls, http: HTTPSession, base: str, code: str, body: dict[str, Any]) -> AsyncGenerator[str, None]:
         async with http.request("POST", f"{base}/api/chat", json=body, headers={"x-auth-code": code}) as response:
             if response.status >= 300:
-                raise await _failure(http, response, "chat")
+                raise await http.status_error(response, "chat")
             if "html" in response.headers.get("content-type", ""):
                 raise SessionRejected("the service answered with a captcha page instead of the answer")
             decoder = SSEDecoder()
@@ -236,20 +233,3 @@ def _headers(site: str) -> dict[str, str]:
 def _is_html(text: str) -> bool:
     head = text.lstrip()[:200].lower()
     return head.startswith("<!doctype html") or head.startswith("<html") or "<html" in head
-
-
-async def _failure(http: HTTPSession, response: aiohttp.ClientResponse, during: str) -> Exception:
-    return _status_error(response.status, await http.read_body(response), during)
-
-
-def _status_error(status: int, body: str, during: str) -> Exception:
-    if status == 200:
-        return SessionRejected(f"unexpected reply while {during}")
-    detail = body.strip()
-    try:
-        parsed = json.loads(detail)
-        if isinstance(parsed, dict) and isinstance(parsed.get("message"), str):
-            detail = parsed["message"]
-    except ValueError:
-        pass
-    return error_for_status(status, f"{during}: {detail[:200]}")

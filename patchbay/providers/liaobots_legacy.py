@@ -18,7 +18,7 @@ from patchbay.catalog import ModelRecord
 from patchbay.config import Timeout
 from patchbay.context import count_chars, fit_messages
 from patchbay.decoders import UTF8Decoder
-from patchbay.errors import AuthError, error_for_status
+from patchbay.errors import AuthError
 from patchbay.events import StreamEvent, TextDelta
 from patchbay.http import BROWSER_USER_AGENT, HTTPSession
 from patchbay.messages import Messages, content_text
@@ -97,8 +97,7 @@ class LiaobotsLegacy(AsyncGeneratorProvider, ProviderModelMixin):
             http.request("POST", f"{base}/api/chat", json=body, headers=headers) as response,
         ):
             if response.status >= 300:
-                detail = (await http.read_body(response)).strip()
-                raise error_for_status(response.status, detail[:200])
+                raise await http.status_error(response)
             decoder = UTF8Decoder()
             held: bytes | None = b""  # bytes that could still turn out to be the `Error` body
             async for chunk in http.iter_bytes(response):
