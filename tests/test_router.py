@@ -361,3 +361,12 @@ async def test_secrets_in_upstream_errors_never_reach_events_or_errors() -> None
     _, events = await run(r)
     assert "sk-router-secret-999" not in repr(events)
     assert "sk-router-secret-999" not in repr(await r.health())
+
+
+def test_configuration_mistakes_are_named() -> None:
+    with pytest.raises(InvalidRequest, match="mid_stream must be"):
+        Router.configure({"m": [Target(script("A"))]}, mid_stream="retry")  # type: ignore[arg-type]
+    with pytest.raises(InvalidRequest, match="at least one provider"):
+        RetryProvider([])
+    with pytest.raises(InvalidRequest, match="route 'm' has no targets"):
+        Router.configure({"m": []})

@@ -142,14 +142,13 @@ class AsyncGeneratorProvider:
         default = getattr(cls, "default_model", "")
         if default and default not in names:
             names.append(default)
-        aliases: dict[str, list[str]] = {}
-        for alias, target in getattr(cls, "model_aliases", {}).items():
-            aliases.setdefault(target, []).append(alias)
-        return [cls.model_record(name, aliases=tuple(aliases.get(name, ()))) for name in names]
+        return [cls.model_record(name) for name in names]
 
     @classmethod
     def model_record(cls, model: str, **fields: Any) -> ModelRecord:
-        """A record for ``model`` with this provider's capability flags, plus ``fields``."""
+        """A record for ``model`` with this provider's capability flags and aliases, plus ``fields``."""
+        aliases = tuple(alias for alias, target in getattr(cls, "model_aliases", {}).items() if target == model)
+        fields.setdefault("aliases", aliases)
         return ModelRecord(provider=cls.name, model=model, streaming=cls.supports_stream,
                            system_message=cls.supports_system_message, tools=cls.supports_tools,
                            prefill=cls.supports_prefill, **fields)

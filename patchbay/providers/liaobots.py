@@ -96,11 +96,8 @@ class Liaobots(AsyncGeneratorProvider, ProviderModelMixin):
 
     @classmethod
     def model_records(cls) -> list[ModelRecord]:
-        aliases: dict[str, list[str]] = {}
-        for alias, target in cls.model_aliases.items():
-            aliases.setdefault(target, []).append(alias)
-        return [cls.model_record(m, context_window=r["tokenLimit"], max_chars=r["maxLength"],
-                                 aliases=tuple(aliases.get(m, ()))) for m, r in cls.model_data.items()]
+        return [cls.model_record(m, context_window=r["tokenLimit"], max_chars=r["maxLength"])
+                for m, r in cls.model_data.items()]
 
     @classmethod
     async def generate(

@@ -245,8 +245,7 @@ class Local(AsyncGeneratorProvider, ProviderModelMixin):
 
     @classmethod
     def model_records(cls) -> list[ModelRecord]:
-        return [cls.model_record(DEFAULT_MODEL, context_window=MAX_CONTEXT,
-                                 aliases=tuple(cls.model_aliases))]
+        return [cls.model_record(DEFAULT_MODEL, context_window=MAX_CONTEXT)]
 
     @classmethod
     def resolve_model(cls, model: str | None) -> str:

@@ -33,6 +33,7 @@ from patchbay.errors import (
     AllProvidersFailed,
     Attempt,
     DeadlineExceeded,
+    InvalidRequest,
     PatchbayError,
     RateLimited,
     StreamInterrupted,
@@ -115,7 +116,7 @@ class Router(AsyncGeneratorProvider):
         table = routes if isinstance(routes, RouteTable) else RouteTable.from_config(routes)
         get_strategy(strategy)  # an unknown name fails here, not on the first request
         if mid_stream not in ("continue", "error"):
-            raise PatchbayError(f"mid_stream must be 'continue' or 'error', got {mid_stream!r}")
+            raise InvalidRequest(f"mid_stream must be 'continue' or 'error', got {mid_stream!r}", param="mid_stream")
         attrs = {
             "__module__": cls.__module__, "name": name, "routes": table, "strategy": strategy,
             "retry": retry or RetryPolicy(), "cooldown": cooldown or CooldownPolicy(), "mid_stream": mid_stream,
@@ -305,7 +306,7 @@ class Router(AsyncGeneratorProvider):
     @classmethod
     def _table(cls) -> RouteTable:
         if cls.routes is None:
-            raise PatchbayError("this Router has no routes; use Router.configure(routes) or RetryProvider([...])")
+            raise InvalidRequest("this Router has no routes; use Router.configure(routes) or RetryProvider([...])")
         return cls.routes
 
 
@@ -322,6 +323,6 @@ def RetryProvider(
 ) -> type[Router]:
     """A router over ``providers`` that passes the requested model to each of them."""
     if not providers:
-        raise PatchbayError("RetryProvider needs at least one provider")
+        raise InvalidRequest("RetryProvider needs at least one provider")
     return Router.configure({"*": [Target(p) for p in providers]}, name="RetryProvider",
                             strategy="shuffle" if shuffle else "priority", **options)
