@@ -23,12 +23,9 @@ EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
 
 
-def _fail(error: PatchbayError | click.ClickException | Exception, verbose: bool = False) -> None:
+def _fail(error: PatchbayError, verbose: bool = False) -> None:
     """Print ``error`` as one line on stderr and exit non-zero."""
-    if isinstance(error, click.ClickException):
-        raise error
-    message = str(error) if isinstance(error, PatchbayError) else f"{type(error).__name__}: {error}"
-    click.echo(f"Error: {message}", err=True)
+    click.echo(f"Error: {error}", err=True)
     if verbose and error.__cause__ is not None:
         click.echo(f"  caused by: {error.__cause__!r}", err=True)
     sys.exit(EXIT_ERROR)

@@ -156,13 +156,11 @@ class Deadline:
         ``on_timeout`` builds the error to raise when ``limit`` (not the deadline) runs out.
         """
         remaining = self.remaining()
-        if remaining is not None and remaining <= 0:
-            if asyncio.iscoroutine(awaitable):
-                awaitable.close()
-            raise DeadlineExceeded(f"the request ran past its total deadline of {self._total} s")
         deadline_first = remaining is not None and (limit is None or remaining < limit)
+        # A spent deadline gives a bound of 0: wait_for then cancels the awaitable cleanly.
+        bound = max(remaining, 0.0) if remaining is not None and deadline_first else limit
         try:
-            return await asyncio.wait_for(awaitable, remaining if deadline_first else limit)
+            return await asyncio.wait_for(awaitable, bound)
         except TimeoutError:
             if deadline_first:
                 raise DeadlineExceeded(f"the request ran past its total deadline of {self._total} s") from None
@@ -335,14 +333,14 @@ def _add(a: float | None, b: float | None) -> float | None:
 
 def _connector_for(proxy: str | None, verify_ssl: bool) -> tuple[aiohttp.BaseConnector, str | None]:
     """A connector for ``proxy``: socks proxies need their own connector, http(s) ones do not."""
-    ssl: bool | None = None if verify_ssl else False
+    # ssl=True: verify with the default context; ssl=False: no verification (a provider's opt-out).
     if proxy is None:
-        return aiohttp.TCPConnector(ssl=ssl if ssl is False else True), None
+        return aiohttp.TCPConnector(ssl=verify_ssl), None
     scheme = URL(proxy).scheme.lower()
     if scheme in ("http", "https"):
-        return aiohttp.TCPConnector(ssl=ssl if ssl is False else True), proxy
+        return aiohttp.TCPConnector(ssl=verify_ssl), proxy
     if scheme in ("socks4", "socks4a", "socks5", "socks5h"):
         from aiohttp_socks import ProxyConnector
 
-        return ProxyConnector.from_url(proxy, ssl=ssl if ssl is False else True), None
+        return ProxyConnector.from_url(proxy, ssl=verify_ssl), None
     raise InvalidRequest(f"unsupported proxy scheme {scheme!r}: use http, https, socks4 or socks5", param="proxy")

@@ -17,8 +17,13 @@ def test_one_number_bounds_everything() -> None:
     assert t.connect == 3.0
 
 
-@pytest.mark.parametrize("bad", [-1, 0, "fast", True])
-def test_bad_timeouts_are_named(bad: object) -> None:
-    with pytest.raises(InvalidRequest) as info:
-        Timeout.of(bad) if not isinstance(bad, int | float) or isinstance(bad, bool) else Timeout(total=bad)
-    assert "timeout" in str(info.value)
+@pytest.mark.parametrize("bad", ["fast", True, [1]])
+def test_bad_timeout_values_are_named(bad: object) -> None:
+    with pytest.raises(InvalidRequest, match="timeout must be a number of seconds"):
+        Timeout.of(bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("bad", [-1, 0])
+def test_non_positive_limits_are_named(bad: float) -> None:
+    with pytest.raises(InvalidRequest, match="timeout total must be a positive number"):
+        Timeout(total=bad)
