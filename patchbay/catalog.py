@@ -72,11 +72,15 @@ class ModelCatalog:
 
     def __init__(self, records: Iterable[ModelRecord] = ()) -> None:
         self._records: dict[tuple[str, str], ModelRecord] = {}
+        self._aliases: dict[tuple[str, str], tuple[str, str]] = {}  # (provider, alias) -> record key
         for record in records:
             self.add(record)
 
     def add(self, record: ModelRecord) -> None:
-        self._records[(record.provider.lower(), record.model)] = record
+        key = (record.provider.lower(), record.model)
+        self._records[key] = record
+        for alias in record.aliases:
+            self._aliases[(key[0], alias)] = key
 
     def override(self, provider: str, model: str, **fields: Any) -> ModelRecord:
         """Set fields of a record (created if absent); unknown or mistyped fields are refused."""
@@ -89,11 +93,11 @@ class ModelCatalog:
 
     def get(self, provider: str, model: str) -> ModelRecord | None:
         """The record for exactly this provider and model (or one of its aliases)."""
-        record = self._records.get((provider.lower(), model))
-        if record is not None:
-            return record
-        return next((r for r in self.records() if r.provider.lower() == provider.lower() and model in r.aliases),
-                    None)
+        key = (provider.lower(), model)
+        record = self._records.get(key)
+        if record is None and key in self._aliases:
+            record = self._records.get(self._aliases[key])
+        return record
 
     def providers_for(self, model: str) -> list[ModelRecord]:
         """Every record that serves ``model`` (by its own name or an alias)."""

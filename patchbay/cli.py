@@ -16,6 +16,7 @@ from typing import Any
 import click
 
 from patchbay.errors import PatchbayError
+from patchbay.secrets import redact
 
 __all__ = ["cli", "main"]
 
@@ -27,7 +28,7 @@ def _fail(error: PatchbayError, verbose: bool = False) -> None:
     """Print ``error`` as one line on stderr and exit non-zero."""
     click.echo(f"Error: {error}", err=True)
     if verbose and error.__cause__ is not None:
-        click.echo(f"  caused by: {error.__cause__!r}", err=True)
+        click.echo(f"  caused by: {redact(repr(error.__cause__))}", err=True)
     sys.exit(EXIT_ERROR)
 
 

@@ -34,6 +34,7 @@ from patchbay.errors import (
     UpstreamError,
     error_for_status,
 )
+from patchbay.secrets import register_secret
 
 __all__ = [
     "TRANSPORT_ERRORS",
@@ -221,6 +222,8 @@ class HTTPSession:
         provider: str | None = None,
     ) -> None:
         self.timeout = timeout or Timeout()
+        if proxy:
+            register_secret(URL(proxy).password)  # a proxy password never shows in errors or logs
         self.proxy = proxy
         self.verify_ssl = verify_ssl
         self.cookies = cookies

@@ -15,6 +15,7 @@ from patchbay.config import Timeout
 from patchbay.errors import ConnectionFailed, DeadlineExceeded, InvalidRequest
 from patchbay.http import HTTPSession, map_transport_error, parse_retry_after
 from patchbay.providers import AiChatOnline, Liaobots
+from patchbay.secrets import redact
 from tests.replicas.aichatonline import AiChatOnlineReplica
 from tests.replicas.liaobots import LiaobotsReplica
 from tests.replicas.proxy import HTTPProxy, Socks5Proxy
@@ -140,3 +141,11 @@ def test_error_for_response_reads_the_message_wherever_services_put_it() -> None
     assert isinstance(nested, RateLimited) and nested.retry_after == 2.0 and nested.message.endswith("slow down")
     plain = error_for_response(402, "  Error\n" + "x" * 500, {})
     assert isinstance(plain, PaymentRequired) and len(plain.message) < 250
+
+
+async def test_a_proxy_password_is_registered_as_a_secret() -> None:
+    proxy = "http://user:proxy-pass-777@127.0.0.1:3128"
+    async with HTTPSession(proxy=proxy):
+        pass
+    # Any message that ever names the proxy URL (an error, a log line) shows it without the password.
+    assert redact(f"could not reach {proxy}") == "could not reach http://user:[REDACTED]@127.0.0.1:3128"

@@ -86,6 +86,7 @@ class Router(AsyncGeneratorProvider):
     name = "Router"
     url = "patchbay://router"
     announces_provider = False  # the targets announce themselves
+    fits_context = True  # each target fits the history to its own model
 
     routes: ClassVar[RouteTable | None] = None
     strategy: ClassVar[str] = "priority"
