@@ -5,6 +5,8 @@ The public surface is listed in ``__all__``; everything else is an implementatio
 
 from __future__ import annotations
 
+from typing import Any
+
 from patchbay.config import UNSET, Timeout
 from patchbay.errors import (
     AllProvidersFailed,
@@ -14,11 +16,14 @@ from patchbay.errors import (
     ConnectTimeout,
     ContextTooLong,
     DeadlineExceeded,
+    EndpointNotFound,
     FirstByteTimeout,
     IdleTimeout,
     InvalidRequest,
+    MethodNotAllowed,
     ModelNotSupported,
     PatchbayError,
+    PayloadTooLarge,
     PaymentRequired,
     PermissionDenied,
     ProtocolError,
@@ -44,11 +49,48 @@ from patchbay.events import (
 
 __version__ = "0.1.0"
 
+#: Names imported on first use, so that ``import patchbay`` stays fast (no aiohttp, no msgspec).
+_LAZY = {
+    "AsyncChunkStream": "patchbay.client",
+    "AsyncClient": "patchbay.client",
+    "ChunkStream": "patchbay.client",
+    "Client": "patchbay.client",
+    "ChatCompletion": "patchbay.completions",
+    "ChatCompletionChunk": "patchbay.completions",
+    "Model": "patchbay.completions",
+    "ModelList": "patchbay.completions",
+    "providers": "patchbay.providers",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module_name = _LAZY.get(name)
+    if module_name is None:
+        raise AttributeError(f"module 'patchbay' has no attribute {name!r}")
+    import importlib
+
+    module = importlib.import_module(module_name)
+    value = module if module_name.endswith(name) else getattr(module, name)
+    globals()[name] = value
+    return value
+
+
 __all__ = [
     "UNSET",
     "AllProvidersFailed",
+    "AsyncChunkStream",
+    "AsyncClient",
     "Attempt",
     "AuthError",
+    "ChatCompletion",
+    "ChatCompletionChunk",
+    "ChunkStream",
+    "Client",
+    "EndpointNotFound",
+    "MethodNotAllowed",
+    "Model",
+    "ModelList",
+    "PayloadTooLarge",
     "ConnectTimeout",
     "ConnectionFailed",
     "ContextTooLong",

@@ -125,6 +125,32 @@ def providers(as_json: bool) -> None:
                    f"{('yes' if row['needs_auth'] else 'no'):<6} {len(row['models']):>6}  {row['default_model']}")
 
 
+@cli.command()
+@click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False), default=None,
+              help="TOML config file (default: $PATCHBAY_CONFIG, else config.toml in the config directory).")
+@click.option("--host", default=None, help="Address to listen on (default 127.0.0.1).")
+@click.option("--port", type=click.IntRange(0, 65535), default=None, help="Port (default 8000).")
+@click.option("--workers", type=click.IntRange(min=1), default=None, help="Worker processes sharing the port.")
+@click.option("--insecure-no-auth", is_flag=True, default=None,
+              help="Allow a non-loopback address without API keys.")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default=None)
+def serve(config_path: str | None, host: str | None, port: int | None, workers: int | None,
+          insecure_no_auth: bool | None, log_level: str | None) -> None:
+    """Run the OpenAI-compatible server (POST /v1/chat/completions, GET /v1/models, ...)."""
+    from patchbay.server.run import check_bind
+    from patchbay.server.run import serve as run_server
+    from patchbay.settings import load_settings
+
+    try:
+        settings = load_settings(config_path).with_server(host=host, port=port, workers=workers,
+                                                          insecure_no_auth=insecure_no_auth, log_level=log_level)
+        settings.build_router()  # a mistake in the routes fails here, before any worker starts
+        check_bind(settings)
+    except PatchbayError as error:
+        _fail(error)
+    run_server(settings)
+
+
 def main() -> None:
     """Console entry point."""
     cli(prog_name="patchbay")

@@ -7,7 +7,10 @@ the class hierarchy), so the server, the CLI and the router all agree on what an
     PatchbayError
     ├── InvalidRequest              400  a request that would fail anywhere
     │   ├── ModelNotSupported       404  the provider does not serve that model
-    │   └── ContextTooLong          400  the conversation does not fit the model
+    │   ├── ContextTooLong          400  the conversation does not fit the model
+    │   ├── PayloadTooLarge         413  a request body over the server's limit
+    │   ├── EndpointNotFound        404  no such path on the server
+    │   └── MethodNotAllowed        405  the path exists, the method does not
     ├── AuthError                   401  credentials missing, invalid or rejected
     │   └── SessionRejected         401  the service answered with a captcha or an error page
     ├── PaymentRequired             402  the account is out of credits
@@ -48,12 +51,15 @@ __all__ = [
     "ConnectionFailed",
     "ContextTooLong",
     "DeadlineExceeded",
+    "EndpointNotFound",
     "ErrorInfo",
     "FirstByteTimeout",
     "IdleTimeout",
     "InvalidRequest",
+    "MethodNotAllowed",
     "ModelNotSupported",
     "PatchbayError",
+    "PayloadTooLarge",
     "PaymentRequired",
     "PermissionDenied",
     "ProtocolError",
@@ -135,6 +141,18 @@ class ContextTooLong(InvalidRequest):
         super().__init__(message, **kw)  # type: ignore[arg-type]
         self.limit = limit
         self.size = size
+
+
+class PayloadTooLarge(InvalidRequest):
+    """The request body is over the server's size limit."""
+
+
+class EndpointNotFound(InvalidRequest):
+    """The server has no endpoint at that path."""
+
+
+class MethodNotAllowed(InvalidRequest):
+    """The endpoint exists but does not take that HTTP method."""
 
 
 class AuthError(PatchbayError):
@@ -265,6 +283,9 @@ ERROR_TABLE: dict[type[PatchbayError], ErrorInfo] = {
     InvalidRequest: ErrorInfo(400, "invalid_request_error", "invalid_request"),
     ModelNotSupported: ErrorInfo(404, "invalid_request_error", "model_not_found"),
     ContextTooLong: ErrorInfo(400, "invalid_request_error", "context_length_exceeded"),
+    PayloadTooLarge: ErrorInfo(413, "invalid_request_error", "payload_too_large"),
+    EndpointNotFound: ErrorInfo(404, "invalid_request_error", "not_found"),
+    MethodNotAllowed: ErrorInfo(405, "invalid_request_error", "method_not_allowed"),
     AuthError: ErrorInfo(401, "authentication_error", "invalid_api_key"),
     SessionRejected: ErrorInfo(401, "authentication_error", "session_rejected"),
     PaymentRequired: ErrorInfo(402, "insufficient_quota", "payment_required"),

@@ -63,9 +63,18 @@ class RouteTable:
         self._routes = {name: list(targets) for name, targets in routes.items()}
 
     @classmethod
-    def from_config(cls, routes: Mapping[str, Iterable[Any]]) -> RouteTable:
-        """Build from plain data: ``{"gpt-4o": ["Liaobots/gpt-4o", {"provider": "Local", "weight": 2}]}``."""
+    def from_config(cls, routes: Mapping[str, Iterable[Any]],
+                    providers: Mapping[str, ProviderType] | None = None) -> RouteTable:
+        """Build from plain data: ``{"gpt-4o": ["Liaobots/gpt-4o", {"provider": "Local", "weight": 2}]}``.
+
+        Provider names are looked up in ``providers`` first (e.g. services from a config file),
+        then in the registry."""
         from patchbay.providers import registry
+
+        def lookup(name: str) -> ProviderType:
+            if providers and name in providers:
+                return providers[name]
+            return registry.get(name)
 
         table: dict[str, list[Target]] = {}
         for name, entries in routes.items():
@@ -75,12 +84,12 @@ class RouteTable:
                     targets.append(entry)
                 elif isinstance(entry, str):
                     provider, _, model = entry.partition("/")
-                    targets.append(Target(registry.get(provider), model or None))
+                    targets.append(Target(lookup(provider), model or None))
                 elif isinstance(entry, Mapping) and isinstance(entry.get("provider"), str):
                     unknown = set(entry) - {"provider", "model", "weight", "base_url"}
                     if unknown:
                         raise InvalidRequest(f"route {name!r}: unknown target fields {sorted(unknown)}")
-                    targets.append(Target(registry.get(entry["provider"]), entry.get("model"),
+                    targets.append(Target(lookup(entry["provider"]), entry.get("model"),
                                           entry.get("weight", 1.0), entry.get("base_url")))
                 else:
                     raise InvalidRequest(f"route {name!r}: a target is 'Provider/model' or a table with a "

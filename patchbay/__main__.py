@@ -1,0 +1,5 @@
+"""``python -m patchbay``: the command line."""
+
+from patchbay.cli import main
+
+main()

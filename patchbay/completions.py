@@ -1,0 +1,368 @@
+"""OpenAI-shaped chat completions: the request, the response objects, and the one conversion
+from a provider's event stream to them.
+
+:class:`ChatCompletionRequest` is the request body the server accepts (its JSON Schema is the
+OpenAPI document's, so validation and documentation cannot disagree). :func:`complete` and
+:func:`stream_chunks` turn a provider's :class:`~patchbay.events.EventStream` into a
+:class:`ChatCompletion` or :class:`ChatCompletionChunk` values; :class:`patchbay.Client` and the
+server both use them, so both answer in exactly the same shape. Stop strings are cut here too,
+across chunk boundaries, for providers whose service does not honour them.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+from patchbay.errors import InvalidRequest
+from patchbay.events import EventStream, Finish, ProviderInfo, StreamEvent, TextDelta, ToolCallDelta, Usage
+from patchbay.providers.base import AsyncGeneratorProvider
+from patchbay.stops import StopSequenceFilter
+
+__all__ = [
+    "ChatCompletion",
+    "ChatCompletionChunk",
+    "ChatCompletionMessage",
+    "ChatCompletionRequest",
+    "ChatMessage",
+    "Choice",
+    "ChoiceDelta",
+    "ChunkChoice",
+    "CompletionUsage",
+    "Model",
+    "ModelList",
+    "StreamOptions",
+    "complete",
+    "decode_request",
+    "open_stream",
+    "request_from_kwargs",
+    "stream_chunks",
+]
+
+MAX_MESSAGES = 10_000
+MAX_STOPS = 4
+
+
+class _Object(msgspec.Struct, kw_only=True):
+    """Base of the response objects: attribute access like the openai SDK's, plus its dump helpers."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return msgspec.to_builtins(self)  # type: ignore[no-any-return]
+
+    def model_dump(self) -> dict[str, Any]:
+        return self.to_dict()
+
+    def to_json(self) -> str:
+        return msgspec.json.encode(self).decode()
+
+
+# -- the request ------------------------------------------------------------------------------------
+
+
+class ChatMessage(msgspec.Struct, omit_defaults=True, kw_only=True):
+    """One message of the conversation (``developer`` is accepted as a synonym of ``system``)."""
+
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[dict[str, Any]] | None = None
+    name: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = None
+
+
+class StreamOptions(msgspec.Struct, kw_only=True):
+    """``stream_options``: ask for a last chunk that carries the usage."""
+
+    include_usage: bool = False
+
+
+Temperature = Annotated[float, msgspec.Meta(ge=0, le=2)]
+Probability = Annotated[float, msgspec.Meta(ge=0, le=1)]
+Penalty = Annotated[float, msgspec.Meta(ge=-2, le=2)]
+TokenCount = Annotated[int, msgspec.Meta(ge=1)]
+
+
+class ChatCompletionRequest(msgspec.Struct, kw_only=True):
+    """The body of ``POST /v1/chat/completions``. Fields not listed here are ignored."""
+
+    model: Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+    messages: Annotated[list[ChatMessage], msgspec.Meta(min_length=1, max_length=MAX_MESSAGES)]
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    max_tokens: TokenCount | None = None
+    max_completion_tokens: TokenCount | None = None
+    temperature: Temperature | None = None
+    top_p: Probability | None = None
+    stop: str | Annotated[list[str], msgspec.Meta(max_length=MAX_STOPS)] | None = None
+    seed: int | None = None
+    presence_penalty: Penalty | None = None
+    frequency_penalty: Penalty | None = None
+    n: Annotated[int, msgspec.Meta(ge=1, le=1)] | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    response_format: dict[str, Any] | None = None
+    user: str | None = None
+
+    def message_dicts(self) -> list[dict[str, Any]]:
+        """The conversation as plain dicts, the form providers take."""
+        messages = msgspec.to_builtins(self.messages)
+        for message in messages:
+            if message["role"] == "developer":
+                message["role"] = "system"
+        return messages  # type: ignore[no-any-return]
+
+    def provider_options(self) -> dict[str, Any]:
+        """The sampling options a provider understands, only those that were given."""
+        options = {
+            "max_tokens": self.max_tokens if self.max_tokens is not None else self.max_completion_tokens,
+            "temperature": self.temperature, "top_p": self.top_p, "stop": self.stop, "seed": self.seed,
+            "tools": self.tools, "tool_choice": self.tool_choice, "response_format": self.response_format,
+        }
+        extra = {"presence_penalty": self.presence_penalty, "frequency_penalty": self.frequency_penalty}
+        options = {key: value for key, value in options.items() if value is not None}
+        extra = {key: value for key, value in extra.items() if value is not None}
+        if extra:
+            options["extra_body"] = extra
+        return options
+
+    @property
+    def include_usage(self) -> bool:
+        return self.stream_options is not None and self.stream_options.include_usage
+
+
+_request_decoder = msgspec.json.Decoder(ChatCompletionRequest)
+
+
+def decode_request(body: bytes) -> ChatCompletionRequest:
+    """Parse and check a JSON request body; InvalidRequest names the field that is wrong."""
+    try:
+        return _request_decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        raise InvalidRequest(_describe(exc), param=_param(exc)) from None
+    except msgspec.DecodeError as exc:
+        raise InvalidRequest(f"the request body is not valid JSON: {exc}") from None
+
+
+def request_from_kwargs(kwargs: dict[str, Any]) -> ChatCompletionRequest:
+    """The request for a ``create(**kwargs)`` call, checked exactly like a server request."""
+    try:
+        return msgspec.convert(kwargs, ChatCompletionRequest)
+    except msgspec.ValidationError as exc:
+        raise InvalidRequest(_describe(exc), param=_param(exc)) from None
+
+
+def _describe(exc: msgspec.ValidationError) -> str:
+    message = str(exc)
+    if " - at `$." in message:  # "Expected `int`, got `str` - at `$.messages[0].role`"
+        detail, _, where = message.rpartition(" - at `$.")
+        return f"invalid field {where.rstrip('`')}: {detail}"
+    return f"invalid request: {message}"
+
+
+def _param(exc: msgspec.ValidationError) -> str | None:
+    message = str(exc)
+    if " - at `$." in message:
+        return message.rpartition(" - at `$.")[2].rstrip("`")
+    if "missing required field `" in message:
+        return message.split("`")[1]
+    return None
+
+
+# -- the response objects -------------------------------------------------------------------------
+
+
+class CompletionUsage(_Object, kw_only=True):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class ChatCompletionMessage(_Object, kw_only=True):
+    role: str = "assistant"
+    content: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+
+
+class Choice(_Object, kw_only=True):
+    index: int = 0
+    message: ChatCompletionMessage
+    finish_reason: str | None = None
+    logprobs: None = None
+
+
+class ChatCompletion(_Object, kw_only=True):
+    """A whole answer, shaped like the openai SDK's ``ChatCompletion``; ``provider`` says who answered."""
+
+    id: str
+    object: str = "chat.completion"
+    created: int
+    model: str
+    choices: list[Choice]
+    usage: CompletionUsage | None = None
+    provider: str | None = None
+    system_fingerprint: str | None = None
+
+
+class ChoiceDelta(_Object, omit_defaults=True, kw_only=True):
+    role: str | None = None
+    content: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+
+
+class ChunkChoice(_Object, kw_only=True):
+    index: int = 0
+    delta: ChoiceDelta
+    finish_reason: str | None = None
+    logprobs: None = None
+
+
+class ChatCompletionChunk(_Object, kw_only=True):
+    """One piece of a streamed answer, shaped like the openai SDK's ``ChatCompletionChunk``."""
+
+    id: str
+    object: str = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChunkChoice]
+    usage: CompletionUsage | None = None
+    provider: str | None = None
+    system_fingerprint: str | None = None
+
+
+class Model(_Object, kw_only=True):
+    id: str
+    object: str = "model"
+    created: int = 0
+    owned_by: str = "patchbay"
+
+
+class ModelList(_Object, kw_only=True):
+    """``GET /v1/models``; iterating it yields the models, like the openai SDK's page."""
+
+    object: str = "list"
+    data: list[Model]
+
+    def __iter__(self) -> Any:
+        return iter(self.data)
+
+
+# -- events -> responses ----------------------------------------------------------------------------
+
+
+def open_stream(provider: type[AsyncGeneratorProvider], request: ChatCompletionRequest, **kwargs: Any
+                ) -> EventStream:
+    """Start ``request`` on ``provider``; stop strings are cut here as well as upstream. A
+    non-streaming request asks services for a whole answer too (``stream=False``)."""
+    options = request.provider_options()
+    events = provider.stream(request.model, request.message_dicts(), stream=request.stream, **options, **kwargs)
+    if not request.stop:
+        return events
+    return EventStream(_cut_at_stops(events, StopSequenceFilter(request.stop)))
+
+
+async def _cut_at_stops(events: EventStream, stops: StopSequenceFilter) -> AsyncIterator[StreamEvent]:
+    async with aclosing(events):
+        async for event in events:
+            if isinstance(event, TextDelta):
+                text = stops.feed(event.text)
+                if text:
+                    yield TextDelta(text)
+                if stops.stopped:
+                    yield Finish("stop")
+                    return
+            elif isinstance(event, Finish):
+                if tail := stops.flush():
+                    yield TextDelta(tail)
+                yield event
+                return
+            else:
+                yield event
+        if tail := stops.flush():
+            yield TextDelta(tail)
+
+
+def completion_id() -> str:
+    return f"chatcmpl-{secrets.token_hex(12)}"
+
+
+def _usage(usage: Usage | None) -> CompletionUsage | None:
+    if usage is None:
+        return None
+    return CompletionUsage(prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens,
+                           total_tokens=usage.total_tokens)
+
+
+def _tool_call(delta: ToolCallDelta) -> dict[str, Any]:
+    call: dict[str, Any] = {"index": delta.index, "type": "function", "function": {"arguments": delta.arguments}}
+    if delta.id is not None:
+        call["id"] = delta.id
+    if delta.name is not None:
+        call["function"]["name"] = delta.name
+    return call
+
+
+def merge_tool_calls(deltas: list[ToolCallDelta]) -> list[dict[str, Any]] | None:
+    """Tool-call fragments joined into whole calls, in index order."""
+    calls: dict[int, dict[str, Any]] = {}
+    for delta in deltas:
+        call = calls.setdefault(delta.index, {"id": "", "type": "function", "function": {"name": "", "arguments": ""}})
+        if delta.id:
+            call["id"] = delta.id
+        if delta.name:
+            call["function"]["name"] += delta.name
+        call["function"]["arguments"] += delta.arguments
+    return [calls[index] for index in sorted(calls)] or None
+
+
+async def complete(events: EventStream, requested_model: str) -> ChatCompletion:
+    """Read ``events`` to the end and return the whole answer."""
+    async with aclosing(events):
+        async for _ in events:
+            pass
+    info = events.provider_info
+    tool_calls = merge_tool_calls(events.tool_calls)
+    finish = events.finish_reason or ("tool_calls" if tool_calls else "stop")
+    message = ChatCompletionMessage(content=events.text if events.text or not tool_calls else None,
+                                    tool_calls=tool_calls)
+    return ChatCompletion(
+        id=completion_id(), created=int(time.time()), model=info.model if info else requested_model,
+        choices=[Choice(message=message, finish_reason=finish)], usage=_usage(events.usage),
+        provider=info.provider if info else None,
+    )
+
+
+async def stream_chunks(events: EventStream, requested_model: str, *, include_usage: bool = False
+                        ) -> AsyncIterator[ChatCompletionChunk]:
+    """The answer as chunks: role with the first content, one chunk per delta, a last chunk with
+    the finish reason, then (when asked) a chunk with the usage and no choices."""
+    chunk_id, created = completion_id(), int(time.time())
+    model, provider = requested_model, None
+    role: str | None = "assistant"
+    finish: str | None = None
+    saw_tools = False
+
+    def chunk(delta: ChoiceDelta, finish_reason: str | None = None) -> ChatCompletionChunk:
+        return ChatCompletionChunk(id=chunk_id, created=created, model=model, provider=provider,
+                                   choices=[ChunkChoice(delta=delta, finish_reason=finish_reason)])
+
+    async with aclosing(events):
+        async for event in events:
+            if isinstance(event, TextDelta):
+                yield chunk(ChoiceDelta(role=role, content=event.text))
+                role = None
+            elif isinstance(event, ToolCallDelta):
+                saw_tools = True
+                yield chunk(ChoiceDelta(role=role, tool_calls=[_tool_call(event)]))
+                role = None
+            elif isinstance(event, Finish):
+                finish = event.reason
+            elif isinstance(event, ProviderInfo):
+                model, provider = event.model, event.provider
+    yield chunk(ChoiceDelta(role=role), finish or ("tool_calls" if saw_tools else "stop"))
+    if include_usage:
+        yield ChatCompletionChunk(id=chunk_id, created=created, model=model, provider=provider, choices=[],
+                                  usage=_usage(events.usage))

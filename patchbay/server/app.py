@@ -1,0 +1,209 @@
+"""The gateway as a plain ASGI application.
+
+:class:`Gateway` dispatches on the path with one dict lookup, checks the API key, applies CORS
+when an allow-list is configured, and turns every :class:`~patchbay.errors.PatchbayError` into
+the OpenAI error object with the status from the one error table. Anything else is logged and
+answered with a bare 500: never a traceback to the client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict
+from typing import Any
+
+import msgspec
+
+from patchbay.completions import Model, ModelList
+from patchbay.errors import (
+    AuthError,
+    EndpointNotFound,
+    MethodNotAllowed,
+    ModelNotSupported,
+    PatchbayError,
+    ProviderNotWorking,
+)
+from patchbay.providers.base import AsyncGeneratorProvider
+from patchbay.secrets import register_secret
+from patchbay.server.asgi import Receive, Scope, Send, error_body, header, read_body, send_bytes
+from patchbay.server.chat import ChatEndpoint
+from patchbay.server.metrics import GatewayMetrics
+from patchbay.server.openapi import openapi_document
+from patchbay.settings import Settings, load_settings
+
+__all__ = ["Gateway", "create_app"]
+
+log = logging.getLogger("patchbay.server")
+
+_encode = msgspec.json.encode
+Handler = Callable[[Scope, Receive, Send], Awaitable[None]]
+INTERNAL_ERROR = b'{"error":{"message":"internal server error","type":"api_error","param":null,"code":"internal_error"}}'
+PUBLIC_PATHS = frozenset({"/health", "/ready", "/openapi.json"})
+
+
+class Gateway:
+    """The ASGI app of ``patchbay serve``: the OpenAI API over a provider (normally a Router)."""
+
+    def __init__(self, settings: Settings | None = None, provider: type[AsyncGeneratorProvider] | None = None
+                 ) -> None:
+        from patchbay import __version__
+
+        self.settings = settings or load_settings()
+        server = self.settings.server
+        self.provider = provider or self.settings.build_router()
+        self.metrics = GatewayMetrics()
+        self.chat = ChatEndpoint(self.provider, limits=self.settings.router.limits(), metrics=self.metrics,
+                                 keepalive_interval=server.keepalive_interval)
+        self.api_keys = [key.encode() for key in server.api_keys()]
+        for key in server.api_keys():
+            register_secret(key)
+        self.cors_origins = frozenset(origin.encode() for origin in server.cors_origins)
+        self.ready = False
+        self._openapi = _encode(openapi_document(__version__, auth=bool(self.api_keys)))
+        self._routes: dict[str, tuple[str, Handler]] = {
+            "/v1/chat/completions": ("POST", self._chat),
+            "/v1/models": ("GET", self._models),
+            "/health": ("GET", self._health),
+            "/ready": ("GET", self._ready),
+            "/metrics": ("GET", self._metrics),
+            "/openapi.json": ("GET", self._openapi_json),
+        }
+        for path in ("/chat/completions", "/models"):  # clients whose base URL has no /v1
+            self._routes[path] = self._routes["/v1" + path]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            if self.cors_origins:
+                await self._with_cors(scope, receive, send)
+            else:
+                await self._dispatch(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path: str = scope["path"]
+        try:
+            route = self._routes.get(path)
+            if route is None:
+                if path.startswith(("/v1/models/", "/models/")):
+                    route = ("GET", self._model)
+                else:
+                    raise EndpointNotFound(f"no endpoint at {path}; see /openapi.json")
+            method, handler = route
+            if scope["method"] != method:
+                raise MethodNotAllowed(f"{path} takes {method}, not {scope['method']}")
+            if self.api_keys and path not in PUBLIC_PATHS:
+                self._authenticate(scope)
+            await handler(scope, receive, send)
+        except PatchbayError as error:
+            headers = [(b"allow", route[0].encode())] if isinstance(error, MethodNotAllowed) and route else []
+            if error.status == 429 and getattr(error, "retry_after", None) is not None:
+                headers.append((b"retry-after", str(max(1, round(error.retry_after))).encode()))  # type: ignore[attr-defined]
+            await _send_quietly(send, error.status, error_body(error), headers)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("unhandled error serving %s %s", scope["method"], path)
+            await _send_quietly(send, 500, INTERNAL_ERROR, [])
+
+    def _authenticate(self, scope: Scope) -> None:
+        """Bearer key check, constant time per key and over the whole list."""
+        value = header(scope, b"authorization") or b""
+        scheme, _, key = value.partition(b" ")
+        if scheme.lower() != b"bearer" or not key:
+            raise AuthError("missing API key: send 'Authorization: Bearer <key>'")
+        matched = False
+        for known in self.api_keys:
+            matched |= hmac.compare_digest(known, key.strip())
+        if not matched:
+            raise AuthError("invalid API key")
+
+    # -- endpoints ----------------------------------------------------------------------------------
+
+    async def _chat(self, scope: Scope, receive: Receive, send: Send) -> None:
+        body = await read_body(scope, receive, self.settings.server.max_body_bytes)
+        await self.chat(body, receive, send)
+
+    def _model_list(self) -> ModelList:
+        return ModelList(data=[Model(id=name, owned_by=self.provider.name) for name in self.provider.get_models()])
+
+    async def _models(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send_bytes(send, 200, _encode(self._model_list()))
+
+    async def _model(self, scope: Scope, receive: Receive, send: Send) -> None:
+        wanted = scope["path"].split("/models/", 1)[1]
+        models = self._model_list().data
+        for model in models:
+            if model.id == wanted:
+                await send_bytes(send, 200, _encode(model))
+                return
+        raise ModelNotSupported(f"model {wanted!r} not found; models: {', '.join(m.id for m in models)}",
+                                model=wanted, param="model")
+
+    async def _health(self, scope: Scope, receive: Receive, send: Send) -> None:
+        health = getattr(self.provider, "health", None)
+        targets = {key: asdict(value) for key, value in (await health()).items()} if health else {}
+        await send_bytes(send, 200, _encode({"status": "ok", "targets": targets}))
+
+    async def _ready(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not self.ready:
+            raise ProviderNotWorking("the server is starting or stopping")
+        await send_bytes(send, 200, _encode({"status": "ready", "models": len(self.provider.get_models())}))
+
+    async def _metrics(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send_bytes(send, 200, self.metrics.render(), b"text/plain; version=0.0.4; charset=utf-8")
+
+    async def _openapi_json(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send_bytes(send, 200, self._openapi)
+
+    # -- plumbing -----------------------------------------------------------------------------------
+
+    async def _with_cors(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """CORS for allow-listed origins only; others get no CORS headers (the browser refuses)."""
+        origin = header(scope, b"origin")
+        if origin is None or origin not in self.cors_origins:
+            await self._dispatch(scope, receive, send)
+            return
+        allow = [(b"access-control-allow-origin", origin), (b"vary", b"Origin")]
+        if scope["method"] == "OPTIONS" and header(scope, b"access-control-request-method"):
+            preflight = [*allow, (b"access-control-allow-methods", b"GET, POST, OPTIONS"),
+                         (b"access-control-allow-headers", b"authorization, content-type"),
+                         (b"access-control-max-age", b"600")]
+            await send({"type": "http.response.start", "status": 204, "headers": preflight})
+            await send({"type": "http.response.body", "body": b""})
+            return
+
+        async def send_with_cors(message: dict[str, Any]) -> None:  # type: ignore[type-arg]
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), *allow]
+            await send(message)
+
+        await self._dispatch(scope, receive, send_with_cors)  # type: ignore[arg-type]
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                self.ready = True
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                self.ready = False
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+
+async def _send_quietly(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+    """Send an error response unless a response already started (then nothing more can be said)."""
+    try:
+        await send_bytes(send, status, body, headers=headers)
+    except (RuntimeError, OSError):
+        pass
+
+
+def create_app() -> Gateway:
+    """The app from the config file and environment (the factory ``patchbay serve`` workers use)."""
+    return Gateway(load_settings())

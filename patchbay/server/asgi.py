@@ -1,0 +1,169 @@
+"""Plain ASGI building blocks: the request body under a size limit, JSON and error responses, an
+SSE writer, and a watcher that cancels the handler when the client goes away.
+
+No framework: each request costs only what the gateway needs, and each piece is small enough to
+read in one sitting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, MutableMapping
+from types import TracebackType
+from typing import Any
+
+import msgspec
+
+from patchbay.errors import PatchbayError, PayloadTooLarge
+
+__all__ = ["DisconnectWatch", "Receive", "Scope", "Send", "SSEWriter", "error_body",
+           "read_body", "send_bytes"]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+Headers = list[tuple[bytes, bytes]]
+
+JSON = b"application/json"
+_encode = msgspec.json.encode
+
+
+def error_body(error: PatchbayError) -> bytes:
+    """The OpenAI error object for ``error``."""
+    return _encode({"error": error.to_dict()})
+
+
+async def send_bytes(send: Send, status: int, body: bytes, content_type: bytes = JSON,
+                     headers: Headers | None = None) -> None:
+    """A whole response in two ASGI messages."""
+    head = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
+    if headers:
+        head.extend(headers)
+    await send({"type": "http.response.start", "status": status, "headers": head})
+    await send({"type": "http.response.body", "body": body})
+
+
+def header(scope: Scope, name: bytes) -> bytes | None:
+    """The first value of a request header (``name`` in lower case)."""
+    for key, value in scope["headers"]:
+        if key == name:
+            return value  # type: ignore[no-any-return]
+    return None
+
+
+async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+    """The whole request body; :class:`PayloadTooLarge` as soon as it is known to exceed ``limit``."""
+    declared = header(scope, b"content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"the request body is {int(declared)} bytes; the limit is {limit} bytes")
+    message = await receive()
+    body = message.get("body", b"")
+    if not message.get("more_body"):
+        if len(body) > limit:
+            raise PayloadTooLarge(f"the request body is over the limit of {limit} bytes")
+        return body  # type: ignore[no-any-return]
+    parts = [body]
+    size = len(body)
+    while message.get("more_body"):
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise asyncio.CancelledError
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"the request body is over the limit of {limit} bytes")
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+class DisconnectWatch:
+    """Cancel the current task when the client disconnects; the cancellation ends quietly.
+
+    Start it only after the request body was read (it consumes ``receive``). Used as
+    ``async with DisconnectWatch(receive) as watch:``; afterwards ``watch.disconnected`` says
+    whether the client left. Cancelling the handler closes the upstream request at once, because
+    every stream below is closed on the way out.
+    """
+
+    def __init__(self, receive: Receive) -> None:
+        self._receive = receive
+        self._task: asyncio.Task[Any] | None = None
+        self._watcher: asyncio.Task[None] | None = None
+        self.disconnected = False
+
+    async def __aenter__(self) -> DisconnectWatch:
+        self._task = asyncio.current_task()
+        self._watcher = asyncio.ensure_future(self._watch())
+        return self
+
+    async def _watch(self) -> None:
+        while True:
+            message = await self._receive()
+            if message["type"] == "http.disconnect":
+                self.disconnected = True
+                if self._task is not None:
+                    self._task.cancel()
+                return
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> bool:
+        if self._watcher is not None and not self._watcher.done():
+            self._watcher.cancel()
+        if self.disconnected and self._task is not None and self._task.cancelling():
+            self._task.uncancel()
+            return exc_type is None or issubclass(exc_type, asyncio.CancelledError)
+        return False
+
+
+class SSEWriter:
+    """Server-sent events for one response: the headers go out with the first event, so an error
+    before it can still get a proper status; comments keep an idle connection alive."""
+
+    def __init__(self, send: Send, headers: Headers | None = None) -> None:
+        self._send = send
+        self._headers = headers or []
+        self.started = False
+        self.sent_at = 0.0  # loop time of the last write
+        self._lock = asyncio.Lock()
+
+    async def start(self, extra: Headers | None = None) -> None:
+        if self.started:
+            return
+        self.started = True
+        head = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
+                (b"x-accel-buffering", b"no"), *self._headers, *(extra or [])]
+        await self._send({"type": "http.response.start", "status": 200, "headers": head})
+
+    async def data(self, payload: bytes) -> None:
+        """One ``data:`` event (``payload`` is a single line of JSON or ``[DONE]``)."""
+        await self._write(b"data: " + payload + b"\n\n")
+
+    async def comment(self, text: bytes = b"keep-alive") -> None:
+        await self._write(b": " + text + b"\n\n")
+
+    async def _write(self, body: bytes) -> None:
+        async with self._lock:
+            if not self.started:
+                await self.start()
+            await self._send({"type": "http.response.body", "body": body, "more_body": True})
+            self.sent_at = asyncio.get_running_loop().time()
+
+    async def end(self) -> None:
+        async with self._lock:
+            if not self.started:
+                await self.start()
+            await self._send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def keep_alive(self, interval: float) -> None:
+        """Run until cancelled: a comment whenever nothing was written for ``interval`` seconds.
+        Before the first event this starts the response, trading a late error status for a
+        connection that intermediaries do not time out."""
+        loop = asyncio.get_running_loop()
+        self.sent_at = loop.time()
+        while True:
+            await asyncio.sleep(max(0.0, self.sent_at + interval - loop.time()))
+            if loop.time() - self.sent_at >= interval:
+                with contextlib.suppress(OSError):
+                    await self.comment()

@@ -1,0 +1,130 @@
+"""Prometheus metrics of the gateway, rendered in the text exposition format.
+
+A few counters and histograms keyed by label values, with no client library: recording a request
+is a handful of dict and list operations on the request path. Each worker process keeps its own
+numbers (scrape every worker, or run one).
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Sequence
+
+__all__ = ["Counter", "GatewayMetrics", "Histogram"]
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+
+Labels = tuple[str, ...]
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _label_text(names: Sequence[str], values: Labels, extra: str = "") -> str:
+    parts = [f'{name}="{_escape(value)}"' for name, value in zip(names, values, strict=True)]
+    if extra:
+        parts.append(extra)
+    return "{" + ",".join(parts) + "}" if parts else ""
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+class Counter:
+    """A monotonically increasing count per label set."""
+
+    kind = "counter"
+
+    def __init__(self, name: str, help_text: str, labels: Sequence[str] = ()) -> None:
+        self.name, self.help, self.labels = name, help_text, tuple(labels)
+        self.values: dict[Labels, float] = {}
+
+    def inc(self, labels: Labels = (), amount: float = 1.0) -> None:
+        self.values[labels] = self.values.get(labels, 0.0) + amount
+
+    def samples(self) -> list[str]:
+        return [f"{self.name}{_label_text(self.labels, key)} {_number(value)}" for key, value in self.values.items()]
+
+
+class Gauge(Counter):
+    """A value that goes up and down (e.g. requests in flight)."""
+
+    kind = "gauge"
+
+    def dec(self, labels: Labels = (), amount: float = 1.0) -> None:
+        self.inc(labels, -amount)
+
+
+class Histogram:
+    """Observations counted into cumulative buckets, with their sum and count."""
+
+    kind = "histogram"
+
+    def __init__(self, name: str, help_text: str, labels: Sequence[str] = (),
+                 buckets: Sequence[float] = LATENCY_BUCKETS) -> None:
+        self.name, self.help, self.labels = name, help_text, tuple(labels)
+        self.buckets = tuple(sorted(buckets))
+        self.values: dict[Labels, list[float]] = {}  # per bucket counts, then +Inf count, then sum
+
+    def observe(self, labels: Labels, value: float) -> None:
+        row = self.values.get(labels)
+        if row is None:
+            row = self.values[labels] = [0.0] * (len(self.buckets) + 2)
+        row[bisect_left(self.buckets, value)] += 1
+        row[-1] += value
+
+    def samples(self) -> list[str]:
+        lines = []
+        for key, row in self.values.items():
+            cumulative = 0.0
+            for bound, count in zip((*self.buckets, float("inf")), row[:-1], strict=True):
+                cumulative += count
+                le = 'le="+Inf"' if bound == float("inf") else f'le="{bound!r}"'
+                lines.append(f"{self.name}_bucket{_label_text(self.labels, key, le)} {_number(cumulative)}")
+            lines.append(f"{self.name}_sum{_label_text(self.labels, key)} {_number(row[-1])}")
+            lines.append(f"{self.name}_count{_label_text(self.labels, key)} {_number(cumulative)}")
+        return lines
+
+
+class GatewayMetrics:
+    """The gateway's metrics: requests, errors, latency, time to first token and tokens."""
+
+    def __init__(self) -> None:
+        by_target = ("provider", "model")
+        self.requests = Counter("patchbay_requests_total", "Chat completion requests by outcome.",
+                                (*by_target, "status"))
+        self.errors = Counter("patchbay_errors_total", "Failed chat completion requests by error code.",
+                              (*by_target, "code"))
+        self.latency = Histogram("patchbay_request_duration_seconds", "Whole request time.", by_target)
+        self.ttft = Histogram("patchbay_time_to_first_token_seconds", "Time to the first token.", by_target)
+        self.tokens = Counter("patchbay_tokens_total", "Tokens reported by providers.", (*by_target, "kind"))
+        self.in_flight = Gauge("patchbay_requests_in_flight", "Chat completion requests being served.")
+        self.in_flight.inc((), 0)
+        self.families = (self.requests, self.errors, self.latency, self.ttft, self.tokens, self.in_flight)
+
+    def record(self, provider: str, model: str, status: int, duration: float, *, ttft: float | None = None,
+               prompt_tokens: int | None = None, completion_tokens: int | None = None,
+               error_code: str | None = None) -> None:
+        """Record one finished request."""
+        target = (provider, model)
+        self.requests.inc((provider, model, str(status)))
+        self.latency.observe(target, duration)
+        if ttft is not None:
+            self.ttft.observe(target, ttft)
+        if error_code is not None:
+            self.errors.inc((provider, model, error_code))
+        if prompt_tokens:
+            self.tokens.inc((provider, model, "prompt"), prompt_tokens)
+        if completion_tokens:
+            self.tokens.inc((provider, model, "completion"), completion_tokens)
+
+    def render(self) -> bytes:
+        """All metrics in the Prometheus text exposition format (version 0.0.4)."""
+        lines: list[str] = []
+        for family in self.families:
+            lines.append(f"# HELP {family.name} {family.help}")
+            lines.append(f"# TYPE {family.name} {family.kind}")
+            lines.extend(family.samples())
+        return ("\n".join(lines) + "\n").encode()

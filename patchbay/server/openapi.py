@@ -1,0 +1,101 @@
+"""The OpenAPI document of the server, generated from the same types that validate requests.
+
+The request schema is :class:`~patchbay.completions.ChatCompletionRequest`'s JSON Schema, the
+very type the server decodes bodies into, so the document cannot promise what the server
+rejects or the other way round.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from patchbay.completions import ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, Model, ModelList
+
+__all__ = ["ErrorResponse", "openapi_document"]
+
+REF = "#/components/schemas/{name}"
+
+
+class ErrorObject(msgspec.Struct):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorResponse(msgspec.Struct):
+    """Every error: the OpenAI error object."""
+
+    error: ErrorObject
+
+
+def _json(name: str) -> dict[str, Any]:
+    return {"application/json": {"schema": {"$ref": REF.format(name=name)}}}
+
+
+def _errors(*statuses: int) -> dict[str, Any]:
+    described = {400: "Invalid JSON or a field that breaks the schema", 401: "Missing or wrong API key",
+                 404: "Unknown model", 413: "Request body over the limit", 429: "Rate limited",
+                 502: "Upstream failure", 503: "No provider could be tried", 504: "Upstream timeout"}
+    return {str(status): {"description": described[status], "content": _json("ErrorResponse")} for status in statuses}
+
+
+def openapi_document(version: str, *, auth: bool) -> dict[str, Any]:
+    """The OpenAPI 3.1 document; ``auth`` adds the bearer-key requirement to the API paths."""
+    _, components = msgspec.json.schema_components(
+        [ChatCompletionRequest, ChatCompletion, ChatCompletionChunk, ModelList, Model, ErrorResponse], ref_template=REF)
+    secured: dict[str, Any] = {"security": [{"bearer": []}]} if auth else {}
+    auth_errors = (401,) if auth else ()
+    stream_text = ("Server-sent events: `data: <ChatCompletionChunk JSON>` lines, then `data: [DONE]`; an error "
+                   "after the first chunk arrives as `data: {\"error\": ...}` and ends the stream.")
+    document: dict[str, Any] = {
+        "openapi": "3.1.0",
+        "info": {"title": "patchbay", "version": version,
+                 "description": "OpenAI-compatible chat gateway with routing and fallback."},
+        "paths": {
+            "/v1/chat/completions": {"post": {
+                "operationId": "createChatCompletion", "summary": "Create a chat completion (streaming or not)",
+                **secured,
+                "requestBody": {"required": True, "content": _json("ChatCompletionRequest")},
+                "responses": {
+                    "200": {"description": "The answer (JSON), or a stream of chunks when `stream` is true",
+                            "content": {**_json("ChatCompletion"),
+                                        "text/event-stream": {"schema": {"type": "string"},
+                                                              "x-item-schema": {"$ref": REF.format(
+                                                                  name="ChatCompletionChunk")},
+                                                              "description": stream_text}}},
+                    **_errors(400, *auth_errors, 404, 413, 429, 502, 503, 504),
+                },
+            }},
+            "/v1/models": {"get": {
+                "operationId": "listModels", "summary": "List the models (routes) served", **secured,
+                "responses": {"200": {"description": "The models", "content": _json("ModelList")},
+                              **_errors(*auth_errors)},
+            }},
+            "/v1/models/{model}": {"get": {
+                "operationId": "retrieveModel", "summary": "One model", **secured,
+                "parameters": [{"name": "model", "in": "path", "required": True, "schema": {"type": "string"}}],
+                "responses": {"200": {"description": "The model", "content": _json("Model")},
+                              **_errors(*auth_errors, 404)},
+            }},
+            "/health": {"get": {"operationId": "health", "summary": "Liveness, with the router's target health",
+                                "responses": {"200": {"description": "Alive",
+                                                      "content": {"application/json": {"schema": {
+                                                          "type": "object"}}}}}}},
+            "/ready": {"get": {"operationId": "ready", "summary": "Readiness",
+                               "responses": {"200": {"description": "Ready to serve",
+                                                     "content": {"application/json": {"schema": {"type": "object"}}}},
+                                             "503": {"description": "Starting or stopping",
+                                                     "content": _json("ErrorResponse")}}}},
+            "/metrics": {"get": {"operationId": "metrics", "summary": "Prometheus metrics", **secured,
+                                 "responses": {"200": {"description": "Text exposition format",
+                                                       "content": {"text/plain": {"schema": {"type": "string"}}}},
+                                               **_errors(*auth_errors)}}},
+        },
+        "components": {"schemas": components},
+    }
+    if auth:
+        document["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+    return document

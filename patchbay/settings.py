@@ -1,0 +1,261 @@
+"""Gateway settings: one TOML file, every option also an environment variable.
+
+The file (``--config``, ``$PATCHBAY_CONFIG``, else ``config.toml`` in the config directory when it
+exists) has four tables::
+
+    [server]                       # PATCHBAY_<OPTION>, e.g. PATCHBAY_PORT=9000
+    [router]                       # PATCHBAY_ROUTER_<OPTION>, e.g. PATCHBAY_ROUTER_STRATEGY=shuffle
+    [providers.<name>]             # OpenAI-compatible services: base_url or preset, api_key_env, ...
+    [routes]                       # public model name -> ["provider/model", ...]
+
+Precedence: command-line flag, then environment variable, then file, then default. Credentials
+are never written in the file, only the names of the variables that hold them. With no file and
+no routes, the gateway serves the embedded local model.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, get_type_hints
+
+from patchbay.catalog import config_dir
+from patchbay.config import Timeout
+from patchbay.errors import InvalidRequest
+
+if TYPE_CHECKING:
+    from patchbay.providers.base import AsyncGeneratorProvider
+    from patchbay.routing.router import Router
+
+__all__ = ["RouterSettings", "ServerSettings", "Settings", "find_config", "load_settings"]
+
+LOCAL_MODEL = "smollm2-135m-instruct"
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """``[server]``: how ``patchbay serve`` listens and whom it lets in."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = 1
+    api_keys_env: str = "PATCHBAY_API_KEYS"  # variable with the comma-separated keys clients must send
+    insecure_no_auth: bool = False  # allow a non-loopback bind with no keys
+    max_body_bytes: int = 10 * 1024 * 1024
+    cors_origins: tuple[str, ...] = ()
+    keepalive_interval: float = 15.0  # seconds between SSE keep-alive comments while waiting
+    web_ui: bool = True
+    log_level: str = "info"
+
+    def api_keys(self, environ: Mapping[str, str] | None = None) -> list[str]:
+        """The configured client API keys (read from the ``api_keys_env`` variable)."""
+        value = (os.environ if environ is None else environ).get(self.api_keys_env, "")
+        return [key.strip() for key in value.split(",") if key.strip()]
+
+
+@dataclass(frozen=True)
+class RouterSettings:
+    """``[router]``: strategy, mid-stream behaviour, limits and shared state."""
+
+    strategy: str = "priority"
+    mid_stream: str = "continue"
+    retries: int = 2  # attempts per target for retryable errors
+    connect_timeout: float = 10.0
+    first_byte_timeout: float = 60.0
+    idle_timeout: float = 60.0
+    timeout: float = 600.0  # the whole request, every attempt included
+    redis_url_env: str = "PATCHBAY_REDIS_URL"  # variable with the Redis URL that workers share state through
+    namespace: str = "default"
+
+    def limits(self) -> Timeout:
+        return Timeout(connect=self.connect_timeout, first_byte=self.first_byte_timeout, idle=self.idle_timeout,
+                       total=self.timeout)
+
+    def redis_url(self, environ: Mapping[str, str] | None = None) -> str | None:
+        return (os.environ if environ is None else environ).get(self.redis_url_env) or None
+
+
+PROVIDER_FIELDS = {"base_url", "preset", "api_key_env", "models", "default_model", "prefill", "headers",
+                   "verify_ssl"}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the gateway and the client read from the config file and environment."""
+
+    server: ServerSettings = field(default_factory=ServerSettings)
+    router: RouterSettings = field(default_factory=RouterSettings)
+    providers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    routes: dict[str, list[Any]] = field(default_factory=dict)
+    source: Path | None = None
+
+    def with_server(self, **changes: Any) -> Settings:
+        """A copy with some server options replaced (command-line flags), ``None`` values ignored."""
+        given = {key: value for key, value in changes.items() if value is not None}
+        return replace(self, server=_checked(replace(self.server, **given), "server"))
+
+    def provider_classes(self) -> dict[str, type[AsyncGeneratorProvider]]:
+        """The ``[providers]`` table as configured OpenAI-compatible provider classes."""
+        from patchbay.providers.openai_compatible import OpenAICompatible
+
+        built: dict[str, type[AsyncGeneratorProvider]] = {}
+        for name, options in self.providers.items():
+            options = dict(options)
+            preset = options.pop("preset", None)
+            if preset is not None:
+                built[name] = OpenAICompatible.from_preset(preset, name=name, **options)
+            elif "base_url" not in options:
+                raise InvalidRequest(f"{self._where()}providers.{name}: give a base_url or a preset")
+            else:
+                built[name] = OpenAICompatible.configure(name, **options)
+        return built
+
+    def route_table(self) -> dict[str, list[Any]]:
+        """The routes; with none configured, the embedded model under its own name."""
+        if self.routes:
+            return self.routes
+        return {LOCAL_MODEL: [f"Local/{LOCAL_MODEL}"]}
+
+    def build_router(self) -> type[Router]:
+        """The Router class these settings describe (shared state through Redis when configured)."""
+        from patchbay.routing import RedisStateStore, RetryPolicy, RouteTable, Router
+
+        try:
+            table = RouteTable.from_config(self.route_table(), providers=self.provider_classes())
+        except InvalidRequest as error:
+            raise InvalidRequest(f"{self._where()}{error.message}") from None
+        redis_url = self.router.redis_url()
+        state = RedisStateStore(redis_url, namespace=self.router.namespace) if redis_url else None
+        return Router.configure(table, strategy=self.router.strategy, mid_stream=self.router.mid_stream,  # type: ignore[arg-type]
+                                retry=RetryPolicy(attempts=self.router.retries), state=state)
+
+    def _where(self) -> str:
+        return f"{self.source}: " if self.source else ""
+
+
+def find_config(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> Path | None:
+    """The config file to read: ``path``, else ``$PATCHBAY_CONFIG``, else ``config.toml`` in the
+    config directory if it exists."""
+    env = os.environ if environ is None else environ
+    if path is not None:
+        return Path(path)
+    if env.get("PATCHBAY_CONFIG"):
+        return Path(env["PATCHBAY_CONFIG"])
+    default = config_dir() / "config.toml"
+    return default if default.is_file() else None
+
+
+def load_settings(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Read the config file (if any) and the environment; mistakes are InvalidRequest naming the key."""
+    env = os.environ if environ is None else environ
+    source = find_config(path, env)
+    data: dict[str, Any] = {}
+    if source is not None:
+        try:
+            data = tomllib.loads(source.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise InvalidRequest(f"config file {source} does not exist") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InvalidRequest(f"config file {source} cannot be read: {exc}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise InvalidRequest(f"config file {source} is not valid TOML: {exc}") from None
+    where = f"{source}: " if source else ""
+    unknown = set(data) - {"server", "router", "providers", "routes"}
+    if unknown:
+        raise InvalidRequest(f"{where}unknown tables {sorted(unknown)}; valid: server, router, providers, routes")
+    server = _section(ServerSettings, data.get("server", {}), env, "PATCHBAY_", f"{where}server")
+    router = _section(RouterSettings, data.get("router", {}), env, "PATCHBAY_ROUTER_", f"{where}router")
+    providers = _table(data.get("providers", {}), f"{where}providers")
+    for name, options in providers.items():
+        if not isinstance(options, dict):
+            raise InvalidRequest(f"{where}providers.{name} must be a table")
+        extra = set(options) - PROVIDER_FIELDS
+        if extra:
+            raise InvalidRequest(f"{where}providers.{name}: unknown fields {sorted(extra)}; "
+                                 f"valid: {', '.join(sorted(PROVIDER_FIELDS))}")
+    routes = _table(data.get("routes", {}), f"{where}routes")
+    for name, targets in routes.items():
+        if not isinstance(targets, list) or not targets:
+            raise InvalidRequest(f"{where}routes.{name} must be a non-empty list of targets")
+    return Settings(server=server, router=router, providers=providers, routes=routes, source=source)
+
+
+def _table(value: object, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise InvalidRequest(f"{where} must be a table")
+    return value
+
+
+def _section(cls: type[Any], values: object, env: Mapping[str, str], prefix: str, where: str) -> Any:
+    """Build a settings dataclass from its TOML table, each field overridden by ``prefix + NAME``."""
+    table = _table(values, where)
+    names = {f.name for f in fields(cls)}
+    unknown = set(table) - names
+    if unknown:
+        raise InvalidRequest(f"{where}: unknown options {sorted(unknown)}; valid: {', '.join(sorted(names))}")
+    hints = get_type_hints(cls)
+    given: dict[str, Any] = {}
+    for name in names:
+        variable = prefix + name.upper()
+        if variable in env:
+            given[name] = _from_env(env[variable], hints[name], variable)
+        elif name in table:
+            given[name] = _typed(table[name], hints[name], f"{where}.{name}")
+    return _checked(cls(**given), where)
+
+
+def _from_env(text: str, kind: Any, variable: str) -> Any:
+    if kind is bool:
+        if text.strip().lower() in ("1", "true", "yes", "on"):
+            return True
+        if text.strip().lower() in ("0", "false", "no", "off", ""):
+            return False
+        raise InvalidRequest(f"{variable} must be true or false, got {text!r}")
+    if kind == tuple[str, ...]:
+        return tuple(part.strip() for part in text.split(",") if part.strip())
+    try:
+        return kind(text)
+    except ValueError:
+        raise InvalidRequest(f"{variable} must be {_kind_name(kind)}, got {text!r}") from None
+
+
+def _typed(value: Any, kind: Any, where: str) -> Any:
+    if kind == tuple[str, ...]:
+        if isinstance(value, list) and all(isinstance(item, str) for item in value):
+            return tuple(value)
+    elif kind is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+    elif kind is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif isinstance(value, kind):
+        return value
+    raise InvalidRequest(f"{where} must be {_kind_name(kind)}, got {value!r}")
+
+
+def _kind_name(kind: Any) -> str:
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(kind, "a list of strings")
+
+
+def _checked(section: Any, where: str) -> Any:
+    """Range checks that types alone do not express."""
+    if isinstance(section, ServerSettings):
+        if not 0 <= section.port <= 65535:
+            raise InvalidRequest(f"{where}.port must be between 0 and 65535, got {section.port}")
+        if section.workers < 1:
+            raise InvalidRequest(f"{where}.workers must be at least 1, got {section.workers}")
+        if section.max_body_bytes < 1024:
+            raise InvalidRequest(f"{where}.max_body_bytes must be at least 1024, got {section.max_body_bytes}")
+        if section.keepalive_interval <= 0:
+            raise InvalidRequest(f"{where}.keepalive_interval must be positive")
+    if isinstance(section, RouterSettings):
+        for name in ("connect_timeout", "first_byte_timeout", "idle_timeout", "timeout"):
+            if getattr(section, name) <= 0:
+                raise InvalidRequest(f"{where}.{name} must be a positive number of seconds")
+        if section.retries < 1:
+            raise InvalidRequest(f"{where}.retries must be at least 1")
+    return section

@@ -1,0 +1,145 @@
+"""``patchbay serve`` as a real process on an ephemeral port, for the server tests.
+
+    async with GatewayProcess(config, tmp_path, env={...}) as gateway:
+        client = openai.AsyncOpenAI(base_url=gateway.api_base, api_key="...")
+
+The config is a plain dict written as a TOML file. The process's log is collected (and kept
+draining) so tests can assert on it, e.g. that no secret was logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+START_TIMEOUT = 30.0
+STOP_TIMEOUT = 15.0
+_RUNNING = re.compile(r"running on http://([\d.]+):(\d+)")
+
+
+def to_toml(config: dict[str, Any]) -> str:
+    """Enough TOML for test configs: sections of scalars, lists and inline tables, and
+    ``providers`` as a table of tables."""
+    lines: list[str] = []
+
+    def value(item: Any) -> str:
+        if isinstance(item, bool):
+            return "true" if item else "false"
+        if isinstance(item, int | float):
+            return repr(item)
+        if isinstance(item, str):
+            return '"' + item.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        if isinstance(item, list | tuple):
+            return "[" + ", ".join(value(i) for i in item) + "]"
+        if isinstance(item, dict):
+            return "{" + ", ".join(f"{key(k)} = {value(v)}" for k, v in item.items()) + "}"
+        raise TypeError(item)
+
+    def key(name: str) -> str:
+        return name if re.fullmatch(r"[A-Za-z0-9_-]+", name) else value(name)
+
+    def table(name: str, data: dict[str, Any]) -> None:
+        lines.append(f"[{name}]")
+        lines.extend(f"{key(k)} = {value(v)}" for k, v in data.items())
+
+    for section, data in config.items():
+        if section == "providers":  # a table of tables
+            for name, options in data.items():
+                table(f"providers.{key(name)}", options)
+        else:
+            table(key(section), data)
+    return "\n".join(lines) + "\n"
+
+
+class GatewayProcess:
+    """One ``patchbay serve`` process; ``base_url`` and ``api_base`` once started."""
+
+    def __init__(self, config: dict[str, Any] | None, tmp_path: Path, *, env: dict[str, str] | None = None,
+                 args: list[str] | None = None) -> None:
+        self.config = config
+        self.tmp_path = tmp_path
+        self.env = env or {}
+        self.args = args or []
+        self.log: list[str] = []
+        self.process: asyncio.subprocess.Process | None = None
+        self.base_url = ""
+        self._drain: asyncio.Task[None] | None = None
+
+    @property
+    def api_base(self) -> str:
+        return f"{self.base_url}/v1"
+
+    @property
+    def log_text(self) -> str:
+        return "".join(self.log)
+
+    async def __aenter__(self) -> GatewayProcess:
+        args = [sys.executable, "-m", "patchbay", "serve", "--port", "0", *self.args]
+        if self.config is not None:
+            path = self.tmp_path / "patchbay.toml"
+            path.write_text(to_toml(self.config), encoding="utf-8")
+            args += ["--config", str(path)]
+        inherited = {k: v for k, v in os.environ.items() if not k.startswith("PATCHBAY_")}
+        env = {**inherited, "PATCHBAY_HOME": str(self.tmp_path / "home"), **self.env}
+        self.process = await asyncio.create_subprocess_exec(
+            *args, env=env, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT, start_new_session=True,
+        )
+        try:
+            await asyncio.wait_for(self._wait_started(), START_TIMEOUT)
+        except BaseException:
+            await self.stop()
+            raise RuntimeError(f"patchbay serve did not start:\n{self.log_text}") from None
+        self._drain = asyncio.ensure_future(self._read_rest())
+        return self
+
+    async def _wait_started(self) -> None:
+        assert self.process is not None and self.process.stdout is not None
+        while True:
+            line = (await self.process.stdout.readline()).decode(errors="replace")
+            if not line:
+                raise RuntimeError("the process exited")
+            self.log.append(line)
+            match = _RUNNING.search(line)
+            if match:
+                self.base_url = f"http://{match.group(1)}:{match.group(2)}"
+                return
+
+    async def _read_rest(self) -> None:
+        assert self.process is not None and self.process.stdout is not None
+        while line := await self.process.stdout.readline():
+            self.log.append(line.decode(errors="replace"))
+
+    async def stop(self) -> int | None:
+        """Stop gracefully (SIGTERM to the process group), killing it after a timeout."""
+        process = self.process
+        if process is None:
+            return None
+        if process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+            try:
+                await asyncio.wait_for(process.wait(), STOP_TIMEOUT)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+                await process.wait()
+        if self._drain is not None:
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                await asyncio.wait_for(self._drain, STOP_TIMEOUT)
+        return process.returncode
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    def children(self) -> list[int]:
+        """Process ids of the server's direct children (the workers, with ``--workers``)."""
+        assert self.process is not None
+        path = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
+        return [int(pid) for pid in path.read_text().split()] if path.exists() else []

@@ -1,0 +1,114 @@
+"""Gateway settings: TOML file, environment variables, precedence and named mistakes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from patchbay.errors import InvalidRequest
+from patchbay.providers.openai_compatible import OpenAICompatible
+from patchbay.settings import LOCAL_MODEL, load_settings
+
+EXAMPLE = """
+[server]
+port = 9000
+api_keys_env = "GATEWAY_KEYS"
+cors_origins = ["http://localhost:3000"]
+
+[router]
+strategy = "shuffle"
+timeout = 30
+
+[providers.groq]
+preset = "groq"
+api_key_env = "MY_GROQ_KEY"
+
+[providers.box]
+base_url = "http://127.0.0.1:8080/v1"
+models = ["llama-3"]
+prefill = true
+
+[routes]
+fast = ["groq/llama-3.1-8b-instant", "box/llama-3"]
+local = ["Local"]
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "patchbay.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_the_readme_style_example_loads(tmp_path: Path) -> None:
+    settings = load_settings(write(tmp_path, EXAMPLE), environ={"GATEWAY_KEYS": "k1, k2"})
+    assert settings.server.port == 9000
+    assert settings.server.api_keys({"GATEWAY_KEYS": "k1, k2"}) == ["k1", "k2"]
+    assert settings.server.cors_origins == ("http://localhost:3000",)
+    assert settings.router.strategy == "shuffle" and settings.router.limits().total == 30
+    providers = settings.provider_classes()
+    assert issubclass(providers["box"], OpenAICompatible) and providers["box"].supports_prefill
+    assert providers["groq"].base_url == "https://api.groq.com/openai/v1"
+    assert providers["groq"].api_key_env == "MY_GROQ_KEY"
+    router = settings.build_router()
+    assert sorted(router.get_models()) == ["fast", "local"]
+    assert [t.provider.name for t in router.routes.targets_for("fast")] == ["groq", "box"]
+
+
+def test_environment_beats_the_file_and_flags_beat_both(tmp_path: Path) -> None:
+    env = {"PATCHBAY_PORT": "9100", "PATCHBAY_ROUTER_STRATEGY": "weighted", "PATCHBAY_CORS_ORIGINS": "a,b",
+           "PATCHBAY_WEB_UI": "false"}
+    settings = load_settings(write(tmp_path, EXAMPLE), environ=env)
+    assert settings.server.port == 9100
+    assert settings.server.cors_origins == ("a", "b")
+    assert settings.server.web_ui is False
+    assert settings.router.strategy == "weighted"
+    assert settings.with_server(port=9200, host=None).server.port == 9200
+
+
+def test_config_found_through_the_environment_variable(tmp_path: Path) -> None:
+    path = write(tmp_path, "[server]\nport = 7000\n")
+    assert load_settings(environ={"PATCHBAY_CONFIG": str(path)}).server.port == 7000
+
+
+def test_no_config_serves_the_embedded_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATCHBAY_HOME", str(tmp_path))
+    settings = load_settings(environ={})
+    assert settings.source is None
+    assert settings.build_router().get_models() == [LOCAL_MODEL]
+
+
+@pytest.mark.parametrize(("text", "env", "named"), [
+    ("[server]\nprot = 1\n", {}, "unknown options ['prot']"),
+    ("[server]\nport = 'eighty'\n", {}, "server.port must be an integer"),
+    ("[server]\nport = 70000\n", {}, "port must be between 0 and 65535"),
+    ("[server]\nworkers = 0\n", {}, "workers must be at least 1"),
+    ("", {"PATCHBAY_PORT": "x"}, "PATCHBAY_PORT must be an integer"),
+    ("", {"PATCHBAY_WEB_UI": "maybe"}, "PATCHBAY_WEB_UI must be true or false"),
+    ("[serverr]\n", {}, "unknown tables ['serverr']"),
+    ("[router]\ntimeout = -1\n", {}, "router.timeout must be a positive number"),
+    ("[providers.x]\nbase = 'http://h'\n", {}, "providers.x: unknown fields ['base']"),
+    ("[routes]\nfast = []\n", {}, "routes.fast must be a non-empty list"),
+    ("[server\n", {}, "is not valid TOML"),
+])
+def test_mistakes_are_named(tmp_path: Path, text: str, env: dict[str, str], named: str) -> None:
+    with pytest.raises(InvalidRequest) as info:
+        load_settings(write(tmp_path, text), environ=env)
+    assert named in str(info.value)
+    assert str(tmp_path) in str(info.value) or named.startswith("PATCHBAY_")
+
+
+def test_route_mistakes_are_named_when_the_router_is_built(tmp_path: Path) -> None:
+    settings = load_settings(write(tmp_path, "[routes]\nfast = ['Nowhere/model']\n"), environ={})
+    with pytest.raises(InvalidRequest, match="Nowhere"):
+        settings.build_router()
+    settings = load_settings(write(tmp_path, "[router]\nstrategy = 'fastest'\n[routes]\nx = ['Local']\n"),
+                             environ={})
+    with pytest.raises(InvalidRequest, match="fastest"):
+        settings.build_router()
+
+
+def test_a_missing_config_file_is_named(tmp_path: Path) -> None:
+    with pytest.raises(InvalidRequest, match="does not exist"):
+        load_settings(tmp_path / "absent.toml", environ={})
