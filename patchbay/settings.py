@@ -47,7 +47,6 @@ class ServerSettings:
     max_body_bytes: int = 10 * 1024 * 1024
     cors_origins: tuple[str, ...] = ()
     keepalive_interval: float = 15.0  # seconds between SSE keep-alive comments while waiting
-    web_ui: bool = True
     log_level: str = "info"
 
     def api_keys(self, environ: Mapping[str, str] | None = None) -> list[str]:

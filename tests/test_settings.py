@@ -58,11 +58,11 @@ def test_the_readme_style_example_loads(tmp_path: Path) -> None:
 
 def test_environment_beats_the_file_and_flags_beat_both(tmp_path: Path) -> None:
     env = {"PATCHBAY_PORT": "9100", "PATCHBAY_ROUTER_STRATEGY": "weighted", "PATCHBAY_CORS_ORIGINS": "a,b",
-           "PATCHBAY_WEB_UI": "false"}
+           "PATCHBAY_INSECURE_NO_AUTH": "yes"}
     settings = load_settings(write(tmp_path, EXAMPLE), environ=env)
     assert settings.server.port == 9100
     assert settings.server.cors_origins == ("a", "b")
-    assert settings.server.web_ui is False
+    assert settings.server.insecure_no_auth is True
     assert settings.router.strategy == "weighted"
     assert settings.with_server(port=9200, host=None).server.port == 9200
 
@@ -85,7 +85,7 @@ def test_no_config_serves_the_embedded_model(tmp_path: Path, monkeypatch: pytest
     ("[server]\nport = 70000\n", {}, "port must be between 0 and 65535"),
     ("[server]\nworkers = 0\n", {}, "workers must be at least 1"),
     ("", {"PATCHBAY_PORT": "x"}, "PATCHBAY_PORT must be an integer"),
-    ("", {"PATCHBAY_WEB_UI": "maybe"}, "PATCHBAY_WEB_UI must be true or false"),
+    ("", {"PATCHBAY_INSECURE_NO_AUTH": "maybe"}, "PATCHBAY_INSECURE_NO_AUTH must be true or false"),
     ("[serverr]\n", {}, "unknown tables ['serverr']"),
     ("[router]\ntimeout = -1\n", {}, "router.timeout must be a positive number"),
     ("[providers.x]\nbase = 'http://h'\n", {}, "providers.x: unknown fields ['base']"),
