@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
 from typing import Annotated, Any, Literal
 
@@ -336,7 +336,7 @@ async def complete(events: EventStream, requested_model: str) -> ChatCompletion:
 
 
 async def stream_chunks(events: EventStream, requested_model: str, *, include_usage: bool = False
-                        ) -> AsyncIterator[ChatCompletionChunk]:
+                        ) -> AsyncGenerator[ChatCompletionChunk, None]:
     """The answer as chunks: role with the first content, one chunk per delta, a last chunk with
     the finish reason, then (when asked) a chunk with the usage and no choices."""
     chunk_id, created = completion_id(), int(time.time())

@@ -70,5 +70,17 @@ class Timeout:
     def replace(self, **changes: float | None) -> Timeout:
         return replace(self, **changes)
 
+    def with_total(self, total: float | None) -> Timeout:
+        """A copy with another total (the router hands each attempt what is left of the deadline).
+
+        Cheaper than :meth:`replace`, which re-checks every field; this runs once per attempt."""
+        if total is not None and not total > 0:
+            raise InvalidRequest(f"timeout total must be positive, got {total!r}", param="timeout.total")
+        copy = object.__new__(Timeout)
+        for name in ("connect", "first_byte", "idle"):
+            object.__setattr__(copy, name, getattr(self, name))
+        object.__setattr__(copy, "total", total)
+        return copy
+
 
 TimeoutTypes = Timeout | float | int | None | Unset

@@ -235,10 +235,12 @@ class Attempt:
     error: str  # the error's class name
     status: int
     message: str
+    retry_after: float | None = None  # seconds, when the target said when to come back
 
     @classmethod
     def of(cls, error: PatchbayError, provider: str, model: str) -> Attempt:
-        return cls(provider, model, type(error).__name__, error.status, error.message)
+        retry_after = error.retry_after if isinstance(error, RateLimited) else None
+        return cls(provider, model, type(error).__name__, error.status, error.message, retry_after)
 
 
 class AllProvidersFailed(PatchbayError):
@@ -249,6 +251,14 @@ class AllProvidersFailed(PatchbayError):
         summary = f"all providers failed for {model!r}" if model else "all providers failed"
         super().__init__(f"{summary}{note}: {lines or 'no target could be tried'}", model=model)
         self.attempts = list(attempts)
+
+    @property
+    def retry_after(self) -> float | None:
+        """When every attempt was rate limited: the soonest time any target said to come back."""
+        if self.status != 429:
+            return None
+        waits = [a.retry_after for a in self.attempts if a.retry_after is not None]
+        return min(waits) if waits else None
 
     @property
     def status(self) -> int:

@@ -88,7 +88,8 @@ async def test_models_list_and_retrieve(client: openai.AsyncOpenAI) -> None:
 
 
 async def test_liaobots_replica_behind_the_gateway(liaobots_replica: LiaobotsReplica, tmp_path: Path) -> None:
-    config = {"routes": {"gpt-4o": [{"provider": "Liaobots", "model": "gpt-4o", "base_url": liaobots_replica.base_url}]}}
+    target = {"provider": "Liaobots", "model": "gpt-4o", "base_url": liaobots_replica.base_url}
+    config = {"routes": {"gpt-4o": [target]}}
     async with GatewayProcess(config, tmp_path) as gateway, openai.AsyncOpenAI(
             base_url=gateway.api_base, api_key="unused", max_retries=0) as sdk:
         answer = await sdk.chat.completions.create(model="gpt-4o", messages=HELLO)
@@ -134,10 +135,11 @@ async def test_body_over_the_limit_is_413(openai_fake: OpenAIFake, tmp_path: Pat
 
 async def test_upstream_rate_limit_is_429(client: openai.AsyncOpenAI, openai_fake: OpenAIFake) -> None:
     openai_fake.scenario = "status_429"
+    openai_fake.retry_after = 3
     with pytest.raises(openai.RateLimitError) as info:
         await client.chat.completions.create(model="small", messages=HELLO)
     assert info.value.status_code == 429
-    assert info.value.response.headers.get("retry-after") is None or int(info.value.response.headers["retry-after"]) >= 1
+    assert info.value.response.headers["retry-after"] == "3"
 
 
 async def test_upstream_failure_is_502(client: openai.AsyncOpenAI, openai_fake: OpenAIFake) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any, ClassVar
 
 import aiohttp
@@ -136,6 +136,11 @@ class AsyncGeneratorProvider:
         return model or ""
 
     @classmethod
+    def get_models(cls) -> list[str]:
+        """The model names this provider serves; empty for one that takes any name."""
+        return []
+
+    @classmethod
     def model_records(cls) -> list[ModelRecord]:
         """Catalog records for this provider's models (no network). Override to state limits."""
         names = list(getattr(cls, "models", []) or [])
@@ -165,6 +170,21 @@ class AsyncGeneratorProvider:
         **kwargs: Any,
     ) -> EventStream:
         """Stream the answer as typed events. Bad messages or an unknown model fail here, at once."""
+        return EventStream(cls.events(model, messages, proxy=proxy, base_url=base_url, timeout=timeout, **kwargs))
+
+    @classmethod
+    def events(
+        cls,
+        model: str | None,
+        messages: object,
+        *,
+        proxy: str | None = None,
+        base_url: str | None = None,
+        timeout: TimeoutTypes = UNSET,
+        **kwargs: Any,
+    ) -> AsyncGenerator[StreamEvent, None]:
+        """The checked and guarded events behind :meth:`stream`, without the recording
+        :class:`EventStream` (for a router, which keeps its own records of each attempt)."""
         checked = validate_messages(messages)
         resolved = cls.resolve_model(model)
         limits = Timeout.of(timeout)
@@ -173,7 +193,7 @@ class AsyncGeneratorProvider:
             if record is not None:
                 checked = fit_messages(checked, record.input_budget(kwargs.get("max_tokens")), estimate_tokens)
         source = cls.generate(resolved, checked, proxy=proxy, base_url=base_url, timeout=limits, **kwargs)
-        return EventStream(_guarded(cls.name, resolved, source, announce=cls.announces_provider))
+        return _guarded(cls.name, resolved, source, announce=cls.announces_provider)
 
     @classmethod
     def create_async_generator(
@@ -245,7 +265,7 @@ class AsyncGeneratorProvider:
 
 
 async def _guarded(provider: str, model: str, source: AsyncIterator[StreamEvent], *,
-                   announce: bool = True) -> AsyncIterator[StreamEvent]:
+                   announce: bool = True) -> AsyncGenerator[StreamEvent, None]:
     """Run a provider's stream: announce who answers, attach context to errors, and turn any
     failure after text was delivered into StreamInterrupted with exactly that text."""
     delivered: list[str] = []

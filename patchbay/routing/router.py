@@ -25,7 +25,7 @@ import random
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import aclosing
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, TypeVar
 
 from patchbay.config import Timeout
 from patchbay.credentials import CredentialPool
@@ -51,6 +51,7 @@ __all__ = ["MidStream", "RetryProvider", "Router"]
 log = logging.getLogger("patchbay.routing")
 
 MidStream = Literal["continue", "error"]
+T = TypeVar("T")
 CREDENTIAL_BAN_SECONDS = 3600.0
 
 
@@ -212,8 +213,8 @@ class Router(AsyncGeneratorProvider):
         if request.delivered:
             messages = [*messages, {"role": "assistant", "content": request.text}]
         remaining = request.remaining()
-        limits = request.timeout if remaining is None else request.timeout.replace(total=max(remaining, 0.001))
-        stream = target.provider.stream(target.model_for(request.model), messages, proxy=proxy,
+        limits = request.timeout if remaining is None else request.timeout.with_total(max(remaining, 0.001))
+        stream = target.provider.events(target.model_for(request.model), messages, proxy=proxy,
                                         base_url=target.base_url or base_url, timeout=limits, **kwargs)
         started = time.monotonic()
         first_text: float | None = None
@@ -263,13 +264,13 @@ class Router(AsyncGeneratorProvider):
         """Targets not in cooldown, in strategy order; all of them (soonest free first) if none is free."""
         now = cls.clock()
         keys = [t.key(model) for t in targets]
-        until = dict(zip(targets, await asyncio.gather(*map(cls.state.cooldown_until, keys)), strict=True))
+        until = dict(zip(targets, await _each(cls.state.cooldown_until, keys), strict=True))
         free = [t for t in targets if until[t] is None or until[t] <= now]  # type: ignore[operator]
         if not free:
             return sorted(targets, key=lambda t: until[t] or 0.0)
         health: dict[Target, Health] = {}
         if cls.strategy in USES_HEALTH:  # only these strategies read it: spare the store the round trips
-            health = dict(zip(targets, await asyncio.gather(*map(cls.state.health, keys)), strict=True))
+            health = dict(zip(targets, await _each(cls.state.health, keys), strict=True))
         return get_strategy(cls.strategy)(free, health, cls.rng)
 
     @classmethod
@@ -309,6 +310,14 @@ class Router(AsyncGeneratorProvider):
         if cls.routes is None:
             raise InvalidRequest("this Router has no routes; use Router.configure(routes) or RetryProvider([...])")
         return cls.routes
+
+
+async def _each(lookup: Callable[[str], Awaitable[T]], keys: list[str]) -> list[T]:
+    """``lookup`` for every key: concurrently when there are several (round trips to a shared
+    store overlap), directly when there is one (no task to create)."""
+    if len(keys) == 1:
+        return [await lookup(keys[0])]
+    return list(await asyncio.gather(*map(lookup, keys)))
 
 
 def _pool_of(provider: type[AsyncGeneratorProvider]) -> CredentialPool | None:

@@ -9,8 +9,10 @@ answered with a bare 500: never a traceback to the client.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from typing import Any
@@ -40,7 +42,7 @@ log = logging.getLogger("patchbay.server")
 
 _encode = msgspec.json.encode
 Handler = Callable[[Scope, Receive, Send], Awaitable[None]]
-INTERNAL_ERROR = b'{"error":{"message":"internal server error","type":"api_error","param":null,"code":"internal_error"}}'
+INTERNAL_ERROR = error_body(PatchbayError("internal server error"))
 PUBLIC_PATHS = frozenset({"/health", "/ready", "/openapi.json"})
 
 
@@ -101,8 +103,9 @@ class Gateway:
             await handler(scope, receive, send)
         except PatchbayError as error:
             headers = [(b"allow", route[0].encode())] if isinstance(error, MethodNotAllowed) and route else []
-            if error.status == 429 and getattr(error, "retry_after", None) is not None:
-                headers.append((b"retry-after", str(max(1, round(error.retry_after))).encode()))  # type: ignore[attr-defined]
+            retry_after = getattr(error, "retry_after", None)
+            if retry_after is not None:
+                headers.append((b"retry-after", str(max(1, math.ceil(retry_after))).encode()))
             await _send_quietly(send, error.status, error_body(error), headers)
         except asyncio.CancelledError:
             raise
@@ -198,10 +201,8 @@ class Gateway:
 
 async def _send_quietly(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
     """Send an error response unless a response already started (then nothing more can be said)."""
-    try:
+    with contextlib.suppress(RuntimeError, OSError):
         await send_bytes(send, status, body, headers=headers)
-    except (RuntimeError, OSError):
-        pass
 
 
 def create_app() -> Gateway:

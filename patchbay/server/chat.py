@@ -9,6 +9,7 @@ handler, which closes the router's stream and with it the upstream request.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from contextlib import aclosing
@@ -105,11 +106,9 @@ class ChatEndpoint:
     @staticmethod
     async def _in_band(writer: SSEWriter, error: PatchbayError) -> None:
         """After the headers: the error as an event, then the end of the stream."""
-        try:
+        with contextlib.suppress(OSError):  # the client may be gone too
             await writer.data(error_body(error))
             await writer.end()
-        except OSError:
-            pass  # the client is gone too
 
     def _record(self, request: ChatCompletionRequest, events: EventStream, started: float, status: int, *,
                 ttft: float | None = None, error: PatchbayError | None = None) -> None:
