@@ -24,12 +24,13 @@ from patchbay.completions import (
     Model,
     ModelList,
     complete,
+    find_model,
+    model_list,
     open_stream,
     request_from_kwargs,
     stream_chunks,
 )
 from patchbay.config import UNSET, TimeoutTypes
-from patchbay.errors import ModelNotSupported
 from patchbay.providers.base import AsyncGeneratorProvider
 from patchbay.sync import BlockingStream, run_sync
 
@@ -52,18 +53,6 @@ def _provider_for(provider: ProviderType | None, routes: Mapping[str, Sequence[A
 
         settings = replace(settings, routes={name: list(targets) for name, targets in routes.items()})
     return settings.build_router()
-
-
-def _model_list(provider: ProviderType) -> ModelList:
-    return ModelList(data=[Model(id=name, owned_by=provider.name) for name in provider.get_models()])
-
-
-def _retrieve(provider: ProviderType, model: str) -> Model:
-    for item in _model_list(provider).data:
-        if item.id == model:
-            return item
-    raise ModelNotSupported(f"model {model!r} not found; models: {', '.join(provider.get_models())}",
-                            model=model, param="model")
 
 
 class _Base:
@@ -123,10 +112,10 @@ class _AsyncModels:
         self._client = client
 
     async def list(self) -> ModelList:
-        return _model_list(self._client.provider)
+        return model_list(self._client.provider)
 
     async def retrieve(self, model: str) -> Model:
-        return _retrieve(self._client.provider, model)
+        return find_model(self._client.provider, model)
 
 
 class AsyncClient(_Base):
@@ -182,10 +171,10 @@ class _Models:
         self._client = client
 
     def list(self) -> ModelList:
-        return _model_list(self._client.provider)
+        return model_list(self._client.provider)
 
     def retrieve(self, model: str) -> Model:
-        return _retrieve(self._client.provider, model)
+        return find_model(self._client.provider, model)
 
 
 class Client(_Base):

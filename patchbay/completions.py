@@ -19,7 +19,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-from patchbay.errors import InvalidRequest
+from patchbay.errors import InvalidRequest, ModelNotSupported
 from patchbay.events import EventStream, Finish, ProviderInfo, StreamEvent, TextDelta, ToolCallDelta, Usage
 from patchbay.providers.base import AsyncGeneratorProvider
 from patchbay.stops import StopSequenceFilter
@@ -39,6 +39,8 @@ __all__ = [
     "StreamOptions",
     "complete",
     "decode_request",
+    "find_model",
+    "model_list",
     "open_stream",
     "request_from_kwargs",
     "stream_chunks",
@@ -248,6 +250,23 @@ class ModelList(_Object, kw_only=True):
 
     def __iter__(self) -> Any:
         return iter(self.data)
+
+
+def model_list(provider: type[AsyncGeneratorProvider]) -> ModelList:
+    """The models ``provider`` serves (a router: its routes), as ``GET /v1/models`` shows them."""
+    get_models = getattr(provider, "get_models", None)
+    names: list[str] = get_models() if get_models is not None else []
+    return ModelList(data=[Model(id=name, owned_by=provider.name) for name in names])
+
+
+def find_model(provider: type[AsyncGeneratorProvider], model: str) -> Model:
+    """One model of :func:`model_list`; ModelNotSupported (404) names the valid ones."""
+    models = model_list(provider).data
+    for item in models:
+        if item.id == model:
+            return item
+    raise ModelNotSupported(f"model {model!r} not found; models: {', '.join(m.id for m in models)}",
+                            model=model, param="model")
 
 
 # -- events -> responses ----------------------------------------------------------------------------

@@ -120,7 +120,7 @@ class Settings:
 
     def build_router(self) -> type[Router]:
         """The Router class these settings describe (shared state through Redis when configured)."""
-        from patchbay.routing import RedisStateStore, RetryPolicy, RouteTable, Router
+        from patchbay.routing import RedisStateStore, RetryPolicy, Router, RouteTable
 
         try:
             table = RouteTable.from_config(self.route_table(), providers=self.provider_classes())

@@ -29,7 +29,7 @@ def test_cli_answers_offline_with_no_configuration(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.endswith("_PROXY") and not k.endswith("_proxy")}
     env.update(HOME=str(tmp_path), XDG_DATA_HOME=str(tmp_path / "data"), PATCHBAY_HOME=str(tmp_path / "pb"))
     result = subprocess.run(
-        [sys.executable, "-m", "patchbay.cli", "chat", "What is the capital of France?", "--temperature", "0"],
+        [sys.executable, "-m", "patchbay", "chat", "What is the capital of France?", "--temperature", "0"],
         capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr

@@ -136,11 +136,6 @@ class AsyncGeneratorProvider:
         return model or ""
 
     @classmethod
-    def get_models(cls) -> list[str]:
-        """The model names this provider serves; empty for one that takes any name."""
-        return []
-
-    @classmethod
     def model_records(cls) -> list[ModelRecord]:
         """Catalog records for this provider's models (no network). Override to state limits."""
         names = list(getattr(cls, "models", []) or [])

@@ -19,12 +19,11 @@ from typing import Any
 
 import msgspec
 
-from patchbay.completions import Model, ModelList
+from patchbay.completions import find_model, model_list
 from patchbay.errors import (
     AuthError,
     EndpointNotFound,
     MethodNotAllowed,
-    ModelNotSupported,
     PatchbayError,
     ProviderNotWorking,
 )
@@ -131,21 +130,12 @@ class Gateway:
         body = await read_body(scope, receive, self.settings.server.max_body_bytes)
         await self.chat(body, receive, send)
 
-    def _model_list(self) -> ModelList:
-        return ModelList(data=[Model(id=name, owned_by=self.provider.name) for name in self.provider.get_models()])
-
     async def _models(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await send_bytes(send, 200, _encode(self._model_list()))
+        await send_bytes(send, 200, _encode(model_list(self.provider)))
 
     async def _model(self, scope: Scope, receive: Receive, send: Send) -> None:
         wanted = scope["path"].split("/models/", 1)[1]
-        models = self._model_list().data
-        for model in models:
-            if model.id == wanted:
-                await send_bytes(send, 200, _encode(model))
-                return
-        raise ModelNotSupported(f"model {wanted!r} not found; models: {', '.join(m.id for m in models)}",
-                                model=wanted, param="model")
+        await send_bytes(send, 200, _encode(find_model(self.provider, wanted)))
 
     async def _health(self, scope: Scope, receive: Receive, send: Send) -> None:
         health = getattr(self.provider, "health", None)
@@ -155,7 +145,7 @@ class Gateway:
     async def _ready(self, scope: Scope, receive: Receive, send: Send) -> None:
         if not self.ready:
             raise ProviderNotWorking("the server is starting or stopping")
-        await send_bytes(send, 200, _encode({"status": "ready", "models": len(self.provider.get_models())}))
+        await send_bytes(send, 200, _encode({"status": "ready", "models": len(model_list(self.provider).data)}))
 
     async def _metrics(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send_bytes(send, 200, self.metrics.render(), b"text/plain; version=0.0.4; charset=utf-8")

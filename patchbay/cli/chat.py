@@ -1,9 +1,4 @@
-"""The ``patchbay`` command line.
-
-Importing this module has no side effects; :func:`main` is the console entry point. Library
-errors become one readable line on stderr and a non-zero exit status, in one place
-(:func:`_fail`).
-"""
+"""``patchbay chat``: ask a provider and stream the answer."""
 
 from __future__ import annotations
 
@@ -15,30 +10,13 @@ from typing import Any
 
 import click
 
+from patchbay.cli.common import EXIT_INTERRUPTED, fail
 from patchbay.errors import PatchbayError
-from patchbay.secrets import redact
 
-__all__ = ["cli", "main"]
-
-EXIT_ERROR = 1
-EXIT_INTERRUPTED = 130
+__all__ = ["COMMANDS", "chat"]
 
 
-def _fail(error: PatchbayError, verbose: bool = False) -> None:
-    """Print ``error`` as one line on stderr and exit non-zero."""
-    click.echo(f"Error: {error}", err=True)
-    if verbose and error.__cause__ is not None:
-        click.echo(f"  caused by: {redact(repr(error.__cause__))}", err=True)
-    sys.exit(EXIT_ERROR)
-
-
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="patchbay")
-def cli() -> None:
-    """patchbay: one streaming interface to many chat-model providers."""
-
-
-@cli.command()
+@click.command()
 @click.argument("prompt", required=False)
 @click.option("-m", "--model", default=None, help="Model name (default: the provider's default model).")
 @click.option("-p", "--provider", "provider_name", default="Local", show_default=True,
@@ -70,7 +48,7 @@ def chat(prompt: str | None, model: str | None, provider_name: str, system: str 
         click.echo("", err=True)
         sys.exit(EXIT_INTERRUPTED)
     except PatchbayError as error:
-        _fail(error, verbose)
+        fail(error, verbose)
 
 
 async def _chat(provider_name: str, model: str | None, messages: list[dict[str, Any]], options: dict[str, Any],
@@ -109,52 +87,5 @@ async def _chat(provider_name: str, model: str | None, messages: list[dict[str, 
         sys.stdout.write("\n")
 
 
-@cli.command()
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def providers(as_json: bool) -> None:
-    """List providers with their flags."""
-    from patchbay.providers import registry
 
-    rows = registry.describe()
-    if as_json:
-        click.echo(json.dumps(rows, indent=2))
-        return
-    click.echo(f"{'name':<16} {'working':<8} {'auth':<6} {'models':>6}  default model")
-    for row in rows:
-        click.echo(f"{row['name']:<16} {('yes' if row['working'] else 'no'):<8} "
-                   f"{('yes' if row['needs_auth'] else 'no'):<6} {len(row['models']):>6}  {row['default_model']}")
-
-
-@cli.command()
-@click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False), default=None,
-              help="TOML config file (default: $PATCHBAY_CONFIG, else config.toml in the config directory).")
-@click.option("--host", default=None, help="Address to listen on (default 127.0.0.1).")
-@click.option("--port", type=click.IntRange(0, 65535), default=None, help="Port (default 8000).")
-@click.option("--workers", type=click.IntRange(min=1), default=None, help="Worker processes sharing the port.")
-@click.option("--insecure-no-auth", is_flag=True, default=None,
-              help="Allow a non-loopback address without API keys.")
-@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default=None)
-def serve(config_path: str | None, host: str | None, port: int | None, workers: int | None,
-          insecure_no_auth: bool | None, log_level: str | None) -> None:
-    """Run the OpenAI-compatible server (POST /v1/chat/completions, GET /v1/models, ...)."""
-    from patchbay.server.run import check_bind
-    from patchbay.server.run import serve as run_server
-    from patchbay.settings import load_settings
-
-    try:
-        settings = load_settings(config_path).with_server(host=host, port=port, workers=workers,
-                                                          insecure_no_auth=insecure_no_auth, log_level=log_level)
-        settings.build_router()  # a mistake in the routes fails here, before any worker starts
-        check_bind(settings)
-    except PatchbayError as error:
-        _fail(error)
-    run_server(settings)
-
-
-def main() -> None:
-    """Console entry point."""
-    cli(prog_name="patchbay")
-
-
-if __name__ == "__main__":
-    main()
+COMMANDS = [chat]
