@@ -9,14 +9,19 @@ by the config file (see :mod:`patchbay.settings`), which with no file is the emb
     answer = client.chat.completions.create(model="smollm2-135m-instruct",
                                             messages=[{"role": "user", "content": "Hi"}])
     print(answer.choices[0].message.content, answer.provider)
+
+With the request log enabled (:func:`patchbay.requestlog.enable` or ``PATCHBAY_REQUEST_LOG=1``),
+every exchange is recorded there, whole answers and streams alike.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from patchbay import requestlog
 from patchbay.completions import (
     ChatCompletion,
     ChatCompletionChunk,
@@ -31,6 +36,7 @@ from patchbay.completions import (
     stream_chunks,
 )
 from patchbay.config import UNSET, TimeoutTypes
+from patchbay.events import EventStream
 from patchbay.providers.base import AsyncGeneratorProvider
 from patchbay.sync import BlockingStream, run_sync
 
@@ -67,6 +73,61 @@ class _Base:
         return request_from_kwargs(kwargs), transport
 
 
+# -- the request log (when enabled: patchbay.requestlog.enable() or PATCHBAY_REQUEST_LOG=1) --------------
+
+
+class _Recording:
+    """Times one exchange and records it in the request log when it ends."""
+
+    def __init__(self, log: requestlog.RequestLog, request: ChatCompletionRequest, events: EventStream) -> None:
+        self.log, self.request, self.events = log, request, events
+        self.time, self.started = time.time(), time.perf_counter()
+        self.first: float | None = None
+
+    def finish(self, error: BaseException | None = None) -> None:
+        ttft = None if self.first is None else self.first - self.started
+        self.log.record(requestlog.Exchange.from_stream(
+            self.events, time=self.time, source="library", messages=self.request.messages,
+            requested_model=self.request.model, latency=time.perf_counter() - self.started, ttft=ttft, error=error,
+            options=self.request.provider_options()))
+
+
+async def _complete(events: EventStream, request: ChatCompletionRequest) -> ChatCompletion:
+    log = requestlog.active()
+    if log is None:
+        return await complete(events, request.model)
+    recording = _Recording(log, request, events)
+    try:
+        answer = await complete(events, request.model)
+    except BaseException as exc:
+        recording.finish(exc)
+        raise
+    recording.finish()
+    return answer
+
+
+def _chunks(events: EventStream, request: ChatCompletionRequest) -> AsyncIterator[ChatCompletionChunk]:
+    chunks = stream_chunks(events, request.model, include_usage=request.include_usage)
+    log = requestlog.active()
+    return chunks if log is None else _recorded(chunks, _Recording(log, request, events))
+
+
+async def _recorded(chunks: AsyncIterator[ChatCompletionChunk], recording: _Recording
+                    ) -> AsyncIterator[ChatCompletionChunk]:
+    error: BaseException | None = None
+    try:
+        async for chunk in chunks:
+            if recording.first is None:
+                recording.first = time.perf_counter()
+            yield chunk
+    except BaseException as exc:  # recorded, then re-raised
+        error = exc
+        raise
+    finally:
+        await chunks.aclose()  # type: ignore[attr-defined]
+        recording.finish(error)
+
+
 # -- async --------------------------------------------------------------------------------------------
 
 
@@ -98,8 +159,8 @@ class _AsyncCompletions:
         request, transport = self._client._request(kwargs)
         events = open_stream(self._client.provider, request, **transport)
         if request.stream:
-            return AsyncChunkStream(stream_chunks(events, request.model, include_usage=request.include_usage))
-        return await complete(events, request.model)
+            return AsyncChunkStream(_chunks(events, request))
+        return await _complete(events, request)
 
 
 class _AsyncChat:
@@ -150,13 +211,12 @@ class _Completions:
         provider.resolve_model(request.model)  # an unknown model fails here, not at the first chunk
         if request.stream:
             def chunks() -> Iterator[ChatCompletionChunk] | AsyncIterator[ChatCompletionChunk]:
-                events = open_stream(provider, request, **transport)
-                return stream_chunks(events, request.model, include_usage=request.include_usage)
+                return _chunks(open_stream(provider, request, **transport), request)
 
             return ChunkStream(chunks)  # type: ignore[arg-type]
 
         async def whole() -> ChatCompletion:
-            return await complete(open_stream(provider, request, **transport), request.model)
+            return await _complete(open_stream(provider, request, **transport), request)
 
         return run_sync(whole())
 

@@ -2,7 +2,9 @@
 
 A pool holds credentials given by the user and ones fetched at run time. The current credential
 is used until it is banned (rejected by the service); then the next one takes over. Every value
-is registered with :mod:`patchbay.secrets`, so it is redacted wherever it might be shown.
+is registered with :mod:`patchbay.secrets`, so it is redacted wherever it might be shown. A pool
+reads its environment variable, or failing that the key stored under the variable's name
+(:mod:`patchbay.keys`).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import os
 import threading
 from collections.abc import Iterable
 
+from patchbay.keys import stored_key
 from patchbay.secrets import fingerprint, mask, register_secret
 
 __all__ = ["CredentialPool"]
@@ -43,11 +46,12 @@ class CredentialPool:
                     self._codes.append(code)
 
     def load_env(self) -> None:
-        """Add the comma-separated credentials in the pool's environment variable, once."""
+        """Add the comma-separated credentials in the pool's environment variable, once; when the
+        variable is not set, the key stored under its name (``patchbay keys set NAME``)."""
         if self._env_loaded or not self.env_var:
             return
         self._env_loaded = True
-        self.add(os.environ.get(self.env_var))
+        self.add(os.environ.get(self.env_var) or stored_key(self.env_var))
 
     def current(self) -> str | None:
         """The first credential not banned, or ``None`` when the pool is exhausted."""

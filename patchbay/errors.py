@@ -28,7 +28,8 @@ the class hierarchy), so the server, the CLI and the router all agree on what an
     ├── StreamInterrupted           502  failed after partial output (carries ``partial_text``)
     └── AllProvidersFailed          502  every target of a route failed (carries ``attempts``);
                                          429 if all were rate limited, 401 if all were auth
-                                         failures, 503 if none could be tried
+                                         failures, 504 if all timed out, 503 if none could
+                                         be tried
 
 Context (provider, model) is attached in one place, :meth:`PatchbayError.with_context`, by the
 provider base class. Messages never contain secrets: :func:`patchbay.secrets.redact` runs on
@@ -262,19 +263,19 @@ class AllProvidersFailed(PatchbayError):
 
     @property
     def status(self) -> int:
-        """429 when every attempt was rate limited, 401 when every one was an auth failure,
-        503 when none could be made, else 502."""
+        """429 when every attempt was rate limited, 401 when every one was an auth failure, 504
+        when every one timed out, 503 when none could be made, else 502."""
         if not self.attempts:
             return 503
-        if all(a.status == 429 for a in self.attempts):
-            return 429
-        if all(a.status == 401 for a in self.attempts):
-            return 401
+        statuses = {a.status for a in self.attempts}
+        if len(statuses) == 1 and (only := statuses.pop()) in (401, 429, 504):
+            return only
         return 502
 
     @property
     def type(self) -> str:
-        return {429: "rate_limit_error", 401: "authentication_error"}.get(self.status, "api_error")
+        return {429: "rate_limit_error", 401: "authentication_error", 504: "timeout_error"}.get(self.status,
+                                                                                                 "api_error")
 
 
 @dataclass(frozen=True, slots=True)

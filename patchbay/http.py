@@ -1,10 +1,12 @@
 """The one HTTP session factory every provider uses.
 
-:class:`HTTPSession` wraps an ``aiohttp.ClientSession`` with what chat providers need and should
-not each write again: http(s) and socks5 proxies, TLS verification on by default (a provider may
-opt out), a cookie store that outlives the session, the four limits of
-:class:`~patchbay.config.Timeout` (connect, first byte, idle gap, total), and the mapping of
-transport exceptions onto patchbay's errors (:data:`TRANSPORT_ERRORS`, one table).
+:class:`HTTPSession` gives chat providers what they should not each write again: http(s) and
+socks5 proxies, TLS verification on by default (a provider may opt out), a cookie store that
+outlives the session, the four limits of :class:`~patchbay.config.Timeout` (connect, first byte,
+idle gap, total), and the mapping of transport exceptions onto patchbay's errors
+(:data:`TRANSPORT_ERRORS`, one table). Direct requests go over the event loop's keep-alive
+connection pool (:mod:`patchbay.transport`, several times aiohttp's throughput); requests
+through a proxy or with a cookie store go through an ``aiohttp.ClientSession``.
 """
 
 from __future__ import annotations
@@ -13,14 +15,16 @@ import asyncio
 import email.utils
 import json
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import aclosing, asynccontextmanager
 from http.cookies import SimpleCookie
 from typing import Any, Protocol, TypeVar
 
 import aiohttp
+import httptools
 from yarl import URL
 
+from patchbay import transport
 from patchbay.config import Timeout
 from patchbay.errors import (
     ConnectionFailed,
@@ -42,6 +46,7 @@ __all__ = [
     "error_for_response",
     "CookieStore",
     "Deadline",
+    "HTTPResponse",
     "HTTPSession",
     "map_transport_error",
     "parse_retry_after",
@@ -53,10 +58,18 @@ BROWSER_USER_AGENT = (
     "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0 Safari/537.36"
 )
 ERROR_BODY_LIMIT = 64 * 1024  # bytes of an error body worth reading
+MAX_REDIRECTS = 10  # as aiohttp
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+_POOLED_OPTIONS = frozenset({"headers", "json", "data", "params", "allow_redirects"})
 
 #: Transport exception -> patchbay error class, looked up along the exception's MRO (most
-#: specific class first), so one table decides what every aiohttp failure means.
+#: specific class first), so one table decides what every aiohttp or pooled-transport failure means.
 TRANSPORT_ERRORS: dict[type[BaseException], type[PatchbayError]] = {
+    transport.ConnectTimeoutError: ConnectTimeout,
+    transport.FirstByteTimeoutError: FirstByteTimeout,
+    transport.IncompleteResponse: ConnectionFailed,
+    transport.InvalidRequestError: InvalidRequest,
+    httptools.HttpParserError: ProtocolError,
     aiohttp.ConnectionTimeoutError: ConnectTimeout,
     aiohttp.SocketTimeoutError: FirstByteTimeout,
     aiohttp.ServerTimeoutError: FirstByteTimeout,
@@ -71,6 +84,8 @@ TRANSPORT_ERRORS: dict[type[BaseException], type[PatchbayError]] = {
     OSError: ConnectionFailed,
     asyncio.TimeoutError: FirstByteTimeout,
 }
+
+_CAUGHT = tuple(TRANSPORT_ERRORS)  # the exceptions request() and iter_bytes() turn into patchbay errors
 
 _TRANSPORT_MESSAGES: dict[type[PatchbayError], str] = {
     ConnectTimeout: "timed out connecting",
@@ -151,21 +166,35 @@ class Deadline:
             return None
         return self._expires - asyncio.get_running_loop().time()
 
-    async def wait(self, awaitable: Any, limit: float | None, on_timeout: Callable[[], PatchbayError]) -> Any:
+    async def wait(self, awaitable: Awaitable[T], limit: float | None, on_timeout: Callable[[], PatchbayError]) -> T:
         """Await ``awaitable`` within ``limit`` seconds and the deadline, whichever is sooner.
 
-        ``on_timeout`` builds the error to raise when ``limit`` (not the deadline) runs out.
+        ``on_timeout`` builds the error to raise when ``limit`` (not the deadline) runs out. A
+        ``TimeoutError`` of the awaitable's own (say, a connect timeout) passes through as it is.
         """
         remaining = self.remaining()
         deadline_first = remaining is not None and (limit is None or remaining < limit)
-        # A spent deadline gives a bound of 0: wait_for then cancels the awaitable cleanly.
-        bound = max(remaining, 0.0) if remaining is not None and deadline_first else limit
+        bound = remaining if deadline_first else limit
+        if bound is not None and bound <= 0:  # spent already: do not start what cannot finish
+            close = getattr(awaitable, "close", None)
+            if close is not None:
+                close()
+            raise self._exceeded() if deadline_first else on_timeout()
+        # asyncio.timeout rather than wait_for: no task per wait (this runs once per body chunk),
+        # and it tells its own expiry apart from a TimeoutError raised inside.
+        scope = asyncio.timeout(bound)
         try:
-            return await asyncio.wait_for(awaitable, bound)
+            async with scope:
+                return await awaitable
         except TimeoutError:
+            if not scope.expired():
+                raise
             if deadline_first:
-                raise DeadlineExceeded(f"the request ran past its total deadline of {self._total} s") from None
+                raise self._exceeded() from None
             raise on_timeout() from None
+
+    def _exceeded(self) -> DeadlineExceeded:
+        return DeadlineExceeded(f"the request ran past its total deadline of {self._total} s")
 
 
 class CookieStore:
@@ -203,11 +232,28 @@ class Decoder(Protocol[T]):  # the shape of every decoder in patchbay.decoders
     def flush(self) -> list[T]: ...
 
 
-class HTTPSession:
-    """An aiohttp session configured for one provider request, with patchbay's limits.
+class BodyReader(Protocol):
+    async def readany(self) -> bytes: ...
 
-    Use as ``async with HTTPSession(...) as http:``; ``http.client`` is the underlying
-    ``aiohttp.ClientSession`` for code that needs it directly.
+
+class HTTPResponse(Protocol):
+    """What providers use of a response; aiohttp's ClientResponse and the pooled response both fit."""
+
+    @property
+    def status(self) -> int: ...
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+    @property
+    def content(self) -> BodyReader: ...
+    def release(self) -> Any: ...
+
+
+class HTTPSession:
+    """A session for one provider request, with patchbay's limits, over the right transport.
+
+    Use as ``async with HTTPSession(...) as http:``. Requests without a proxy or a cookie store
+    use the event loop's keep-alive pool (:func:`patchbay.transport.pool_for_loop`); the others an
+    ``aiohttp.ClientSession``, which ``http.client`` is (made on first use for pooled sessions).
     """
 
     def __init__(
@@ -230,17 +276,27 @@ class HTTPSession:
         self.site = site
         self.headers = dict(headers or {})
         self.provider = provider
+        self.pooled = proxy is None and cookies is None  # the keep-alive pool can carry these requests
         self._client: aiohttp.ClientSession | None = None
+        self._open = False
         self.deadline: Deadline | None = None
 
     @property
     def client(self) -> aiohttp.ClientSession:
-        if self._client is None:
+        if not self._open:
             raise RuntimeError("HTTPSession is not open; use 'async with HTTPSession(...)'")
+        if self._client is None:
+            self._client = self._make_client()
         return self._client
 
     async def __aenter__(self) -> HTTPSession:
         self.deadline = Deadline(self.timeout.total)
+        self._open = True
+        if not self.pooled:
+            self._client = self._make_client()
+        return self
+
+    def _make_client(self) -> aiohttp.ClientSession:
         jar = aiohttp.CookieJar(unsafe=True)  # unsafe: keep cookies for IP hosts such as 127.0.0.1
         if self.cookies is not None and self.site:
             self.cookies.load_into(jar, self.site)
@@ -248,7 +304,7 @@ class HTTPSession:
             total=None, connect=self.timeout.connect, sock_connect=self.timeout.connect
         )
         connector, proxy = _connector_for(self.proxy, self.verify_ssl)
-        self._client = aiohttp.ClientSession(
+        return aiohttp.ClientSession(
             connector=connector,
             cookie_jar=jar,
             timeout=client_timeout,
@@ -256,9 +312,9 @@ class HTTPSession:
             proxy=proxy,
             trust_env=False,
         )
-        return self
 
     async def __aexit__(self, *exc_info: object) -> None:
+        self._open = False
         client, self._client = self._client, None
         if client is None:
             return
@@ -267,24 +323,75 @@ class HTTPSession:
         await client.close()
 
     @asynccontextmanager
-    async def request(self, method: str, url: str, **kwargs: Any) -> AsyncIterator[aiohttp.ClientResponse]:
-        """Send a request and yield the response once its headers arrived (bounded in time)."""
+    async def request(self, method: str, url: str, **kwargs: Any) -> AsyncIterator[HTTPResponse]:
+        """Send a request and yield the response once its headers arrived (bounded in time).
+
+        Leaving the block releases the response: a fully read pooled connection is reused, one
+        left mid-body (an early exit, a cancellation) is closed, which ends the upstream request.
+        """
         assert self.deadline is not None
-        limit = _add(self.timeout.connect, self.timeout.first_byte)
+        if not self._open:
+            raise RuntimeError("HTTPSession is not open; use 'async with HTTPSession(...)'")
+        sending: Awaitable[HTTPResponse]
+        if self.pooled and kwargs.keys() <= _POOLED_OPTIONS and url[:8].lower().startswith(("http://", "https://")):
+            sending = self._send_pooled(method, url, **kwargs)
+            limit = None  # the pool bounds connecting and the first byte each on its own
+        else:
+            sending = self.client.request(method, url, **kwargs)
+            limit = _add(self.timeout.connect, self.timeout.first_byte)  # aiohttp cannot tell them apart
         try:
             response = await self.deadline.wait(
-                self.client.request(method, url, **kwargs),
-                limit,
-                lambda: FirstByteTimeout(f"no answer from {URL(url).host} within {limit} s"),
+                sending, limit, lambda: FirstByteTimeout(f"no answer from {URL(url).host} within {limit} s")
             )
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+        except _CAUGHT as exc:
             raise map_transport_error(exc, provider=self.provider) from exc
         try:
             yield response
         finally:
             response.release()
 
-    async def iter_bytes(self, response: aiohttp.ClientResponse) -> AsyncGenerator[bytes, None]:
+    async def _send_pooled(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        json: Any = None,
+        data: Any = None,
+        params: Mapping[str, Any] | None = None,
+        allow_redirects: bool = True,
+    ) -> HTTPResponse:
+        """One request over the loop's pool: the session's headers under the request's, redirects
+        followed as aiohttp does (303, and 301/302 after a POST, become a GET without a body)."""
+        method = method.upper()
+        target = URL(url)
+        if params:
+            target = target.extend_query(params)
+        body, content_type = transport.encode_body(json=json, data=data)
+        merged = _merge_headers(self.headers, headers, content_type)
+        pool = transport.pool_for_loop()
+        for _ in range(MAX_REDIRECTS + 1):
+            response = await pool.request(
+                method, target, headers=merged, body=body, verify_ssl=self.verify_ssl,
+                connect_timeout=self.timeout.connect, first_byte_timeout=self.timeout.first_byte,
+            )
+            location = response.headers.get("location")
+            if not allow_redirects or response.status not in _REDIRECTS or not location:
+                return response
+            response.release()
+            following = target.join(URL(location))
+            if following.scheme not in ("http", "https"):
+                raise ProtocolError(f"redirected to a non-HTTP URL: {following.human_repr()!r}", provider=self.provider)
+            if (response.status == 303 and method != "HEAD") or (response.status in (301, 302) and method == "POST"):
+                method, body = "GET", None
+                merged = {k: v for k, v in merged.items() if k.lower() != "content-type"}
+            if following.origin() != target.origin():
+                merged = {k: v for k, v in merged.items() if k.lower() != "authorization"}
+            target = following
+        raise ProtocolError(f"more than {MAX_REDIRECTS} redirects, the last to {target.human_repr()!r}",
+                            provider=self.provider)
+
+    async def iter_bytes(self, response: HTTPResponse) -> AsyncGenerator[bytes, None]:
         """The response body in chunks as they arrive, with first-byte, idle and total limits."""
         assert self.deadline is not None
         limit = self.timeout.first_byte
@@ -292,7 +399,7 @@ class HTTPSession:
         while True:
             try:
                 chunk = await self.deadline.wait(response.content.readany(), limit, error)
-            except (aiohttp.ClientError, OSError) as exc:
+            except _CAUGHT as exc:
                 raise map_transport_error(exc, provider=self.provider) from exc
             if not chunk:
                 return
@@ -305,7 +412,7 @@ class HTTPSession:
     def _idle_timeout(self) -> IdleTimeout:
         return IdleTimeout(f"the stream stalled for more than {self.timeout.idle} s")
 
-    async def iter_decoded(self, response: aiohttp.ClientResponse, decoder: Decoder[T]) -> AsyncGenerator[T, None]:
+    async def iter_decoded(self, response: HTTPResponse, decoder: Decoder[T]) -> AsyncGenerator[T, None]:
         """The response body run through ``decoder``: its items as soon as each chunk allows."""
         async for chunk in self.iter_bytes(response):
             for item in decoder.decode(chunk):
@@ -313,11 +420,11 @@ class HTTPSession:
         for item in decoder.flush():
             yield item
 
-    async def status_error(self, response: aiohttp.ClientResponse, during: str | None = None) -> PatchbayError:
+    async def status_error(self, response: HTTPResponse, during: str | None = None) -> PatchbayError:
         """The error for an upstream error answer (see :func:`error_for_response`)."""
         return error_for_response(response.status, await self.read_body(response), response.headers, during=during)
 
-    async def read_body(self, response: aiohttp.ClientResponse, limit: int = ERROR_BODY_LIMIT) -> str:
+    async def read_body(self, response: HTTPResponse, limit: int = ERROR_BODY_LIMIT) -> str:
         """Read up to ``limit`` bytes of the body as text (for error bodies and small replies)."""
         parts: list[bytes] = []
         size = 0
@@ -328,6 +435,18 @@ class HTTPSession:
                 if size >= limit:
                     break
         return b"".join(parts)[:limit].decode("utf-8", errors="replace")
+
+
+def _merge_headers(session: Mapping[str, str], request: Mapping[str, str] | None, content_type: str | None
+                   ) -> dict[str, str]:
+    """The session's headers overridden by the request's (names compared case-insensitively), and
+    the body's content type unless one was given."""
+    merged = {name.lower(): (name, value) for name, value in session.items()}
+    if request:
+        merged.update((name.lower(), (name, value)) for name, value in request.items())
+    if content_type is not None and "content-type" not in merged:
+        merged["content-type"] = ("Content-Type", content_type)
+    return dict(merged.values())
 
 
 def _add(a: float | None, b: float | None) -> float | None:

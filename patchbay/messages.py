@@ -42,6 +42,9 @@ def _check_message(index: int, message: object) -> None:
     role = message.get("role")
     if role not in ROLES:
         raise InvalidRequest(f"{where}.role must be one of {', '.join(ROLES)}, got {role!r}", param=f"{where}.role")
+    if role == "tool" and not isinstance(message.get("tool_call_id"), str):
+        raise InvalidRequest(f"{where} has role tool but no tool_call_id (the id of the call it answers)",
+                             param=f"{where}.tool_call_id")
     if "content" not in message:
         if role == "assistant" and message.get("tool_calls"):
             return

@@ -48,11 +48,19 @@ class ServerSettings:
     cors_origins: tuple[str, ...] = ()
     keepalive_interval: float = 15.0  # seconds between SSE keep-alive comments while waiting
     log_level: str = "info"
+    request_log: bool = True  # record every exchange in the request log (SQLite)
+    request_log_path: str = ""  # the log's file; empty: logs.db in the data directory
 
     def api_keys(self, environ: Mapping[str, str] | None = None) -> list[str]:
         """The configured client API keys (read from the ``api_keys_env`` variable)."""
         value = (os.environ if environ is None else environ).get(self.api_keys_env, "")
         return [key.strip() for key in value.split(",") if key.strip()]
+
+    def request_log_file(self) -> Path:
+        """The request log's file (``request_log_path``, else the default in the data directory)."""
+        from patchbay.requestlog import log_path
+
+        return log_path(self.request_log_path)
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 15.0
 _RUNNING = re.compile(r"running on http://([\d.]+):(\d+)")
@@ -93,10 +95,11 @@ class GatewayProcess:
         )
         try:
             await asyncio.wait_for(self._wait_started(), START_TIMEOUT)
+            self._drain = asyncio.ensure_future(self._read_rest())
+            await asyncio.wait_for(self._wait_ready(), START_TIMEOUT)
         except BaseException:
             await self.stop()
             raise RuntimeError(f"patchbay serve did not start:\n{self.log_text}") from None
-        self._drain = asyncio.ensure_future(self._read_rest())
         return self
 
     async def _wait_started(self) -> None:
@@ -110,6 +113,18 @@ class GatewayProcess:
             if match:
                 self.base_url = f"http://{match.group(1)}:{match.group(2)}"
                 return
+
+    async def _wait_ready(self) -> None:
+        """Poll ``/ready`` until it answers 200: with workers, the socket is bound before they run."""
+        async with aiohttp.ClientSession() as http:
+            while True:
+                try:
+                    async with http.get(f"{self.base_url}/ready") as response:
+                        if response.status == 200:
+                            return
+                except aiohttp.ClientConnectionError:
+                    pass
+                await asyncio.sleep(0.02)  # the next poll; bounded by START_TIMEOUT
 
     async def _read_rest(self) -> None:
         assert self.process is not None and self.process.stdout is not None

@@ -39,3 +39,9 @@ def test_malformed_list_names_the_bad_item(messages: object, fragment: str) -> N
 def test_content_text_joins_text_parts() -> None:
     message = {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "x"}, {"type": "text", "text": "b"}]}
     assert content_text(message) == "a\nb"
+
+
+def test_a_tool_message_needs_the_id_of_the_call_it_answers() -> None:
+    with pytest.raises(InvalidRequest, match="tool_call_id") as info:
+        validate_messages([{"role": "tool", "content": "42"}])
+    assert info.value.param == "messages[0].tool_call_id"

@@ -277,8 +277,8 @@ async def test_metrics_count_requests_errors_latency_and_tokens(client: openai.A
         text = await response.text()
     assert response.headers["content-type"].startswith("text/plain")
     assert 'patchbay_requests_total{provider="fake",model="fake-small",status="200"} 2' in text
-    assert 'patchbay_errors_total{provider="fake",model="small",code="all_providers_failed"} 1' in text
-    assert 'patchbay_request_duration_seconds_count{provider="fake",model="fake-small"} 2' in text
+    assert 'patchbay_errors_total{provider="fake",model="fake-small",code="all_providers_failed"} 1' in text
+    assert 'patchbay_request_duration_seconds_count{provider="fake",model="fake-small"} 3' in text
     assert 'patchbay_time_to_first_token_seconds_count{provider="fake",model="fake-small"} 1' in text
     assert 'patchbay_tokens_total{provider="fake",model="fake-small",kind="completion"}' in text
 
@@ -308,13 +308,18 @@ async def test_openapi_document_describes_what_the_server_accepts(gateway: Gatew
     # Every role the document allows is accepted; a role it does not allow is refused.
     async with aiohttp.ClientSession() as http:
         for role in roles:
-            messages = [{"role": role, "content": "hi"}, {"role": "user", "content": "hello"}]
+            message = {"role": role, "content": "hi", **({"tool_call_id": "call_1"} if role == "tool" else {})}
+            messages = [message, {"role": "user", "content": "hello"}]
             async with http.post(f"{gateway.api_base}/chat/completions",
                                  json={"model": "small", "messages": messages}) as response:
                 assert response.status == 200, (role, await response.text())
         async with http.post(f"{gateway.api_base}/chat/completions",
                              json={"model": "small", "messages": [{"role": "robot", "content": "x"}]}) as response:
             assert response.status == 400
+        async with http.post(f"{gateway.api_base}/chat/completions",
+                             json={"model": "small", "messages": [{"role": "tool", "content": "x"}]}) as response:
+            assert response.status == 400  # as the schema's description says
+            assert (await response.json())["error"]["param"] == "messages[0].tool_call_id"
 
 
 async def test_workers_share_one_port(openai_fake: OpenAIFake, tmp_path: Path) -> None:

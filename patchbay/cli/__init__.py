@@ -1,11 +1,13 @@
 """The ``patchbay`` command line: one module per noun, all registered on one click group.
 
-Importing this package has no side effects; :func:`main` is the console entry point. Library
-errors become one readable line on stderr and a non-zero exit status, in one place
-(:func:`patchbay.cli.common.fail`).
+Importing this package has no side effects; :func:`main` is the console entry point. Every error
+is one readable line on stderr and a non-zero exit status: library, file and database errors
+through :func:`patchbay.cli.common.fail`, usage errors here in :func:`main`.
 """
 
 from __future__ import annotations
+
+import sys
 
 import click
 
@@ -19,9 +21,9 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from patchbay.cli import chat, providers, serve
+    from patchbay.cli import chat, config, logs, models, providers, serve
 
-    for module in (chat, providers, serve):
+    for module in (chat, models, providers, logs, config, serve):
         for command in module.COMMANDS:
             cli.add_command(command)
 
@@ -29,6 +31,19 @@ def _register() -> None:
 _register()
 
 
-def main() -> None:
+def main(args: list[str] | None = None) -> None:
     """Console entry point."""
-    cli(prog_name="patchbay")
+    from patchbay.cli.common import EXIT_INTERRUPTED
+
+    try:
+        status = cli.main(args=args, prog_name="patchbay", standalone_mode=False)
+    except click.UsageError as error:
+        hint = f" (see '{error.ctx.command_path} --help')" if error.ctx is not None else ""
+        click.echo(f"Error: {error.format_message()}{hint}", err=True)
+        sys.exit(error.exit_code)
+    except click.ClickException as error:
+        click.echo(f"Error: {error.format_message()}", err=True)
+        sys.exit(error.exit_code)
+    except click.Abort:
+        sys.exit(EXIT_INTERRUPTED)
+    sys.exit(status if isinstance(status, int) else 0)

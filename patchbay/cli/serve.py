@@ -13,14 +13,16 @@ __all__ = ["COMMANDS", "serve"]
 @click.command()
 @click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False), default=None,
               help="TOML config file (default: $PATCHBAY_CONFIG, else config.toml in the config directory).")
-@click.option("--host", default=None, help="Address to listen on (default 127.0.0.1).")
-@click.option("--port", type=click.IntRange(0, 65535), default=None, help="Port (default 8000).")
-@click.option("--workers", type=click.IntRange(min=1), default=None, help="Worker processes sharing the port.")
+@click.option("--host", default=None, metavar="HOST", help="Address to listen on (default 127.0.0.1).")
+@click.option("--port", type=click.IntRange(0, 65535), default=None, metavar="PORT", help="Port (default 8000).")
+@click.option("--workers", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Worker processes sharing the port.")
 @click.option("--insecure-no-auth", is_flag=True, default=None,
               help="Allow a non-loopback address without API keys.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default=None)
+@click.option("--no-log", is_flag=True, help="Do not record exchanges in the request log.")
 def serve(config_path: str | None, host: str | None, port: int | None, workers: int | None,
-          insecure_no_auth: bool | None, log_level: str | None) -> None:
+          insecure_no_auth: bool | None, log_level: str | None, no_log: bool) -> None:
     """Run the OpenAI-compatible server (POST /v1/chat/completions, GET /v1/models, ...)."""
     from patchbay.server.run import check_bind
     from patchbay.server.run import serve as run_server
@@ -28,7 +30,8 @@ def serve(config_path: str | None, host: str | None, port: int | None, workers: 
 
     try:
         settings = load_settings(config_path).with_server(host=host, port=port, workers=workers,
-                                                          insecure_no_auth=insecure_no_auth, log_level=log_level)
+                                                          insecure_no_auth=insecure_no_auth, log_level=log_level,
+                                                          request_log=False if no_log else None)
         settings.build_router()  # a mistake in the routes fails here, before any worker starts
         check_bind(settings)
     except PatchbayError as error:

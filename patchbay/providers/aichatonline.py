@@ -21,7 +21,7 @@ from patchbay.config import Timeout
 from patchbay.decoders import NDJSONDecoder
 from patchbay.errors import ProtocolError
 from patchbay.events import StreamEvent, TextDelta
-from patchbay.http import BROWSER_USER_AGENT, HTTPSession, error_for_response
+from patchbay.http import BROWSER_USER_AGENT, HTTPResponse, HTTPSession, error_for_response
 from patchbay.messages import Messages, content_text
 from patchbay.providers.base import AsyncGeneratorProvider, ProviderModelMixin
 
@@ -107,7 +107,7 @@ class AiChatOnline(AsyncGeneratorProvider, ProviderModelMixin):
                     log.debug("AiChatOnline: skipped %d malformed lines", decoder.skipped)
 
 
-def _unique_id(response: aiohttp.ClientResponse, text: str) -> str:
+def _unique_id(response: HTTPResponse, text: str) -> str:
     if response.status >= 300:
         raise error_for_response(response.status, text, response.headers, during="fetching a unique id")
     try:

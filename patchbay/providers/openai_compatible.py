@@ -16,8 +16,6 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import aclosing
 from typing import Any, ClassVar, ParamSpec, TypeVar
 
-import aiohttp
-
 from patchbay.config import Timeout
 from patchbay.credentials import CredentialPool
 from patchbay.decoders import SSEDecoder
@@ -31,7 +29,7 @@ from patchbay.errors import (
     error_for_status,
 )
 from patchbay.events import Finish, StreamEvent, TextDelta, ToolCallDelta, Usage
-from patchbay.http import HTTPSession, parse_retry_after
+from patchbay.http import HTTPResponse, HTTPSession, parse_retry_after
 from patchbay.messages import Messages
 from patchbay.presets import get_preset
 from patchbay.providers.base import AsyncGeneratorProvider, ProviderModelMixin
@@ -286,7 +284,7 @@ class OpenAICompatible(AsyncGeneratorProvider, ProviderModelMixin):
         return AuthError(f"{cls.name} needs an API key{where}")
 
     @classmethod
-    async def _status_error(cls, http: HTTPSession, response: aiohttp.ClientResponse) -> PatchbayError:
+    async def _status_error(cls, http: HTTPSession, response: HTTPResponse) -> PatchbayError:
         """The patchbay error for an upstream error answer (OpenAI error object or plain text)."""
         text = await http.read_body(response)
         message, param = _error_message(text)

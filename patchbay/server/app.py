@@ -13,6 +13,7 @@ import contextlib
 import hmac
 import logging
 import math
+import sqlite3
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from typing import Any
@@ -28,6 +29,7 @@ from patchbay.errors import (
     ProviderNotWorking,
 )
 from patchbay.providers.base import AsyncGeneratorProvider
+from patchbay.requestlog import RequestLog
 from patchbay.secrets import register_secret
 from patchbay.server.asgi import Receive, Scope, Send, error_body, header, read_body, send_bytes
 from patchbay.server.chat import ChatEndpoint
@@ -63,6 +65,7 @@ class Gateway:
             register_secret(key)
         self.cors_origins = frozenset(origin.encode() for origin in server.cors_origins)
         self.ready = False
+        self.request_log: RequestLog | None = None  # opened at startup when enabled
         self._openapi = _encode(openapi_document(__version__, auth=bool(self.api_keys)))
         self._routes: dict[str, tuple[str, Handler]] = {
             "/v1/chat/completions": ("POST", self._chat),
@@ -181,12 +184,26 @@ class Gateway:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
+                try:
+                    self._open_request_log()
+                except (OSError, sqlite3.Error) as exc:
+                    await send({"type": "lifespan.startup.failed",
+                                "message": f"cannot open the request log: {exc}"})
+                    return
                 self.ready = True
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 self.ready = False
+                if self.request_log is not None:  # write what is still queued
+                    await asyncio.to_thread(self.request_log.close)
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+    def _open_request_log(self) -> None:
+        server = self.settings.server
+        if server.request_log:
+            self.request_log = RequestLog(server.request_log_file())
+            self.chat.request_log = self.request_log
 
 
 async def _send_quietly(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:

@@ -19,9 +19,10 @@ import msgspec
 
 from patchbay.completions import ChatCompletionRequest, complete, decode_request, open_stream, stream_chunks
 from patchbay.config import Timeout
-from patchbay.errors import PatchbayError, UpstreamError
+from patchbay.errors import AllProvidersFailed, PatchbayError, UpstreamError
 from patchbay.events import EventStream
 from patchbay.providers.base import AsyncGeneratorProvider
+from patchbay.requestlog import Exchange, RequestLog
 from patchbay.server.asgi import DisconnectWatch, Receive, Send, SSEWriter, error_body, send_bytes
 from patchbay.server.metrics import GatewayMetrics
 
@@ -42,6 +43,8 @@ class ChatEndpoint:
         self.limits = limits
         self.metrics = metrics
         self.keepalive_interval = keepalive_interval
+        #: Set by the Gateway at startup when the request log is on.
+        self.request_log: RequestLog | None = None
 
     async def __call__(self, body: bytes, receive: Receive, send: Send) -> None:
         request = decode_request(body)
@@ -112,13 +115,32 @@ class ChatEndpoint:
 
     def _record(self, request: ChatCompletionRequest, events: EventStream, started: float, status: int, *,
                 ttft: float | None = None, error: PatchbayError | None = None) -> None:
-        info = events.provider_info
-        provider = info.provider if info else (error.provider if error and error.provider else NO_PROVIDER)
-        model = info.model if info else request.model
+        provider, model = _answered_by(request, events, error)
         usage = events.usage
         extra: dict[str, Any] = {}
         if usage is not None:
             extra = {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens}
-        self.metrics.record(provider, model, status, time.perf_counter() - started,
-                            ttft=None if ttft is None else ttft - started,
+        latency = time.perf_counter() - started
+        first = None if ttft is None else ttft - started
+        self.metrics.record(provider, model, status, latency, ttft=first,
                             error_code=error.code if error else None, **extra)
+        if self.request_log is not None:  # a queue put; the writer thread does the rest
+            self.request_log.record(Exchange(
+                time=time.time() - latency, source="server", messages=request.messages, response=events.text,
+                requested_model=request.model, provider=None if provider == NO_PROVIDER else provider, model=model,
+                 finish_reason=events.finish_reason,
+                prompt_tokens=usage.prompt_tokens if usage else None,
+                completion_tokens=usage.completion_tokens if usage else None, latency=latency, ttft=first,
+                status=status, error=f"{type(error).__name__}: {error.message}" if error else None,
+                fallbacks=events.fallbacks, options=request.provider_options()))
+
+
+def _answered_by(request: ChatCompletionRequest, events: EventStream, error: PatchbayError | None
+                 ) -> tuple[str, str]:
+    """The provider and model to record: who answered, else the last target that failed."""
+    info = events.provider_info
+    if info is not None:
+        return info.provider, info.model
+    if isinstance(error, AllProvidersFailed) and error.attempts:
+        return error.attempts[-1].provider, error.attempts[-1].model
+    return (error.provider if error is not None and error.provider else NO_PROVIDER), request.model

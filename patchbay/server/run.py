@@ -47,7 +47,7 @@ def _environment(settings: Settings) -> dict[str, str]:
     env = {
         "PATCHBAY_HOST": server.host, "PATCHBAY_PORT": str(server.port), "PATCHBAY_WORKERS": str(server.workers),
         "PATCHBAY_INSECURE_NO_AUTH": "true" if server.insecure_no_auth else "false",
-        "PATCHBAY_LOG_LEVEL": server.log_level,
+        "PATCHBAY_LOG_LEVEL": server.log_level, "PATCHBAY_REQUEST_LOG": "true" if server.request_log else "false",
     }
     if settings.source is not None:
         env["PATCHBAY_CONFIG"] = str(settings.source.resolve())

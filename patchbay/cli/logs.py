@@ -1,0 +1,141 @@
+"""``patchbay logs``: the request log, newest first; ``logs show ID`` for one exchange in full."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from patchbay.cli.common import config_option, fail, json_option, load, reported, verbose_option
+from patchbay.cli.output import seconds, table
+
+if TYPE_CHECKING:
+    from patchbay.requestlog import Exchange
+
+__all__ = ["COMMANDS", "logs"]
+
+PREVIEW = 40  # characters of prompt and answer in the list
+
+
+@click.group(invoke_without_command=True)
+@click.option("-n", "--count", type=click.IntRange(min=0), default=10, show_default=True, metavar="N",
+              help="How many exchanges, newest first (0: all).")
+@click.option("-q", "--query", default=None, metavar="TEXT",
+              help="Only exchanges whose messages or answer contain TEXT.")
+@click.option("--conversation", "conversation_id", default=None, metavar="ID", help="Only conversation ID.")
+@json_option
+@config_option
+@verbose_option
+@click.pass_context
+def logs(ctx: click.Context, count: int, query: str | None, conversation_id: str | None, as_json: bool,
+         config_path: str | None, verbose: bool) -> None:
+    """Show the request log: every exchange from the CLI, the server and the library."""
+    if ctx.invoked_subcommand is not None:
+        return
+    with reported(verbose):
+        exchanges = _read(config_path, lambda log: log.latest(count, query=query, conversation_id=conversation_id))
+    if as_json:
+        click.echo(json.dumps([e.to_dict() for e in exchanges], indent=2, ensure_ascii=False))
+        return
+    if not exchanges:
+        click.echo("No exchanges logged" + (" match." if query or conversation_id else " yet."), err=True)
+        return
+    table(["id", "time", "model", "prompt", "answer", "latency"],
+          [[str(e.id), _when(e.time), _who(e), _preview(e.prompt), _preview(_outcome(e)), seconds(e.latency)]
+           for e in exchanges], flexible=("model", "prompt", "answer"))
+
+
+@logs.command()
+@click.argument("exchange_id", metavar="ID", type=int)
+@json_option
+@config_option
+@verbose_option
+def show(exchange_id: int, as_json: bool, config_path: str | None, verbose: bool) -> None:
+    """Show exchange ID in full: messages, answer, usage, timings, fallbacks."""
+    with reported(verbose):
+        found = _read(config_path, lambda log: log.get(exchange_id))
+    if found is None:
+        fail(f"no exchange {exchange_id} in the request log (see `patchbay logs`)")
+    if as_json:
+        click.echo(json.dumps(found.to_dict(), indent=2, ensure_ascii=False))
+        return
+    usage = "-" if found.prompt_tokens is None else \
+        f"{found.prompt_tokens} prompt + {found.completion_tokens} completion tokens"
+    fields = [
+        ("id", str(found.id)), ("time", _when(found.time)), ("source", found.source),
+        ("conversation", found.conversation_id or "-"), ("requested model", found.requested_model or "-"),
+        ("answered by", _who(found)), ("status", str(found.status) if found.status is not None else "-"),
+        ("finish reason", found.finish_reason or "-"), ("usage", usage), ("latency", seconds(found.latency)),
+        ("first token", seconds(found.ttft)), ("error", found.error or "-"),
+        ("options", json.dumps(found.options) if found.options else "-"),
+    ]
+    fields += [("fallback", f"{f.get('provider')}/{f.get('model')}: {f.get('error')}: {f.get('message')}")
+               for f in found.fallbacks]
+    for name, value in fields:
+        click.echo(f"{name + ':':<17}{value}")
+    click.echo("\nMessages:")
+    for message in found.messages:
+        click.echo(f"  [{message.get('role')}] {_content(message.get('content'))}")
+    click.echo("\nAnswer:")
+    click.echo(found.response)
+
+
+@logs.command()
+@config_option
+@verbose_option
+def path(config_path: str | None, verbose: bool) -> None:
+    """Print the request log's file."""
+    with reported(verbose):
+        click.echo(str(load(config_path).server.request_log_file()))
+
+
+def _read(config_path: str | None, query: Any) -> Any:
+    """Run ``query`` on the request log; a log that does not exist yet reads as empty (never created)."""
+    from patchbay.requestlog import RequestLog
+
+    file: Path = load(config_path).server.request_log_file()
+    if not file.exists():
+        return query(_Empty())
+    with RequestLog(file) as log:
+        return query(log)
+
+
+class _Empty:
+    """Answers queries like a log with nothing in it."""
+
+    def latest(self, *args: Any, **kwargs: Any) -> list[Exchange]:
+        return []
+
+    def get(self, exchange_id: int) -> None:
+        return None
+
+
+def _when(moment: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(moment))
+
+
+def _who(exchange: Exchange) -> str:
+    if exchange.provider and exchange.model:
+        return f"{exchange.provider}/{exchange.model}"
+    return exchange.provider or exchange.model or exchange.requested_model or "-"
+
+
+def _outcome(exchange: Exchange) -> str:
+    return f"[{exchange.error}]" if exchange.error else exchange.response
+
+
+def _preview(text: str) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= PREVIEW else flat[:PREVIEW - 1] + "…"
+
+
+def _content(content: Any) -> str:
+    if isinstance(content, list):
+        return "".join(part.get("text", "") for part in content if isinstance(part, dict))
+    return "" if content is None else str(content)
+
+
+COMMANDS = [logs]
