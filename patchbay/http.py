@@ -172,14 +172,12 @@ class Deadline:
         ``on_timeout`` builds the error to raise when ``limit`` (not the deadline) runs out. A
         ``TimeoutError`` of the awaitable's own (say, a connect timeout) passes through as it is.
         """
-        remaining = self.remaining()
-        deadline_first = remaining is not None and (limit is None or remaining < limit)
-        bound = remaining if deadline_first else limit
+        bound, deadline_first = self.bound(limit)
         if bound is not None and bound <= 0:  # spent already: do not start what cannot finish
             close = getattr(awaitable, "close", None)
             if close is not None:
                 close()
-            raise self._exceeded() if deadline_first else on_timeout()
+            raise self.exceeded() if deadline_first else on_timeout()
         # asyncio.timeout rather than wait_for: no task per wait (this runs once per body chunk),
         # and it tells its own expiry apart from a TimeoutError raised inside.
         scope = asyncio.timeout(bound)
@@ -190,10 +188,17 @@ class Deadline:
             if not scope.expired():
                 raise
             if deadline_first:
-                raise self._exceeded() from None
+                raise self.exceeded() from None
             raise on_timeout() from None
 
-    def _exceeded(self) -> DeadlineExceeded:
+    def bound(self, limit: float | None) -> tuple[float | None, bool]:
+        """The time a wait with its own ``limit`` may take, and whether the deadline is what binds."""
+        remaining = self.remaining()
+        if remaining is not None and (limit is None or remaining < limit):
+            return max(remaining, 0.0), True
+        return limit, False
+
+    def exceeded(self) -> DeadlineExceeded:
         return DeadlineExceeded(f"the request ran past its total deadline of {self._total} s")
 
 
@@ -332,17 +337,16 @@ class HTTPSession:
         assert self.deadline is not None
         if not self._open:
             raise RuntimeError("HTTPSession is not open; use 'async with HTTPSession(...)'")
-        sending: Awaitable[HTTPResponse]
-        if self.pooled and kwargs.keys() <= _POOLED_OPTIONS and url[:8].lower().startswith(("http://", "https://")):
-            sending = self._send_pooled(method, url, **kwargs)
-            limit = None  # the pool bounds connecting and the first byte each on its own
-        else:
-            sending = self.client.request(method, url, **kwargs)
-            limit = _add(self.timeout.connect, self.timeout.first_byte)  # aiohttp cannot tell them apart
         try:
-            response = await self.deadline.wait(
-                sending, limit, lambda: FirstByteTimeout(f"no answer from {URL(url).host} within {limit} s")
-            )
+            if self.pooled and kwargs.keys() <= _POOLED_OPTIONS and url[:8].lower().startswith(("http://", "https://")):
+                # The pool bounds connecting and the first byte each on its own, within the deadline.
+                response = await self._send_pooled(method, url, **kwargs)
+            else:
+                limit = _add(self.timeout.connect, self.timeout.first_byte)  # aiohttp cannot tell them apart
+                response = await self.deadline.wait(
+                    self.client.request(method, url, **kwargs), limit,
+                    lambda: FirstByteTimeout(f"no answer from {URL(url).host} within {limit} s"),
+                )
         except _CAUGHT as exc:
             raise map_transport_error(exc, provider=self.provider) from exc
         try:
@@ -370,11 +374,25 @@ class HTTPSession:
         body, content_type = transport.encode_body(json=json, data=data)
         merged = _merge_headers(self.headers, headers, content_type)
         pool = transport.pool_for_loop()
+        assert self.deadline is not None
         for _ in range(MAX_REDIRECTS + 1):
-            response = await pool.request(
-                method, target, headers=merged, body=body, verify_ssl=self.verify_ssl,
-                connect_timeout=self.timeout.connect, first_byte_timeout=self.timeout.first_byte,
-            )
+            connect, connect_by_deadline = self.deadline.bound(self.timeout.connect)
+            first_byte, first_byte_by_deadline = self.deadline.bound(self.timeout.first_byte)
+            if connect_by_deadline and connect == 0:  # spent already: do not send what cannot finish
+                raise self.deadline.exceeded()
+            try:
+                response = await pool.request(
+                    method, target, headers=merged, body=body, verify_ssl=self.verify_ssl,
+                    connect_timeout=connect, first_byte_timeout=first_byte,
+                )
+            except transport.ConnectTimeoutError:
+                if connect_by_deadline:
+                    raise self.deadline.exceeded() from None
+                raise
+            except transport.FirstByteTimeoutError:
+                if first_byte_by_deadline:
+                    raise self.deadline.exceeded() from None
+                raise
             location = response.headers.get("location")
             if not allow_redirects or response.status not in _REDIRECTS or not location:
                 return response
@@ -396,9 +414,12 @@ class HTTPSession:
         assert self.deadline is not None
         limit = self.timeout.first_byte
         error: Callable[[], PatchbayError] = self._first_byte_timeout
+        buffered = getattr(response.content, "buffered_chunk", None)  # pooled responses only
         while True:
             try:
-                chunk = await self.deadline.wait(response.content.readany(), limit, error)
+                chunk = buffered() if buffered is not None else None
+                if chunk is None:  # nothing at hand: wait, within the limits
+                    chunk = await self.deadline.wait(response.content.readany(), limit, error)
             except _CAUGHT as exc:
                 raise map_transport_error(exc, provider=self.provider) from exc
             if not chunk:

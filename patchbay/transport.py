@@ -24,7 +24,7 @@ import threading
 import urllib.parse
 import weakref
 from collections import deque
-from collections.abc import AsyncGenerator, Callable, Iterator, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Mapping
 from typing import Any, cast
 
 import httptools
@@ -262,23 +262,28 @@ class Connection(asyncio.Protocol):
             await self._wait()
         return self.status, self.headers
 
+    def read_nowait(self) -> bytes | None:
+        """The body bytes buffered so far, b"" once the body is complete, or None: nothing yet."""
+        if self._chunks:
+            data = self._chunks.popleft() if len(self._chunks) == 1 else b"".join(self._chunks)
+            self._chunks.clear()
+            self._buffered = 0
+            if self._paused:
+                self._paused = False
+                if self.transport is not None and not self.transport.is_closing():
+                    self.transport.resume_reading()
+            return data
+        if self._error is not None:
+            raise self._error
+        if self._complete:
+            return b""
+        return None
+
     async def read(self) -> bytes:
         """The body bytes buffered so far (waiting for some), or b"" once the body is complete."""
-        while True:
-            if self._chunks:
-                data = self._chunks.popleft() if len(self._chunks) == 1 else b"".join(self._chunks)
-                self._chunks.clear()
-                self._buffered = 0
-                if self._paused:
-                    self._paused = False
-                    if self.transport is not None and not self.transport.is_closing():
-                        self.transport.resume_reading()
-                return data
-            if self._error is not None:
-                raise self._error
-            if self._complete:
-                return b""
+        while (data := self.read_nowait()) is None:
             await self._wait()
+        return data
 
     @property
     def paused(self) -> bool:
@@ -363,20 +368,43 @@ class PooledResponse:
 
     async def readany(self) -> bytes:
         """The next body bytes as they arrive; b"" at the end of the body."""
+        data = self.buffered_chunk()
+        if data is None:
+            assert self._conn is not None
+            data = await self._read(self._conn.read())
+        return data
+
+    def buffered_chunk(self) -> bytes | None:
+        """The next body bytes if they already arrived (b"" at the end of the body), else None.
+
+        A reader with a time limit calls this first and skips arming a timer for data at hand."""
         conn = self._conn
         if conn is None:
             if self._ended:
                 return b""
             raise IncompleteResponse("the response was released before its body was read")
         try:
-            data = await conn.read()
+            data = conn.read_nowait()
+        except BaseException:
+            self.release()  # an error mid-body: this connection is done for
+            raise
+        if data == b"":
+            self._end()
+        return data
+
+    async def _read(self, reading: Awaitable[bytes]) -> bytes:
+        try:
+            data = await reading
         except BaseException:
             self.release()  # an error or a cancellation mid-body: this connection is done for
             raise
         if not data:
-            self._ended = True
-            self.release()  # read to the end: the connection can serve the next request now
+            self._end()
         return data
+
+    def _end(self) -> None:
+        self._ended = True
+        self.release()  # read to the end: the connection can serve the next request now
 
     async def read(self) -> bytes:
         """The whole body."""

@@ -16,6 +16,8 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import aclosing
 from typing import Any, ClassVar, ParamSpec, TypeVar
 
+import msgspec
+
 from patchbay.config import Timeout
 from patchbay.credentials import CredentialPool
 from patchbay.decoders import SSEDecoder
@@ -339,11 +341,14 @@ def _error_from_object(error: object) -> PatchbayError:
     return result
 
 
+_decode_json = msgspec.json.decode  # several times faster than json.loads on the request path
+
+
 def _parse_json(text: str) -> dict[str, Any]:
     """A JSON object from the service; an ``error`` object in it is raised as its patchbay error."""
     try:
-        payload = json.loads(text)
-    except ValueError:
+        payload = _decode_json(text)
+    except (ValueError, msgspec.DecodeError):
         raise ProtocolError(f"the answer is not valid JSON: {text[:80]!r}") from None
     if not isinstance(payload, dict):
         raise ProtocolError(f"the answer is not a JSON object: {text[:80]!r}")

@@ -262,6 +262,8 @@ class Router(AsyncGeneratorProvider):
     @classmethod
     async def _ordered(cls, targets: list[Target], model: str | None) -> list[Target]:
         """Targets not in cooldown, in strategy order; all of them (soonest free first) if none is free."""
+        if len(targets) == 1:  # nothing to order; a cooling target is still tried, as with several
+            return targets
         now = cls.clock()
         keys = [t.key(model) for t in targets]
         until = dict(zip(targets, await _each(cls.state.cooldown_until, keys), strict=True))

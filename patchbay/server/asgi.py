@@ -85,18 +85,26 @@ class DisconnectWatch:
     ``async with DisconnectWatch(receive) as watch:``; afterwards ``watch.disconnected`` says
     whether the client left. Cancelling the handler closes the upstream request at once, because
     every stream below is closed on the way out.
+
+    The watching task starts only after ``grace`` seconds: most answers are complete before
+    that, and a timer costs far less than a task on every request.
     """
 
-    def __init__(self, receive: Receive) -> None:
+    def __init__(self, receive: Receive, grace: float = 0.05) -> None:
         self._receive = receive
+        self._grace = grace
         self._task: asyncio.Task[Any] | None = None
+        self._timer: asyncio.TimerHandle | None = None
         self._watcher: asyncio.Task[None] | None = None
         self.disconnected = False
 
     async def __aenter__(self) -> DisconnectWatch:
         self._task = asyncio.current_task()
-        self._watcher = asyncio.ensure_future(self._watch())
+        self._timer = asyncio.get_running_loop().call_later(self._grace, self._start)
         return self
+
+    def _start(self) -> None:
+        self._watcher = asyncio.ensure_future(self._watch())
 
     async def _watch(self) -> None:
         while True:
@@ -109,6 +117,8 @@ class DisconnectWatch:
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> bool:
+        if self._timer is not None:
+            self._timer.cancel()
         if self._watcher is not None and not self._watcher.done():
             self._watcher.cancel()
         if self.disconnected and self._task is not None and self._task.cancelling():
