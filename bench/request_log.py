@@ -26,8 +26,9 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.gateway import API_KEY, ROOT, Launch, Service, WrkResult, free_port, run_wrk
+from bench.measure import API_KEY, ROOT, WrkResult, run_wrk
 from bench.report import write_section
+from bench.targets import Launch, Service, free_port
 
 log = logging.getLogger("bench.request_log")
 
