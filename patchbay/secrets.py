@@ -9,10 +9,11 @@ records, so a secret that slips into an upstream error body still never reaches 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import threading
 
-__all__ = ["RedactingFilter", "fingerprint", "mask", "redact", "register_secret"]
+__all__ = ["RedactingFilter", "fingerprint", "mask", "redact", "redact_json", "register_secret"]
 
 _MIN_LENGTH = 4  # shorter values are too likely to occur in ordinary text
 _lock = threading.Lock()
@@ -48,6 +49,19 @@ def redact(text: str) -> str:
     for secret in sorted(secrets, key=len, reverse=True):
         if secret in text:
             text = text.replace(secret, "[REDACTED]")
+    return text
+
+
+def redact_json(text: str) -> str:
+    """``text``, a JSON document, with every registered secret replaced by ``[REDACTED]``, also
+    where JSON escaping changed how the secret is written (a quote or backslash in it)."""
+    secrets = _secrets
+    if not secrets:
+        return text
+    for secret in sorted(secrets, key=len, reverse=True):
+        for form in {secret, json.dumps(secret, ensure_ascii=False)[1:-1]}:
+            if form in text:
+                text = text.replace(form, "[REDACTED]")
     return text
 
 

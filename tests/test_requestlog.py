@@ -188,6 +188,18 @@ def test_secrets_are_redacted_everywhere_they_could_hide(tmp_path: Path) -> None
     assert SECRET.encode() not in raw
 
 
+def test_a_secret_that_json_escapes_differently_is_still_redacted(tmp_path: Path) -> None:
+    awkward = 'pw-"quoted"\\back-7c1d'  # a quote and a backslash: written escaped inside JSON
+    register_secret(awkward)
+    with RequestLog(tmp_path / "logs.db") as log:
+        log.record(exchange(f"login with {awkward}", options={"password": awkward}))
+        assert log.flush()
+        stored = log.latest(1)[0]
+    assert stored.prompt == "login with [REDACTED]" and stored.options == {"password": "[REDACTED]"}
+    raw = b"".join(file.read_bytes() for file in tmp_path.iterdir())
+    assert b"quoted" not in raw
+
+
 # -- queries --------------------------------------------------------------------------------------------
 
 

@@ -48,7 +48,9 @@ def m001_exchanges(db: sqlite3.Connection) -> None:
             error TEXT,
             fallbacks TEXT NOT NULL          -- JSON: the targets left on the way
         )""")
-    db.execute("CREATE INDEX exchanges_conversation ON exchanges (conversation_id, id)")
+    # Partial: server rows have no conversation, and skipping them keeps their inserts cheaper.
+    db.execute("CREATE INDEX exchanges_conversation ON exchanges (conversation_id, id) "
+               "WHERE conversation_id IS NOT NULL")
 
 
 @_migration

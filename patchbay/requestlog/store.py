@@ -1,11 +1,12 @@
 """The request log database: records, a background writer, and the queries ``patchbay logs`` uses.
 
-Recording must not slow the request it records. :meth:`RequestLog.record` only puts the record on
-a bounded queue; a daemon thread takes everything queued, turns it into rows (JSON, redaction) and
-inserts it in one transaction. When the queue is full the record is dropped with one warning,
-never waited for. The database is in WAL mode: readers (``patchbay logs``) never block the writer,
-several server processes can share one file, and a process killed mid-write leaves the last
-committed transaction intact, never half a row.
+Recording must not slow the request it records. :meth:`RequestLog.record` encodes the record as
+one JSON row (a single call into msgspec, so nothing of the request is kept alive for later) and
+appends it to a bounded in-memory backlog. A daemon thread wakes every ``batch_interval``
+seconds, redacts what gathered and inserts it in one transaction. When the backlog is full a
+record is dropped with one warning, never waited for. The database is in WAL mode: readers
+(``patchbay logs``) never block the writer, several server processes can share one file, and a
+process killed mid-write leaves the last committed transaction intact, never half a row.
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ import atexit
 import contextlib
 import logging
 import os
-import queue
 import sqlite3
 import threading
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,7 +29,7 @@ import msgspec
 from patchbay.errors import PatchbayError
 from patchbay.events import EventStream
 from patchbay.requestlog.migrations import migrate
-from patchbay.secrets import redact
+from patchbay.secrets import redact, redact_json
 
 __all__ = ["Exchange", "ProviderCheck", "RequestLog", "describe_error"]
 
@@ -36,6 +37,7 @@ log = logging.getLogger("patchbay.requestlog")
 
 QUEUE_SIZE = 10_000  # records waiting for the writer; beyond this they are dropped
 BATCH_SIZE = 500  # records per transaction at most
+BATCH_INTERVAL = 0.05  # seconds the writer lets records gather once it has caught up
 BUSY_TIMEOUT = 10.0  # seconds a connection waits for another process's write lock
 CLOSE_TIMEOUT = 10.0
 
@@ -112,9 +114,25 @@ def describe_error(error: BaseException) -> str:
 
 _STOP = object()
 
-_INSERT_EXCHANGE = """INSERT INTO exchanges (time, source, conversation_id, requested_model, provider, model,
-    prompt, messages, options, response, finish_reason, prompt_tokens, completion_tokens, latency, ttft,
-    status, error, fallbacks) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"""
+_ROW_FIELDS = ("time", "source", "conversation_id", "requested_model", "provider", "model", "prompt", "messages",
+               "options", "response", "finish_reason", "prompt_tokens", "completion_tokens", "latency", "ttft",
+               "status", "error", "fallbacks")
+_NESTED = frozenset({7, 8, 17})  # messages, options, fallbacks: stored as JSON text
+#: Rows per INSERT statement. Many rows per statement means one sqlite3_step, and so one release of
+#: the GIL, per chunk: executemany() releases it once per row, and under load each re-acquisition
+#: waits for the event loop's thread to yield (up to the 5 ms switch interval). 50 rows x 18
+#: columns stays under SQLite's oldest variable limit (999).
+ROWS_PER_STATEMENT = 50
+_encode = msgspec.json.Encoder(enc_hook=repr).encode  # anything unexpected is stored as its repr
+_decode_row = msgspec.json.Decoder(tuple[tuple(msgspec.Raw if i in _NESTED else Any  # type: ignore[misc]
+                                               for i in range(len(_ROW_FIELDS)))]).decode
+
+
+def _insert(rows: int) -> str:
+    one = "(" + ", ".join("?" * len(_ROW_FIELDS)) + ")"
+    return f"INSERT INTO exchanges ({', '.join(_ROW_FIELDS)}) VALUES " + ", ".join([one] * rows)
+
+
 _INSERT_CHECK = ("INSERT INTO provider_checks (time, provider, model, ok, ttft, total, error) "
                  "VALUES (?, ?, ?, ?, ?, ?, ?)")
 _COLUMNS = ("id, time, source, conversation_id, requested_model, provider, model, prompt, messages, options, "
@@ -134,7 +152,8 @@ class RequestLog:
     leave it to ``atexit``) to write what is still queued.
     """
 
-    def __init__(self, path: str | Path, *, queue_size: int = QUEUE_SIZE, batch_size: int = BATCH_SIZE) -> None:
+    def __init__(self, path: str | Path, *, queue_size: int = QUEUE_SIZE, batch_size: int = BATCH_SIZE,
+                 batch_interval: float = BATCH_INTERVAL) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # Created readable by its owner only: prompts are private. SQLite gives the -wal and -shm
@@ -144,10 +163,13 @@ class RequestLog:
             db.execute("PRAGMA journal_mode=WAL")
             migrate(db)
         self.batch_size = batch_size
+        self.batch_interval = batch_interval
         self.dropped = 0  # records lost to a full queue or a failed write
         self.written = 0  # records written
         self.transactions = 0  # batches committed
-        self._queue: queue.Queue[object] = queue.Queue(queue_size)
+        self.queue_size = queue_size
+        self._backlog: deque[object] = deque()  # encoded rows, checks and flush/stop markers
+        self._wake = threading.Event()  # set by flush() and close(): write now
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
         self._closed = False
@@ -156,30 +178,28 @@ class RequestLog:
     # -- writing ------------------------------------------------------------------------------------
 
     def record(self, item: Exchange | ProviderCheck) -> None:
-        """Queue ``item`` for writing. Never blocks: a full queue drops it (one warning per log).
+        """Queue ``item`` for writing. Never blocks: a full backlog drops it (one warning per log).
         After :meth:`close` (a request finishing during shutdown) the record is dropped."""
         if self._closed:
             self.dropped += 1
             return
         if self._thread is None:
             self._start()
-        try:
-            self._queue.put_nowait(item)
-        except queue.Full:
+        if len(self._backlog) >= self.queue_size:
             self.dropped += 1
             if self.dropped == 1:
                 log.warning("the request log %s cannot keep up: %d records are waiting; dropping new ones "
-                            "until it catches up", self.path, self._queue.maxsize)
+                            "until it catches up", self.path, self.queue_size)
+            return
+        self._backlog.append(_encode(_exchange_row(item)) if isinstance(item, Exchange) else item)
 
     def flush(self, timeout: float = CLOSE_TIMEOUT) -> bool:
         """Wait until everything recorded so far is written; False if that took over ``timeout``."""
         if self._thread is None or not self._thread.is_alive():
             return True
         done = threading.Event()
-        try:
-            self._queue.put(done, timeout=timeout)
-        except queue.Full:
-            return False
+        self._backlog.append(done)
+        self._wake.set()
         return done.wait(timeout)
 
     def close(self, timeout: float = CLOSE_TIMEOUT) -> None:
@@ -191,8 +211,8 @@ class RequestLog:
             thread = self._thread
         atexit.unregister(self.close)
         if thread is not None:
-            with contextlib.suppress(queue.Full):
-                self._queue.put(_STOP, timeout=timeout)
+            self._backlog.append(_STOP)
+            self._wake.set()
             thread.join(timeout)
             if thread.is_alive():
                 log.warning("the request log %s did not finish writing within %.0f s", self.path, timeout)
@@ -221,52 +241,58 @@ class RequestLog:
                 atexit.register(self.close)
 
     def _run(self) -> None:
-        """The writer thread: one transaction per batch of whatever is queued."""
+        """The writer thread: every ``batch_interval`` (or at once for a flush or close), one
+        transaction for whatever gathered, written in chunks of :data:`ROWS_PER_STATEMENT`."""
         db = _connect(self.path)
         try:
-            stop = False
-            while not stop:
-                item = self._queue.get()
-                batch: list[Exchange | ProviderCheck] = []
+            while True:
+                self._wake.wait(self.batch_interval)
+                self._wake.clear()
+                rows: list[bytes] = []
+                checks: list[ProviderCheck] = []
                 waiting: list[threading.Event] = []
-                while True:
-                    if item is _STOP:
-                        stop = True
-                        break
-                    if isinstance(item, threading.Event):
+                stop = False
+                while self._backlog and not stop:
+                    item = self._backlog.popleft()
+                    if isinstance(item, bytes):
+                        rows.append(item)
+                    elif isinstance(item, ProviderCheck):
+                        checks.append(item)
+                    elif isinstance(item, threading.Event):
                         waiting.append(item)
-                    else:
-                        batch.append(item)  # type: ignore[arg-type]
-                        if len(batch) >= self.batch_size:
-                            break
-                    try:
-                        item = self._queue.get_nowait()
-                    except queue.Empty:
-                        break
-                if batch:
-                    self._write(db, batch)
+                    elif item is _STOP:
+                        stop = True
+                    if len(rows) >= self.batch_size:
+                        self._write(db, rows, checks)
+                        rows, checks = [], []
+                if rows or checks:
+                    self._write(db, rows, checks)
                 for event in waiting:
                     event.set()
+                if stop:
+                    return
         finally:
             db.close()
 
-    def _write(self, db: sqlite3.Connection, batch: list[Exchange | ProviderCheck]) -> None:
-        exchanges = [_exchange_row(item) for item in batch if isinstance(item, Exchange)]
-        checks = [_check_row(item) for item in batch if isinstance(item, ProviderCheck)]
+    def _write(self, db: sqlite3.Connection, rows: list[bytes], checks: list[ProviderCheck]) -> None:
+        values = [[bytes(value).decode() if index in _NESTED else value for index, value in enumerate(_decode_row(row))]
+                  for row in _redacted(rows)]
         try:
             db.execute("BEGIN IMMEDIATE")
-            if exchanges:
-                db.executemany(_INSERT_EXCHANGE, exchanges)
+            for start in range(0, len(values), ROWS_PER_STATEMENT):
+                chunk = values[start:start + ROWS_PER_STATEMENT]
+                db.execute(_insert(len(chunk)), [value for row in chunk for value in row])
             if checks:
-                db.executemany(_INSERT_CHECK, checks)
+                db.executemany(_INSERT_CHECK, [_check_row(check) for check in checks])
             db.execute("COMMIT")
-            self.written += len(batch)
+            self.written += len(rows) + len(checks)
             self.transactions += 1
         except sqlite3.Error as exc:
             if db.in_transaction:
                 db.execute("ROLLBACK")
-            self.dropped += len(batch)
-            log.warning("the request log %s could not write %d records: %s", self.path, len(batch), exc)
+            self.dropped += len(rows) + len(checks)
+            log.warning("the request log %s could not write %d records: %s", self.path, len(rows) + len(checks),
+                        exc)
 
     # -- reading ------------------------------------------------------------------------------------
 
@@ -331,53 +357,42 @@ class RequestLog:
 # -- rows -------------------------------------------------------------------------------------------
 
 
-def _redacted(value: Any) -> Any:
-    """``value`` (plain data) with every string redacted, so JSON escaping cannot hide a secret."""
-    if isinstance(value, str):
-        return redact(value)
-    if isinstance(value, list):
-        return [_redacted(item) for item in value]
-    if isinstance(value, dict):
-        return {key: _redacted(item) for key, item in value.items()}
-    return value
-
-
-def _json(value: Any) -> str:
-    try:
-        plain = msgspec.to_builtins(value)
-    except (TypeError, ValueError):
-        plain = repr(value)
-    return msgspec.json.encode(_redacted(plain)).decode()
+def _field(message: Any, name: str) -> Any:
+    return message.get(name) if isinstance(message, Mapping) else getattr(message, name, None)
 
 
 def _prompt_of(messages: Any) -> str:
-    """The text of the last user message."""
-    try:
-        plain = msgspec.to_builtins(messages)
-    except (TypeError, ValueError):
-        return ""
-    for message in reversed(plain if isinstance(plain, list) else []):
-        if isinstance(message, dict) and message.get("role") == "user":
-            content = message.get("content")
+    """The text of the last user message (messages are dicts, or the server's structs)."""
+    for message in reversed(messages if isinstance(messages, Sequence) and not isinstance(messages, str) else []):
+        if _field(message, "role") == "user":
+            content = _field(message, "content")
             if isinstance(content, list):
-                return "".join(part.get("text", "") for part in content if isinstance(part, dict))
+                return "".join(str(part.get("text", "")) for part in content if isinstance(part, Mapping))
             return content if isinstance(content, str) else ""
     return ""
 
 
-def _text(value: str | None) -> str | None:
-    return None if value is None else redact(value)
-
-
 def _exchange_row(item: Exchange) -> tuple[Any, ...]:
+    """The row, in :data:`_ROW_FIELDS` order (messages, options and fallbacks as they are)."""
     return (item.time, item.source, item.conversation_id, item.requested_model, item.provider, item.model,
-            redact(_prompt_of(item.messages)), _json(item.messages), _json(item.options), redact(item.response),
-            item.finish_reason, item.prompt_tokens, item.completion_tokens, item.latency, item.ttft, item.status,
-            _text(item.error), _json(list(item.fallbacks)))
+            _prompt_of(item.messages), item.messages, item.options, item.response, item.finish_reason,
+            item.prompt_tokens, item.completion_tokens, item.latency, item.ttft, item.status, item.error,
+            list(item.fallbacks))
+
+
+def _redacted(rows: list[bytes]) -> list[bytes]:
+    """``rows`` (JSON) with every secret redacted: one scan of the whole batch when none is there
+    (the usual case), row by row when one is."""
+    texts = [row.decode() for row in rows]
+    whole = "\n".join(texts)
+    if redact_json(whole) == whole:
+        return rows
+    return [redact_json(text).encode() for text in texts]
 
 
 def _check_row(item: ProviderCheck) -> tuple[Any, ...]:
-    return (item.time, item.provider, item.model, int(item.ok), item.ttft, item.total, _text(item.error))
+    return (item.time, item.provider, item.model, int(item.ok), item.ttft, item.total,
+            None if item.error is None else redact(item.error))
 
 
 def _exchange(row: sqlite3.Row) -> Exchange:

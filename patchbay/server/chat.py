@@ -124,12 +124,11 @@ class ChatEndpoint:
         first = None if ttft is None else ttft - started
         self.metrics.record(provider, model, status, latency, ttft=first,
                             error_code=error.code if error else None, **extra)
-        if self.request_log is not None:  # a queue put; the writer thread does the rest
+        if self.request_log is not None:  # one encode and an append; the writer thread does the rest
             self.request_log.record(Exchange(
                 time=time.time() - latency, source="server", messages=request.messages, response=events.text,
                 requested_model=request.model, provider=None if provider == NO_PROVIDER else provider, model=model,
-                 finish_reason=events.finish_reason,
-                prompt_tokens=usage.prompt_tokens if usage else None,
+                finish_reason=events.finish_reason, prompt_tokens=usage.prompt_tokens if usage else None,
                 completion_tokens=usage.completion_tokens if usage else None, latency=latency, ttft=first,
                 status=status, error=f"{type(error).__name__}: {error.message}" if error else None,
                 fallbacks=events.fallbacks, options=request.provider_options()))
