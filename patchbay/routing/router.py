@@ -209,7 +209,8 @@ class Router(AsyncGeneratorProvider):
                        base_url: str | None, kwargs: dict[str, Any]) -> AsyncGenerator[StreamEvent, None]:
         """Stream from one target, continuing after ``request.delivered`` when it is not empty."""
         key = target.key(request.model)
-        shared_bans = await cls._load_bans(target.provider)
+        pool = _pool_of(target.provider)
+        shared_bans = await cls._load_bans(pool)
         if request.delivered:
             messages = [*messages, {"role": "assistant", "content": request.text}]
         remaining = request.remaining()
@@ -236,7 +237,7 @@ class Router(AsyncGeneratorProvider):
         finally:
             await stream.aclose()
             await cls.state.add_in_flight(key, -1)
-            await cls._publish_bans(target.provider, shared_bans)
+            await cls._publish_bans(pool, shared_bans)
         now = time.monotonic()
         await cls.state.record_success(key, latency=now - started,
                                        ttft=None if first_text is None else first_text - started)
@@ -276,9 +277,8 @@ class Router(AsyncGeneratorProvider):
         return get_strategy(cls.strategy)(free, health, cls.rng)
 
     @classmethod
-    async def _load_bans(cls, provider: type[AsyncGeneratorProvider]) -> set[str]:
+    async def _load_bans(cls, pool: CredentialPool | None) -> set[str]:
         """Apply the credential bans in the shared state to the provider's pool; return them."""
-        pool = _pool_of(provider)
         if pool is None:
             return set()
         shared = await cls.state.banned_credentials(pool.name)
@@ -286,9 +286,8 @@ class Router(AsyncGeneratorProvider):
         return shared
 
     @classmethod
-    async def _publish_bans(cls, provider: type[AsyncGeneratorProvider], shared: set[str]) -> None:
+    async def _publish_bans(cls, pool: CredentialPool | None, shared: set[str]) -> None:
         """Share the bans this process made that the shared state does not have yet."""
-        pool = _pool_of(provider)
         if pool is None:
             return
         until = cls.clock() + CREDENTIAL_BAN_SECONDS

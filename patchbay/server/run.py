@@ -74,5 +74,6 @@ def serve(settings: Settings) -> None:
     uvicorn.run(
         "patchbay.server.app:create_app", factory=True, host=server.host, port=server.port,
         workers=server.workers, loop=loop, http="httptools", lifespan="on", access_log=False,
-        log_level=server.log_level, server_header=False, date_header=False, timeout_graceful_shutdown=10,
+        log_level=server.log_level, server_header=False, date_header=False, proxy_headers=False,
+        timeout_graceful_shutdown=10,
     )
