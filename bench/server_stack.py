@@ -110,9 +110,9 @@ def report(servers_rows: list[tuple[str, float, float]], json_rows: list[tuple[s
     lines += [f"| {label} | {rate:,.0f} | {p50:.2f} ms |" for label, rate, p50 in servers_rows]
     lines += ["", "| reading a chat request body | µs per body |", "|---|---:|"]
     lines += [f"| {label} | {micros:.2f} |" for label, micros in json_rows]
-    lines += ["", "Chosen: uvicorn with httptools and uvloop. Granian, where installed, answers somewhat more "
-              "requests with the trivial app, but either server's own cost per request is small next to the "
-              "gateway's (compare the static row with `patchbay serve` in the gateway section), and uvicorn "
+    lines += ["", "Chosen: uvicorn with httptools and uvloop. Granian and uvicorn trade places from run to run "
+              "with the trivial app (within about 20%), and either server's own cost per request is small next "
+              "to the gateway's (compare the static row with `patchbay serve` in the gateway section), and uvicorn "
               "is plain Python ASGI with multi-worker support. For upstream requests, patchbay's own "
               "keep-alive pool: the aiohttp session caps a forwarding app below it. For bodies, msgspec: it "
               "parses and validates in one step faster than `json.loads` parses alone, and the JSON Schema "
