@@ -67,6 +67,11 @@ class _Base:
         self.provider = _provider_for(provider, routes, config)
         self.timeout = timeout
         self.proxy = proxy
+        self._attach()
+
+    def _attach(self) -> None:
+        """Make the ``chat`` and ``models`` resources (sync or async)."""
+        raise NotImplementedError
 
     def _request(self, kwargs: dict[str, Any]) -> tuple[ChatCompletionRequest, dict[str, Any]]:
         transport = {"timeout": kwargs.pop("timeout", self.timeout), "proxy": kwargs.pop("proxy", self.proxy)}
@@ -186,9 +191,10 @@ class AsyncClient(_Base):
     service...); ``routes`` builds a router from plain data; otherwise the config file decides.
     """
 
-    def __init__(self, provider: ProviderType | None = None, *, routes: Mapping[str, Sequence[Any]] | None = None,
-                 config: str | Path | None = None, timeout: TimeoutTypes = UNSET, proxy: str | None = None) -> None:
-        super().__init__(provider, routes=routes, config=config, timeout=timeout, proxy=proxy)
+    chat: _AsyncChat
+    models: _AsyncModels
+
+    def _attach(self) -> None:
         self.chat = _AsyncChat(self)
         self.models = _AsyncModels(self)
 
@@ -240,8 +246,9 @@ class _Models:
 class Client(_Base):
     """The synchronous client: ``client.chat.completions.create(...)`` (see :class:`AsyncClient`)."""
 
-    def __init__(self, provider: ProviderType | None = None, *, routes: Mapping[str, Sequence[Any]] | None = None,
-                 config: str | Path | None = None, timeout: TimeoutTypes = UNSET, proxy: str | None = None) -> None:
-        super().__init__(provider, routes=routes, config=config, timeout=timeout, proxy=proxy)
+    chat: _Chat
+    models: _Models
+
+    def _attach(self) -> None:
         self.chat = _Chat(self)
-        self.models = _Models(client=self)
+        self.models = _Models(self)
