@@ -15,7 +15,9 @@ no routes, the gateway serves the embedded local model.
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -30,7 +32,7 @@ if TYPE_CHECKING:
     from patchbay.providers.base import AsyncGeneratorProvider
     from patchbay.routing.router import Router
 
-__all__ = ["RouterSettings", "ServerSettings", "Settings", "find_config", "load_settings"]
+__all__ = ["RouterSettings", "ServerSettings", "Settings", "find_config", "load_settings", "to_toml"]
 
 LOCAL_MODEL = "smollm2-135m-instruct"
 
@@ -266,3 +268,35 @@ def _checked(section: Any, where: str) -> Any:
         if section.retries < 1:
             raise InvalidRequest(f"{where}.retries must be at least 1")
     return section
+
+
+def to_toml(tables: dict[str, dict[str, Any]]) -> str:
+    """The config file format, written: ``[server]``-style tables of plain values, ``providers`` as a
+    table of tables (``patchbay config show``, and tests that write config files)."""
+    lines: list[str] = []
+    for name, table in tables.items():
+        if name == "providers":
+            for provider, options in table.items():
+                lines += ["", f"[providers.{_key(provider)}]",
+                          *(f"{_key(k)} = {_value(v)}" for k, v in options.items())]
+        elif table or name != "routes":
+            lines += ["", f"[{name}]", *(f"{_key(k)} = {_value(v)}" for k, v in table.items())]
+    return "\n".join(lines[1:]) + "\n"
+
+
+def _key(name: str) -> str:
+    return name if re.fullmatch(r"[A-Za-z0-9_-]+", name) else json.dumps(name)
+
+
+def _value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)  # a valid TOML basic string
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_value(item) for item in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{_key(k)} = {_value(v)}" for k, v in value.items()) + "}"
+    raise TypeError(f"cannot write {value!r} as TOML")

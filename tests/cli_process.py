@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from patchbay.requestlog import RequestLog
-from tests.gateway_process import to_toml
+from patchbay.settings import to_toml
 
 RUN_TIMEOUT = 60.0
 

@@ -3,8 +3,9 @@
     async with GatewayProcess(config, tmp_path, env={...}) as gateway:
         client = openai.AsyncOpenAI(base_url=gateway.api_base, api_key="...")
 
-The config is a plain dict written as a TOML file. The process's log is collected (and kept
-draining) so tests can assert on it, e.g. that no secret was logged.
+The config is a plain dict, written as a TOML file by :func:`patchbay.settings.to_toml`. The
+process's log is collected (and kept draining) so tests can assert on it, e.g. that no secret
+was logged.
 """
 
 from __future__ import annotations
@@ -20,43 +21,11 @@ from typing import Any
 
 import aiohttp
 
+from patchbay.settings import to_toml
+
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 15.0
 _RUNNING = re.compile(r"running on http://([\d.]+):(\d+)")
-
-
-def to_toml(config: dict[str, Any]) -> str:
-    """Enough TOML for test configs: sections of scalars, lists and inline tables, and
-    ``providers`` as a table of tables."""
-    lines: list[str] = []
-
-    def value(item: Any) -> str:
-        if isinstance(item, bool):
-            return "true" if item else "false"
-        if isinstance(item, int | float):
-            return repr(item)
-        if isinstance(item, str):
-            return '"' + item.replace("\\", "\\\\").replace('"', '\\"') + '"'
-        if isinstance(item, list | tuple):
-            return "[" + ", ".join(value(i) for i in item) + "]"
-        if isinstance(item, dict):
-            return "{" + ", ".join(f"{key(k)} = {value(v)}" for k, v in item.items()) + "}"
-        raise TypeError(item)
-
-    def key(name: str) -> str:
-        return name if re.fullmatch(r"[A-Za-z0-9_-]+", name) else value(name)
-
-    def table(name: str, data: dict[str, Any]) -> None:
-        lines.append(f"[{name}]")
-        lines.extend(f"{key(k)} = {value(v)}" for k, v in data.items())
-
-    for section, data in config.items():
-        if section == "providers":  # a table of tables
-            for name, options in data.items():
-                table(f"providers.{key(name)}", options)
-        else:
-            table(key(section), data)
-    return "\n".join(lines) + "\n"
 
 
 class GatewayProcess:

@@ -112,3 +112,15 @@ def test_route_mistakes_are_named_when_the_router_is_built(tmp_path: Path) -> No
 def test_a_missing_config_file_is_named(tmp_path: Path) -> None:
     with pytest.raises(InvalidRequest, match="does not exist"):
         load_settings(tmp_path / "absent.toml", environ={})
+
+
+def test_written_settings_read_back_the_same(tmp_path: Path) -> None:
+    from patchbay.settings import to_toml
+
+    tables = {"server": {"port": 9001, "cors_origins": ["http://a \"b\""]},
+              "providers": {"my box": {"base_url": "http://127.0.0.1:1/v1", "headers": {"X-Team": "ü"}}},
+              "routes": {"*": ["my box/m", {"provider": "Local", "weight": 2.5}]}}
+    settings = load_settings(write(tmp_path, to_toml(tables)), environ={})
+    assert settings.server.port == 9001 and settings.server.cors_origins == ('http://a "b"',)
+    assert settings.providers == tables["providers"]
+    assert settings.routes == tables["routes"]

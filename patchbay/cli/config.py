@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import re
 import sys
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
@@ -39,6 +38,8 @@ def config_path_command() -> None:
 @verbose_option
 def show(as_json: bool, config_path: str | None, verbose: bool) -> None:
     """Print the settings in effect (file, environment and defaults) as TOML."""
+    from patchbay.settings import to_toml
+
     with reported(verbose):
         settings = load(config_path)
     if as_json:
@@ -51,37 +52,6 @@ def show(as_json: bool, config_path: str | None, verbose: bool) -> None:
 def _plain(settings: Settings) -> dict[str, Any]:
     return {"source": str(settings.source) if settings.source else None, "server": asdict(settings.server),
             "router": asdict(settings.router), "providers": settings.providers, "routes": settings.routes}
-
-
-def to_toml(tables: dict[str, dict[str, Any]]) -> str:
-    """TOML for settings: ``[server]``-style tables of plain values, ``providers`` as a table of tables."""
-    lines: list[str] = []
-    for name, table in tables.items():
-        if name == "providers":
-            for provider, options in table.items():
-                lines += ["", f"[providers.{_key(provider)}]",
-                          *(f"{_key(k)} = {_value(v)}" for k, v in options.items())]
-        elif table or name != "routes":
-            lines += ["", f"[{name}]", *(f"{_key(k)} = {_value(v)}" for k, v in table.items())]
-    return "\n".join(lines[1:]) + "\n"
-
-
-def _key(name: str) -> str:
-    return name if re.fullmatch(r"[A-Za-z0-9_-]+", name) else json.dumps(name)
-
-
-def _value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)  # a valid TOML basic string
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_value(item) for item in value) + "]"
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{_key(k)} = {_value(v)}" for k, v in value.items()) + "}"
-    raise TypeError(f"cannot write {value!r} as TOML")
 
 
 # -- keys ---------------------------------------------------------------------------------------------
