@@ -66,11 +66,17 @@ def redact_json(text: str) -> str:
 
 
 class RedactingFilter(logging.Filter):
-    """A logging filter that redacts secrets from the formatted message of every record."""
+    """A logging filter that redacts secrets from every record: the message, and the traceback
+    of ``log.exception`` (an exception's text may quote a key)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
         cleaned = redact(message)
         if cleaned != message:
             record.msg, record.args = cleaned, None
+        if record.exc_info and not record.exc_text:
+            # Formatters use exc_text when it is set, so the redacted traceback is what gets written.
+            record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
+        if record.stack_info:
+            record.stack_info = redact(record.stack_info)
         return True
