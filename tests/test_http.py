@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import ssl
-import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -19,6 +17,7 @@ from patchbay.secrets import redact
 from tests.replicas.aichatonline import AiChatOnlineReplica
 from tests.replicas.liaobots import LiaobotsReplica
 from tests.replicas.proxy import HTTPProxy, Socks5Proxy
+from tests.tls import self_signed_server_context
 
 MESSAGES = [{"role": "user", "content": "Hello"}]
 
@@ -96,12 +95,7 @@ def test_transport_errors_map_by_class() -> None:
 @pytest.fixture
 async def tls_server(tmp_path: Path) -> AsyncIterator[str]:
     """An HTTPS server on 127.0.0.1 with a freshly made self-signed certificate."""
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
-                    "/CN=127.0.0.1", "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True,
-                   timeout=60)
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(cert, key)
+    context = self_signed_server_context(tmp_path)
     async def garden(request: web.Request) -> web.Response:
         return web.Response(text="secret garden")
 

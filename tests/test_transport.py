@@ -8,10 +8,8 @@ import contextlib
 import hashlib
 import socket
 import ssl
-import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,6 +22,7 @@ from patchbay.config import Timeout
 from patchbay.errors import ConnectionFailed, ConnectTimeout, FirstByteTimeout, IdleTimeout, ProtocolError
 from patchbay.http import HTTPSession, parse_retry_after
 from patchbay.transport import ConnectionPool, pool_for_loop
+from tests.tls import self_signed_server_context
 
 WAIT = 5.0  # upper bound of every wait on a condition
 
@@ -471,14 +470,7 @@ async def test_cancelled_stream_closes_its_connection() -> None:
 @pytest.fixture(scope="module")
 def tls_context(tmp_path_factory: pytest.TempPathFactory) -> ssl.SSLContext:
     """A server context with a freshly made self-signed certificate for 127.0.0.1."""
-    directory: Path = tmp_path_factory.mktemp("tls")
-    cert, key = directory / "cert.pem", directory / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
-                    "/CN=127.0.0.1", "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True,
-                   timeout=60)
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(cert, key)
-    return context
+    return self_signed_server_context(tmp_path_factory.mktemp("tls"))
 
 
 async def test_https_self_signed(tls_context: ssl.SSLContext) -> None:
