@@ -350,3 +350,20 @@ def test_error_bodies_are_json_objects() -> None:
     body = json.loads(error_body(error))
     assert body["error"]["code"] == "all_providers_failed"
     assert body["error"]["type"] == "rate_limit_error"
+
+
+async def test_a_client_leaving_mid_body_is_not_a_server_error(gateway: GatewayProcess,
+                                                               openai_fake: OpenAIFake) -> None:
+    host, port = gateway.base_url.removeprefix("http://").split(":")
+    _, writer = await asyncio.open_connection(host, int(port))
+    writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: 1000\r\n\r\n{\"model\": \"sma")
+    await writer.drain()
+    writer.close()
+    await writer.wait_closed()
+    async with aiohttp.ClientSession() as http, http.get(f"{gateway.base_url}/ready") as response:
+        assert response.status == 200
+    await gateway.stop()  # every line the server wrote has been read after this
+    assert "Exception in ASGI application" not in gateway.log_text
+    assert "Traceback" not in gateway.log_text
+    assert openai_fake.chat_count == 0

@@ -31,7 +31,7 @@ from patchbay.errors import (
 from patchbay.providers.base import AsyncGeneratorProvider
 from patchbay.requestlog import RequestLog
 from patchbay.secrets import register_secret
-from patchbay.server.asgi import Receive, Scope, Send, error_body, header, read_body, send_bytes
+from patchbay.server.asgi import ClientDisconnected, Receive, Scope, Send, error_body, header, read_body, send_bytes
 from patchbay.server.chat import ChatEndpoint
 from patchbay.server.metrics import GatewayMetrics
 from patchbay.server.openapi import openapi_document
@@ -60,9 +60,10 @@ class Gateway:
         self.metrics = GatewayMetrics()
         self.chat = ChatEndpoint(self.provider, limits=self.settings.router.limits(), metrics=self.metrics,
                                  keepalive_interval=server.keepalive_interval)
-        self.api_keys = [key.encode() for key in server.api_keys()]
-        for key in server.api_keys():
+        keys = server.api_keys()
+        for key in keys:
             register_secret(key)
+        self.api_keys = [key.encode() for key in keys]
         self.cors_origins = frozenset(origin.encode() for origin in server.cors_origins)
         self.ready = False
         self.request_log: RequestLog | None = None  # opened at startup when enabled
@@ -109,6 +110,8 @@ class Gateway:
             if retry_after is not None:
                 headers.append((b"retry-after", str(max(1, math.ceil(retry_after))).encode()))
             await _send_quietly(send, error.status, error_body(error), headers)
+        except ClientDisconnected:
+            return
         except asyncio.CancelledError:
             raise
         except Exception:

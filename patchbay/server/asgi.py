@@ -17,7 +17,7 @@ import msgspec
 
 from patchbay.errors import PatchbayError, PayloadTooLarge
 
-__all__ = ["DisconnectWatch", "Receive", "Scope", "Send", "SSEWriter", "error_body",
+__all__ = ["ClientDisconnected", "DisconnectWatch", "Receive", "Scope", "Send", "SSEWriter", "error_body",
            "read_body", "send_bytes"]
 
 Scope = MutableMapping[str, Any]
@@ -28,6 +28,10 @@ Headers = list[tuple[bytes, bytes]]
 
 JSON = b"application/json"
 _encode = msgspec.json.encode
+
+
+class ClientDisconnected(Exception):
+    """The client went away before its request was read; there is nobody left to answer."""
 
 
 def error_body(error: PatchbayError) -> bytes:
@@ -69,7 +73,7 @@ async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
     while message.get("more_body"):
         message = await receive()
         if message["type"] == "http.disconnect":
-            raise asyncio.CancelledError
+            raise ClientDisconnected("the client left before sending the whole body")
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:

@@ -48,9 +48,8 @@ class ChatEndpoint:
 
     async def __call__(self, body: bytes, receive: Receive, send: Send) -> None:
         request = decode_request(body)
-        self.provider.resolve_model(request.model)  # unknown -> 404 naming the valid models
         started = time.perf_counter()
-        events = open_stream(self.provider, request, timeout=self.limits)
+        events = open_stream(self.provider, request, timeout=self.limits)  # unknown model: 404 here, at once
         self.metrics.in_flight.inc()
         try:
             if request.stream:
