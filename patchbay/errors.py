@@ -16,6 +16,7 @@ the class hierarchy), so the server, the CLI and the router all agree on what an
     ├── PaymentRequired             402  the account is out of credits
     ├── PermissionDenied            403  credentials valid, access refused
     ├── RateLimited                 429  too many requests (``retry_after`` when known)
+    │   └── ClientRateLimited       429  a client over the gateway's own limits (``limit`` names which)
     ├── ProviderNotWorking          503  the provider is marked not working or is disabled
     ├── UpstreamError               502  the service failed (5xx and other statuses)
     │   ├── ProtocolError           502  the reply broke the wire protocol
@@ -48,6 +49,7 @@ __all__ = [
     "AllProvidersFailed",
     "Attempt",
     "AuthError",
+    "ClientRateLimited",
     "ConnectTimeout",
     "ConnectionFailed",
     "ContextTooLong",
@@ -180,6 +182,14 @@ class RateLimited(PatchbayError):
         self.retry_after = retry_after
 
 
+class ClientRateLimited(RateLimited):
+    """A client (API key) is over one of the gateway's own limits; ``limit`` names which."""
+
+    def __init__(self, message: str, *, limit: str, retry_after: float, **kw: object) -> None:
+        super().__init__(message, retry_after=retry_after, **kw)
+        self.limit = limit
+
+
 class ProviderNotWorking(PatchbayError):
     """The provider is marked not working or disabled, and was not asked for by name."""
 
@@ -302,6 +312,7 @@ ERROR_TABLE: dict[type[PatchbayError], ErrorInfo] = {
     PaymentRequired: ErrorInfo(402, "insufficient_quota", "payment_required"),
     PermissionDenied: ErrorInfo(403, "permission_error", "permission_denied"),
     RateLimited: ErrorInfo(429, "rate_limit_error", "rate_limit_exceeded"),
+    ClientRateLimited: ErrorInfo(429, "rate_limit_error", "rate_limit_exceeded"),
     ProviderNotWorking: ErrorInfo(503, "api_error", "provider_not_working"),
     UpstreamError: ErrorInfo(502, "api_error", "upstream_error"),
     ProtocolError: ErrorInfo(502, "api_error", "protocol_error"),

@@ -1,12 +1,13 @@
 """Gateway settings: one TOML file, every option also an environment variable.
 
 The file (``--config``, ``$PATCHBAY_CONFIG``, else ``config.toml`` in the config directory when it
-exists) has four tables::
+exists) has five tables::
 
     [server]                       # PATCHBAY_<OPTION>, e.g. PATCHBAY_PORT=9000
     [router]                       # PATCHBAY_ROUTER_<OPTION>, e.g. PATCHBAY_ROUTER_STRATEGY=shuffle
     [providers.<name>]             # OpenAI-compatible services: base_url or preset, api_key_env, ...
     [routes]                       # public model name -> ["provider/model", ...]
+    [limits]                       # per API key: PATCHBAY_LIMITS_<OPTION>; [limits.<name>] per named key
 
 Precedence: command-line flag, then environment variable, then file, then default. Credentials
 are never written in the file, only the names of the variables that hold them. With no file and
@@ -32,9 +33,11 @@ if TYPE_CHECKING:
     from patchbay.providers.base import AsyncGeneratorProvider
     from patchbay.routing.router import Router
 
-__all__ = ["RouterSettings", "ServerSettings", "Settings", "find_config", "load_settings", "to_toml"]
+__all__ = ["RateLimits", "RouterSettings", "ServerSettings", "Settings", "find_config", "load_settings",
+           "parse_api_keys", "to_toml"]
 
 LOCAL_MODEL = "smollm2-135m-instruct"
+KEY_NAME = re.compile(r"[A-Za-z0-9_.-]+")  # a name for an API key: name=key in the keys variable
 
 
 @dataclass(frozen=True)
@@ -55,8 +58,11 @@ class ServerSettings:
 
     def api_keys(self, environ: Mapping[str, str] | None = None) -> list[str]:
         """The configured client API keys (read from the ``api_keys_env`` variable)."""
-        value = (os.environ if environ is None else environ).get(self.api_keys_env, "")
-        return [key.strip() for key in value.split(",") if key.strip()]
+        return [key for _, key in self.named_api_keys(environ)]
+
+    def named_api_keys(self, environ: Mapping[str, str] | None = None) -> list[tuple[str | None, str]]:
+        """The client API keys with their names (``name=key``; ``None`` for a plain key)."""
+        return parse_api_keys((os.environ if environ is None else environ).get(self.api_keys_env, ""))
 
     def request_log_file(self) -> Path:
         """The request log's file (``request_log_path``, else the default in the data directory)."""
@@ -87,6 +93,34 @@ class RouterSettings:
         return (os.environ if environ is None else environ).get(self.redis_url_env) or None
 
 
+def parse_api_keys(value: str) -> list[tuple[str | None, str]]:
+    """``"alice=sk-1,sk-2"`` -> ``[("alice", "sk-1"), (None, "sk-2")]``. A name is letters, digits,
+    ``_.-``; a plain key that itself contains ``=`` needs a name in front (``name=ab=cd``)."""
+    keys: list[tuple[str | None, str]] = []
+    for entry in value.split(","):
+        entry = entry.strip()
+        name, sep, key = entry.partition("=")
+        if sep and KEY_NAME.fullmatch(name) and key and not key.startswith("="):
+            keys.append((name, key))
+        elif entry:
+            keys.append((None, entry))
+    return keys
+
+
+@dataclass(frozen=True)
+class RateLimits:
+    """``[limits]``: what one API key may use; 0 means unlimited. ``[limits.<name>]`` tables
+    override single options for the keys given that name in the keys variable."""
+
+    requests_per_minute: int = 0
+    tokens_per_minute: int = 0  # prompt + completion tokens
+    concurrent_requests: int = 0
+
+    @property
+    def unlimited(self) -> bool:
+        return not (self.requests_per_minute or self.tokens_per_minute or self.concurrent_requests)
+
+
 PROVIDER_FIELDS = {"base_url", "preset", "api_key_env", "models", "default_model", "prefill", "headers",
                    "verify_ssl"}
 
@@ -99,7 +133,13 @@ class Settings:
     router: RouterSettings = field(default_factory=RouterSettings)
     providers: dict[str, dict[str, Any]] = field(default_factory=dict)
     routes: dict[str, list[Any]] = field(default_factory=dict)
+    limits: RateLimits = field(default_factory=RateLimits)  # for every key without its own table
+    key_limits: dict[str, RateLimits] = field(default_factory=dict)  # [limits.<name>], defaults filled in
     source: Path | None = None
+
+    def limits_for(self, name: str | None) -> RateLimits:
+        """The limits of the API key called ``name`` (a plain key, ``None``, has the defaults)."""
+        return self.key_limits.get(name, self.limits) if name is not None else self.limits
 
     def with_server(self, **changes: Any) -> Settings:
         """A copy with some server options replaced (command-line flags), ``None`` values ignored."""
@@ -172,9 +212,10 @@ def load_settings(path: str | Path | None = None, environ: Mapping[str, str] | N
         except tomllib.TOMLDecodeError as exc:
             raise InvalidRequest(f"config file {source} is not valid TOML: {exc}") from None
     where = f"{source}: " if source else ""
-    unknown = set(data) - {"server", "router", "providers", "routes"}
+    unknown = set(data) - {"server", "router", "providers", "routes", "limits"}
     if unknown:
-        raise InvalidRequest(f"{where}unknown tables {sorted(unknown)}; valid: server, router, providers, routes")
+        raise InvalidRequest(f"{where}unknown tables {sorted(unknown)}; valid: server, router, providers, routes, "
+                             "limits")
     server = _section(ServerSettings, data.get("server", {}), env, "PATCHBAY_", f"{where}server")
     router = _section(RouterSettings, data.get("router", {}), env, "PATCHBAY_ROUTER_", f"{where}router")
     providers = _table(data.get("providers", {}), f"{where}providers")
@@ -189,7 +230,27 @@ def load_settings(path: str | Path | None = None, environ: Mapping[str, str] | N
     for name, targets in routes.items():
         if not isinstance(targets, list) or not targets:
             raise InvalidRequest(f"{where}routes.{name} must be a non-empty list of targets")
-    return Settings(server=server, router=router, providers=providers, routes=routes, source=source)
+    limits, key_limits = _limits(data.get("limits", {}), env, f"{where}limits")
+    return Settings(server=server, router=router, providers=providers, routes=routes, limits=limits,
+                    key_limits=key_limits, source=source)
+
+
+def _limits(value: object, env: Mapping[str, str], where: str) -> tuple[RateLimits, dict[str, RateLimits]]:
+    """``[limits]``: plain options are the defaults (each also ``PATCHBAY_LIMITS_<OPTION>``), tables
+    are named keys' overrides, each option in them replacing the default."""
+    table = _table(value, where)
+    defaults = _section(RateLimits, {k: v for k, v in table.items() if not isinstance(v, dict)}, env,
+                        "PATCHBAY_LIMITS_", where)
+    named: dict[str, RateLimits] = {}
+    for name, options in table.items():
+        if not isinstance(options, dict):
+            continue
+        if not KEY_NAME.fullmatch(name):
+            raise InvalidRequest(f"{where}.{name}: a key name is letters, digits, '_', '.' and '-'")
+        _section(RateLimits, options, {}, "", f"{where}.{name}")  # names unknown options and wrong types
+        given = {option: _typed(options[option], int, f"{where}.{name}.{option}") for option in options}
+        named[name] = _checked(replace(defaults, **given), f"{where}.{name}")
+    return defaults, named
 
 
 def _table(value: object, where: str) -> dict[str, Any]:
@@ -267,6 +328,10 @@ def _checked(section: Any, where: str) -> Any:
                 raise InvalidRequest(f"{where}.{name} must be a positive number of seconds")
         if section.retries < 1:
             raise InvalidRequest(f"{where}.retries must be at least 1")
+    if isinstance(section, RateLimits):
+        for name in ("requests_per_minute", "tokens_per_minute", "concurrent_requests"):
+            if getattr(section, name) < 0:
+                raise InvalidRequest(f"{where}.{name} must be 0 (unlimited) or more, got {getattr(section, name)}")
     return section
 
 

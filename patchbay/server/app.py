@@ -23,6 +23,7 @@ import msgspec
 from patchbay.completions import find_model, model_list
 from patchbay.errors import (
     AuthError,
+    ClientRateLimited,
     EndpointNotFound,
     MethodNotAllowed,
     PatchbayError,
@@ -35,6 +36,7 @@ from patchbay.server.asgi import ClientDisconnected, Receive, Scope, Send, error
 from patchbay.server.chat import ChatEndpoint
 from patchbay.server.metrics import GatewayMetrics
 from patchbay.server.openapi import openapi_document
+from patchbay.server.ratelimit import ANONYMOUS, Client, clients, limiter_for
 from patchbay.settings import Settings, load_settings
 
 __all__ = ["Gateway", "create_app"]
@@ -45,6 +47,7 @@ _encode = msgspec.json.encode
 Handler = Callable[[Scope, Receive, Send], Awaitable[None]]
 INTERNAL_ERROR = error_body(PatchbayError("internal server error"))
 PUBLIC_PATHS = frozenset({"/health", "/ready", "/openapi.json"})
+CLIENT = "patchbay.client"  # scope key: the Client an authenticated request counts against
 
 
 class Gateway:
@@ -60,10 +63,13 @@ class Gateway:
         self.metrics = GatewayMetrics()
         self.chat = ChatEndpoint(self.provider, limits=self.settings.router.limits(), metrics=self.metrics,
                                  keepalive_interval=server.keepalive_interval)
-        keys = server.api_keys()
-        for key in keys:
+        keys = server.named_api_keys()
+        for _, key in keys:
             register_secret(key)
-        self.api_keys = [key.encode() for key in keys]
+        self.api_keys = [key.encode() for _, key in keys]
+        self.clients = clients(self.settings, keys)  # whom each key's requests count against
+        self.anonymous = Client(ANONYMOUS, ANONYMOUS, self.settings.limits)  # every request, with no keys
+        self.limiter = limiter_for(self.settings)
         self.cors_origins = frozenset(origin.encode() for origin in server.cors_origins)
         self.ready = False
         self.request_log: RequestLog | None = None  # opened at startup when enabled
@@ -102,7 +108,7 @@ class Gateway:
             if scope["method"] != method:
                 raise MethodNotAllowed(f"{path} takes {method}, not {scope['method']}")
             if self.api_keys and path not in PUBLIC_PATHS:
-                self._authenticate(scope)
+                scope[CLIENT] = self._authenticate(scope)
             await handler(scope, receive, send)
         except PatchbayError as error:
             headers = [(b"allow", route[0].encode())] if isinstance(error, MethodNotAllowed) and route else []
@@ -118,23 +124,39 @@ class Gateway:
             log.exception("unhandled error serving %s %s", scope["method"], path)
             await _send_quietly(send, 500, INTERNAL_ERROR, [])
 
-    def _authenticate(self, scope: Scope) -> None:
-        """Bearer key check, constant time per key and over the whole list."""
+    def _authenticate(self, scope: Scope) -> Client:
+        """Bearer key check, constant time per key and over the whole list; the key's client."""
         value = header(scope, b"authorization") or b""
         scheme, _, key = value.partition(b" ")
         if scheme.lower() != b"bearer" or not key:
             raise AuthError("missing API key: send 'Authorization: Bearer <key>'")
-        matched = False
-        for known in self.api_keys:
-            matched |= hmac.compare_digest(known, key.strip())
-        if not matched:
+        matched = -1
+        for index, known in enumerate(self.api_keys):
+            if hmac.compare_digest(known, key.strip()):
+                matched = index
+        if matched < 0:
             raise AuthError("invalid API key")
+        return self.clients[matched]
 
     # -- endpoints ----------------------------------------------------------------------------------
 
     async def _chat(self, scope: Scope, receive: Receive, send: Send) -> None:
-        body = await read_body(scope, receive, self.settings.server.max_body_bytes)
-        await self.chat(body, receive, send)
+        client: Client = scope.get(CLIENT, self.anonymous)
+        if self.limiter is None or client.limits.unlimited:
+            body = await read_body(scope, receive, self.settings.server.max_body_bytes)
+            await self.chat(body, receive, send)
+            return
+        try:  # before the body is read: a refused request costs nothing more
+            admission = await self.limiter.admit(client.id, client.limits)
+        except ClientRateLimited as error:
+            self.metrics.rate_limited.inc((client.name, error.limit))
+            raise
+        tokens = 0
+        try:
+            body = await read_body(scope, receive, self.settings.server.max_body_bytes)
+            tokens = await self.chat(body, receive, send)
+        finally:
+            await asyncio.shield(self.limiter.finish(admission, tokens))  # also when cancelled
 
     async def _models(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send_bytes(send, 200, _encode(model_list(self.provider)))
@@ -199,6 +221,8 @@ class Gateway:
                 self.ready = False
                 if self.request_log is not None:  # write what is still queued
                     await asyncio.to_thread(self.request_log.close)
+                if self.limiter is not None:
+                    await self.limiter.close()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 

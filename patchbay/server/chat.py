@@ -19,6 +19,7 @@ import msgspec
 
 from patchbay.completions import ChatCompletionRequest, complete, decode_request, open_stream, stream_chunks
 from patchbay.config import Timeout
+from patchbay.context import CHARS_PER_TOKEN, estimate_tokens
 from patchbay.errors import AllProvidersFailed, PatchbayError, UpstreamError
 from patchbay.events import EventStream
 from patchbay.providers.base import AsyncGeneratorProvider
@@ -46,7 +47,8 @@ class ChatEndpoint:
         #: Set by the Gateway at startup when the request log is on.
         self.request_log: RequestLog | None = None
 
-    async def __call__(self, body: bytes, receive: Receive, send: Send) -> None:
+    async def __call__(self, body: bytes, receive: Receive, send: Send) -> int:
+        """Serve one request; returns the tokens it used (0 when it failed before an answer)."""
         request = decode_request(body)
         started = time.perf_counter()
         events = open_stream(self.provider, request, timeout=self.limits)  # unknown model: 404 here, at once
@@ -58,6 +60,7 @@ class ChatEndpoint:
                 await self._whole(request, events, receive, send, started)
         finally:
             self.metrics.in_flight.dec()
+        return tokens_used(request, events)
 
     async def _whole(self, request: ChatCompletionRequest, events: EventStream, receive: Receive, send: Send,
                      started: float) -> None:
@@ -131,6 +134,16 @@ class ChatEndpoint:
                 completion_tokens=usage.completion_tokens if usage else None, latency=latency, ttft=first,
                 status=status, error=f"{type(error).__name__}: {error.message}" if error else None,
                 fallbacks=events.fallbacks, options=request.provider_options()))
+
+
+def tokens_used(request: ChatCompletionRequest, events: EventStream) -> int:
+    """Prompt + completion tokens: the provider's usage, else an estimate (for rate limits)."""
+    usage = events.usage
+    if usage is not None:
+        return usage.prompt_tokens + usage.completion_tokens
+    if not events.text:
+        return 0
+    return estimate_tokens(request.message_dicts()) + -(-len(events.text) // CHARS_PER_TOKEN)
 
 
 def _answered_by(request: ChatCompletionRequest, events: EventStream, error: PatchbayError | None

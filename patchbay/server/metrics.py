@@ -102,7 +102,10 @@ class GatewayMetrics:
         self.tokens = Counter("patchbay_tokens_total", "Tokens reported by providers.", (*by_target, "kind"))
         self.in_flight = Gauge("patchbay_requests_in_flight", "Chat completion requests being served.")
         self.in_flight.inc((), 0)
-        self.families = (self.requests, self.errors, self.latency, self.ttft, self.tokens, self.in_flight)
+        self.rate_limited = Counter("patchbay_rate_limited_total",
+                                    "Chat completion requests refused by the per-key limits.", ("key", "limit"))
+        self.families = (self.requests, self.errors, self.latency, self.ttft, self.tokens, self.in_flight,
+                         self.rate_limited)
 
     def record(self, provider: str, model: str, status: int, duration: float, *, ttft: float | None = None,
                prompt_tokens: int | None = None, completion_tokens: int | None = None,

@@ -1,0 +1,437 @@
+"""Per-client limits of the gateway: requests per minute, tokens per minute, concurrent requests.
+
+A client is one API key, or every key given the same name in the keys variable (``alice=sk-...``;
+several keys under one name share its limits, which helps rotating a key). Before a chat request
+is routed, :meth:`RateLimiter.admit` checks every limit the client has, and either counts the
+request in or raises :class:`~patchbay.errors.ClientRateLimited` (429, with ``retry_after``);
+when the request ends, :meth:`RateLimiter.finish` frees its concurrency slot and charges its
+tokens.
+
+Semantics, the same for both implementations:
+
+- **Windows** are the last 60 seconds, counted in one-second buckets: a request or a token
+  charge counts until 60 to 61 seconds after the second it happened in.
+- **requests_per_minute**: a request is admitted while fewer than the limit were admitted in the
+  window. Every admitted request counts, whatever its outcome; refused ones do not.
+- **tokens_per_minute**: a request is admitted while the tokens charged in the window are under
+  the limit; when it ends it is charged its prompt + completion tokens (the provider's usage, or
+  an estimate, see :mod:`patchbay.context`). A request is never cut short, so one that is admitted
+  just under the limit may take the window over it; later requests wait until enough tokens age
+  out of the window.
+- **concurrent_requests**: at most that many requests of the client in flight at once.
+- **Retry-After** is the time until the window has room again (for tokens: until enough charged
+  tokens age out); 1 second for a concurrency refusal, whose slot frees whenever a request ends.
+
+:class:`MemoryRateLimiter` keeps the counts in this process. :class:`RedisRateLimiter` keeps them
+in Redis, shared by every process using the same server and namespace (the router's)::
+
+    patchbay:{namespace}:limits:{<client>}:requests   hash   second -> requests admitted in it
+    patchbay:{namespace}:limits:{<client>}:tokens     hash   second -> tokens charged in it
+    patchbay:{namespace}:limits:{<client>}:leases     zset   one member per request in flight,
+                                                             scored by when its lease expires
+
+``<client>`` is ``name:<name>`` for a named key and ``key:<fingerprint>`` (16 hex digits of its
+SHA-256) for a plain one: never the key. Each check and each finish is one Lua script, so
+processes never interleave inside one. A concurrency lease lasts ``lease_seconds`` and the process
+holding it renews it while the request runs, so a process that dies frees its slots within that
+time. Redis being unreachable never fails or holds up a request: every call is bounded by
+``timeout``, and on an error the limiter logs one warning and enforces the limits in this process
+alone (fail open to local limits) until Redis answers again, tried after ``retry_after`` seconds.
+Times come from the processes' clocks, so hosts sharing a Redis need synchronised clocks (NTP).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from patchbay.errors import ClientRateLimited
+from patchbay.routing.redis_state import _passwords, masked_url
+from patchbay.secrets import fingerprint, redact, register_secret
+from patchbay.settings import RateLimits, Settings
+
+__all__ = ["ANONYMOUS", "WINDOW", "Admission", "Client", "MemoryRateLimiter", "RateLimiter", "RedisRateLimiter",
+           "clients", "limiter_for", "refusal"]
+
+logger = logging.getLogger("patchbay.server.ratelimit")
+
+WINDOW = 60  # seconds, in one-second buckets
+CONCURRENCY_RETRY = 1.0  # Retry-After of a concurrency refusal: a slot frees when any request ends
+_UNAVAILABLE = (RedisError, OSError, TimeoutError)
+
+
+@dataclass(frozen=True, slots=True)
+class Client:
+    """Whom a request counts against: ``id`` keys the counters, ``name`` labels the metrics."""
+
+    id: str  # "name:<name>", "key:<fingerprint>", or "anonymous" when the server has no keys
+    name: str  # the key's name, "unnamed" or "anonymous": never the key
+    limits: RateLimits
+
+
+ANONYMOUS = "anonymous"
+
+
+def clients(settings: Settings, keys: list[tuple[str | None, str]]) -> list[Client]:
+    """The client of each ``(name, key)`` in ``keys``, in order; warns about ``[limits.<name>]``
+    tables that no key is given."""
+    for name in sorted(set(settings.key_limits) - {name for name, _ in keys}):
+        logger.warning("[limits.%s] applies to no key: no key named %s in %s", name, name,
+                       settings.server.api_keys_env)
+    return [Client(f"name:{name}", name, settings.limits_for(name)) if name is not None
+            else Client(f"key:{fingerprint(key)}", "unnamed", settings.limits) for name, key in keys]
+
+
+def limiter_for(settings: Settings) -> RateLimiter | None:
+    """The limiter the settings call for: none without limits, Redis when the router has a Redis
+    URL (limits shared by every process), else this process's memory."""
+    if settings.limits.unlimited and all(limits.unlimited for limits in settings.key_limits.values()):
+        return None
+    url = settings.router.redis_url()
+    return RedisRateLimiter(url, namespace=settings.router.namespace) if url else MemoryRateLimiter()
+
+
+@dataclass(slots=True)
+class Admission:
+    """A request let in: what :meth:`RateLimiter.finish` needs to free its slot and charge it."""
+
+    client: str
+    limits: RateLimits
+    lease: str | None = None  # the concurrency lease, when the client has that limit
+    local: bool = False  # admitted by the local fallback while Redis was unavailable
+
+
+class RateLimiter(Protocol):
+    """Admits or refuses a client's requests; see the module docstring for the semantics."""
+
+    async def admit(self, client: str, limits: RateLimits) -> Admission:
+        """Count a request in, or raise :class:`~patchbay.errors.ClientRateLimited`."""
+        ...
+
+    async def finish(self, admission: Admission, tokens: int) -> None:
+        """The request ended: free its concurrency slot and charge its ``tokens``."""
+        ...
+
+    async def close(self) -> None:
+        ...
+
+
+def refusal(exceeded: list[str], retry_after: float, limits: RateLimits) -> ClientRateLimited:
+    """The 429 for a refused request: names the limits (never the key) and when to come back."""
+    shown = ", ".join(f"{name} ({getattr(limits, name)})" for name in exceeded)
+    wait = max(1, int(-(-retry_after // 1)))
+    return ClientRateLimited(f"rate limit reached for {shown}; try again in {wait} s", limit=exceeded[0],
+                             retry_after=max(retry_after, 0.001))
+
+
+def _wait(buckets: dict[int, int], used: int, limit: int, now: float) -> float:
+    """Seconds until the oldest buckets age out far enough that ``used`` is under ``limit``."""
+    for second in sorted(buckets):
+        used -= buckets[second]
+        if used < limit:
+            return second + WINDOW - now
+    return 0.0
+
+
+class MemoryRateLimiter:
+    """Limits kept in this process (one server process, or Redis unavailable). Each call runs
+    without awaiting, so requests of one event loop cannot interleave inside a check."""
+
+    def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._requests: dict[str, dict[int, int]] = {}
+        self._tokens: dict[str, dict[int, int]] = {}
+        self._leases: dict[str, set[str]] = {}
+
+    def _used(self, counts: dict[str, dict[int, int]], client: str, now: float) -> tuple[int, dict[int, int]]:
+        oldest = int(now // 1) - WINDOW + 1
+        buckets = {second: n for second, n in counts.get(client, {}).items() if second >= oldest}
+        counts[client] = buckets
+        return sum(buckets.values()), buckets
+
+    async def admit(self, client: str, limits: RateLimits) -> Admission:
+        return self.admit_now(client, limits)
+
+    def admit_now(self, client: str, limits: RateLimits) -> Admission:
+        """:meth:`admit`, synchronously."""
+        now = self._clock()
+        exceeded: list[str] = []
+        longest = 0.0
+        leases = self._leases.setdefault(client, set())
+        if limits.concurrent_requests and len(leases) >= limits.concurrent_requests:
+            exceeded.append("concurrent_requests")
+            longest = CONCURRENCY_RETRY
+        for name, counts in (("requests_per_minute", self._requests), ("tokens_per_minute", self._tokens)):
+            limit: int = getattr(limits, name)
+            if limit:
+                used, buckets = self._used(counts, client, now)
+                if used >= limit:
+                    exceeded.append(name)
+                    longest = max(longest, _wait(buckets, used, limit, now))
+        if exceeded:
+            raise refusal(exceeded, longest, limits)
+        if limits.requests_per_minute:
+            buckets = self._requests[client]
+            buckets[int(now // 1)] = buckets.get(int(now // 1), 0) + 1
+        admission = Admission(client, limits, local=True)
+        if limits.concurrent_requests:
+            admission.lease = uuid.uuid4().hex
+            leases.add(admission.lease)
+        return admission
+
+    async def finish(self, admission: Admission, tokens: int) -> None:
+        self.finish_now(admission, tokens)
+
+    def finish_now(self, admission: Admission, tokens: int) -> None:
+        """:meth:`finish`, synchronously."""
+        if admission.lease is not None:
+            self._leases.get(admission.client, set()).discard(admission.lease)
+        if admission.limits.tokens_per_minute and tokens > 0:
+            second = int(self._clock() // 1)
+            buckets = self._tokens.setdefault(admission.client, {})
+            buckets[second] = buckets.get(second, 0) + tokens
+
+    def in_flight(self, client: str) -> int:
+        """Requests of ``client`` holding a concurrency slot."""
+        return len(self._leases.get(client, ()))
+
+    async def close(self) -> None:
+        return None
+
+
+# KEYS: requests hash, tokens hash, leases zset.
+# ARGV: now, requests_per_minute, tokens_per_minute, concurrent_requests, lease id, lease expiry, window.
+ADMIT = """
+local now = tonumber(ARGV[1])
+local window = tonumber(ARGV[7])
+local oldest = math.floor(now) - window + 1
+
+local function used(key)
+  local flat = redis.call('HGETALL', key)
+  local total, live, dead = 0, {}, {}
+  for i = 1, #flat, 2 do
+    local second = tonumber(flat[i])
+    if second < oldest then
+      dead[#dead + 1] = flat[i]
+    else
+      local amount = tonumber(flat[i + 1])
+      total = total + amount
+      live[#live + 1] = {second, amount}
+    end
+  end
+  if #dead > 0 then redis.call('HDEL', key, unpack(dead)) end
+  return total, live
+end
+
+local function wait(live, total, limit)
+  table.sort(live, function(a, b) return a[1] < b[1] end)
+  for _, bucket in ipairs(live) do
+    total = total - bucket[2]
+    if total < limit then return bucket[1] + window - now end
+  end
+  return 0
+end
+
+local exceeded, longest = {}, 0
+local concurrent = tonumber(ARGV[4])
+if concurrent > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', ARGV[1])
+  if redis.call('ZCARD', KEYS[3]) >= concurrent then
+    exceeded[#exceeded + 1] = 'concurrent_requests'
+    longest = 1
+  end
+end
+local names = {'requests_per_minute', 'tokens_per_minute'}
+for i = 1, 2 do
+  local limit = tonumber(ARGV[1 + i])
+  if limit > 0 then
+    local total, live = used(KEYS[i])
+    if total >= limit then
+      exceeded[#exceeded + 1] = names[i]
+      longest = math.max(longest, wait(live, total, limit))
+    end
+  end
+end
+if #exceeded > 0 then
+  return {0, table.concat(exceeded, ','), tostring(longest)}
+end
+if tonumber(ARGV[2]) > 0 then
+  redis.call('HINCRBY', KEYS[1], string.format('%d', math.floor(now)), 1)
+  redis.call('EXPIRE', KEYS[1], window + 1)
+end
+if concurrent > 0 then
+  redis.call('ZADD', KEYS[3], ARGV[6], ARGV[5])
+  redis.call('EXPIRE', KEYS[3], math.ceil(tonumber(ARGV[6]) - now) + 1)
+end
+return {1}
+"""
+
+# KEYS: tokens hash, leases zset. ARGV: now, tokens, lease id ('' for none), window.
+FINISH = """
+if ARGV[3] ~= '' then redis.call('ZREM', KEYS[2], ARGV[3]) end
+local tokens = tonumber(ARGV[2])
+if tokens > 0 then
+  redis.call('HINCRBY', KEYS[1], string.format('%d', math.floor(tonumber(ARGV[1]))), tokens)
+  redis.call('EXPIRE', KEYS[1], tonumber(ARGV[4]) + 1)
+end
+return 1
+"""
+
+
+class RedisRateLimiter:
+    """Limits shared through Redis by every process using the same server and namespace.
+
+    The Redis client belongs to the event loop that first uses the limiter (the server's); call
+    :meth:`close` in that loop.
+    """
+
+    def __init__(
+        self,
+        url: str = "redis://127.0.0.1:6379/0",
+        *,
+        namespace: str = "default",
+        timeout: float = 0.5,
+        retry_after: float = 5.0,
+        lease_seconds: float = 60.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        for password in _passwords(url):
+            register_secret(password)
+        self.url = masked_url(url)
+        self.namespace = namespace
+        self.timeout = timeout
+        self.retry_after = retry_after
+        self.lease_seconds = lease_seconds
+        self._clock = clock
+        self.__url = url  # with the password: only ever given to the Redis client
+        self._redis: Redis | None = None
+        self._scripts: tuple[Any, Any] | None = None
+        self._local = MemoryRateLimiter(clock=clock)
+        self._degraded = False
+        self._retry_at = 0.0
+        self._held: dict[str, str] = {}  # lease id -> its zset, renewed while the request runs
+        self._renewer: asyncio.Task[None] | None = None
+
+    @property
+    def degraded(self) -> bool:
+        """Whether limits are currently enforced in this process alone because Redis is unavailable."""
+        return self._degraded
+
+    def _client(self) -> tuple[Redis, Any, Any]:
+        if self._redis is None:
+            self._redis = Redis.from_url(self.__url, socket_timeout=self.timeout,
+                                         socket_connect_timeout=self.timeout,
+                                         retry=Retry(NoBackoff(), 0), decode_responses=True)
+            self._scripts = (self._redis.register_script(ADMIT), self._redis.register_script(FINISH))
+        assert self._scripts is not None
+        return self._redis, *self._scripts
+
+    def _keys(self, client: str) -> tuple[str, str, str]:
+        base = f"patchbay:{self.namespace}:limits:{{{client}}}:"  # one hash slot per client (Redis Cluster)
+        return base + "requests", base + "tokens", base + "leases"
+
+    async def admit(self, client: str, limits: RateLimits) -> Admission:
+        if self._degraded and time.monotonic() < self._retry_at:
+            return self._local.admit_now(client, limits)
+        now = self._clock()
+        lease = uuid.uuid4().hex if limits.concurrent_requests else None
+        args = [repr(now), limits.requests_per_minute, limits.tokens_per_minute, limits.concurrent_requests,
+                lease or "", repr(now + self.lease_seconds), WINDOW]
+        try:
+            _, admit, _ = self._client()
+            async with asyncio.timeout(self.timeout):
+                result = await admit(keys=list(self._keys(client)), args=args)
+        except _UNAVAILABLE as exc:
+            self._mark_down(exc)
+            return self._local.admit_now(client, limits)
+        self._mark_up()
+        if int(result[0]) != 1:
+            raise refusal(str(result[1]).split(","), float(result[2]), limits)
+        if lease is not None:
+            self._held[lease] = self._keys(client)[2]
+            self._start_renewing()
+        return Admission(client, limits, lease)
+
+    async def finish(self, admission: Admission, tokens: int) -> None:
+        if admission.local:
+            self._local.finish_now(admission, tokens)
+            return
+        if admission.lease is not None:
+            self._held.pop(admission.lease, None)
+        charge = tokens if admission.limits.tokens_per_minute and tokens > 0 else 0
+        if admission.lease is None and not charge:
+            return
+        _, tokens_key, leases = self._keys(admission.client)
+        try:
+            _, _, finish = self._client()
+            async with asyncio.timeout(self.timeout):
+                await finish(keys=[tokens_key, leases],
+                             args=[repr(self._clock()), charge, admission.lease or "", WINDOW])
+        except _UNAVAILABLE as exc:  # the lease expires by itself; the tokens go uncharged
+            self._mark_down(exc)
+
+    def _start_renewing(self) -> None:
+        if self._renewer is None or self._renewer.done():
+            self._renewer = asyncio.ensure_future(self._renew())
+
+    async def _renew(self) -> None:
+        while self._held:
+            await asyncio.sleep(self.lease_seconds / 3)  # a period, not a synchronisation
+            await self.renew()
+
+    async def renew(self) -> None:
+        """Push the expiry of this process's leases a full ``lease_seconds`` forward (done every
+        third of that while requests run)."""
+        held = list(self._held.items())
+        if not held:
+            return
+        expiry = self._clock() + self.lease_seconds
+        try:
+            redis, _, _ = self._client()
+            async with asyncio.timeout(self.timeout):
+                pipe = redis.pipeline(transaction=False)
+                for lease, key in held:
+                    pipe.zadd(key, {lease: expiry}, xx=True)
+                await pipe.execute()
+        except _UNAVAILABLE as exc:
+            self._mark_down(exc)
+
+    def _mark_down(self, exc: BaseException) -> None:
+        self._retry_at = time.monotonic() + self.retry_after
+        was_degraded, self._degraded = self._degraded, True
+        reason = redact(str(exc) or type(exc).__name__)
+        if was_degraded:
+            logger.debug("Redis at %s still unavailable: %s", self.url, reason)
+        else:
+            logger.warning("Redis at %s unavailable, enforcing rate limits in this process alone: %s",
+                           self.url, reason)
+
+    def _mark_up(self) -> None:
+        if self._degraded:
+            self._degraded = False
+            logger.info("Redis at %s available again, rate limits shared", self.url)
+
+    async def close(self) -> None:
+        """Stop renewing leases and close the Redis connections."""
+        if self._renewer is not None:
+            self._renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._renewer
+        if self._redis is not None:
+            await self._redis.aclose()
+            self._redis = None
+
+    def __repr__(self) -> str:
+        state = ", degraded" if self._degraded else ""
+        return f"RedisRateLimiter({self.url!r}, namespace={self.namespace!r}{state})"
