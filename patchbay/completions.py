@@ -48,6 +48,8 @@ __all__ = [
 
 MAX_MESSAGES = 10_000
 MAX_STOPS = 4
+#: Message for JSON nested deeper than the parser's recursion allows (several hundred levels).
+TOO_DEEP = "the request body is nested too deeply (arrays and objects inside each other)"
 
 
 class _Object(msgspec.Struct, kw_only=True):
@@ -147,6 +149,8 @@ def decode_request(body: bytes) -> ChatCompletionRequest:
         raise InvalidRequest(_describe(exc), param=_param(exc)) from None
     except msgspec.DecodeError as exc:
         raise InvalidRequest(f"the request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise InvalidRequest(TOO_DEEP) from None
 
 
 def request_from_kwargs(kwargs: dict[str, Any]) -> ChatCompletionRequest:

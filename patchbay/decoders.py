@@ -253,7 +253,7 @@ class NDJSONDecoder:
                 continue
             try:
                 values.append(json.loads(line))
-            except ValueError as exc:
+            except (ValueError, RecursionError) as exc:  # RecursionError: nested too deeply to parse
                 if self.strict:
                     excerpt = line if len(line) <= _EXCERPT else line[: _EXCERPT - 3] + "..."
                     raise ProtocolError(f"invalid JSON on line {self._lineno}: {excerpt!r}") from exc

@@ -216,7 +216,7 @@ def _content(data: str) -> str | None:
     """The text delta of one event, or None for events that carry none (ignored)."""
     try:
         payload = json.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested too deeply to parse
         log.debug("Liaobots: skipped a malformed event: %.80r", data)
         return None
     content = payload.get("content") if isinstance(payload, dict) else None

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 import re
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
@@ -306,7 +307,7 @@ def _error_message(text: str) -> tuple[str, str | None]:
     stripped = text.strip()
     try:
         payload = json.loads(stripped)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested too deeply to parse
         payload = None
     if isinstance(payload, dict) and "error" in payload:
         return _error_fields(payload["error"])
@@ -348,7 +349,7 @@ def _parse_json(text: str) -> dict[str, Any]:
     """A JSON object from the service; an ``error`` object in it is raised as its patchbay error."""
     try:
         payload = _decode_json(text)
-    except (ValueError, msgspec.DecodeError):
+    except (ValueError, msgspec.DecodeError, RecursionError):  # RecursionError: nested too deeply
         raise ProtocolError(f"the answer is not valid JSON: {text[:80]!r}") from None
     if not isinstance(payload, dict):
         raise ProtocolError(f"the answer is not a JSON object: {text[:80]!r}")
@@ -381,11 +382,10 @@ def _completion_events(payload: dict[str, Any]) -> list[StreamEvent]:
     if isinstance(message.get("content"), str) and message["content"]:
         events.append(TextDelta(message["content"]))
     for index, call in enumerate(message.get("tool_calls") or []):
-        function = call.get("function") or {}
-        events.append(ToolCallDelta(index, call.get("id"), function.get("name"), function.get("arguments") or ""))
+        events.append(_tool_call(call, index))
     events.extend(_usage(payload))
-    if choices[0].get("finish_reason"):
-        events.append(Finish(choices[0]["finish_reason"]))
+    if finish := _string(choices[0].get("finish_reason"), "finish_reason"):
+        events.append(Finish(finish))
     return events
 
 
@@ -400,15 +400,39 @@ def _chunk_events(payload: dict[str, Any], finish: str | None) -> tuple[list[Str
         if isinstance(delta.get("content"), str) and delta["content"]:
             events.append(TextDelta(delta["content"]))
         for position, call in enumerate(delta.get("tool_calls") or []):
-            function = call.get("function") or {}
-            events.append(ToolCallDelta(call.get("index", position), call.get("id"), function.get("name"),
-                                        function.get("arguments") or ""))
-        finish = choice.get("finish_reason") or finish
+            events.append(_tool_call(call, position))
+        finish = _string(choice.get("finish_reason"), "finish_reason") or finish
     return events + _usage(payload), finish
+
+
+def _tool_call(call: dict[str, Any], position: int) -> ToolCallDelta:
+    """One tool call (fragment) of a reply; fields of the wrong type raise TypeError (-> ProtocolError)."""
+    index = call.get("index", position)
+    if type(index) is not int:
+        raise TypeError(f"tool call index is a {type(index).__name__}, not an integer")
+    function = call.get("function") or {}
+    return ToolCallDelta(index, _string(call.get("id"), "tool call id"), _string(function.get("name"), "tool name"),
+                         _string(function.get("arguments"), "tool arguments") or "")
+
+
+def _string(value: object, what: str) -> str | None:
+    """A string field of a reply (None when absent or null); another type raises TypeError."""
+    if value is None or isinstance(value, str):
+        return value
+    raise TypeError(f"{what} is a {type(value).__name__}, not a string")
 
 
 def _usage(payload: dict[str, Any]) -> list[StreamEvent]:
     usage = payload.get("usage")
     if not isinstance(usage, dict):
         return []
-    return [Usage(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))]
+    return [Usage(_count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens")))]
+
+
+def _count(value: object) -> int:
+    """A token count of a reply; what is not a non-negative number (or digit string) counts as 0."""
+    if isinstance(value, str) and value.isascii() and value.isdigit():
+        return int(value)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+        return 0
+    return int(value)
