@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
 import os
 import platform
@@ -23,6 +24,7 @@ import sqlite3
 import statistics
 import sys
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -88,13 +90,21 @@ def measured(target: Target, args: argparse.Namespace) -> WrkResult:
     return result
 
 
-def serve(scratch: Path, upstream: int, *, logging_on: bool) -> Launch:
-    """``patchbay serve`` routing "fake" to the upstream, with its own PATCHBAY_HOME."""
+def upstream_service(scratch: Path) -> Service:
+    """The fixed fake upstream (bench/upstream.py) on a free port; its output goes to scratch."""
+    port = free_port()
+    return Service("upstream", Launch([sys.executable, "-m", "bench.upstream", "--port", str(port)], port), scratch)
+
+
+def serve(scratch: Path, upstream: int, *, logging_on: bool, models: Sequence[str] = ("fake",)) -> Launch:
+    """``patchbay serve`` routing each of ``models`` to the same model of the upstream, with its own
+    PATCHBAY_HOME (scratch/on or scratch/off)."""
     home = scratch / ("on" if logging_on else "off")
     home.mkdir()
     config = home / "patchbay.toml"
-    config.write_text(f'[providers.upstream]\nbase_url = "http://127.0.0.1:{upstream}/v1"\nmodels = ["fake"]\n\n'
-                      '[routes]\nfake = ["upstream/fake"]\n', encoding="utf-8")
+    routes = "".join(f'{model} = ["upstream/{model}"]\n' for model in models)
+    config.write_text(f'[providers.upstream]\nbase_url = "http://127.0.0.1:{upstream}/v1"\n'
+                      f'models = {json.dumps(list(models))}\n\n[routes]\n{routes}', encoding="utf-8")
     port = free_port()
     cmd = [sys.executable, "-m", "patchbay", "serve", "--config", str(config), "--port", str(port),
            "--workers", "1", "--log-level", "warning"]
@@ -168,9 +178,8 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="bench-requestlog-") as directory:
         scratch = Path(directory)
-        upstream_port = free_port()
-        upstream = Service("upstream", Launch([sys.executable, "-m", "bench.upstream", "--port",
-                                               str(upstream_port)], upstream_port), scratch)
+        upstream = upstream_service(scratch)
+        upstream_port = upstream.launch.port
         with upstream:
             off = Target("off (`--no-log`)", Service("patchbay-nolog", serve(scratch, upstream_port,
                                                                             logging_on=False), scratch))

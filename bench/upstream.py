@@ -9,6 +9,10 @@ it rather than the upstream. One worker, uvloop when importable, no access log.
   SSE chunks (the second with ``finish_reason``), a usage chunk if
   ``stream_options.include_usage`` is set, then ``data: [DONE]``.
 - ``GET /v1/models``: one model, ``fake``.
+- Model ``fake-held``, streamed: the first chunk, then the stream waits until ``POST
+  /control/release`` (or ``HOLD_TIMEOUT``) before the rest. The soak benchmark uses it to hold
+  many streams open at once and to cancel streams that are certainly still running. A client
+  that disconnects meanwhile cancels the waiting handler.
 """
 
 from __future__ import annotations
@@ -21,9 +25,11 @@ from typing import Any
 
 from aiohttp import web
 
-__all__ = ["MODEL", "TEXT", "make_app", "main"]
+__all__ = ["Gate", "HELD_MODEL", "HOLD_TIMEOUT", "MODEL", "TEXT", "make_app", "main"]
 
 MODEL = "fake"
+HELD_MODEL = "fake-held"  # streams wait after the first chunk until released
+HOLD_TIMEOUT = 120.0  # seconds a held stream waits for a release before it goes on by itself
 CHUNKS = ("Hello", " from the fake upstream.")
 TEXT = "".join(CHUNKS)  # the whole answer, streamed or not
 CREATED = 1_700_000_000
@@ -62,6 +68,35 @@ MODELS = _dumps({"object": "list", "data": [{"id": MODEL, "object": "model", "cr
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
 
 
+class Gate:
+    """Where held streams wait: ``release()`` lets every stream waiting now go on."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+        self.held = 0  # streams waiting now
+
+    async def wait(self) -> None:
+        event = self._event
+        self.held += 1
+        try:
+            async with asyncio.timeout(HOLD_TIMEOUT):
+                await event.wait()
+        except TimeoutError:
+            log.warning("a held stream was not released within %.0f s; it goes on", HOLD_TIMEOUT)
+        finally:
+            self.held -= 1
+
+    def release(self) -> int:
+        """Release the streams waiting now (later ones wait for the next release); how many."""
+        released = self.held
+        self._event.set()
+        self._event = asyncio.Event()
+        return released
+
+
+GATE: web.AppKey[Gate] = web.AppKey("gate", Gate)
+
+
 def _wants_usage(request_body: dict[str, Any]) -> bool:
     options = request_body.get("stream_options")
     return isinstance(options, dict) and bool(options.get("include_usage"))
@@ -80,7 +115,9 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         return web.Response(body=COMPLETION, content_type="application/json")
     response = web.StreamResponse(headers=SSE_HEADERS)
     await response.prepare(request)
-    for event in STREAM_EVENTS:
+    for index, event in enumerate(STREAM_EVENTS):
+        if index == 1 and body.get("model") == HELD_MODEL:
+            await request.app[GATE].wait()
         await response.write(event)
     if _wants_usage(body):
         await response.write(USAGE_EVENT)
@@ -93,11 +130,18 @@ async def models(_: web.Request) -> web.Response:
     return web.Response(body=MODELS, content_type="application/json")
 
 
+async def release(request: web.Request) -> web.Response:
+    """Let the held streams go on; answers ``{"released": <how many were waiting>}``."""
+    return web.json_response({"released": request.app[GATE].release()})
+
+
 def make_app() -> web.Application:
     """The upstream as an aiohttp application (the tests run it in-process)."""
     app = web.Application()
+    app[GATE] = Gate()
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_get("/v1/models", models)
+    app.router.add_post("/control/release", release)
     return app
 
 
@@ -116,7 +160,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     log.info("listening on http://%s:%d/v1", args.host, args.port)
-    web.run_app(make_app(), host=args.host, port=args.port, access_log=None, print=None, loop=_new_loop())
+    # handler_cancellation: a client that leaves cancels its handler (a held stream stops waiting).
+    web.run_app(make_app(), host=args.host, port=args.port, access_log=None, print=None, loop=_new_loop(),
+                handler_cancellation=True)
 
 
 if __name__ == "__main__":

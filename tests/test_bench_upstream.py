@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -10,7 +11,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from bench.upstream import MODEL, TEXT, make_app
+from bench.upstream import CHUNKS, HELD_MODEL, MODEL, TEXT, Gate, make_app
 
 BODY = {"model": "fake", "messages": [{"role": "user", "content": "Say hello"}]}
 
@@ -93,3 +94,31 @@ async def test_models(base_url: str) -> None:
 async def test_stream_false_is_a_completion(base_url: str) -> None:
     resp, raw = await post(base_url, {**BODY, "stream": False})
     assert resp.status == 200 and json.loads(raw)["object"] == "chat.completion"
+
+
+async def test_held_stream_waits_for_a_release(base_url: str) -> None:
+    """The held model sends its first chunk, then nothing until /control/release."""
+    body = {**BODY, "model": HELD_MODEL, "stream": True}
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session, \
+            session.post(f"{base_url}/chat/completions", json=body) as resp:
+        first = await resp.content.readuntil(b"\n\n")
+        assert json.loads(first.removeprefix(b"data: "))["choices"][0]["delta"]["content"] == CHUNKS[0]
+        root = base_url.removesuffix("/v1")
+        async with session.post(f"{root}/control/release") as released:
+            assert await released.json() == {"released": 1}
+        payloads = sse_payloads(first + await resp.read())
+    assert payloads[-1] == "[DONE]"
+    assert "".join(json.loads(p)["choices"][0]["delta"]["content"] for p in payloads[:-1]) == TEXT
+
+
+async def test_a_release_lets_only_the_streams_waiting_then_go() -> None:
+    gate = Gate()
+    waiting = asyncio.ensure_future(gate.wait())
+    await asyncio.sleep(0)  # one loop step: the task runs up to its wait
+    assert gate.release() == 1
+    await asyncio.wait_for(waiting, 10)
+    later = asyncio.ensure_future(gate.wait())
+    await asyncio.sleep(0)
+    assert gate.held == 1 and not later.done()
+    assert gate.release() == 1
+    await asyncio.wait_for(later, 10)
