@@ -393,3 +393,13 @@ async def test_tokens_per_minute_hold_across_two_servers(pair: list[GatewayProce
     assert statuses == [200, 200, 200, 429, 429]  # 0, 11, 22 are under 25; 33 is not
     status, _, _ = await chat(http, pair[1], KEYS["other"], "echo: a b c d e")()
     assert status == 200
+
+
+def test_config_show_writes_the_limits_back(tmp_path: Path) -> None:
+    from patchbay.cli.config import _plain
+    from patchbay.settings import to_toml
+
+    settings = load_settings(write(tmp_path, "[limits]\nconcurrent_requests = 2\n\n[limits.alice]\n"
+                                             "requests_per_minute = 5\n"), environ={})
+    again = load_settings(write(tmp_path, to_toml({"limits": _plain(settings)["limits"]})), environ={})
+    assert again.limits == settings.limits and again.key_limits == settings.key_limits

@@ -50,8 +50,10 @@ def show(as_json: bool, config_path: str | None, verbose: bool) -> None:
 
 
 def _plain(settings: Settings) -> dict[str, Any]:
+    limits = {**asdict(settings.limits), **{name: asdict(value) for name, value in settings.key_limits.items()}}
     return {"source": str(settings.source) if settings.source else None, "server": asdict(settings.server),
-            "router": asdict(settings.router), "providers": settings.providers, "routes": settings.routes}
+            "router": asdict(settings.router), "providers": settings.providers, "routes": settings.routes,
+            "limits": limits}
 
 
 # -- keys ---------------------------------------------------------------------------------------------
