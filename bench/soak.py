@@ -2,7 +2,7 @@
 its request log; then 1,000 streams open at once through the same server.
 
 One server (one worker, request log on, its home in a temporary folder) fronts bench/upstream.py. A
-lean asyncio client (httptools on keep-alive connections, ``--concurrency`` at a time) sends a fixed
+lean asyncio client (bench/http1.py, keep-alive connections, ``--concurrency`` at a time) sends a fixed
 mix, by request number modulo 10:
 
 - 5 in 10 non-streaming: the answer must be the upstream's whole text;
@@ -46,11 +46,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httptools
-
+from bench.http1 import REQUEST_TIMEOUT, HTTPConnection, fetch
 from bench.measure import API_KEY, ROOT, run_async
 from bench.report import write_section
-from bench.request_log import serve, upstream_service
+from bench.request_log import serve, thread_cpu, upstream_service
 from bench.targets import Service
 from bench.upstream import CHUNKS, HELD_MODEL, MODEL, TEXT
 from patchbay.transport import MAX_IDLE_PER_HOST
@@ -61,7 +60,6 @@ log = logging.getLogger("bench.soak")
 
 SECTION = "soak"
 KINDS = ("whole", "stream", "whole", "stream", "whole", "stream", "whole", "stream", "whole", "cancel")
-REQUEST_TIMEOUT = 60.0  # seconds for one request
 SETTLE_TIMEOUT = 30.0  # seconds for the server's figures to settle once the load stopped
 POLL = 0.1  # seconds between polls of a settling figure
 MEMORY_GOAL = 10.0  # percent of RSS growth after warm-up
@@ -144,13 +142,6 @@ def rss_kib(pid: int) -> int:
     raise ValueError(f"no VmRSS for process {pid}")
 
 
-def process_cpu(pid: int) -> float:
-    """CPU seconds (user + system) of the whole process so far, exited threads included."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2:].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 @dataclass(frozen=True)
 class Sample:
     """The server's memory and descriptors at one moment."""
@@ -170,103 +161,7 @@ def ensure_fd_limit(needed: int) -> int:
     return soft
 
 
-# --- the client -------------------------------------------------------------------------------------
-
-
-class HTTPConnection(asyncio.Protocol):
-    """One client connection: HTTP/1.1 keep-alive, one request at a time, the response parsed by httptools.
-
-    ``request()`` sends; ``first_event()`` returns once the body holds a whole SSE event (or the
-    response ended); ``response()`` once the response ended. A connection that breaks makes both
-    raise ``ConnectionError``.
-    """
-
-    def __init__(self) -> None:
-        self.transport: asyncio.Transport | None = None
-        self.closed = False
-        self.error: BaseException | None = None
-        self.status = 0
-        self.keep_alive = True
-        self.body = bytearray()
-        loop = asyncio.get_running_loop()
-        self._first: asyncio.Future[None] = loop.create_future()
-        self._done: asyncio.Future[None] = loop.create_future()
-        self._parser = httptools.HttpResponseParser(self)
-
-    @classmethod
-    async def open(cls, port: int) -> HTTPConnection:
-        _, conn = await asyncio.get_running_loop().create_connection(cls, "127.0.0.1", port)
-        return conn
-
-    @property
-    def usable(self) -> bool:
-        return not self.closed and self.transport is not None and not self.transport.is_closing()
-
-    def request(self, data: bytes) -> None:
-        """Send one whole request (head and body)."""
-        if not self.usable:
-            raise ConnectionError("the connection is closed")
-        assert self.transport is not None
-        loop = asyncio.get_running_loop()
-        self.status, self.body, self.keep_alive = 0, bytearray(), True
-        self._first, self._done = loop.create_future(), loop.create_future()
-        self._parser = httptools.HttpResponseParser(self)
-        self.transport.write(data)
-
-    async def first_event(self) -> None:
-        await self._first
-        if self.error is not None:
-            raise self.error
-
-    async def response(self) -> None:
-        await self._done
-        if self.error is not None:
-            raise self.error
-
-    def close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
-
-    # asyncio.Protocol
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def data_received(self, data: bytes) -> None:
-        try:
-            self._parser.feed_data(data)
-        except httptools.HttpParserError as exc:
-            self._end(exc)
-            self.close()
-
-    def eof_received(self) -> bool:
-        return False  # close our side too
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
-        self._end(ConnectionError(f"the connection closed before the response ended ({exc})"))
-
-    # httptools callbacks
-
-    def on_headers_complete(self) -> None:
-        self.status = self._parser.get_status_code()
-
-    def on_body(self, body: bytes) -> None:
-        self.body += body
-        if not self._first.done() and b"\n\n" in self.body:
-            self._first.set_result(None)
-
-    def on_message_complete(self) -> None:
-        self.keep_alive = self._parser.should_keep_alive()
-        self._end(None)
-
-    def _end(self, error: BaseException | None) -> None:
-        if self._done.done():
-            return
-        self.error = error
-        for future in (self._first, self._done):
-            if not future.done():
-                future.set_result(None)
+# --- the requests -----------------------------------------------------------------------------------
 
 
 def chat_request(port: int, model: str, prompt: str, *, stream: bool) -> bytes:
@@ -274,19 +169,6 @@ def chat_request(port: int, model: str, prompt: str, *, stream: bool) -> bytes:
                       separators=(",", ":")).encode()
     return (f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Bearer {API_KEY}\r\n"
             f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
-
-
-async def fetch(port: int, method: str, path: str) -> tuple[int, bytes]:
-    """One bodiless request on a connection of its own: (status, body)."""
-    conn = await HTTPConnection.open(port)
-    try:
-        conn.request(f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Bearer {API_KEY}\r\n"
-                     "Content-Length: 0\r\n\r\n".encode())
-        async with asyncio.timeout(REQUEST_TIMEOUT):
-            await conn.response()
-        return conn.status, bytes(conn.body)
-    finally:
-        conn.close()
 
 
 def sse_data(body: bytes) -> list[bytes]:
@@ -407,6 +289,7 @@ class SoakResult:
 
     options: Options
     started: str = ""
+    load_average: float = 0.0  # the machine's, over the minute before the run
     seconds: float = 0.0  # wall time of the soak phase
     tally: Tally = field(default_factory=Tally)
     samples: list[Sample] = field(default_factory=list)
@@ -473,10 +356,12 @@ class SoakResult:
 class Soak:
     """Drives the load and samples the server while it runs."""
 
-    def __init__(self, options: Options, result: SoakResult, pid: int, port: int, upstream_port: int) -> None:
+    def __init__(self, options: Options, result: SoakResult, pids: dict[str, int], port: int,
+                 upstream_port: int) -> None:
         self.options = options
         self.result = result
-        self.pid = pid
+        self.pids = pids  # server and upstream
+        self.pid = pids["server"]
         self.port = port
         self.upstream_port = upstream_port
         self.next_index = 0
@@ -491,10 +376,15 @@ class Soak:
         self.result.samples.append(sample)
         return sample
 
+    def cpu(self) -> dict[str, float]:
+        """CPU seconds so far of the server, the upstream and this client."""
+        spent = {name: sum(thread_cpu(pid).values()) for name, pid in self.pids.items()}
+        return {**spent, "client": time.process_time()}
+
     async def run(self) -> None:
         self.take("baseline")
         workers = [asyncio.ensure_future(self.worker()) for _ in range(self.options.concurrency)]
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), self.cpu()
         try:
             async with asyncio.timeout(self.options.load_timeout):
                 await asyncio.gather(*workers)
@@ -503,6 +393,7 @@ class Soak:
                 worker.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
         self.result.seconds = time.perf_counter() - started
+        self.result.cpu = {name: seconds - cpu[name] for name, seconds in self.cpu().items()}
         await self.settle("after load")
         await self.burst()
         await self.settle("after burst")
@@ -535,7 +426,7 @@ class Soak:
                 conn.close()
 
     async def in_flight(self) -> float | None:
-        status, body = await fetch(self.port, "GET", "/metrics")
+        status, body = await fetch(self.port, "GET", "/metrics", API_KEY)
         for line in body.decode().splitlines():
             if status == 200 and line.startswith("patchbay_requests_in_flight "):
                 return float(line.split()[1])
@@ -611,7 +502,7 @@ class Soak:
             burst.open_at_once = arrived - finished
             burst.peak = self.take("burst peak")
             log.info("burst: %d streams open at once; server fds %s", burst.open_at_once, burst.peak.fds)
-            status, body = await fetch(self.upstream_port, "POST", "/control/release")
+            status, body = await fetch(self.upstream_port, "POST", "/control/release", API_KEY)
             burst.released = json.loads(body)["released"] if status == 200 else -1
             async with asyncio.timeout(REQUEST_TIMEOUT * 2):
                 await asyncio.gather(*streams)
@@ -669,7 +560,8 @@ def log_problems(service: Service) -> list[str]:
 
 def run_soak(options: Options, scratch: Path) -> SoakResult:
     """Start the upstream and one server in ``scratch``, run both phases, stop them, count the log."""
-    result = SoakResult(options, started=dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"))
+    result = SoakResult(options, started=dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+                        load_average=os.getloadavg()[0])
     result.fd_limit = ensure_fd_limit(3 * options.burst + 2 * options.concurrency + 256)
     with upstream_service(scratch) as upstream:
         server = Service("patchbay", serve(scratch, upstream.launch.port, logging_on=True,
@@ -678,12 +570,8 @@ def run_soak(options: Options, scratch: Path) -> SoakResult:
             database = scratch / "on" / "logs.db"
             _wait_for_first_row(database)
             pids = {"server": server.pid, "upstream": upstream.pid}
-            before = {name: process_cpu(pid) for name, pid in pids.items()}
-            client_before = time.process_time()
-            soak = Soak(options, result, server.pid, server.launch.port, upstream.launch.port)
+            soak = Soak(options, result, pids, server.launch.port, upstream.launch.port)
             run_async(soak.run)
-            result.cpu = {name: process_cpu(pid) - before[name] for name, pid in pids.items()}
-            result.cpu["client"] = time.process_time() - client_before
             upstream.stop()  # its kept-alive connections close; the server's pool lets them go
             run_async(lambda: soak.settle("upstream stopped", until="no upstream"))
         # Stopped with SIGTERM: the server flushed its request log on the way out.
@@ -714,8 +602,8 @@ def report(result: SoakResult, command: str) -> str:
         f"Command: `{command}` ({result.started}). `patchbay serve` (one worker, request log on) in front of "
         f"bench/upstream.py; Python {platform.python_version()}, {platform.machine()}, {os.cpu_count()} CPUs "
         "shared by the client, the server, the upstream and other work on the machine (the throughput is "
-        "that of a busy machine; the goals are ratios and counts). Descriptor limit "
-        f"{result.fd_limit:,}.",
+        "that of a busy machine; the goals are ratios and counts): load average "
+        f"{result.load_average:.1f} before the run. Descriptor limit {result.fd_limit:,}.",
         "",
         f"The mix, by request number: 5 in 10 non-streaming, 4 in 10 streamed to the end, 1 in 10 streamed "
         f"and closed by the client after the first chunk (the upstream holds the rest back, so these are "
