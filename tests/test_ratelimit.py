@@ -159,6 +159,7 @@ async def test_leases_are_renewed_while_the_request_runs(redis_url: str, clock: 
     await other.admit("a", limits)
     with redis.Redis.from_url(redis_url, socket_timeout=5) as client:
         assert client.zcard("patchbay:default:limits:{a}:leases") == 1  # other's; running's is gone
+        assert 0 < client.ttl("patchbay:default:limits:{a}:leases") <= 11
     await running.close()
     await other.close()
 
@@ -403,3 +404,14 @@ def test_config_show_writes_the_limits_back(tmp_path: Path) -> None:
                                              "requests_per_minute = 5\n"), environ={})
     again = load_settings(write(tmp_path, to_toml({"limits": _plain(settings)["limits"]})), environ={})
     assert again.limits == settings.limits and again.key_limits == settings.key_limits
+
+
+async def test_without_keys_or_redis_one_process_limits_every_request(upstream: GatedFake, tmp_path: Path,
+                                                                      http: aiohttp.ClientSession) -> None:
+    config = {"server": {"request_log": False}, "limits": {"requests_per_minute": 2},
+              "providers": {"fake": {"base_url": upstream.api_base, "models": ["fake-small"]}},
+              "routes": {"small": ["fake/fake-small"]}}
+    async with GatewayProcess(config, tmp_path) as gateway:
+        answers = [await chat(http, gateway, "unused")() for _ in range(3)]
+    assert [status for status, _, _ in answers] == [200, 200, 429]
+    assert "requests_per_minute (2)" in answers[2][1]["error"]["message"]

@@ -45,6 +45,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 import uuid
 from collections.abc import Callable
@@ -201,10 +202,6 @@ class MemoryRateLimiter:
             second = int(self._clock() // 1)
             buckets = self._tokens.setdefault(admission.client, {})
             buckets[second] = buckets.get(second, 0) + tokens
-
-    def in_flight(self, client: str) -> int:
-        """Requests of ``client`` holding a concurrency slot."""
-        return len(self._leases.get(client, ()))
 
     async def close(self) -> None:
         return None
@@ -403,6 +400,8 @@ class RedisRateLimiter:
                 pipe = redis.pipeline(transaction=False)
                 for lease, key in held:
                     pipe.zadd(key, {lease: expiry}, xx=True)
+                for key in {key for _, key in held}:  # the set itself outlives its last lease
+                    pipe.expire(key, math.ceil(self.lease_seconds) + 1)
                 await pipe.execute()
         except _UNAVAILABLE as exc:
             self._mark_down(exc)
