@@ -334,7 +334,7 @@ class SoakResult:
              f"{base.fds.total - base.fds.upstream} without upstream connections at the start, "
              f"{final.fds.total} at the end; {settled.fds.upstream} kept-alive upstream connections after the "
              f"load (cap {MAX_IDLE_PER_HOST}), {final.fds.upstream} once the upstream stopped; "
-             f"{self.in_flight_after:g} requests in flight"),
+             f"{_number(self.in_flight_after)} requests in flight"),
             ("every request accounted for in the request log", accounted,
              f"{sum(expected.values()):,} requests, {right_status:,} rows with the expected status, "
              f"{self.rows.missing} missing, {self.rows.duplicated} duplicated, {self.rows.wrong_text} with the "
@@ -583,6 +583,10 @@ def run_soak(options: Options, scratch: Path) -> SoakResult:
 # --- the report -------------------------------------------------------------------------------------
 
 
+def _number(value: float | None) -> str:
+    return "unknown" if value is None else f"{value:g}"
+
+
 def _mib(kib: int) -> str:
     return f"{kib / 1024:.1f} MiB"
 
@@ -624,7 +628,7 @@ def report(result: SoakResult, command: str) -> str:
         f"| open fds at the end of the load | {end.fds} |",
         f"| open fds after the load settled | {settled.fds} |",
         f"| open fds once the upstream stopped | {final.fds} |",
-        f"| requests in flight after the load (/metrics) | {result.in_flight_after:g} |",
+        f"| requests in flight after the load (/metrics) | {_number(result.in_flight_after)} |",
         f"| request-log rows | {rows.total:,} ({rows.probes} readiness probe); {statuses} |",
         f"| {burst.streams:,} concurrent streams | {burst.open_at_once:,} open at once, "
         f"{burst.tally.ok['burst']:,} correct, {burst.seconds:.1f} s; server then: {peak_fds}, RSS {peak_rss} |",
