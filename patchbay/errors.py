@@ -287,6 +287,13 @@ class AllProvidersFailed(PatchbayError):
         return {429: "rate_limit_error", 401: "authentication_error", 504: "timeout_error"}.get(self.status,
                                                                                                  "api_error")
 
+    def to_dict(self) -> dict[str, object]:
+        """The OpenAI error object plus ``attempts``: what each target answered, for people to read."""
+        body = super().to_dict()
+        body["attempts"] = [{"provider": a.provider, "model": a.model, "error": a.error, "status": a.status,
+                             "message": redact(a.message)} for a in self.attempts]
+        return body
+
 
 @dataclass(frozen=True, slots=True)
 class ErrorInfo:

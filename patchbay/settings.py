@@ -55,6 +55,7 @@ class ServerSettings:
     log_level: str = "info"
     request_log: bool = True  # record every exchange in the request log (SQLite)
     request_log_path: str = ""  # the log's file; empty: logs.db in the data directory
+    web_ui: bool = True  # serve the web chat page at /
 
     def api_keys(self, environ: Mapping[str, str] | None = None) -> list[str]:
         """The configured client API keys (read from the ``api_keys_env`` variable)."""

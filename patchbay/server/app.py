@@ -37,6 +37,7 @@ from patchbay.server.chat import ChatEndpoint
 from patchbay.server.metrics import GatewayMetrics
 from patchbay.server.openapi import openapi_document
 from patchbay.server.ratelimit import ANONYMOUS, Client, clients, limiter_for
+from patchbay.server.webpage import WebPage
 from patchbay.settings import Settings, load_settings
 
 __all__ = ["Gateway", "create_app"]
@@ -84,6 +85,11 @@ class Gateway:
         }
         for path in ("/chat/completions", "/models"):  # clients whose base URL has no /v1
             self._routes[path] = self._routes["/v1" + path]
+        self.public_paths = PUBLIC_PATHS
+        if server.web_ui:  # the page itself is public; the API calls it makes carry the key
+            page = WebPage()
+            self._routes.update((path, ("GET", page)) for path in page.paths)
+            self.public_paths = PUBLIC_PATHS | frozenset(page.paths)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -107,7 +113,7 @@ class Gateway:
             method, handler = route
             if scope["method"] != method:
                 raise MethodNotAllowed(f"{path} takes {method}, not {scope['method']}")
-            if self.api_keys and path not in PUBLIC_PATHS:
+            if self.api_keys and path not in self.public_paths:
                 scope[CLIENT] = self._authenticate(scope)
             await handler(scope, receive, send)
         except PatchbayError as error:

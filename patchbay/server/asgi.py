@@ -17,8 +17,8 @@ import msgspec
 
 from patchbay.errors import PatchbayError, PayloadTooLarge
 
-__all__ = ["ClientDisconnected", "DisconnectWatch", "Receive", "Scope", "Send", "SSEWriter", "error_body",
-           "read_body", "send_bytes"]
+__all__ = ["ClientDisconnected", "DisconnectWatch", "Headers", "Receive", "Scope", "Send", "SSEWriter",
+           "error_body", "read_body", "send_bytes"]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
