@@ -198,8 +198,15 @@ class Deadline:
             return max(remaining, 0.0), True
         return limit, False
 
+    def expired(self) -> bool:
+        """The deadline has passed (checked before using data already at hand, which needs no wait)."""
+        remaining = self.remaining()
+        return remaining is not None and remaining <= 0
+
     def exceeded(self) -> DeadlineExceeded:
-        return DeadlineExceeded(f"the request ran past its total deadline of {self._total} s")
+        # A router hands each attempt what is left of the total (2.99996 s of 3): say it as "3 s".
+        total = "none" if self._total is None else f"{round(self._total, 3):g}"
+        return DeadlineExceeded(f"the request ran past its total deadline of {total} s")
 
 
 class CookieStore:
@@ -420,6 +427,10 @@ class HTTPSession:
                 chunk = buffered() if buffered is not None else None
                 if chunk is None:  # nothing at hand: wait, within the limits
                     chunk = await self.deadline.wait(response.content.readany(), limit, error)
+                elif chunk and self.deadline.expired():
+                    # An upstream that always has more at hand (an endless stream read by a slow
+                    # client) never makes the read wait, so the deadline is checked here too.
+                    raise self.deadline.exceeded()
             except _CAUGHT as exc:
                 raise map_transport_error(exc, provider=self.provider) from exc
             if not chunk:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -66,6 +67,35 @@ async def test_total_deadline_bounds_every_wait(aichatonline_replica: AiChatOnli
                                         timeout=Timeout(connect=1, first_byte=5, idle=5, total=0.5))
     cause = info.value.__cause__ or info.value
     assert isinstance(cause, DeadlineExceeded)
+
+
+class _AlwaysAtHand:
+    """A pooled-style response whose body always has more bytes buffered: reads never wait."""
+
+    status = 200
+
+    def __init__(self) -> None:
+        self.headers: dict[str, str] = {}
+        self.content = self
+
+    def buffered_chunk(self) -> bytes:
+        return b"data: more\n\n"
+
+    async def readany(self) -> bytes:
+        return self.buffered_chunk()
+
+    def release(self) -> None:
+        pass
+
+
+async def test_total_deadline_ends_a_body_that_never_needs_a_wait() -> None:
+    # An endless upstream read by a slower client always has data at hand; the deadline, once
+    # only checked while waiting, must still end it.
+    async with HTTPSession(timeout=Timeout(connect=1, first_byte=1, idle=1, total=0.2)) as http:
+        with pytest.raises(DeadlineExceeded, match=r"deadline of 0\.2 s"):
+            async with asyncio.timeout(5):
+                async for _ in http.iter_bytes(_AlwaysAtHand()):
+                    await asyncio.sleep(0)  # let the guard's timer run
 
 
 async def test_cookies_survive_the_session(liaobots_replica: LiaobotsReplica) -> None:

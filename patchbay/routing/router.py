@@ -298,8 +298,11 @@ class Router(AsyncGeneratorProvider):
     def _final(cls, request: _Request, error: PatchbayError) -> PatchbayError:
         """The error to raise at the end: it carries the delivered text when there was some."""
         if request.delivered:
+            reason = error
+            while isinstance(reason, StreamInterrupted) and isinstance(reason.__cause__, PatchbayError):
+                reason = reason.__cause__  # say why once, not "interrupted after 26 ...: interrupted after 26 ..."
             final = StreamInterrupted(
-                f"the answer was interrupted after {len(request.text)} characters: {error.message}",
+                f"the answer was interrupted after {len(request.text)} characters: {reason.message}",
                 partial_text=request.text,
             )
             final.__cause__ = error

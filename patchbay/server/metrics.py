@@ -2,15 +2,18 @@
 
 A few counters and histograms keyed by label values, with no client library: recording a request
 is a handful of dict and list operations on the request path. Each worker process keeps its own
-numbers (scrape every worker, or run one).
+numbers (scrape every worker, or run one). Process gauges (open file descriptors, resident memory,
+asyncio tasks) are read at scrape time, so they cost nothing between scrapes.
 """
 
 from __future__ import annotations
 
+import asyncio
+import os
 from bisect import bisect_left
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
-__all__ = ["Counter", "GatewayMetrics", "Histogram"]
+__all__ = ["Counter", "GatewayMetrics", "Histogram", "ScrapeGauge"]
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 
@@ -55,6 +58,45 @@ class Gauge(Counter):
 
     def dec(self, labels: Labels = (), amount: float = 1.0) -> None:
         self.inc(labels, -amount)
+
+
+class ScrapeGauge:
+    """A gauge without labels whose value is read when scraped; ``None`` (unknown here) omits the sample."""
+
+    kind = "gauge"
+
+    def __init__(self, name: str, help_text: str, read: Callable[[], float | None]) -> None:
+        self.name, self.help, self.read = name, help_text, read
+
+    def samples(self) -> list[str]:
+        value = self.read()
+        return [] if value is None else [f"{self.name} {_number(value)}"]
+
+
+def open_fds() -> int | None:
+    """File descriptors this process has open (Linux ``/proc``; None elsewhere)."""
+    try:
+        return len(os.listdir("/proc/self/fd"))
+    except OSError:
+        return None
+
+
+def resident_memory() -> int | None:
+    """Resident set size in bytes (Linux ``/proc``; None elsewhere)."""
+    try:
+        with open("/proc/self/statm", "rb") as statm:
+            pages = int(statm.read().split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+    return pages * os.sysconf("SC_PAGE_SIZE")
+
+
+def asyncio_tasks() -> int | None:
+    """Unfinished asyncio tasks of the running event loop (None outside one)."""
+    try:
+        return len(asyncio.all_tasks())
+    except RuntimeError:
+        return None
 
 
 class Histogram:
@@ -104,8 +146,13 @@ class GatewayMetrics:
         self.in_flight.inc((), 0)
         self.rate_limited = Counter("patchbay_rate_limited_total",
                                     "Chat completion requests refused by the per-key limits.", ("key", "limit"))
+        self.process = (
+            ScrapeGauge("process_open_fds", "Number of open file descriptors.", open_fds),
+            ScrapeGauge("process_resident_memory_bytes", "Resident memory size in bytes.", resident_memory),
+            ScrapeGauge("patchbay_asyncio_tasks", "Unfinished asyncio tasks of the event loop.", asyncio_tasks),
+        )
         self.families = (self.requests, self.errors, self.latency, self.ttft, self.tokens, self.in_flight,
-                         self.rate_limited)
+                         self.rate_limited, *self.process)
 
     def record(self, provider: str, model: str, status: int, duration: float, *, ttft: float | None = None,
                prompt_tokens: int | None = None, completion_tokens: int | None = None,

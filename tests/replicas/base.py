@@ -3,7 +3,9 @@
 Each replica imitates one remote chat service closely enough for provider tests: it checks the
 shape of every request (a failed check is answered 400 and listed in ``violations``), and answers
 according to a named fault scenario.  The transport-level faults (slow first byte, stalls, dropped
-connections, pathological chunking) live here so that every replica misbehaves the same way.
+connections, resets, truncated chunked encoding, pathological chunking, invalid UTF-8) live here so
+that every replica misbehaves the same way.  "Connection refused" needs no replica at all: point
+the client at :func:`refused_url`.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import asyncio
 import contextlib
 import itertools
 import json
+import socket
+import struct
 import urllib.parse
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -27,7 +31,18 @@ MAX_SLEEP = 60.0
 DEFAULT_ANSWER = "Hello! Привет, 世界 🌍. The answer is 42."
 
 #: Scenarios implemented by :meth:`ReplicaServer.send` for any replica that lists them.
-TRANSPORT_SCENARIOS = frozenset({"one_byte", "split_multibyte", "slow_first_byte", "stall", "disconnect"})
+TRANSPORT_SCENARIOS = frozenset(
+    {
+        "one_byte",
+        "split_multibyte",
+        "slow_first_byte",
+        "stall",
+        "disconnect",
+        "reset_before_headers",
+        "truncated_chunked",
+        "invalid_utf8",
+    }
+)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -96,6 +111,29 @@ def split_inside_multibyte(data: bytes) -> list[bytes]:
     return [data[a:b] for a, b in itertools.pairwise(bounds) if b > a]
 
 
+def corrupt_utf8(data: bytes) -> bytes:
+    """``data`` with every 4-byte UTF-8 character made invalid: a stray 0xFF, then the character
+    without its last byte.  A lenient decoder reads each one as two U+FFFD."""
+    out = bytearray()
+    i = 0
+    while i < len(data):
+        if data[i] >= 0xF0 and i + 4 <= len(data):
+            out += b"\xff" + data[i : i + 3]
+            i += 4
+        else:
+            out.append(data[i])
+            i += 1
+    return bytes(out)
+
+
+def refused_url() -> str:
+    """``http://127.0.0.1:PORT`` of a port nothing listens on (bound, then closed): connection refused."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
 def _parse_form(body: bytes) -> dict[str, str] | None:
     try:
         return dict(urllib.parse.parse_qsl(body.decode(), keep_blank_values=True, strict_parsing=True))
@@ -134,6 +172,8 @@ class ReplicaServer:
         self.first_byte_delay = 2.0
         self.stall_seconds = 30.0
         self.delay_per_chunk = 0.0
+        #: Seconds the server keeps an idle keep-alive connection open (aiohttp's own default is an hour).
+        self.keepalive_timeout = 75.0
         self.base_url: str | None = None
         self._runner: web.AppRunner | None = None
         self._stopping = False
@@ -168,7 +208,11 @@ class ReplicaServer:
         # handler_cancellation: a client that goes away mid-stream cancels the handler, which is
         # how a stalled stream learns about the disconnect.
         runner = web.AppRunner(
-            app, handler_cancellation=True, shutdown_timeout=self.SHUTDOWN_TIMEOUT, access_log=None
+            app,
+            handler_cancellation=True,
+            shutdown_timeout=self.SHUTDOWN_TIMEOUT,
+            access_log=None,
+            keepalive_timeout=self.keepalive_timeout,
         )
         await runner.setup()
         site = web.TCPSite(runner, host, port)
@@ -302,13 +346,26 @@ class ReplicaServer:
         """Sleep at most :data:`MAX_SLEEP` seconds."""
         await asyncio.sleep(min(max(seconds, 0.0), MAX_SLEEP))
 
+    @staticmethod
+    def _reset(request: web.Request) -> None:
+        """Drop the connection with a TCP reset (SO_LINGER 0), not an orderly close."""
+        transport = request.transport
+        if transport is None:
+            return
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        transport.abort()
+
     def _note_disconnect(self) -> None:
         self.disconnects += 1
         self._notify()
 
     def shape_pieces(self, pieces: Iterable[bytes]) -> list[bytes]:
-        """Re-cut the answer's byte pieces for the chunking scenarios (one_byte, split_multibyte)."""
+        """Re-cut (or corrupt) the answer's byte pieces for one_byte, split_multibyte and invalid_utf8."""
         pieces = [p for p in pieces if p]
+        if self.scenario == "invalid_utf8":
+            return [corrupt_utf8(p) for p in pieces]
         if self.scenario == "one_byte":
             return [bytes([b]) for piece in pieces for b in piece]
         if self.scenario == "split_multibyte":
@@ -329,13 +386,23 @@ class ReplicaServer:
 
         ``slow_first_byte`` sleeps ``first_byte_delay`` before the headers; ``stall`` writes the first
         half of the pieces and sleeps ``stall_seconds`` (then finishes); ``disconnect`` writes the
-        first half and closes the connection; ``one_byte``/``split_multibyte`` re-cut the pieces.
-        ``sized`` sends a Content-Length instead of chunked encoding.
+        first half and closes the connection; ``reset_before_headers`` resets the connection (TCP RST)
+        without a byte of answer; ``truncated_chunked`` writes the first half in chunked encoding,
+        then a chunk shorter than its declared size, and closes; ``one_byte``/``split_multibyte``
+        re-cut the pieces; ``invalid_utf8`` corrupts every 4-byte character (:func:`corrupt_utf8`).
+        ``sized`` sends a Content-Length instead of chunked encoding (not with ``truncated_chunked``).
         """
         scenario = self.scenario
         pieces = self.shape_pieces(pieces)
         cut = len(pieces)
-        if scenario in ("stall", "disconnect"):
+        if scenario == "reset_before_headers":
+            self.dropped += 1
+            self._notify()
+            self._reset(request)
+            return web.Response(status=500)  # never sent: the connection is gone
+        if scenario == "truncated_chunked":
+            sized = False
+        if scenario in ("stall", "disconnect", "truncated_chunked"):
             if len(pieces) == 1 and len(pieces[0]) > 1:
                 half = len(pieces[0]) // 2
                 pieces = [pieces[0][:half], pieces[0][half:]]
@@ -359,6 +426,13 @@ class ReplicaServer:
                     if request.transport is not None:
                         request.transport.close()
                     # aiohttp's own write_eof then meets the closed transport and gives up quietly.
+                    return resp
+                elif index == cut and scenario == "truncated_chunked":
+                    self.dropped += 1
+                    if request.transport is not None:
+                        # A chunk that promises more bytes than ever come, written past aiohttp's framing.
+                        request.transport.write(b"%x\r\n" % (len(piece) + 64) + piece)
+                        request.transport.close()
                     return resp
                 await resp.write(piece)
                 self.last_chunks.append(piece)

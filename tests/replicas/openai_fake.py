@@ -3,10 +3,30 @@
 Serves ``GET /v1/models`` and ``POST /v1/chat/completions`` (streamed and not) with the exact
 object shapes of the real API, and can answer every documented error, mid-stream failure and
 transport fault.  Request bodies are kept whole so tests can assert on pass-through fields.
+
+Fault scenarios (``scenario``), each for streamed and whole answers unless noted:
+
+- ``status_<code>``: the API's error object with that status (429 carries ``Retry-After``);
+- ``html_200``: an nginx-style HTML error page with status 200;
+- ``slow_first_byte``, ``stall``, ``disconnect``, ``reset_before_headers``, ``truncated_chunked``,
+  ``invalid_utf8``, ``one_byte``: the transport faults of :meth:`ReplicaServer.send`;
+- ``mid_stream_error``: an error event after a few chunks (streamed only);
+- ``malformed_stream``: invalid JSON after a few chunks; a whole answer is cut mid-object;
+- ``enormous``: the answer plus ``enormous_size`` characters, streamed as *one* SSE event
+  (one line of several MB) or sent as one JSON body; :meth:`OpenAIFake.enormous_text` is the text;
+- ``endless``: deltas ``"0 "``, ``"1 "``, ... every ``endless_interval`` seconds, never ``[DONE]``
+  (a whole answer: a JSON string that never closes), until the client goes (at most
+  :data:`~tests.replicas.base.MAX_SLEEP` seconds); :func:`endless_text` spells the first n deltas;
+- ``wrong_content_type``: a correct body under the wrong type: a stream labelled
+  ``application/json``, a whole answer labelled ``text/plain``;
+- ``keepalive``, ``tool_call``: not faults (comment lines between events; a tool call).
+
+Connection refused needs no fake: use :func:`tests.replicas.base.refused_url`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 import time
@@ -14,7 +34,7 @@ from typing import Any, ClassVar
 
 from aiohttp import web
 
-from tests.replicas.base import DEFAULT_ANSWER, ReplicaServer, split_deltas, sse
+from tests.replicas.base import DEFAULT_ANSWER, MAX_SLEEP, ReplicaServer, split_deltas, sse
 
 STATUS_SCENARIOS = {
     f"status_{code}": code for code in (400, 401, 402, 403, 404, 409, 422, 429, 500, 502, 503)
@@ -36,6 +56,14 @@ ERRORS: dict[int, tuple[str, str | None, str]] = {
 }
 
 HTML_ERROR_PAGE = "<!DOCTYPE html><html><head><title>502 Bad Gateway</title></head><body>nginx</body></html>"
+
+ENORMOUS_FILLER = "0123456789abcdef"
+
+
+def endless_text(deltas: int) -> str:
+    """The text of the first ``deltas`` deltas of the ``endless`` scenario."""
+    return "".join(f"{i} " for i in range(deltas))
+
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 
@@ -81,6 +109,12 @@ class OpenAIFake(ReplicaServer):
             "keepalive",
             "html_200",
             "tool_call",
+            "reset_before_headers",
+            "truncated_chunked",
+            "invalid_utf8",
+            "enormous",
+            "endless",
+            "wrong_content_type",
         }
         | set(STATUS_SCENARIOS)
     )
@@ -98,6 +132,8 @@ class OpenAIFake(ReplicaServer):
         self.tool_arguments: dict[str, Any] = {"city": "Paris", "unit": "celsius"}
         self.bodies: list[dict[str, Any]] = []
         self.chat_count = 0
+        self.enormous_size = 4 * 1024 * 1024
+        self.endless_interval = 0.005
 
     @property
     def api_base(self) -> str:
@@ -108,6 +144,11 @@ class OpenAIFake(ReplicaServer):
     def last_body(self) -> dict[str, Any]:
         """Body of the latest chat completions request."""
         return self.bodies[-1]
+
+    def enormous_text(self) -> str:
+        """The answer of the ``enormous`` scenario: ``answer`` then ``enormous_size`` filler characters."""
+        repeat = -(-self.enormous_size // len(ENORMOUS_FILLER))
+        return self.answer + (ENORMOUS_FILLER * repeat)[: self.enormous_size]
 
     def routes(self) -> list[web.RouteDef]:
         return [web.get("/v1/models", self.list_models), web.post("/v1/chat/completions", self.completions)]
@@ -208,9 +249,13 @@ class OpenAIFake(ReplicaServer):
         tools = body.get("tools")
         tool_call = self.scenario == "tool_call" and bool(tools)
         text = "" if tool_call else self.choose_answer(body)
+        if self.scenario == "enormous":
+            text = self.enormous_text()
         completion_id = f"chatcmpl-{secrets.token_hex(12)}"
         created = int(time.time())
         usage = self.usage(body, text)
+        if self.scenario == "endless":
+            return await self.endless(request, body, completion_id, created)
         if body.get("stream"):
             return await self.stream(request, body, text, completion_id, created, usage, tool_call)
         message: dict[str, Any] = {"role": "assistant", "content": text, "refusal": None}
@@ -237,12 +282,11 @@ class OpenAIFake(ReplicaServer):
             "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
             "usage": usage,
         }
-        return await self.send(
-            request,
-            [json.dumps(obj, ensure_ascii=False).encode()],
-            content_type="application/json",
-            sized=True,
-        )
+        encoded = json.dumps(obj, ensure_ascii=False).encode()
+        if self.scenario == "malformed_stream":
+            encoded = encoded[: len(encoded) // 2]
+        content_type = "text/plain; charset=utf-8" if self.scenario == "wrong_content_type" else "application/json"
+        return await self.send(request, [encoded], content_type=content_type, sized=True)
 
     @staticmethod
     def tool_call_id(completion_id: str) -> str:
@@ -295,7 +339,8 @@ class OpenAIFake(ReplicaServer):
             events.append(chunk({}, "tool_calls"))
         else:
             events = [chunk({"role": "assistant", "content": "", "refusal": None})]
-            events += [chunk({"content": delta}) for delta in split_deltas(text, 6)]
+            deltas = [text] if self.scenario == "enormous" else split_deltas(text, 6)
+            events += [chunk({"content": delta}) for delta in deltas]
             events.append(chunk({}, "stop"))
         if include_usage:
             events.append(
@@ -319,6 +364,48 @@ class OpenAIFake(ReplicaServer):
         elif self.scenario == "keepalive":
             events = [piece for event in events for piece in (b": ping\n\n", event)]
         headers = {"Cache-Control": "no-cache"}
-        return await self.send(
-            request, events, content_type="text/event-stream; charset=utf-8", headers=headers
-        )
+        content_type = "text/event-stream; charset=utf-8"
+        if self.scenario == "wrong_content_type":
+            content_type = "application/json"
+        return await self.send(request, events, content_type=content_type, headers=headers)
+
+    async def endless(
+        self, request: web.Request, body: dict[str, Any], completion_id: str, created: int
+    ) -> web.StreamResponse:
+        """The ``endless`` scenario: deltas until the client goes (or :data:`MAX_SLEEP` seconds pass)."""
+        stream = bool(body.get("stream"))
+        resp = web.StreamResponse(headers={"Cache-Control": "no-cache"})
+        resp.content_type = "text/event-stream" if stream else "application/json"
+        head = {"id": completion_id, "created": created, "model": body["model"]}
+        self.open_streams += 1
+        self._notify()
+        try:
+            await resp.prepare(request)
+
+            def chunk(delta: dict[str, Any]) -> bytes:
+                choice = {"index": 0, "delta": delta, "finish_reason": None}
+                return sse({**head, "object": "chat.completion.chunk", "choices": [choice]})
+
+            if stream:
+                await resp.write(chunk({"role": "assistant", "content": ""}))
+            else:  # an object whose content string never closes
+                opening = json.dumps({**head, "object": "chat.completion"})[:-1]
+                await resp.write(opening.encode() + b', "choices": [{"index": 0, "message": {"content": "')
+            loop = asyncio.get_running_loop()
+            ends = loop.time() + MAX_SLEEP
+            index = 0
+            while loop.time() < ends:
+                delta = f"{index} "
+                await resp.write(chunk({"content": delta}) if stream else delta.encode())
+                index += 1
+                await asyncio.sleep(self.endless_interval)
+        except ConnectionError:
+            self._note_disconnect()
+        except asyncio.CancelledError:
+            if not self._stopping:
+                self._note_disconnect()
+            raise
+        finally:
+            self.open_streams -= 1
+            self._notify()
+        return resp

@@ -1,0 +1,343 @@
+"""Fault injection through a real ``patchbay serve``: every upstream fault, streamed and not.
+
+One gateway process serves the whole matrix. Each scenario has its own fault-injecting
+:class:`OpenAIFake` (its own port) behind its own route, so a case only ever meets its own fault.
+The router's limits are short (1 s to connect, for the first byte and between chunks; 3 s in all)
+and there is one attempt per request, so each case ends by its own fault, not by a retry.
+
+Per case: the client gets the expected status (a failure before any text) or, after some text, an
+in-band ``error`` event that ends the stream; the request finishes within the total timeout plus a
+generous margin (two shared cores); the text received is never repeated (a prefix of the answer,
+or the exact answer); and afterwards the gateway is back to its baseline: open file descriptors
+(``/proc/<pid>/fd``), asyncio tasks (``patchbay_asyncio_tasks`` on ``/metrics``), no socket to an
+upstream, no response the fakes are still writing. Idle keep-alive connections are legitimate, so
+the fakes close theirs after :data:`UPSTREAM_KEEPALIVE` seconds, as real servers do (later).
+
+Decisions the matrix pins down: invalid UTF-8 from an upstream reaches the client as U+FFFD
+(lenient, as the decoders document); one SSE event larger than the decoders' line limit
+(1 MiB) is a 502 protocol error naming ``max_line_size``, while a whole (non-streamed) answer of
+several MB passes; an endless stream ends at the router's total timeout; a whole answer labelled
+``text/plain`` is accepted, a stream labelled ``application/json`` is a 502 protocol error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import openai
+import pytest
+import pytest_asyncio
+
+from tests.gateway_process import GatewayProcess
+from tests.replicas.base import DEFAULT_ANSWER, corrupt_utf8, refused_url
+from tests.replicas.openai_fake import OpenAIFake, endless_text
+
+pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(90)]
+
+ROUTER = {"retries": 1, "connect_timeout": 1.0, "first_byte_timeout": 1.0, "idle_timeout": 1.0, "timeout": 3.0}
+DEADLINE = ROUTER["timeout"]
+#: Added to the total timeout for the bound on each request: generous, the machine is shared and slow.
+MARGIN = 10.0
+#: The client's own limit: past it the request counts as hung.
+CLIENT_TIMEOUT = DEADLINE + MARGIN + 5.0
+#: Seconds the fakes keep an idle keep-alive connection (so the pool's idle sockets go away).
+UPSTREAM_KEEPALIVE = 0.3
+#: Bound on waiting for the gateway to return to its baseline after a case.
+SETTLE_TIMEOUT = 15.0
+#: Seconds between the endless stream's deltas (paced, so it does not eat the shared cores).
+ENDLESS_INTERVAL = 0.005
+HELLO = [{"role": "user", "content": "Hello"}]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What the client must see: ``status`` (200 also for an in-band error), and either the exact
+    ``text`` of an answer or an error whose message names ``cause``; ``partial`` marks an in-band
+    error after some text."""
+
+    status: int
+    cause: str = ""
+    text: str | None = None
+    partial: bool = False
+
+
+def ok(text: str) -> Outcome:
+    return Outcome(200, text=text)
+
+
+def fails(status: int, cause: str) -> Outcome:
+    return Outcome(status, cause)
+
+
+def in_band(cause: str) -> Outcome:
+    return Outcome(200, cause, partial=True)
+
+
+ANSWER = DEFAULT_ANSWER
+ENORMOUS = OpenAIFake()
+ENORMOUS.enormous_size = 3 * 1024 * 1024  # over the 1 MiB line limit, under the 16 MiB body limit
+
+#: scenario -> (streamed, whole). "refused" has no fake: its route points at a closed port.
+MATRIX: dict[str, tuple[Outcome, Outcome]] = {
+    "normal": (ok(ANSWER), ok(ANSWER)),
+    "refused": (fails(502, "ConnectionFailed"), fails(502, "ConnectionFailed")),
+    "reset_before_headers": (fails(502, "ConnectionFailed"), fails(502, "ConnectionFailed")),
+    "status_500": (fails(502, "UpstreamError (502)"), fails(502, "UpstreamError (502)")),
+    "status_502": (fails(502, "UpstreamError (502)"), fails(502, "UpstreamError (502)")),
+    "status_503": (fails(502, "UpstreamError (502)"), fails(502, "UpstreamError (502)")),
+    "status_429": (fails(429, "RateLimited"), fails(429, "RateLimited")),
+    "slow_first_byte": (fails(504, "FirstByteTimeout"), fails(504, "FirstByteTimeout")),
+    "stall": (in_band("stalled"), fails(504, "IdleTimeout")),
+    "disconnect": (in_band("connection"), fails(502, "ConnectionFailed")),
+    "truncated_chunked": (in_band("connection"), fails(502, "ConnectionFailed")),
+    "malformed_stream": (in_band("not valid JSON"), fails(502, "ProtocolError")),
+    "invalid_utf8": (ok(corrupt_utf8(ANSWER.encode()).decode("utf-8", "replace")),) * 2,
+    "enormous": (fails(502, "max_line_size"), ok(ENORMOUS.enormous_text())),
+    "endless": (in_band("deadline"), fails(504, "deadline")),
+    "wrong_content_type": (fails(502, "ProtocolError"), ok(ANSWER)),
+    "html_200": (fails(502, "HTML"), fails(502, "HTML")),
+}
+
+
+@dataclass
+class Snapshot:
+    """What the gateway holds when idle."""
+
+    fds: int
+    tasks: int
+    upstream_sockets: int
+    memory: int
+
+
+class Harness:
+    """The gateway, the fakes and the baseline every case must return to."""
+
+    def __init__(self, gateway: GatewayProcess, fakes: dict[str, OpenAIFake]) -> None:
+        self.gateway = gateway
+        self.fakes = fakes
+        self.ports = {int(fake.base_url.rsplit(":", 1)[1]) for fake in fakes.values() if fake.base_url}
+        self.baseline = Snapshot(0, 0, 0, 0)
+
+    @property
+    def pid(self) -> int:
+        assert self.gateway.process is not None
+        return self.gateway.process.pid
+
+    async def snapshot(self) -> Snapshot:
+        fds = len(list(Path(f"/proc/{self.pid}/fd").iterdir()))
+        upstream = upstream_sockets(self.pid, self.ports)
+        metrics = await scrape(self.gateway.base_url)
+        return Snapshot(fds, int(metrics["patchbay_asyncio_tasks"]), upstream,
+                        int(metrics["process_resident_memory_bytes"]))
+
+    def quiet(self, now: Snapshot) -> bool:
+        streams = sum(fake.open_streams for fake in self.fakes.values())
+        return (now.fds <= self.baseline.fds and now.tasks <= self.baseline.tasks and now.upstream_sockets == 0
+                and streams == 0)
+
+    async def settle(self) -> Snapshot:
+        """Wait (bounded) until the gateway is back to the baseline; fail naming what is left over."""
+        now = await self.snapshot()
+        try:
+            async with asyncio.timeout(SETTLE_TIMEOUT):
+                while not self.quiet(now):
+                    await asyncio.sleep(0.05)  # the next look; the condition, not the sleep, decides
+                    now = await self.snapshot()
+        except TimeoutError:
+            streams = {name: fake.open_streams for name, fake in self.fakes.items() if fake.open_streams}
+            pytest.fail(f"the gateway did not return to its baseline {self.baseline}: now {now}, "
+                        f"upstream responses still open: {streams}\n{self.gateway.log_text[-3000:]}")
+        return now
+
+
+def upstream_sockets(pid: int, ports: set[int]) -> int:
+    """The process's TCP sockets whose remote end is one of ``ports`` (any state)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = fd.readlink().name
+        except OSError:  # closed meanwhile
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    count = 0
+    for table in ("tcp", "tcp6"):
+        path = Path(f"/proc/{pid}/net/{table}")
+        if not path.exists():
+            continue
+        for line in path.read_text().splitlines()[1:]:
+            fields = line.split()
+            remote_port = int(fields[2].rsplit(":", 1)[1], 16)
+            if fields[9] in inodes and remote_port in ports:
+                count += 1
+    return count
+
+
+async def scrape(base_url: str) -> dict[str, float]:
+    """The unlabelled samples of ``/metrics`` (a fresh connection, closed after)."""
+    connector = aiohttp.TCPConnector(force_close=True)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=10)) as http, \
+            http.get(f"{base_url}/metrics") as response:
+        text = await response.text()
+    samples = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#") and "{" not in line:
+            name, value = line.split()
+            samples[name] = float(value)
+    return samples
+
+
+def config_for(fakes: dict[str, OpenAIFake], refused: str) -> dict[str, Any]:
+    providers = {f"p_{name}": {"base_url": fake.api_base, "models": ["m"]} for name, fake in fakes.items()}
+    providers["p_refused"] = {"base_url": f"{refused}/v1", "models": ["m"]}
+    return {
+        "server": {"keepalive_interval": 30.0},  # no keep-alive comment starts a response before an error
+        "router": ROUTER,
+        "providers": providers,
+        "routes": {name: [f"p_{name}/m"] for name in MATRIX},
+    }
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def harness(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Harness]:
+    fakes: dict[str, OpenAIFake] = {}
+    for name in MATRIX:
+        if name == "refused":
+            continue
+        fake = ENORMOUS if name == "enormous" else OpenAIFake(name)
+        fake.scenario = name
+        fake.keepalive_timeout = UPSTREAM_KEEPALIVE
+        fake.endless_interval = ENDLESS_INTERVAL
+        await fake.start()
+        fakes[name] = fake
+    try:
+        config = config_for(fakes, refused_url())
+        async with GatewayProcess(config, tmp_path_factory.mktemp("faults")) as gateway:
+            harness = Harness(gateway, fakes)
+            # Warm up (imports, the pool, the request log), then take the baseline once all is idle.
+            for stream in (False, True):
+                await request(gateway, "normal", stream)
+            harness.baseline = Snapshot(10**6, 10**6, 0, 0)
+            harness.baseline = await harness.settle()
+            yield harness
+    finally:
+        for fake in fakes.values():
+            await fake.stop()
+
+
+@dataclass
+class Result:
+    status: int
+    text: str
+    error: dict[str, Any] | None
+    headers: dict[str, str] = field(default_factory=dict)
+    events_after_error: int = 0
+    done: bool = False
+
+
+async def request(gateway: GatewayProcess, model: str, stream: bool) -> Result:
+    if stream:
+        return await stream_request(gateway, model)
+    return await whole_request(gateway, model)
+
+
+async def whole_request(gateway: GatewayProcess, model: str) -> Result:
+    """A non-streamed request through the openai SDK."""
+    async with openai.AsyncOpenAI(base_url=gateway.api_base, api_key="unused", max_retries=0,
+                                  timeout=CLIENT_TIMEOUT) as sdk:
+        try:
+            answer = await sdk.chat.completions.create(model=model, messages=HELLO)  # type: ignore[arg-type]
+        except openai.APIStatusError as error:
+            body = error.body if isinstance(error.body, dict) else {}
+            return Result(error.status_code, "", body.get("error", body) or {"message": error.message},
+                          {k.lower(): v for k, v in error.response.headers.items()})
+    return Result(200, answer.choices[0].message.content or "", None, done=True)
+
+
+async def stream_request(gateway: GatewayProcess, model: str) -> Result:
+    """A streamed request, raw: the SDK would hide what follows an error event."""
+    body = {"model": model, "messages": HELLO, "stream": True}
+    timeout = aiohttp.ClientTimeout(total=CLIENT_TIMEOUT)
+    async with aiohttp.ClientSession(timeout=timeout) as http, \
+            http.post(f"{gateway.api_base}/chat/completions", json=body) as response:
+        raw = await response.read()
+    if response.status != 200:
+        headers = {name.lower(): value for name, value in response.headers.items()}
+        return Result(response.status, "", json.loads(raw)["error"], headers)
+    assert response.content_type == "text/event-stream"
+    result = Result(200, "", None)
+    for block in raw.decode().split("\n\n"):
+        data = [line[6:] for line in block.split("\n") if line.startswith("data: ")]
+        if not data:
+            continue
+        if result.error is not None or result.done:
+            result.events_after_error += 1
+        elif data[0] == "[DONE]":
+            result.done = True
+        else:
+            payload = json.loads("\n".join(data))
+            if "error" in payload:
+                result.error = payload["error"]
+            else:
+                result.text += "".join(choice["delta"].get("content") or "" for choice in payload["choices"])
+    return result
+
+
+CASES = [pytest.param(name, stream, id=f"{name}-{'stream' if stream else 'whole'}")
+         for name in MATRIX for stream in (True, False)]
+
+
+@pytest.mark.parametrize(("scenario", "stream"), CASES)
+async def test_fault(harness: Harness, scenario: str, stream: bool) -> None:
+    expected = MATRIX[scenario][0 if stream else 1]
+    started = time.monotonic()
+    result = await request(harness.gateway, scenario, stream)
+    elapsed = time.monotonic() - started
+
+    assert elapsed < DEADLINE + MARGIN, f"took {elapsed:.1f} s"
+    check(scenario, expected, result)
+    await harness.settle()
+
+
+def check(scenario: str, expected: Outcome, result: Result) -> None:
+    assert result.status == expected.status, result
+    assert result.events_after_error == 0, "the stream went on after its end or its error event"
+    if expected.status == 429:
+        assert result.headers.get("retry-after") == "1"  # the upstream's, passed on
+    if expected.text is not None:
+        assert result.error is None and result.done
+        assert result.text == expected.text  # whole, once: nothing lost, nothing repeated
+    else:
+        assert result.error is not None and not result.done
+        message = result.error.get("message", "")
+        assert expected.cause.lower() in message.lower(), message
+        assert "Traceback" not in message
+        assert message.count("interrupted after") <= 1, message  # the reason said once
+        if "deadline" in message:
+            assert f"deadline of {DEADLINE:g} s" in message, message  # not "of 2.9999719 s"
+        if expected.partial:
+            assert result.text, "an in-band error came before any text (a status would have been right)"
+            answer = endless_text(result.text.count(" ")) if scenario == "endless" else ANSWER
+            assert answer.startswith(result.text), "the partial text is not a prefix of the answer"
+        else:
+            assert result.text == ""
+
+
+async def test_metrics_have_process_gauges(harness: Harness) -> None:
+    samples = await scrape(harness.gateway.base_url)
+    assert samples["process_open_fds"] > 0
+    assert samples["process_resident_memory_bytes"] > 10 * 1024 * 1024
+    assert samples["patchbay_asyncio_tasks"] >= 1
+
+
+async def test_gateway_is_back_to_baseline_after_the_matrix(harness: Harness) -> None:
+    now = await harness.settle()
+    assert now.memory < harness.baseline.memory + 512 * 1024 * 1024  # no runaway buffering
+    assert "Traceback" not in harness.gateway.log_text, harness.gateway.log_text[-3000:]
