@@ -8,6 +8,8 @@ files from the server. A screenshot of the page mid-answer is saved to ``docs/we
 
 from __future__ import annotations
 
+import random
+import re
 import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -414,3 +416,43 @@ def test_no_asset_is_fetched_from_elsewhere() -> None:
         for marker in ("<script src=\"http", "href=\"http", "@import", "url(http", "fetch(\"http"):
             assert marker not in text, f"{path.name} loads {marker!r}"
 
+
+
+# -- the Markdown renderer on its own -----------------------------------------------------------------
+
+ALLOWED_TAGS = {"P", "BR", "STRONG", "EM", "DEL", "CODE", "PRE", "A", "UL", "OL", "LI", "BLOCKQUOTE", "HR",
+                "H1", "H2", "H3", "H4", "H5", "H6", "DIV", "SPAN", "BUTTON"}
+ALLOWED_ATTRIBUTES = {"class", "href", "rel", "target", "start", "type"}
+FRAGMENTS = ["<script>window.__ran.push(1)</script>", "<img src=x onerror=window.__ran.push(2)>",
+             "[a](javascript:window.__ran.push(3))", "[b](JaVaScRiPt:alert(1))", "[c]( javascript:x)",
+             "[d](data:text/html,x)", "[e](vbscript:x)", "[f](//evil.example/x)", "[g](https://ok.example/\"onmouseover=x)",
+             "![h](https://ok.example/i.png)", "<https://ok.example>", "<javascript:x>", "http://ok.example/a_b",
+             "**", "*", "_", "~~", "`", "```", "```js", "\n", "\n\n", "- ", "1. ", "> ", "# ", "    ", "---",
+             "\\", "[", "](", ")", "<", ">", "&lt;", "&#60;script&#62;", "\"", "'", "x", "word", "é", "🌍"]
+
+
+async def test_the_renderer_makes_only_inert_elements_from_any_mix_of_markdown_and_html(
+        page: Page, gateway: GatewayProcess) -> None:
+    rng = random.Random(7)
+    samples = ["".join(rng.choice(FRAGMENTS) for _ in range(rng.randint(1, 30))) for _ in range(1500)]
+    samples += FRAGMENTS
+    await page.goto(f"{gateway.base_url}/")
+    found = await page.evaluate("""async (samples) => {
+        const { renderMarkdown } = await import("./ui/markdown.js");
+        const tags = new Set(), attributes = new Set(), hrefs = new Set();
+        for (const text of samples) {
+            const box = document.createElement("div");
+            box.append(renderMarkdown(text));
+            for (const node of box.querySelectorAll("*")) {
+                tags.add(node.tagName);
+                for (const a of node.attributes) attributes.add(a.name);
+                if (node.hasAttribute("href")) hrefs.add(node.getAttribute("href"));
+            }
+        }
+        return { tags: [...tags], attributes: [...attributes], hrefs: [...hrefs], ran: window.__ran,
+                 csp: window.__csp };
+    }""", samples)
+    assert set(found["tags"]) <= ALLOWED_TAGS, found["tags"]
+    assert set(found["attributes"]) <= ALLOWED_ATTRIBUTES, found["attributes"]
+    assert found["hrefs"] and all(re.match(r"(https?://|mailto:)", href) for href in found["hrefs"]), found["hrefs"]
+    assert found["ran"] == [] and found["csp"] == []

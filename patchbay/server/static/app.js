@@ -132,16 +132,22 @@ function renderSidebar() {
     open.type = "button";
     open.title = conversation.title || "New chat";
     open.addEventListener("click", () => select(conversation.id));
-    const renameButton = el("button", "rename", "Rename");
-    renameButton.type = "button";
+    const renameButton = iconButton("rename", "\u270E", "Rename");
     renameButton.addEventListener("click", () => startRename(item, conversation));
-    const deleteButton = el("button", "delete", "Delete");
-    deleteButton.type = "button";
+    const deleteButton = iconButton("delete", "\u2715", "Delete");
     deleteButton.addEventListener("click", () => remove(conversation.id));
     item.append(open, renameButton, deleteButton);
     return item;
   });
   ui.list.replaceChildren(...items);
+}
+
+function iconButton(className, icon, label) {
+  const button = el("button", className, icon);
+  button.type = "button";
+  button.title = label;
+  button.setAttribute("aria-label", label);
+  return button;
 }
 
 function startRename(item, conversation) {
