@@ -70,7 +70,8 @@ def serve(settings: Settings) -> None:
         loop = "uvloop"
     except ImportError:
         loop = "asyncio"
-    log.info("patchbay serving on http://%s:%d with %d worker(s)", server.host, server.port, server.workers)
+    log.info("patchbay serving on http://%s:%d with %d worker(s)%s", server.host, server.port, server.workers,
+             "; the chat page is at /" if server.web_ui else "")
     uvicorn.run(
         "patchbay.server.app:create_app", factory=True, host=server.host, port=server.port,
         workers=server.workers, loop=loop, http="httptools", lifespan="on", access_log=False,
