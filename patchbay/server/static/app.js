@@ -378,7 +378,7 @@ async function send(text) {
         finished = true;
         break;
       }
-      const chunk = JSON.parse(data);
+      const chunk = parseEvent(data);
       if (chunk.error) throw new ApiError(chunk.error.message, { attempts: chunk.error.attempts });
       if (chunk.provider) reply.provider = chunk.provider;
       if (chunk.model) reply.answeredModel = chunk.model;
@@ -405,6 +405,14 @@ async function send(text) {
     saveState();
     renderSidebar();
     setBusy(false);
+  }
+}
+
+function parseEvent(data) {
+  try {
+    return JSON.parse(data);
+  } catch {
+    throw new ApiError("the server sent an event that is not JSON");
   }
 }
 
@@ -484,6 +492,9 @@ ui.model.addEventListener("change", () => {
     conversation.model = ui.model.value;
     saveState();
   }
+});
+ui.keyDialog.addEventListener("cancel", () => {
+  showNotice("This server needs an API key. Reload the page to enter one.");
 });
 ui.keyForm.addEventListener("submit", (event) => {
   event.preventDefault();
