@@ -48,6 +48,8 @@ __all__ = [
 
 MAX_MESSAGES = 10_000
 MAX_STOPS = 4
+#: The request's integer fields; a whole float (2.0) is taken for the integer, as JSON Schema does.
+INTEGER_FIELDS = ("max_tokens", "max_completion_tokens", "seed", "n")
 #: Message for JSON nested deeper than the parser's recursion allows (several hundred levels).
 TOO_DEEP = "the request body is nested too deeply (arrays and objects inside each other)"
 
@@ -87,7 +89,8 @@ class StreamOptions(msgspec.Struct, kw_only=True):
 Temperature = Annotated[float, msgspec.Meta(ge=0, le=2)]
 Probability = Annotated[float, msgspec.Meta(ge=0, le=1)]
 Penalty = Annotated[float, msgspec.Meta(ge=-2, le=2)]
-TokenCount = Annotated[int, msgspec.Meta(ge=1)]
+TokenCount = Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)]
+Int64 = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
 
 
 class ChatCompletionRequest(msgspec.Struct, kw_only=True):
@@ -102,7 +105,7 @@ class ChatCompletionRequest(msgspec.Struct, kw_only=True):
     temperature: Temperature | None = None
     top_p: Probability | None = None
     stop: str | Annotated[list[str], msgspec.Meta(max_length=MAX_STOPS)] | None = None
-    seed: int | None = None
+    seed: Int64 | None = None
     presence_penalty: Penalty | None = None
     frequency_penalty: Penalty | None = None
     n: Annotated[int, msgspec.Meta(ge=1, le=1)] | None = None
@@ -144,21 +147,39 @@ _request_decoder = msgspec.json.Decoder(ChatCompletionRequest)
 def decode_request(body: bytes) -> ChatCompletionRequest:
     """Parse and check a JSON request body; InvalidRequest names the field that is wrong."""
     try:
-        return _request_decoder.decode(body)
+        try:
+            return _request_decoder.decode(body)
+        except msgspec.ValidationError as exc:
+            if _param(exc) not in INTEGER_FIELDS or "got `float`" not in str(exc):
+                raise
+        # Rarely taken: JSON Schema counts 2.0 as an integer, so the document allows it and so must we.
+        fields = msgspec.json.decode(body)
     except msgspec.ValidationError as exc:
         raise InvalidRequest(_describe(exc), param=_param(exc)) from None
     except msgspec.DecodeError as exc:
         raise InvalidRequest(f"the request body is not valid JSON: {exc}") from None
+    except UnicodeDecodeError:  # msgspec's error for bad bytes inside a string
+        raise InvalidRequest("the request body is not valid JSON: a string in it is not valid UTF-8") from None
     except RecursionError:
         raise InvalidRequest(TOO_DEEP) from None
+    return request_from_kwargs(fields)
 
 
 def request_from_kwargs(kwargs: dict[str, Any]) -> ChatCompletionRequest:
     """The request for a ``create(**kwargs)`` call, checked exactly like a server request."""
     try:
-        return msgspec.convert(kwargs, ChatCompletionRequest)
+        return msgspec.convert(_whole_numbers_as_ints(kwargs), ChatCompletionRequest)
     except msgspec.ValidationError as exc:
         raise InvalidRequest(_describe(exc), param=_param(exc)) from None
+
+
+def _whole_numbers_as_ints(fields: dict[str, Any]) -> dict[str, Any]:
+    """``fields`` with whole floats in the integer fields (``max_tokens=100.0``) made ints."""
+    if not isinstance(fields, dict):
+        return fields
+    whole = {name: int(value) for name in INTEGER_FIELDS
+             if isinstance(value := fields.get(name), float) and value.is_integer()}
+    return {**fields, **whole} if whole else fields
 
 
 def _describe(exc: msgspec.ValidationError) -> str:

@@ -114,6 +114,7 @@ def assert_clear_400(error: InvalidRequest) -> None:
 @given(body=st.binary(max_size=300))
 @example(body=b"\xff\xfe{}")
 @example(body=b"[" * 100_000)
+@example(body=b'{"model": "sm\xffall", "messages": [{"role": "user", "content": "x"}]}')
 @example(body=b'{"model": "m", "messages": [{"role": "user", "content": [' + b'{"a": ' * 50_000 + b"1" + b"}" * 50_000
          + b"]}]}")
 def test_arbitrary_bytes(body: bytes) -> None:

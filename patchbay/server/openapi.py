@@ -42,16 +42,53 @@ def _errors(*statuses: int) -> dict[str, Any]:
     return {str(status): {"description": described[status], "content": _json("ErrorResponse")} for status in statuses}
 
 
+#: One server-sent event of a streamed answer (OpenAPI 3.2 ``itemSchema``): its data is a chunk,
+#: an error object, or ``[DONE]``.
+SSE_EVENT = {
+    "type": "object", "required": ["data"],
+    "properties": {
+        "event": {"const": "message"},
+        "data": {"anyOf": [
+            {"const": "[DONE]", "description": "The end of the stream (not JSON)."},
+            {"type": "string", "contentMediaType": "application/json", "contentSchema": {"oneOf": [
+                {"$ref": REF.format(name="ChatCompletionChunk")}, {"$ref": REF.format(name="ErrorResponse")}]}}]},
+    },
+}
+
+#: A content part as :func:`patchbay.messages.validate_messages` checks it: typed, text parts with text.
+CONTENT_PART = {"type": "object", "required": ["type"], "properties": {"type": {"type": "string"}},
+                "if": {"properties": {"type": {"const": "text"}}},
+                "then": {"required": ["text"], "properties": {"text": {"type": "string"}}}}
+
+
+def _with_message_rules(message: dict[str, Any]) -> dict[str, Any]:
+    """ChatMessage plus the rules :func:`patchbay.messages.validate_messages` applies after decoding,
+    so that the document promises exactly what is accepted: content (text or typed parts) unless
+    an assistant message carries tool calls, and ``tool_call_id`` on tool messages."""
+    text_or_parts = {"anyOf": [{"type": "string"}, {"type": "array", "items": CONTENT_PART}]}
+    message["properties"]["content"] = {"anyOf": [*text_or_parts["anyOf"], {"type": "null"}], "default": None}
+    message["anyOf"] = [
+        {"properties": {"role": {"enum": ["system", "developer", "user", "assistant"]}, "content": text_or_parts},
+         "required": ["content"]},
+        {"properties": {"role": {"const": "assistant"}, "tool_calls": {"type": "array", "minItems": 1}},
+         "required": ["tool_calls"]},
+        {"properties": {"role": {"const": "tool"}, "content": text_or_parts, "tool_call_id": {"type": "string"}},
+         "required": ["content", "tool_call_id"]},
+    ]
+    return message
+
+
 def openapi_document(version: str, *, auth: bool) -> dict[str, Any]:
-    """The OpenAPI 3.1 document; ``auth`` adds the bearer-key requirement to the API paths."""
+    """The OpenAPI 3.2 document; ``auth`` adds the bearer-key requirement to the API paths."""
     _, components = msgspec.json.schema_components(
         [ChatCompletionRequest, ChatCompletion, ChatCompletionChunk, ModelList, Model, ErrorResponse], ref_template=REF)
+    _with_message_rules(components["ChatMessage"])
     secured: dict[str, Any] = {"security": [{"bearer": []}]} if auth else {}
     auth_errors = (401,) if auth else ()
-    stream_text = ("Server-sent events: `data: <ChatCompletionChunk JSON>` lines, then `data: [DONE]`; an error "
+    stream_text = ("server-sent events: `data: <ChatCompletionChunk JSON>` lines, then `data: [DONE]`; an error "
                    "after the first chunk arrives as `data: {\"error\": ...}` and ends the stream.")
     document: dict[str, Any] = {
-        "openapi": "3.1.0",
+        "openapi": "3.2.0",  # 3.2 for itemSchema: the schema of each server-sent event
         "info": {"title": "patchbay", "version": version,
                  "description": "OpenAI-compatible chat gateway with routing and fallback."},
         "paths": {
@@ -60,12 +97,8 @@ def openapi_document(version: str, *, auth: bool) -> dict[str, Any]:
                 **secured,
                 "requestBody": {"required": True, "content": _json("ChatCompletionRequest")},
                 "responses": {
-                    "200": {"description": "The answer (JSON), or a stream of chunks when `stream` is true",
-                            "content": {**_json("ChatCompletion"),
-                                        "text/event-stream": {"schema": {"type": "string"},
-                                                              "x-item-schema": {"$ref": REF.format(
-                                                                  name="ChatCompletionChunk")},
-                                                              "description": stream_text}}},
+                    "200": {"description": f"The answer (JSON); when `stream` is true, {stream_text}",
+                            "content": {**_json("ChatCompletion"), "text/event-stream": {"itemSchema": SSE_EVENT}}},
                     **_errors(400, *auth_errors, 404, 413, 429, 502, 503, 504),
                 },
             }},
