@@ -456,16 +456,21 @@ class HTTPSession:
         """The error for an upstream error answer (see :func:`error_for_response`)."""
         return error_for_response(response.status, await self.read_body(response), response.headers, during=during)
 
-    async def read_body(self, response: HTTPResponse, limit: int = ERROR_BODY_LIMIT) -> str:
-        """Read up to ``limit`` bytes of the body as text (for error bodies and small replies)."""
+    async def read_body(self, response: HTTPResponse, limit: int = ERROR_BODY_LIMIT, *, whole: bool = False) -> str:
+        """Read up to ``limit`` bytes of the body as text (for error bodies and small replies).
+
+        With ``whole`` the body is an answer that is no use cut short: a longer one is a
+        :class:`ProtocolError` saying so (rather than a truncated text that fails to parse)."""
         parts: list[bytes] = []
         size = 0
         async with aclosing(self.iter_bytes(response)) as chunks:
             async for chunk in chunks:
                 parts.append(chunk)
                 size += len(chunk)
-                if size >= limit:
+                if size > limit or (size == limit and not whole):
                     break
+        if whole and size > limit:
+            raise ProtocolError(f"the answer is larger than {limit} bytes", provider=self.provider)
         return b"".join(parts)[:limit].decode("utf-8", errors="replace")
 
 

@@ -81,10 +81,22 @@ def in_band(cause: str) -> Outcome:
 
 
 ANSWER = DEFAULT_ANSWER
-ENORMOUS = OpenAIFake()
-ENORMOUS.enormous_size = 3 * 1024 * 1024  # over the 1 MiB line limit, under the 16 MiB body limit
+#: Cases whose fake runs another scenario than the case's name, and the ``enormous`` sizes: over
+#: the 1 MiB line limit and under the 16 MiB limit of a whole answer, then over both.
+CASE_SCENARIO = {"enormous_over_limit": "enormous"}
+ENORMOUS_SIZE = {"enormous": 3 * 1024 * 1024, "enormous_over_limit": 17 * 1024 * 1024}
 
-#: scenario -> (streamed, whole). "refused" has no fake: its route points at a closed port.
+
+def make_fake(case: str) -> OpenAIFake:
+    """The (not yet started) fake behind ``case``."""
+    fake = OpenAIFake(CASE_SCENARIO.get(case, case))
+    fake.enormous_size = ENORMOUS_SIZE.get(case, fake.enormous_size)
+    fake.keepalive_timeout = UPSTREAM_KEEPALIVE
+    fake.endless_interval = ENDLESS_INTERVAL
+    return fake
+
+
+#: case -> (streamed, whole). "refused" has no fake: its route points at a closed port.
 MATRIX: dict[str, tuple[Outcome, Outcome]] = {
     "normal": (ok(ANSWER), ok(ANSWER)),
     "refused": (fails(502, "ConnectionFailed"), fails(502, "ConnectionFailed")),
@@ -99,7 +111,8 @@ MATRIX: dict[str, tuple[Outcome, Outcome]] = {
     "truncated_chunked": (in_band("connection"), fails(502, "ConnectionFailed")),
     "malformed_stream": (in_band("not valid JSON"), fails(502, "ProtocolError")),
     "invalid_utf8": (ok(corrupt_utf8(ANSWER.encode()).decode("utf-8", "replace")),) * 2,
-    "enormous": (fails(502, "max_line_size"), ok(ENORMOUS.enormous_text())),
+    "enormous": (fails(502, "max_line_size"), ok(make_fake("enormous").enormous_text())),
+    "enormous_over_limit": (fails(502, "max_line_size"), fails(502, "larger than 16777216 bytes")),
     "endless": (in_band("deadline"), fails(504, "deadline")),
     "wrong_content_type": (fails(502, "ProtocolError"), ok(ANSWER)),
     "html_200": (fails(502, "HTML"), fails(502, "HTML")),
@@ -209,14 +222,9 @@ def config_for(fakes: dict[str, OpenAIFake], refused: str) -> dict[str, Any]:
 async def harness(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Harness]:
     fakes: dict[str, OpenAIFake] = {}
     for name in MATRIX:
-        if name == "refused":
-            continue
-        fake = ENORMOUS if name == "enormous" else OpenAIFake(name)
-        fake.scenario = name
-        fake.keepalive_timeout = UPSTREAM_KEEPALIVE
-        fake.endless_interval = ENDLESS_INTERVAL
-        await fake.start()
-        fakes[name] = fake
+        if name != "refused":
+            fakes[name] = fake = make_fake(name)
+            await fake.start()
     try:
         config = config_for(fakes, refused_url())
         async with GatewayProcess(config, tmp_path_factory.mktemp("faults")) as gateway:

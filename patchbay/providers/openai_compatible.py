@@ -172,7 +172,7 @@ class OpenAICompatible(AsyncGeneratorProvider, ProviderModelMixin):
         ):
             if response.status >= 300:
                 raise await cls._status_error(http, response)
-            text = await http.read_body(response, MAX_BODY)
+            text = await http.read_body(response, MAX_BODY, whole=True)
         try:
             payload = json.loads(text)
             items = payload["data"] if isinstance(payload, dict) else payload
@@ -252,7 +252,7 @@ class OpenAICompatible(AsyncGeneratorProvider, ProviderModelMixin):
             if "html" in content_type:
                 raise ProtocolError(f"the service answered with an HTML page ({content_type}) instead of an answer")
             if "json" in content_type or not body.get("stream"):  # a whole answer, asked for or not
-                for event in _completion_events(_parse_json(await http.read_body(response, MAX_BODY))):
+                for event in _completion_events(_parse_json(await http.read_body(response, MAX_BODY, whole=True))):
                     yield event
                 return
             finish: str | None = None  # held back so that Finish comes last, after the usage chunk
