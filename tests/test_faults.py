@@ -13,6 +13,10 @@ or the exact answer); and afterwards the gateway is back to its baseline: open f
 upstream, no response the fakes are still writing. Idle keep-alive connections are legitimate, so
 the fakes close theirs after :data:`UPSTREAM_KEEPALIVE` seconds, as real servers do (later).
 
+Beyond the matrix: faults after some text on a route whose second target continues the answer
+(the client gets the delivered text once, then the rest); the whole matrix at once; and a client
+that leaves in the middle of a fault (the upstream request is closed).
+
 Decisions the matrix pins down: invalid UTF-8 from an upstream reaches the client as U+FFFD
 (lenient, as the decoders document); one SSE event larger than the decoders' line limit
 (1 MiB) is a 502 protocol error naming ``max_line_size``, while a whole (non-streamed) answer of
@@ -23,6 +27,7 @@ several MB passes; an endless stream ends at the router's total timeout; a whole
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterator
@@ -118,6 +123,11 @@ MATRIX: dict[str, tuple[Outcome, Outcome]] = {
     "html_200": (fails(502, "HTML"), fails(502, "HTML")),
 }
 
+#: Faults after some text, on a route whose second target continues the answer (assistant prefill,
+#: ``mid_stream = "continue"``): the client gets the delivered text once, then the continuation.
+CONTINUED = ["disconnect", "stall", "truncated_chunked", "malformed_stream", "mid_stream_error"]
+CONTINUATION = OpenAIFake().continuation
+
 
 @dataclass
 class Snapshot:
@@ -208,20 +218,27 @@ async def scrape(base_url: str) -> dict[str, float]:
 
 
 def config_for(fakes: dict[str, OpenAIFake], refused: str) -> dict[str, Any]:
+    """Route ``<case>``: the case's fake alone; route ``continue-<case>``: the case's fake, then
+    the normal one, both able to continue a prefilled answer (under other provider names, so
+    their health is their own)."""
     providers = {f"p_{name}": {"base_url": fake.api_base, "models": ["m"]} for name, fake in fakes.items()}
     providers["p_refused"] = {"base_url": f"{refused}/v1", "models": ["m"]}
+    for name in [*CONTINUED, "normal"]:
+        providers[f"c_{name}"] = {"base_url": fakes[name].api_base, "models": ["m"], "prefill": True}
+    routes = {name: [f"p_{name}/m"] for name in MATRIX}
+    routes.update({f"continue-{name}": [f"c_{name}/m", "c_normal/m"] for name in CONTINUED})
     return {
         "server": {"keepalive_interval": 30.0},  # no keep-alive comment starts a response before an error
-        "router": ROUTER,
+        "router": {**ROUTER, "mid_stream": "continue"},
         "providers": providers,
-        "routes": {name: [f"p_{name}/m"] for name in MATRIX},
+        "routes": routes,
     }
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def harness(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Harness]:
     fakes: dict[str, OpenAIFake] = {}
-    for name in MATRIX:
+    for name in dict.fromkeys([*MATRIX, *CONTINUED]):
         if name != "refused":
             fakes[name] = fake = make_fake(name)
             await fake.start()
@@ -336,6 +353,53 @@ def check(scenario: str, expected: Outcome, result: Result) -> None:
             assert answer.startswith(result.text), "the partial text is not a prefix of the answer"
         else:
             assert result.text == ""
+
+
+@pytest.mark.parametrize("stream", [True, False], ids=["stream", "whole"])
+@pytest.mark.parametrize("scenario", CONTINUED)
+async def test_fault_after_text_is_continued_without_repeating(harness: Harness, scenario: str, stream: bool
+                                                               ) -> None:
+    continuer = harness.fakes["normal"]
+    prefills = len(continuer.prefills)
+    result = await request(harness.gateway, f"continue-{scenario}", stream)
+    assert result.status == 200 and result.error is None and result.done, result
+    if stream:  # some text came before the fault: the second target continues exactly that
+        delivered = result.text.removesuffix(CONTINUATION)
+        assert delivered and delivered != result.text and ANSWER.startswith(delivered), result.text
+        assert continuer.prefills[prefills:] == [delivered]
+    else:  # nothing reached the client before the fault: the second target answers from scratch
+        assert result.text == ANSWER
+        assert continuer.prefills[prefills:] == []
+    await harness.settle()
+
+
+async def test_every_fault_at_once(harness: Harness) -> None:
+    """The whole matrix concurrently: no case disturbs another, and all is released after."""
+    cases = [(name, stream) for name in MATRIX for stream in (True, False)]
+    started = time.monotonic()
+    results = await asyncio.gather(*(request(harness.gateway, name, stream) for name, stream in cases))
+    elapsed = time.monotonic() - started
+    assert elapsed < DEADLINE + MARGIN, f"took {elapsed:.1f} s"
+    for (name, stream), result in zip(cases, results, strict=True):
+        check(name, MATRIX[name][0 if stream else 1], result)
+    await harness.settle()
+
+
+@pytest.mark.parametrize("stream", [True, False], ids=["stream", "whole"])
+@pytest.mark.parametrize("scenario", ["slow_first_byte", "stall", "endless"])
+async def test_client_leaving_during_a_fault_closes_the_upstream(harness: Harness, scenario: str,
+                                                                 stream: bool) -> None:
+    fake = harness.fakes[scenario]
+    disconnects = fake.disconnects
+    leaving = asyncio.ensure_future(stream_request(harness.gateway, scenario) if stream
+                                    else whole_request(harness.gateway, scenario))
+    await fake.wait_until(lambda: fake.open_streams == 1, timeout=CLIENT_TIMEOUT)  # the fault is under way
+    leaving.cancel()  # the client goes
+    with contextlib.suppress(asyncio.CancelledError):
+        await leaving
+    # The gateway noticed and closed the upstream request.
+    await fake.wait_until(lambda: fake.disconnects == disconnects + 1, timeout=SETTLE_TIMEOUT)
+    await harness.settle()
 
 
 async def test_metrics_have_process_gauges(harness: Harness) -> None:

@@ -71,7 +71,7 @@ class _Request:
 
     def deadline_error(self) -> DeadlineExceeded:
         tried = "; ".join(f"{a.provider}/{a.model}: {a.error}: {a.message}" for a in self.attempts)
-        return DeadlineExceeded(f"the request ran past its total deadline of {self.timeout.total} s"
+        return DeadlineExceeded(f"the request ran past its total deadline of {self.timeout.total:g} s"
                                 + (f" after: {tried}" if tried else ""))
 
     def remaining(self) -> float | None:
