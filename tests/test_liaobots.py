@@ -9,6 +9,7 @@ import pytest
 from patchbay.config import Timeout
 from patchbay.errors import (
     AuthError,
+    ConnectionFailed,
     FirstByteTimeout,
     IdleTimeout,
     PaymentRequired,
@@ -17,6 +18,7 @@ from patchbay.errors import (
     UpstreamError,
 )
 from patchbay.providers import Liaobots
+from tests.replicas.base import corrupt_utf8
 from tests.replicas.liaobots import LiaobotsReplica
 from tests.replicas.threaded import threaded
 
@@ -145,7 +147,20 @@ async def test_slow_first_byte_times_out(liaobots_replica: LiaobotsReplica) -> N
         await collect(liaobots_replica)
 
 
-@pytest.mark.parametrize("scenario", ["stall", "disconnect"])
+async def test_reset_before_headers_is_connection_failed(liaobots_replica: LiaobotsReplica) -> None:
+    liaobots_replica.scenario = "reset_before_headers"
+    with pytest.raises(ConnectionFailed):
+        await collect(liaobots_replica)
+
+
+async def test_invalid_utf8_arrives_as_replacement_characters(liaobots_replica: LiaobotsReplica) -> None:
+    liaobots_replica.scenario = "invalid_utf8"
+    text = "".join(await collect(liaobots_replica))
+    assert text == corrupt_utf8(liaobots_replica.answer.encode()).decode("utf-8", "replace")
+    assert "\ufffd" in text
+
+
+@pytest.mark.parametrize("scenario", ["stall", "disconnect", "truncated_chunked"])
 async def test_failure_after_text_is_interrupted_never_retried(liaobots_replica: LiaobotsReplica,
                                                                scenario: str) -> None:
     liaobots_replica.scenario = scenario
