@@ -52,6 +52,7 @@ class ServerSettings:
     max_body_bytes: int = 10 * 1024 * 1024
     cors_origins: tuple[str, ...] = ()
     keepalive_interval: float = 15.0  # seconds between SSE keep-alive comments while waiting
+    send_timeout: float = 60.0  # seconds a streaming client may leave the answer unread before it is ended
     log_level: str = "info"
     request_log: bool = True  # record every exchange in the request log (SQLite)
     request_log_path: str = ""  # the log's file; empty: logs.db in the data directory
@@ -323,6 +324,8 @@ def _checked(section: Any, where: str) -> Any:
             raise InvalidRequest(f"{where}.max_body_bytes must be at least 1024, got {section.max_body_bytes}")
         if section.keepalive_interval <= 0:
             raise InvalidRequest(f"{where}.keepalive_interval must be positive")
+        if section.send_timeout <= 0:
+            raise InvalidRequest(f"{where}.send_timeout must be a positive number of seconds")
     if isinstance(section, RouterSettings):
         for name in ("connect_timeout", "first_byte_timeout", "idle_timeout", "timeout"):
             if getattr(section, name) <= 0:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import socket
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -367,3 +368,28 @@ async def test_a_client_leaving_mid_body_is_not_a_server_error(gateway: GatewayP
     assert "Exception in ASGI application" not in gateway.log_text
     assert "Traceback" not in gateway.log_text
     assert openai_fake.chat_count == 0
+
+
+async def test_a_client_that_stops_reading_is_let_go(openai_fake: OpenAIFake, tmp_path: Path) -> None:
+    """A client that stays connected but reads nothing more must not hold the request and its
+    upstream forever (the router's deadlines cover reading the upstream, not writing to the client)."""
+    openai_fake.scenario = "endless"
+    openai_fake.endless_interval = 0.0  # as fast as it can: the buffers on the way fill quickly
+    config = config_for(openai_fake, idle_timeout=120.0, timeout=300.0)  # far away: not what ends it
+    config["server"] = {"send_timeout": 1.0, "keepalive_interval": 0.2}
+    body = json.dumps({"model": "small", "messages": HELLO, "stream": True}).encode()
+    async with GatewayProcess(config, tmp_path) as gateway:
+        host, port = gateway.base_url.removeprefix("http://").split(":")
+        loop = asyncio.get_running_loop()
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window, set before connecting
+            sock.setblocking(False)
+            await asyncio.wait_for(loop.sock_connect(sock, (host, int(port))), 10)
+            await loop.sock_sendall(sock, b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: "
+                                    b"application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+            head = await asyncio.wait_for(loop.sock_recv(sock, 256), 10)  # the answer starts; then no more reads
+            assert head.startswith(b"HTTP/1.1 200")
+            await openai_fake.wait_until(lambda: openai_fake.disconnects == 1 and openai_fake.open_streams == 0,
+                                         timeout=60)
+    assert "left its stream unread for 1 s" in gateway.log_text
+    assert "Traceback" not in gateway.log_text

@@ -63,7 +63,7 @@ class Gateway:
         self.provider = provider or self.settings.build_router()
         self.metrics = GatewayMetrics()
         self.chat = ChatEndpoint(self.provider, limits=self.settings.router.limits(), metrics=self.metrics,
-                                 keepalive_interval=server.keepalive_interval)
+                                 keepalive_interval=server.keepalive_interval, send_timeout=server.send_timeout)
         keys = server.named_api_keys()
         for _, key in keys:
             register_secret(key)

@@ -8,7 +8,7 @@ read in one sitting.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import math
 from collections.abc import Awaitable, Callable, MutableMapping
 from types import TracebackType
 from typing import Any
@@ -110,23 +110,29 @@ class DisconnectWatch:
     def _start(self) -> None:
         self._watcher = asyncio.ensure_future(self._watch())
 
+    def abandon(self) -> None:
+        """End the request as if the client had left (it stopped reading: nobody takes the answer).
+        Only inside the ``async with`` block, where the cancellation is caught."""
+        if not self.disconnected and self._task is not None:
+            self.disconnected = True
+            self._task.cancel()
+
     async def _watch(self) -> None:
         while True:
             message = await self._receive()
             if message["type"] == "http.disconnect":
-                self.disconnected = True
-                if self._task is not None:
-                    self._task.cancel()
+                self.abandon()
                 return
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> bool:
+        task, self._task = self._task, None
         if self._timer is not None:
             self._timer.cancel()
         if self._watcher is not None and not self._watcher.done():
             self._watcher.cancel()
-        if self.disconnected and self._task is not None and self._task.cancelling():
-            self._task.uncancel()
+        if self.disconnected and task is not None and task.cancelling():
+            task.uncancel()
             return exc_type is None or issubclass(exc_type, asyncio.CancelledError)
         return False
 
@@ -138,8 +144,11 @@ class SSEWriter:
     def __init__(self, send: Send, headers: Headers | None = None) -> None:
         self._send = send
         self._headers = headers or []
+        self._loop = asyncio.get_running_loop()
         self.started = False
         self.sent_at = 0.0  # loop time of the last write
+        self.writing_since: float | None = None  # loop time the write under way began (it waits while
+        # the client's buffers are full)
         self._lock = asyncio.Lock()
 
     async def start(self, extra: Headers | None = None) -> None:
@@ -157,27 +166,43 @@ class SSEWriter:
     async def comment(self, text: bytes = b"keep-alive") -> None:
         await self._write(b": " + text + b"\n\n")
 
-    async def _write(self, body: bytes) -> None:
+    async def _write(self, body: bytes, more: bool = True) -> None:
         async with self._lock:
             if not self.started:
                 await self.start()
-            await self._send({"type": "http.response.body", "body": body, "more_body": True})
-            self.sent_at = asyncio.get_running_loop().time()
+            self.writing_since = self._loop.time()
+            await self._send({"type": "http.response.body", "body": body, "more_body": more})
+            self.sent_at = self._loop.time()
+            self.writing_since = None
 
     async def end(self) -> None:
-        async with self._lock:
-            if not self.started:
-                await self.start()
-            await self._send({"type": "http.response.body", "body": b"", "more_body": False})
+        await self._write(b"", more=False)
 
-    async def keep_alive(self, interval: float) -> None:
+    async def keep_alive(self, interval: float, send_timeout: float = math.inf,
+                         on_stall: Callable[[], None] | None = None) -> None:
         """Run until cancelled: a comment whenever nothing was written for ``interval`` seconds.
         Before the first event this starts the response, trading a late error status for a
-        connection that intermediaries do not time out."""
-        loop = asyncio.get_running_loop()
+        connection that intermediaries do not time out.
+
+        It is also the stream's guard against a client that stays connected but stopped reading:
+        once a write has waited ``send_timeout`` seconds for room, ``on_stall()`` is called (once)
+        and the guard ends. Watching here costs nothing per event on the hot path."""
+        loop = self._loop
         self.sent_at = loop.time()
         while True:
-            await asyncio.sleep(max(0.0, self.sent_at + interval - loop.time()))
-            if loop.time() - self.sent_at >= interval:
-                with contextlib.suppress(OSError):
-                    await self.comment()
+            now = loop.time()
+            if self.writing_since is not None:  # a write is waiting for the client
+                if now - self.writing_since >= send_timeout:
+                    break
+                await asyncio.sleep(min(interval, self.writing_since + send_timeout - now))
+            elif now - self.sent_at >= interval:
+                try:
+                    await asyncio.wait_for(self.comment(), send_timeout)
+                except TimeoutError:
+                    break
+                except OSError:
+                    pass
+            else:
+                await asyncio.sleep(self.sent_at + interval - now)
+        if on_stall is not None:
+            on_stall()

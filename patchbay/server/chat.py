@@ -39,11 +39,12 @@ class ChatEndpoint:
     """Serves chat completions from one provider class (normally a Router)."""
 
     def __init__(self, provider: type[AsyncGeneratorProvider], *, limits: Timeout, metrics: GatewayMetrics,
-                 keepalive_interval: float) -> None:
+                 keepalive_interval: float, send_timeout: float = 60.0) -> None:
         self.provider = provider
         self.limits = limits
         self.metrics = metrics
         self.keepalive_interval = keepalive_interval
+        self.send_timeout = send_timeout
         #: Set by the Gateway at startup when the request log is on.
         self.request_log: RequestLog | None = None
 
@@ -80,11 +81,18 @@ class ChatEndpoint:
     async def _stream(self, request: ChatCompletionRequest, events: EventStream, receive: Receive, send: Send,
                       started: float) -> None:
         writer = SSEWriter(send)
-        keepalive = asyncio.ensure_future(writer.keep_alive(self.keepalive_interval))
+        watch = DisconnectWatch(receive)
+
+        def stalled() -> None:
+            log.warning("a client left its stream unread for %g s; ending it as if the client had left",
+                        self.send_timeout)
+            watch.abandon()
+
+        keepalive = asyncio.ensure_future(writer.keep_alive(self.keepalive_interval, self.send_timeout, stalled))
         chunks = stream_chunks(events, request.model, include_usage=request.include_usage)
         first: float | None = None
         try:
-            async with DisconnectWatch(receive) as watch, aclosing(chunks):
+            async with watch, aclosing(chunks):
                 async for chunk in chunks:
                     if first is None:
                         first = time.perf_counter()
@@ -108,12 +116,13 @@ class ChatEndpoint:
             keepalive.cancel()
         self._record(request, events, started, 499 if watch.disconnected else 200, ttft=first)
 
-    @staticmethod
-    async def _in_band(writer: SSEWriter, error: PatchbayError) -> None:
-        """After the headers: the error as an event, then the end of the stream."""
-        with contextlib.suppress(OSError):  # the client may be gone too
-            await writer.data(error_body(error))
-            await writer.end()
+    async def _in_band(self, writer: SSEWriter, error: PatchbayError) -> None:
+        """After the headers: the error as an event, then the end of the stream (the client may be
+        gone too, or have stopped reading)."""
+        with contextlib.suppress(OSError, TimeoutError):
+            async with asyncio.timeout(self.send_timeout):
+                await writer.data(error_body(error))
+                await writer.end()
 
     def _record(self, request: ChatCompletionRequest, events: EventStream, started: float, status: int, *,
                 ttft: float | None = None, error: PatchbayError | None = None) -> None:
