@@ -17,7 +17,7 @@ import json
 import socket
 import struct
 import urllib.parse
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, ClassVar, Self
@@ -361,6 +361,24 @@ class ReplicaServer:
         self.disconnects += 1
         self._notify()
 
+    @contextlib.contextmanager
+    def streaming(self) -> Iterator[None]:
+        """Count a response as open while the block writes it; a client that left meanwhile is
+        counted in :attr:`disconnects` (not when the replica itself is stopping)."""
+        self.open_streams += 1
+        self._notify()
+        try:
+            yield
+        except ConnectionError:
+            self._note_disconnect()
+        except asyncio.CancelledError:
+            if not self._stopping:
+                self._note_disconnect()
+            raise
+        finally:
+            self.open_streams -= 1
+            self._notify()
+
     def shape_pieces(self, pieces: Iterable[bytes]) -> list[bytes]:
         """Re-cut (or corrupt) the answer's byte pieces for one_byte, split_multibyte and invalid_utf8."""
         pieces = [p for p in pieces if p]
@@ -412,9 +430,7 @@ class ReplicaServer:
         resp.headers["Content-Type"] = content_type
         if sized:
             resp.content_length = sum(len(p) for p in pieces)
-        self.open_streams += 1
-        self._notify()
-        try:
+        with self.streaming():
             if scenario == "slow_first_byte":
                 await self.sleep(self.first_byte_delay)
             await resp.prepare(request)
@@ -439,13 +455,4 @@ class ReplicaServer:
                 # Yield (or pause) between writes so the pieces leave as separate segments.
                 await asyncio.sleep(min(self.delay_per_chunk, MAX_SLEEP))
             await resp.write_eof()
-        except ConnectionError:
-            self._note_disconnect()
-        except asyncio.CancelledError:
-            if not self._stopping:
-                self._note_disconnect()
-            raise
-        finally:
-            self.open_streams -= 1
-            self._notify()
         return resp

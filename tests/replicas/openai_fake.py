@@ -377,9 +377,7 @@ class OpenAIFake(ReplicaServer):
         resp = web.StreamResponse(headers={"Cache-Control": "no-cache"})
         resp.content_type = "text/event-stream" if stream else "application/json"
         head = {"id": completion_id, "created": created, "model": body["model"]}
-        self.open_streams += 1
-        self._notify()
-        try:
+        with self.streaming():
             await resp.prepare(request)
 
             def chunk(delta: dict[str, Any]) -> bytes:
@@ -399,13 +397,4 @@ class OpenAIFake(ReplicaServer):
                 await resp.write(chunk({"content": delta}) if stream else delta.encode())
                 index += 1
                 await asyncio.sleep(self.endless_interval)
-        except ConnectionError:
-            self._note_disconnect()
-        except asyncio.CancelledError:
-            if not self._stopping:
-                self._note_disconnect()
-            raise
-        finally:
-            self.open_streams -= 1
-            self._notify()
         return resp
