@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from patchbay.routing.redis_state import RedisStateStore, masked_url
+from patchbay.redis_link import masked_url
+from patchbay.routing.redis_state import RedisStateStore
 from patchbay.routing.state import (
     ERROR_MAX_CHARS,
     Health,

@@ -25,53 +25,23 @@ seconds. Changes made while degraded stay local and are not copied to Redis late
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
-import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
-from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
+from collections.abc import Callable
+from typing import Any
 
 from redis.asyncio import Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import RedisError, WatchError
+from redis.exceptions import WatchError
 from redis.typing import EncodableT, FieldT
 
+from patchbay.redis_link import RedisLink
 from patchbay.routing.state import Health, MemoryStateStore, ema, short_error
-from patchbay.secrets import redact, register_secret
 
-__all__ = ["RedisStateStore", "masked_url"]
+__all__ = ["RedisStateStore"]
 
 logger = logging.getLogger("patchbay.routing.state")
-
-T = TypeVar("T")
-
-_UNAVAILABLE = (RedisError, OSError, TimeoutError)
-
-
-def _passwords(url: str) -> list[str]:
-    parts = urlsplit(url)
-    found = [value for name, value in parse_qsl(parts.query) if name == "password"]
-    if parts.password is not None:
-        found += [parts.password, unquote(parts.password)]
-    return found
-
-
-def masked_url(url: str) -> str:
-    """``url`` with its password (in the authority or the query) replaced by ``***``."""
-    parts = urlsplit(url)
-    if parts.password is not None:
-        userinfo, _, hostport = parts.netloc.rpartition("@")
-        user = userinfo.partition(":")[0]
-        parts = parts._replace(netloc=f"{user}:***@{hostport}")
-    if "password=" in parts.query:
-        query = [(name, "***" if name == "password" else value) for name, value in parse_qsl(parts.query)]
-        parts = parts._replace(query=urlencode(query, safe="*"))
-    return urlunsplit(parts)
 
 
 def _float(value: Any) -> float | None:
@@ -109,80 +79,28 @@ class RedisStateStore:
         retry_after: float = 5.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        for password in _passwords(url):
-            register_secret(password)
-        self.url = masked_url(url)
+        self._link = RedisLink(url, timeout=timeout, retry_after=retry_after, logger=logger,
+                               fallback="using local state", restored="using shared state")
+        self.url = self._link.url
         self.namespace = namespace
         self.timeout = timeout
         self.retry_after = retry_after
         self._clock = clock
         self._prefix = f"patchbay:{namespace}:"
-        self.__url = url  # with the password: only ever given to the Redis client
-        self._clients: dict[asyncio.AbstractEventLoop, Redis] = {}
         self._local = MemoryStateStore(clock=clock)
-        self._lock = threading.Lock()
-        self._degraded = False
-        self._retry_at = 0.0
 
     @property
     def degraded(self) -> bool:
         """Whether calls are currently served from local state because Redis is unavailable."""
-        return self._degraded
+        return self._link.degraded
 
     @property
     def _client(self) -> Redis:
-        """The Redis client of the running event loop, made on first use."""
-        loop = asyncio.get_running_loop()
-        with self._lock:
-            client = self._clients.get(loop)
-            if client is None:
-                self._forget_closed_loops()
-                client = self._clients[loop] = Redis.from_url(
-                    self.__url,
-                    socket_timeout=self.timeout,
-                    socket_connect_timeout=self.timeout,
-                    retry=Retry(NoBackoff(), 0),  # no retries: fall back to local state at once
-                    decode_responses=True,
-                )
-            return client
-
-    def _forget_closed_loops(self) -> None:
-        for loop in [loop for loop in self._clients if loop.is_closed()]:
-            del self._clients[loop]
+        """The Redis client of the running event loop."""
+        return self._link.client()
 
     def _key(self, kind: str, name: str = "") -> str:
         return f"{self._prefix}{kind}:{name}" if name else f"{self._prefix}{kind}"
-
-    async def _run(self, remote: Callable[[], Awaitable[T]], local: Callable[[MemoryStateStore], Awaitable[T]]) -> T:
-        """``remote()`` within the timeout, or ``local(fallback)`` when Redis is unavailable."""
-        if self._degraded and time.monotonic() < self._retry_at:
-            return await local(self._local)
-        try:
-            async with asyncio.timeout(self.timeout):
-                result = await remote()
-        except _UNAVAILABLE as exc:
-            self._mark_down(exc)
-            return await local(self._local)
-        self._mark_up()
-        return result
-
-    def _mark_down(self, exc: BaseException) -> None:
-        with self._lock:
-            self._retry_at = time.monotonic() + self.retry_after
-            was_degraded, self._degraded = self._degraded, True
-        reason = redact(str(exc) or type(exc).__name__)
-        if was_degraded:
-            logger.debug("Redis at %s still unavailable: %s", self.url, reason)
-        else:
-            logger.warning("Redis at %s unavailable, using local state: %s", self.url, reason)
-
-    def _mark_up(self) -> None:
-        if not self._degraded:
-            return
-        with self._lock:
-            was_degraded, self._degraded = self._degraded, False
-        if was_degraded:
-            logger.info("Redis at %s available again, using shared state", self.url)
 
     # -- the StateStore protocol ------------------------------------------------------------
 
@@ -199,7 +117,7 @@ class RedisStateStore:
             pipe.sadd(self._key("keys"), key)
             await pipe.execute()
 
-        await self._run(remote, lambda store: store.record_success(key, latency=latency, ttft=ttft))
+        await self._link.run(remote, lambda: self._local.record_success(key, latency=latency, ttft=ttft))
 
     async def record_failure(self, key: str, *, error: str, window: float) -> int:
         message = short_error(error)
@@ -219,7 +137,7 @@ class RedisStateStore:
             results = await pipe.execute()
             return int(results[2])
 
-        return await self._run(remote, lambda store: store.record_failure(key, error=message, window=window))
+        return await self._link.run(remote, lambda: self._local.record_failure(key, error=message, window=window))
 
     async def set_cooldown(self, key: str, until: float) -> None:
         async def remote() -> None:
@@ -233,7 +151,7 @@ class RedisStateStore:
             pipe.sadd(self._key("keys"), key)
             await pipe.execute()
 
-        await self._run(remote, lambda store: store.set_cooldown(key, until))
+        await self._link.run(remote, lambda: self._local.set_cooldown(key, until))
 
     def _live(self, until: Any) -> float | None:
         value = _float(until)
@@ -243,7 +161,7 @@ class RedisStateStore:
         async def remote() -> float | None:
             return self._live(await self._client.get(self._key("cooldown", key)))
 
-        return await self._run(remote, lambda store: store.cooldown_until(key))
+        return await self._link.run(remote, lambda: self._local.cooldown_until(key))
 
     async def add_in_flight(self, key: str, delta: int) -> int:
         async def remote() -> int:
@@ -258,7 +176,7 @@ class RedisStateStore:
                 await self._client.hincrby(health, "in_flight", min(-count, -delta))
             return max(0, count)
 
-        return await self._run(remote, lambda store: store.add_in_flight(key, delta))
+        return await self._link.run(remote, lambda: self._local.add_in_flight(key, delta))
 
     def _health(self, fields: dict[str, str], cooldown: Any) -> Health:
         return Health(
@@ -284,20 +202,20 @@ class RedisStateStore:
         async def remote() -> Health:
             return (await self._fetch_health([key]))[key]
 
-        return await self._run(remote, lambda store: store.health(key))
+        return await self._link.run(remote, lambda: self._local.health(key))
 
     async def all_health(self) -> dict[str, Health]:
         async def remote() -> dict[str, Health]:
             keys = sorted(_text(member) for member in await self._client.smembers(self._key("keys")))
             return await self._fetch_health(keys) if keys else {}
 
-        return await self._run(remote, lambda store: store.all_health())
+        return await self._link.run(remote, lambda: self._local.all_health())
 
     async def ban_credential(self, pool: str, fingerprint: str, until: float) -> None:
         async def remote() -> None:
             await self._client.hset(self._key("bans", pool), fingerprint, repr(until))
 
-        await self._run(remote, lambda store: store.ban_credential(pool, fingerprint, until))
+        await self._link.run(remote, lambda: self._local.ban_credential(pool, fingerprint, until))
 
     async def banned_credentials(self, pool: str) -> set[str]:
         async def remote() -> set[str]:
@@ -315,23 +233,19 @@ class RedisStateStore:
                         await pipe.execute()
             return live
 
-        return await self._run(remote, lambda store: store.banned_credentials(pool))
+        return await self._link.run(remote, lambda: self._local.banned_credentials(pool))
 
     async def incr(self, name: str, amount: int = 1) -> int:
         async def remote() -> int:
             return int(await self._client.incrby(self._key("counter", name), amount))
 
-        return await self._run(remote, lambda store: store.incr(name, amount))
+        return await self._link.run(remote, lambda: self._local.incr(name, amount))
 
     async def close(self) -> None:
         """Close the running event loop's Redis client and its connections."""
-        with self._lock:
-            client = self._clients.pop(asyncio.get_running_loop(), None)
-            self._forget_closed_loops()
-        if client is not None:
-            await client.aclose()
+        await self._link.close()
         await self._local.close()
 
     def __repr__(self) -> str:
-        state = ", degraded" if self._degraded else ""
+        state = ", degraded" if self.degraded else ""
         return f"RedisStateStore({self.url!r}, namespace={self.namespace!r}{state})"

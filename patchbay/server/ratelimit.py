@@ -50,16 +50,16 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
+from weakref import WeakKeyDictionary
 
 from redis.asyncio import Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.commands.core import AsyncScript
+from redis.typing import EncodableT
 
 from patchbay.errors import ClientRateLimited
-from patchbay.routing.redis_state import _passwords, masked_url
-from patchbay.secrets import fingerprint, redact, register_secret
+from patchbay.redis_link import RedisLink
+from patchbay.secrets import fingerprint
 from patchbay.settings import RateLimits, Settings
 
 __all__ = ["ANONYMOUS", "WINDOW", "Admission", "Client", "MemoryRateLimiter", "RateLimiter", "RedisRateLimiter",
@@ -69,7 +69,6 @@ logger = logging.getLogger("patchbay.server.ratelimit")
 
 WINDOW = 60  # seconds, in one-second buckets
 CONCURRENCY_RETRY = 1.0  # Retry-After of a concurrency refusal: a slot frees when any request ends
-_UNAVAILABLE = (RedisError, OSError, TimeoutError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -289,76 +288,62 @@ return 1
 class RedisRateLimiter:
     """Limits shared through Redis by every process using the same server and namespace.
 
-    The Redis client belongs to the event loop that first uses the limiter (the server's); call
-    :meth:`close` in that loop.
+    Redis clients belong to an event loop (the server's); call :meth:`close` in the loop that
+    used the limiter.
     """
 
-    def __init__(
-        self,
-        url: str = "redis://127.0.0.1:6379/0",
-        *,
-        namespace: str = "default",
-        timeout: float = 0.5,
-        retry_after: float = 5.0,
-        lease_seconds: float = 60.0,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        for password in _passwords(url):
-            register_secret(password)
-        self.url = masked_url(url)
+    def __init__(self, url: str = "redis://127.0.0.1:6379/0", *, namespace: str = "default", timeout: float = 0.5,
+                 retry_after: float = 5.0, lease_seconds: float = 60.0, clock: Callable[[], float] = time.time) -> None:
+        self._link = RedisLink(url, timeout=timeout, retry_after=retry_after, logger=logger,
+                               fallback="enforcing rate limits in this process alone",
+                               restored="rate limits shared")
+        self.url = self._link.url
         self.namespace = namespace
         self.timeout = timeout
         self.retry_after = retry_after
         self.lease_seconds = lease_seconds
         self._clock = clock
-        self.__url = url  # with the password: only ever given to the Redis client
-        self._redis: Redis | None = None
-        self._scripts: tuple[Any, Any] | None = None
+        self._scripts: WeakKeyDictionary[Redis, tuple[AsyncScript, AsyncScript]] = WeakKeyDictionary()
         self._local = MemoryRateLimiter(clock=clock)
-        self._degraded = False
-        self._retry_at = 0.0
         self._held: dict[str, str] = {}  # lease id -> its zset, renewed while the request runs
         self._renewer: asyncio.Task[None] | None = None
 
     @property
     def degraded(self) -> bool:
         """Whether limits are currently enforced in this process alone because Redis is unavailable."""
-        return self._degraded
+        return self._link.degraded
 
-    def _client(self) -> tuple[Redis, Any, Any]:
-        if self._redis is None:
-            self._redis = Redis.from_url(self.__url, socket_timeout=self.timeout,
-                                         socket_connect_timeout=self.timeout,
-                                         retry=Retry(NoBackoff(), 0), decode_responses=True)
-            self._scripts = (self._redis.register_script(ADMIT), self._redis.register_script(FINISH))
-        assert self._scripts is not None
-        return self._redis, *self._scripts
+    def _loop_scripts(self) -> tuple[AsyncScript, AsyncScript]:
+        """ADMIT and FINISH on the running loop's client, registered once per client."""
+        redis = self._link.client()
+        scripts = self._scripts.get(redis)
+        if scripts is None:
+            scripts = self._scripts[redis] = (redis.register_script(ADMIT), redis.register_script(FINISH))
+        return scripts
 
     def _keys(self, client: str) -> tuple[str, str, str]:
         base = f"patchbay:{self.namespace}:limits:{{{client}}}:"  # one hash slot per client (Redis Cluster)
         return base + "requests", base + "tokens", base + "leases"
 
     async def admit(self, client: str, limits: RateLimits) -> Admission:
-        if self._degraded and time.monotonic() < self._retry_at:
-            return self._local.admit_now(client, limits)
-        now = self._clock()
-        lease = uuid.uuid4().hex if limits.concurrent_requests else None
-        args = [repr(now), limits.requests_per_minute, limits.tokens_per_minute, limits.concurrent_requests,
-                lease or "", repr(now + self.lease_seconds), WINDOW]
-        try:
-            _, admit, _ = self._client()
-            async with asyncio.timeout(self.timeout):
-                result = await admit(keys=list(self._keys(client)), args=args)
-        except _UNAVAILABLE as exc:
-            self._mark_down(exc)
-            return self._local.admit_now(client, limits)
-        self._mark_up()
-        if int(result[0]) != 1:
-            raise refusal(str(result[1]).split(","), float(result[2]), limits)
-        if lease is not None:
-            self._held[lease] = self._keys(client)[2]
+        async def remote() -> Admission | ClientRateLimited:
+            now = self._clock()
+            lease = uuid.uuid4().hex if limits.concurrent_requests else None
+            args: list[EncodableT] = [repr(now), limits.requests_per_minute, limits.tokens_per_minute,
+                                      limits.concurrent_requests, lease or "", repr(now + self.lease_seconds), WINDOW]
+            admit, _ = self._loop_scripts()
+            result = await admit(keys=list(self._keys(client)), args=args)
+            if int(result[0]) != 1:  # returned, not raised: Redis did answer
+                return refusal(str(result[1]).split(","), float(result[2]), limits)
+            return Admission(client, limits, lease)
+
+        outcome = await self._link.run(remote, lambda: self._local.admit(client, limits))
+        if isinstance(outcome, ClientRateLimited):
+            raise outcome
+        if outcome.lease is not None and not outcome.local:
+            self._held[outcome.lease] = self._keys(client)[2]
             self._start_renewing()
-        return Admission(client, limits, lease)
+        return outcome
 
     async def finish(self, admission: Admission, tokens: int) -> None:
         if admission.local:
@@ -370,13 +355,12 @@ class RedisRateLimiter:
         if admission.lease is None and not charge:
             return
         _, tokens_key, leases = self._keys(admission.client)
-        try:
-            _, _, finish = self._client()
-            async with asyncio.timeout(self.timeout):
-                await finish(keys=[tokens_key, leases],
-                             args=[repr(self._clock()), charge, admission.lease or "", WINDOW])
-        except _UNAVAILABLE as exc:  # the lease expires by itself; the tokens go uncharged
-            self._mark_down(exc)
+
+        async def remote() -> None:
+            _, finish = self._loop_scripts()
+            await finish(keys=[tokens_key, leases], args=[repr(self._clock()), charge, admission.lease or "", WINDOW])
+
+        await self._link.attempt(remote)  # on failure the lease expires by itself; the tokens go uncharged
 
     def _start_renewing(self) -> None:
         if self._renewer is None or self._renewer.done():
@@ -394,32 +378,16 @@ class RedisRateLimiter:
         if not held:
             return
         expiry = self._clock() + self.lease_seconds
-        try:
-            redis, _, _ = self._client()
-            async with asyncio.timeout(self.timeout):
-                pipe = redis.pipeline(transaction=False)
-                for lease, key in held:
-                    pipe.zadd(key, {lease: expiry}, xx=True)
-                for key in {key for _, key in held}:  # the set itself outlives its last lease
-                    pipe.expire(key, math.ceil(self.lease_seconds) + 1)
-                await pipe.execute()
-        except _UNAVAILABLE as exc:
-            self._mark_down(exc)
 
-    def _mark_down(self, exc: BaseException) -> None:
-        self._retry_at = time.monotonic() + self.retry_after
-        was_degraded, self._degraded = self._degraded, True
-        reason = redact(str(exc) or type(exc).__name__)
-        if was_degraded:
-            logger.debug("Redis at %s still unavailable: %s", self.url, reason)
-        else:
-            logger.warning("Redis at %s unavailable, enforcing rate limits in this process alone: %s",
-                           self.url, reason)
+        async def remote() -> None:
+            pipe = self._link.client().pipeline(transaction=False)
+            for lease, key in held:
+                pipe.zadd(key, {lease: expiry}, xx=True)
+            for key in {key for _, key in held}:  # the set itself outlives its last lease
+                pipe.expire(key, math.ceil(self.lease_seconds) + 1)
+            await pipe.execute()
 
-    def _mark_up(self) -> None:
-        if self._degraded:
-            self._degraded = False
-            logger.info("Redis at %s available again, rate limits shared", self.url)
+        await self._link.attempt(remote)
 
     async def close(self) -> None:
         """Stop renewing leases and close the Redis connections."""
@@ -427,10 +395,8 @@ class RedisRateLimiter:
             self._renewer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._renewer
-        if self._redis is not None:
-            await self._redis.aclose()
-            self._redis = None
+        await self._link.close()
 
     def __repr__(self) -> str:
-        state = ", degraded" if self._degraded else ""
+        state = ", degraded" if self.degraded else ""
         return f"RedisRateLimiter({self.url!r}, namespace={self.namespace!r}{state})"
