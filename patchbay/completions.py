@@ -147,14 +147,11 @@ _request_decoder = msgspec.json.Decoder(ChatCompletionRequest)
 def decode_request(body: bytes) -> ChatCompletionRequest:
     """Parse and check a JSON request body; InvalidRequest names the field that is wrong."""
     try:
-        try:
-            return _request_decoder.decode(body)
-        except msgspec.ValidationError as exc:
-            if _param(exc) not in INTEGER_FIELDS or "got `float`" not in str(exc):
-                raise
-        # Rarely taken: JSON Schema counts 2.0 as an integer, so the document allows it and so must we.
-        fields = msgspec.json.decode(body)
+        return _request_decoder.decode(body)
     except msgspec.ValidationError as exc:
+        if _param(exc) in INTEGER_FIELDS and "got `float`" in str(exc):
+            # Rarely taken: JSON Schema counts 2.0 as an integer, so the document allows it and so must we.
+            return request_from_kwargs(msgspec.json.decode(body))
         raise InvalidRequest(_describe(exc), param=_param(exc)) from None
     except msgspec.DecodeError as exc:
         raise InvalidRequest(f"the request body is not valid JSON: {exc}") from None
@@ -162,7 +159,6 @@ def decode_request(body: bytes) -> ChatCompletionRequest:
         raise InvalidRequest("the request body is not valid JSON: a string in it is not valid UTF-8") from None
     except RecursionError:
         raise InvalidRequest(TOO_DEEP) from None
-    return request_from_kwargs(fields)
 
 
 def request_from_kwargs(kwargs: dict[str, Any]) -> ChatCompletionRequest:
