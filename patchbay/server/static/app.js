@@ -354,14 +354,15 @@ async function send(text) {
   conversation.model = model;
   if (!conversation.title) conversation.title = text.trim().replace(/\s+/g, " ").slice(0, TITLE_LENGTH);
   conversation.messages.push({ role: "user", content: text });
+  conversation.updated = Date.now();
+  render();
   const reply = { role: "assistant", content: "", model, provider: null, answeredModel: null, ttft: null,
                   error: null, stopped: false, pending: true };
   conversation.messages.push(reply);
-  conversation.updated = Date.now();
   saveState();
-  render();
-  const view = messageView(reply);
-  ui.messages.lastElementChild.replaceWith(view.root);
+  const view = messageView(reply); // kept: the stream fills this view in place
+  ui.messages.append(view.root);
+  scrollToEnd();
   active = { controller: new AbortController(), reply, view };
   setBusy(true);
   const started = performance.now();
