@@ -95,7 +95,7 @@ async def test_total_deadline_ends_a_body_that_never_needs_a_wait() -> None:
         with pytest.raises(DeadlineExceeded, match=r"deadline of 0\.2 s"):
             async with asyncio.timeout(5):
                 async for _ in http.iter_bytes(_AlwaysAtHand()):
-                    await asyncio.sleep(0)  # let the guard's timer run
+                    await asyncio.sleep(0)  # a consumer that yields between chunks, as a server does
 
 
 async def test_cookies_survive_the_session(liaobots_replica: LiaobotsReplica) -> None:
