@@ -1,8 +1,11 @@
 """AiChatOnline: a web chat service that takes the whole conversation as one prompt.
 
-Protocol (``shared/protocols.md`` §3): fetch a unique id (the ``canvas`` query defeats caches),
-then post the formatted prompt with that id in the ``UniqueId`` header; the answer is
-newline-delimited JSON ``{"data": {"message": ...}}``, lines that do not fit are skipped.
+Protocol: fetch a unique id, with a ``canvas`` query that defeats caches
+(docs/protocols.md#aichatonline-unique-id), then post the formatted prompt
+(docs/protocols.md#aichatonline-prompt-format) with that id in the ``UniqueId`` header
+(docs/protocols.md#aichatonline-chat-request); the answer is newline-delimited JSON
+``{"data": {"message": ...}}``, lines that do not fit are skipped
+(docs/protocols.md#aichatonline-stream-format).
 Its maintainers marked it not working, so it is only used when asked for by name.
 """
 
@@ -37,7 +40,8 @@ def _random_id(length: int = 10) -> str:
 
 
 def format_prompt(messages: Messages) -> str:
-    """One message: its content alone; several: ``Role: content`` lines, then ``Assistant:``."""
+    """One message: its content alone; several: ``Role: content`` lines, then ``Assistant:``
+    (docs/protocols.md#aichatonline-prompt-format)."""
     if len(messages) == 1:
         return content_text(messages[0])
     lines = "\n".join(f"{m['role'].capitalize()}: {content_text(m)}" for m in messages)
@@ -65,7 +69,8 @@ class AiChatOnline(AsyncGeneratorProvider, ProviderModelMixin):
         *,
         base_url: str | None = None,
     ) -> str:
-        """Fetch a unique id for a chat, with a random ``canvas`` value to defeat caches."""
+        """Fetch a unique id for a chat, with a random ``canvas`` value to defeat caches
+        (docs/protocols.md#aichatonline-unique-id)."""
         base = (base_url or cls.api_base).rstrip("/")
         request_url = f"{base}/api/v1/user/getUniqueId"
         params = {"canvas": f"-{_random_id()}"}

@@ -1,11 +1,12 @@
 """Liaobots, current generation: a web chat service with an auth-code session.
 
-Protocol (``shared/protocols.md`` §1): log in to get a session cookie, exchange it for an auth
-code at ``/api/user``, then chat at ``/api/chat`` with the code in ``x-auth-code``; the answer
-comes as server-sent events ``data: {"content": ...}`` ending at EOF. Auth codes come from a
-:class:`~patchbay.credentials.CredentialPool` (codes the user gave, then fetched ones); a
-rejected code is banned and the request retried with the next one, but only before any text was
-delivered, so an answer is never repeated.
+Protocol: log in to get a session cookie, exchange it for an auth code at ``/api/user``
+(docs/protocols.md#liaobots-auth-flow), then chat at ``/api/chat`` with the code in
+``x-auth-code`` (docs/protocols.md#liaobots-chat-request); the answer comes as server-sent events
+``data: {"content": ...}`` ending at EOF (docs/protocols.md#liaobots-stream-format). Auth codes
+come from a :class:`~patchbay.credentials.CredentialPool` (codes the user gave, then fetched
+ones); a rejected code is banned and the request retried with the next one, but only before any
+text was delivered, so an answer is never repeated (docs/protocols.md#liaobots-recovery).
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ __all__ = ["Liaobots"]
 log = logging.getLogger("patchbay.providers.liaobots")
 
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
-#: The errors that mean "this auth code or session is no good": try another code.
+#: The errors that mean "this auth code or session is no good": try another code
+#: (docs/protocols.md#liaobots-recovery).
 AUTH_FAILURES = (AuthError, PaymentRequired)
 
 
@@ -74,7 +76,7 @@ class Liaobots(AsyncGeneratorProvider, ProviderModelMixin):
     supports_stream = True
     supports_message_history = True
     supports_system_message = True
-    verify_ssl = False  # the service's certificate was never verifiable
+    verify_ssl = False  # the service's certificate was never verifiable (docs/protocols.md#liaobots-hosts)
     max_auth_attempts: ClassVar[int] = 3
     fits_context = True  # to the model's maxLength, in characters
 
@@ -160,7 +162,9 @@ class Liaobots(AsyncGeneratorProvider, ProviderModelMixin):
 
     @classmethod
     async def initialize_auth_code(cls, http: HTTPSession, base_url: str | None = None) -> str:
-        """Log in and fetch a new auth code; it joins the pool as its current code."""
+        """Log in and fetch a new auth code; it joins the pool as its current code.
+
+        The steps and their failures: docs/protocols.md#liaobots-auth-flow, docs/protocols.md#liaobots-errors."""
         base = (base_url or cls.api_base).rstrip("/")
         token = "".join(secrets.choice(string.ascii_letters + string.digits) for _ in range(20))
         async with http.request("POST", f"{base}/recaptcha/api/login", data={"token": token}) as response:
@@ -172,6 +176,7 @@ class Liaobots(AsyncGeneratorProvider, ProviderModelMixin):
                 raise error_for_response(response.status, text, response.headers, during="fetching an auth code")
             if _is_html(text):
                 raise SessionRejected("the service answered the auth-code request with a captcha page")
+            # The reply's Content-Type is unreliable: the text is parsed as JSON whatever it says.
             try:
                 code = json.loads(text).get("authCode")
             except (ValueError, AttributeError):
@@ -189,7 +194,9 @@ class Liaobots(AsyncGeneratorProvider, ProviderModelMixin):
             if "html" in response.headers.get("content-type", ""):
                 raise SessionRejected("the service answered with a captcha page instead of the answer")
             decoder = SSEDecoder()
-            head = b""  # the first bytes, kept to recognise an error page or an `Error` body
+            # The first bytes, kept to recognise a captcha page or an `Error` body in place of the
+            # stream (docs/protocols.md#liaobots-errors).
+            head = b""
             got_text = False
             async for chunk in http.iter_bytes(response):
                 if len(head) < 64:
@@ -201,7 +208,7 @@ class Liaobots(AsyncGeneratorProvider, ProviderModelMixin):
                     if text:
                         got_text = True
                         yield text
-            for event in decoder.flush():
+            for event in decoder.flush():  # no end marker: EOF ends it (docs/protocols.md#liaobots-stream-format)
                 text = _content(event.data)
                 if text:
                     got_text = True

@@ -1,11 +1,13 @@
 """Liaobots, first generation: the module-level ``_create_completion`` the old clients called.
 
-Protocol (``shared/protocols.md`` §2): one ``POST /api/chat`` with the caller's auth code; the
-answer is raw UTF-8 text in arbitrary chunks (decoded incrementally here, so a character split
-across chunks stays whole). A wrong code gets a plain ``Error`` body, sometimes with status 200,
-which is recognised and raised as :class:`~patchbay.errors.AuthError`, never shown as text.
-The module keeps its old attributes (``url``, ``model``, ``models``, ``params``, ...) and
-:class:`LiaobotsLegacy` is the same service as a regular provider.
+Protocol: one ``POST /api/chat`` with the caller's auth code
+(docs/protocols.md#liaobots-legacy-request); the answer is raw UTF-8 text in arbitrary chunks,
+decoded incrementally here, so a character split across chunks stays whole
+(docs/protocols.md#liaobots-legacy-reply). A wrong code gets a plain ``Error`` body, sometimes
+with status 200, which is recognised and raised as :class:`~patchbay.errors.AuthError`, never
+shown as text (docs/protocols.md#liaobots-legacy-errors). The module keeps its old attributes
+(``url``, ``model``, ``models``, ``params``, ...; docs/protocols.md#liaobots-legacy-module-interface)
+and :class:`LiaobotsLegacy` is the same service as a regular provider.
 """
 
 from __future__ import annotations
@@ -98,8 +100,9 @@ class LiaobotsLegacy(AsyncGeneratorProvider, ProviderModelMixin):
         ):
             if response.status >= 300:
                 raise await http.status_error(response)
-            decoder = UTF8Decoder()
-            held: bytes | None = b""  # bytes that could still turn out to be the `Error` body
+            decoder = UTF8Decoder()  # across chunks, unlike the old client (docs/protocols.md#liaobots-legacy-reply)
+            # Bytes that could still turn out to be the `Error` body (docs/protocols.md#liaobots-legacy-errors).
+            held: bytes | None = b""
             async for chunk in http.iter_bytes(response):
                 if held is not None:
                     held += chunk

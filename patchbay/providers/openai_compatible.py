@@ -1,4 +1,4 @@
-"""Any OpenAI-compatible Chat Completions API (``shared/protocols.md`` §4).
+"""Any OpenAI-compatible Chat Completions API (docs/protocols.md#openai-compatible-chat-completions).
 
 Providers are classes, so a service is configured by making a subclass (:meth:`~OpenAICompatible.configure`,
 :meth:`~OpenAICompatible.from_preset`). Keys live in a per-class CredentialPool; with several keys, one
@@ -48,9 +48,11 @@ R = TypeVar("R")
 MODELS_TIMEOUT = 5.0  # seconds for GET /models
 MODELS_TTL = 300.0  # seconds a fetched model list is reused
 MAX_BODY = 16 * 1024 * 1024  # bytes of a non-streamed answer read at most
-#: The errors that mean "this key is no good": with several keys, ban it and try the next.
+#: The errors that mean "this key is no good": with several keys, ban it and try the next
+#: (docs/protocols.md#openai-api-keys).
 KEY_REJECTED = (AuthError, PermissionDenied)
-#: OpenAI error ``code`` / ``type`` names -> the HTTP status they stand for (for in-stream errors).
+#: OpenAI error ``code`` / ``type`` names -> the HTTP status they stand for (for in-stream errors;
+#: docs/protocols.md#openai-error-objects).
 ERROR_NAME_STATUS: dict[str, int] = {
     "invalid_request_error": 400, "authentication_error": 401, "invalid_api_key": 401, "insufficient_quota": 402,
     "permission_error": 403, "not_found_error": 404, "model_not_found": 404, "conflict_error": 409,
@@ -207,7 +209,7 @@ class OpenAICompatible(AsyncGeneratorProvider, ProviderModelMixin):
         register_secret(api_key)
         url = f"{cls._base(base_url)}/chat/completions"
         body: dict[str, Any] = {"model": model, "messages": messages, "stream": stream}
-        if stream:
+        if stream:  # the usage chunk before [DONE] (docs/protocols.md#openai-usage-chunk)
             body["stream_options"] = {"include_usage": True}
         options = {"temperature": temperature, "top_p": top_p, "max_tokens": max_tokens, "stop": stop,
                    "seed": seed, "tools": tools, "tool_choice": tool_choice, "response_format": response_format}
@@ -255,7 +257,8 @@ class OpenAICompatible(AsyncGeneratorProvider, ProviderModelMixin):
                 for event in _completion_events(_parse_json(await http.read_body(response, MAX_BODY, whole=True))):
                     yield event
                 return
-            finish: str | None = None  # held back so that Finish comes last, after the usage chunk
+            # Held back so that Finish comes last, after the usage chunk (docs/protocols.md#openai-streaming).
+            finish: str | None = None
             events_in = http.iter_decoded(response, SSEDecoder())
             async with aclosing(events_in) as sse:
                 async for item in sse:
@@ -288,7 +291,8 @@ class OpenAICompatible(AsyncGeneratorProvider, ProviderModelMixin):
 
     @classmethod
     async def _status_error(cls, http: HTTPSession, response: HTTPResponse) -> PatchbayError:
-        """The patchbay error for an upstream error answer (OpenAI error object or plain text)."""
+        """The patchbay error for an upstream error answer (OpenAI error object or plain text), with its
+        Retry-After (docs/protocols.md#openai-error-objects, docs/protocols.md#openai-retry-after)."""
         text = await http.read_body(response)
         message, param = _error_message(text)
         error = error_for_status(

@@ -1,4 +1,4 @@
-"""Local replica servers of the remote chat services, for provider tests.
+"""Local replica servers of the remote chat services, for provider tests (docs/protocols.md#replicas).
 
 Each replica is a real aiohttp server on 127.0.0.1 that checks the shape of every request
 (failures land in ``violations`` and are answered 400) and answers by a named fault scenario.

@@ -1,4 +1,4 @@
-"""Replica of the AiChatOnline API (protocols.md section 3).
+"""Replica of the AiChatOnline API (docs/protocols.md#aichatonline).
 
 A cache-busted ``GET`` hands out a unique id; the chat endpoint takes it in the ``UniqueId``
 header and answers newline-delimited JSON ``{"data": {"message": ...}}`` objects until EOF.

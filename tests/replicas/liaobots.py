@@ -1,4 +1,4 @@
-"""Replica of the current-generation Liaobots API (protocols.md section 1).
+"""Replica of the current-generation Liaobots API (docs/protocols.md#liaobots-current-generation).
 
 Login sets a session cookie, ``/api/user`` trades it for an auth code, ``/api/chat`` streams
 ``data: {"content": ...}`` events without an end marker.  Auth codes can be rejected on demand
@@ -120,7 +120,8 @@ class LiaobotsReplica(ReplicaServer):
     # ----------------------------------------------------------------- endpoints
 
     async def login(self, request: web.Request) -> web.StreamResponse:
-        """Accept ``token=<20 chars>`` (form-encoded or, as clients did by accident, labelled JSON)."""
+        """Accept ``token=<20 chars>`` (form-encoded or, as clients did by accident, labelled JSON;
+        docs/protocols.md#liaobots-auth-flow)."""
         self.login_count += 1
         rec = self.recorded(request)
         self.check(
@@ -157,7 +158,8 @@ class LiaobotsReplica(ReplicaServer):
             case _:
                 cached = body["authcode"]
                 code = cached if cached and self.code_is_good(cached) else self.issue_code()
-        # The real service labelled this JSON reply unreliably; clients must parse the text.
+        # The real service labelled this JSON reply unreliably; clients must parse the text
+        # (docs/protocols.md#liaobots-auth-flow).
         return web.Response(text=f'{{"authCode": "{code}"}}', content_type="text/html")
 
     def _check_chat(self, request: web.Request) -> str:

@@ -1,4 +1,4 @@
-"""Replica of the first-generation Liaobots API (protocols.md section 2).
+"""Replica of the first-generation Liaobots API (docs/protocols.md#liaobots-legacy-first-generation).
 
 One endpoint, ``POST /api/chat``, answering raw UTF-8 text in arbitrary chunks.  A wrong
 ``x-auth-code`` is answered like the real service did (status 200, body ``Error``); that is a

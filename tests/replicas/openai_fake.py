@@ -1,4 +1,4 @@
-"""A fault-injecting OpenAI-compatible upstream (protocols.md section 4).
+"""A fault-injecting OpenAI-compatible upstream (docs/protocols.md#openai-compatible-chat-completions).
 
 Serves ``GET /v1/models`` and ``POST /v1/chat/completions`` (streamed and not) with the exact
 object shapes of the real API, and can answer every documented error, mid-stream failure and
@@ -69,7 +69,7 @@ ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function
 
 
 def error_object(status: int, message: str | None = None, param: str | None = None) -> dict[str, Any]:
-    """The ``{"error": {...}}`` body the real API sends with ``status``."""
+    """The ``{"error": {...}}`` body the real API sends with ``status`` (docs/protocols.md#openai-error-objects)."""
     err_type, code, default = ERRORS.get(status, ("server_error", None, "Error."))
     return {"error": {"message": message or default, "type": err_type, "param": param, "code": code}}
 
@@ -309,7 +309,8 @@ class OpenAIFake(ReplicaServer):
         usage: dict[str, int],
         tool_call: bool,
     ) -> web.StreamResponse:
-        """SSE ``chat.completion.chunk`` events, the optional usage chunk and ``[DONE]``."""
+        """SSE ``chat.completion.chunk`` events, the optional usage chunk and ``[DONE]``
+        (docs/protocols.md#openai-streaming, docs/protocols.md#openai-usage-chunk)."""
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
 
         def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
