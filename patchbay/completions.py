@@ -11,12 +11,14 @@ across chunk boundaries, for providers whose service does not honour them.
 
 from __future__ import annotations
 
+import functools
 import random
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
 from typing import Annotated, Any, Literal
 
+import jsonschema
 import msgspec
 
 from patchbay.errors import InvalidRequest, ModelNotSupported
@@ -145,28 +147,40 @@ _request_decoder = msgspec.json.Decoder(ChatCompletionRequest)
 
 
 def decode_request(body: bytes) -> ChatCompletionRequest:
-    """Parse and check a JSON request body; InvalidRequest names the field that is wrong."""
+    """Parse and check a JSON request body; InvalidRequest names the field that is wrong.
+
+    A valid body takes one typed decode. A body that fails it is looked at again, step by step,
+    to say what is wrong: with checks of our own (UTF-8, JSON, the request's JSON Schema), never
+    with the wording or the class of msgspec's exception, which change between its versions.
+    """
     try:
         return _request_decoder.decode(body)
-    except msgspec.ValidationError as exc:
-        if _param(exc) in INTEGER_FIELDS and "got `float`" in str(exc):
-            # Rarely taken: JSON Schema counts 2.0 as an integer, so the document allows it and so must we.
-            return request_from_kwargs(msgspec.json.decode(body))
-        raise InvalidRequest(_describe(exc), param=_param(exc)) from None
-    except msgspec.DecodeError as exc:
-        raise InvalidRequest(f"the request body is not valid JSON: {exc}") from None
-    except UnicodeDecodeError:  # msgspec's error for bad bytes inside a string
-        raise InvalidRequest("the request body is not valid JSON: a string in it is not valid UTF-8") from None
-    except RecursionError:
-        raise InvalidRequest(TOO_DEEP) from None
+    except (msgspec.MsgspecError, UnicodeDecodeError, RecursionError):
+        pass  # explained below
+    return request_from_kwargs(_json_document(body))
 
 
 def request_from_kwargs(kwargs: dict[str, Any]) -> ChatCompletionRequest:
     """The request for a ``create(**kwargs)`` call, checked exactly like a server request."""
+    fields = _whole_numbers_as_ints(kwargs)
     try:
-        return msgspec.convert(_whole_numbers_as_ints(kwargs), ChatCompletionRequest)
-    except msgspec.ValidationError as exc:
-        raise InvalidRequest(_describe(exc), param=_param(exc)) from None
+        return msgspec.convert(fields, ChatCompletionRequest)
+    except msgspec.MsgspecError as exc:
+        raise _schema_error(fields, exc) from None
+
+
+def _json_document(body: bytes) -> Any:
+    """``body`` parsed as untyped JSON, or the InvalidRequest that says why it is not JSON."""
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidRequest("the request body is not valid JSON: it is not valid UTF-8") from None
+    try:
+        return msgspec.json.decode(body)
+    except RecursionError:
+        raise InvalidRequest(TOO_DEEP) from None
+    except msgspec.MsgspecError as exc:
+        raise InvalidRequest(f"the request body is not valid JSON: {exc}") from None
 
 
 def _whole_numbers_as_ints(fields: dict[str, Any]) -> dict[str, Any]:
@@ -178,21 +192,68 @@ def _whole_numbers_as_ints(fields: dict[str, Any]) -> dict[str, Any]:
     return {**fields, **whole} if whole else fields
 
 
-def _describe(exc: msgspec.ValidationError) -> str:
-    message = str(exc)
-    if " - at `$." in message:  # "Expected `int`, got `str` - at `$.messages[0].role`"
-        detail, _, where = message.rpartition(" - at `$.")
-        return f"invalid field {where.rstrip('`')}: {detail}"
-    return f"invalid request: {message}"
+@functools.cache
+def _request_validator() -> jsonschema.protocols.Validator:
+    """A JSON Schema validator of the request: the same schema the OpenAPI document publishes."""
+    schema = msgspec.json.schema(ChatCompletionRequest)
+    return jsonschema.Draft202012Validator(schema)
 
 
-def _param(exc: msgspec.ValidationError) -> str | None:
-    message = str(exc)
-    if " - at `$." in message:
-        return message.rpartition(" - at `$.")[2].rstrip("`")
-    if "missing required field `" in message:
-        return message.split("`")[1]
-    return None
+def _schema_error(document: Any, exc: msgspec.MsgspecError) -> InvalidRequest:
+    """The InvalidRequest for a document msgspec refused, naming the field by the JSON Schema."""
+    try:
+        error = jsonschema.exceptions.best_match(_request_validator().iter_errors(document))
+    except RecursionError:
+        return InvalidRequest(TOO_DEEP)
+    if error is None:  # msgspec is stricter than the schema here: its own words are all there is
+        return InvalidRequest(f"invalid request: {exc}")
+    path = list(error.absolute_path)
+    if error.validator == "required" and isinstance(error.instance, dict):
+        path += [name for name in error.validator_value if name not in error.instance][:1]
+    param = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in path).lstrip(".")
+    if not param:
+        return InvalidRequest(f"invalid request: the body {_broken_rule(error)}")
+    if error.validator == "required":
+        return InvalidRequest(f"missing required field {param}", param=param)
+    return InvalidRequest(f"invalid field {param}: {_broken_rule(error)}", param=param)
+
+
+def _broken_rule(error: jsonschema.ValidationError) -> str:
+    """What the value should have been, in our words (the library's repeat the whole value)."""
+    rule, value = error.validator, error.validator_value
+    if rule in ("anyOf", "oneOf") and error.context:
+        # A value of one allowed type that breaks that type's rule: name the rule. Else the types.
+        kept = [e for e in error.context if e.validator != "type"]
+        if kept:
+            return _broken_rule(kept[0])
+        types = [t for e in error.context for t in (e.validator_value if isinstance(e.validator_value, list)
+                                                     else [e.validator_value]) if e.validator == "type"]
+        if types:
+            rule, value = "type", list(dict.fromkeys(types))
+    match rule:
+        case "type":
+            expected = " or ".join(value) if isinstance(value, list) else value
+            return f"must be of type {expected}, got {_json_type(error.instance)}"
+        case "enum":
+            return "must be one of " + ", ".join(map(str, value))
+        case "minLength" | "maxLength":
+            return f"must be {'at least' if rule == 'minLength' else 'at most'} {_count(value, 'character')} long"
+        case "minItems" | "maxItems":
+            return f"must have {'at least' if rule == 'minItems' else 'at most'} {_count(value, 'item')}"
+        case "minimum" | "maximum":
+            return f"must be {'>=' if rule == 'minimum' else '<='} {value}"
+        case _:
+            return f"does not match the schema ({rule})"
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
+
+
+def _json_type(value: Any) -> str:
+    kinds = {bool: "boolean", int: "integer", float: "number", str: "string", list: "array", dict: "object",
+             type(None): "null"}
+    return kinds.get(type(value), type(value).__name__)
 
 
 # -- the response objects -------------------------------------------------------------------------

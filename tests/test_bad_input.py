@@ -24,6 +24,8 @@ from patchbay.completions import MAX_MESSAGES
 from tests.gateway_process import GatewayProcess
 from tests.replicas.openai_fake import OpenAIFake
 
+pytestmark = [pytest.mark.process]
+
 LIMIT = 4 * 1024 * 1024
 HELLO = [{"role": "user", "content": "Hello"}]
 TIMEOUT = aiohttp.ClientTimeout(total=30)
@@ -67,7 +69,7 @@ async def test_chunked_body_over_the_limit_is_413(gateway: GatewayProcess) -> No
 async def test_deeply_nested_json_is_400(gateway: GatewayProcess, nested: bytes) -> None:
     status, body = await post(gateway, nested)
     assert status == 400
-    assert "nested too deeply" in body["error"]["message"] or "Expected `object`" in body["error"]["message"]
+    assert "nested too deeply" in body["error"]["message"] or "must be of type object" in body["error"]["message"]
     await gateway.stop()
     assert "Traceback" not in gateway.log_text and "RecursionError" not in gateway.log_text
 
@@ -77,7 +79,7 @@ async def test_huge_message_count_is_400_naming_the_limit(gateway: GatewayProces
     status, body = await post(gateway, json.dumps({"model": "small", "messages": messages}).encode())
     assert status == 400
     assert body["error"]["param"] == "messages"
-    assert f"length <= {MAX_MESSAGES}" in body["error"]["message"]
+    assert f"at most {MAX_MESSAGES} items" in body["error"]["message"]
     assert openai_fake.chat_count == 0
 
 
@@ -88,18 +90,18 @@ async def test_the_most_messages_allowed_are_served(gateway: GatewayProcess) -> 
 
 
 @pytest.mark.parametrize(("request_body", "param", "words"), [
-    ({"model": "small", "messages": [{"role": "wizard", "content": "hi"}]}, "messages[0].role", "wizard"),
+    ({"model": "small", "messages": [{"role": "wizard", "content": "hi"}]}, "messages[0].role", "must be one of"),
     ({"model": "small", "messages": [{"role": "tool", "content": "hi"}]}, "messages[0].tool_call_id", "tool_call_id"),
     ({"model": "small", "messages": [{"role": "user"}]}, "messages[0].content", "no content"),
     ({"model": "small", "messages": [{"role": "user", "content": [{"text": "hi"}]}]}, "messages[0].content[0]",
      "must be an object with a type"),
-    ({"model": "small", "messages": "hello"}, "messages", "Expected `array`, got `str`"),
-    ({"model": 7, "messages": HELLO}, "model", "Expected `str`, got `int`"),
-    ({"model": "small", "messages": HELLO, "temperature": "hot"}, "temperature", "got `str`"),
-    ({"model": "small", "messages": HELLO, "stream": "yes"}, "stream", "Expected `bool`"),
+    ({"model": "small", "messages": "hello"}, "messages", "must be of type array, got string"),
+    ({"model": 7, "messages": HELLO}, "model", "must be of type string, got integer"),
+    ({"model": "small", "messages": HELLO, "temperature": "hot"}, "temperature", "got string"),
+    ({"model": "small", "messages": HELLO, "stream": "yes"}, "stream", "must be of type boolean"),
     ({"model": "small", "messages": HELLO, "max_tokens": 0}, "max_tokens", ">= 1"),
-    ({"messages": HELLO}, "model", "missing required field `model`"),
-    ({"model": "small"}, "messages", "missing required field `messages`"),
+    ({"messages": HELLO}, "model", "missing required field model"),
+    ({"model": "small"}, "messages", "missing required field messages"),
 ])
 async def test_wrong_fields_are_400_naming_the_field(gateway: GatewayProcess, openai_fake: OpenAIFake,
                                                      request_body: dict[str, Any], param: str, words: str) -> None:
@@ -111,8 +113,8 @@ async def test_wrong_fields_are_400_naming_the_field(gateway: GatewayProcess, op
 
 
 @pytest.mark.parametrize(("raw", "words"), [
-    (b"[1, 2]", "Expected `object`, got `array`"),
-    (b'"hello"', "Expected `object`, got `str`"),
+    (b"[1, 2]", "must be of type object, got array"),
+    (b'"hello"', "must be of type object, got string"),
     (b"", "not valid JSON"),
     (b"\xff\xfe{\x00}", "not valid JSON"),
     (b'{"model": "sm\xffall", "messages": []}', "not valid UTF-8"),
