@@ -23,7 +23,7 @@ import aiohttp
 
 from patchbay.settings import to_toml
 
-START_TIMEOUT = 30.0
+START_TIMEOUT = 90.0
 STOP_TIMEOUT = 15.0
 _RUNNING = re.compile(r"running on http://([\d.]+):(\d+)")
 

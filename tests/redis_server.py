@@ -27,7 +27,7 @@ import redis
 __all__ = ["RedisProcess", "RedisServerError", "free_port", "redis_server", "redis_url", "start_redis"]
 
 READY_LINE = "Ready to accept connections"
-START_TIMEOUT = 10.0
+START_TIMEOUT = 30.0
 STOP_TIMEOUT = 5.0
 
 

@@ -19,9 +19,11 @@ import redis.asyncio
 from tests.redis_server import free_port, redis_server_binary
 from tests.replicas.openai_fake import OpenAIFake
 
+pytestmark = [pytest.mark.process]
+
 DOC = Path(__file__).resolve().parent.parent / "docs" / "deploy.md"
 PORTS = ("6379", "8080", "8101", "8102")  # redis, the upstream, the two instances
-START_TIMEOUT = 30.0
+START_TIMEOUT = 90.0
 STOP_TIMEOUT = 15.0
 
 

@@ -45,7 +45,7 @@ from tests.gateway_process import GatewayProcess
 from tests.replicas.base import DEFAULT_ANSWER, corrupt_utf8, refused_url
 from tests.replicas.openai_fake import OpenAIFake, endless_text
 
-pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(90)]
+pytestmark = [pytest.mark.process, pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(180)]
 
 ROUTER = {"retries": 1, "connect_timeout": 1.0, "first_byte_timeout": 2.0, "idle_timeout": 1.0, "timeout": 3.0}
 DEADLINE = ROUTER["timeout"]

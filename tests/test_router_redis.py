@@ -7,9 +7,13 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 from patchbay.secrets import fingerprint
 from tests.replicas.liaobots import LiaobotsReplica
 from tests.replicas.openai_fake import OpenAIFake
+
+pytestmark = [pytest.mark.process]
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -29,6 +29,8 @@ from patchbay.server.openapi import openapi_document
 from tests.gateway_process import GatewayProcess
 from tests.replicas.openai_fake import OpenAIFake
 
+pytestmark = [pytest.mark.process]
+
 T = TypeVar("T")
 
 API_KEY = "sk-schemathesis-7d2e90"

@@ -15,9 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
 from tests.gateway_process import GatewayProcess
 from tests.replicas.openai_fake import OpenAIFake
+
+pytestmark = [pytest.mark.process]
 
 LOAD_TIMEOUT = 120.0
 CONCURRENCY = 100

@@ -2,12 +2,14 @@
 Playwright's Python package) against a real ``patchbay serve`` in front of the OpenAI fake.
 
 Chromium is kept off the network by its launch flags; the page itself loads nothing but its own
-files from the server. A screenshot of the page mid-answer is saved to ``docs/web-page.png``
-(shown in the README).
+files from the server. A screenshot of the page mid-answer is taken to a temporary file, or to
+``$PATCHBAY_SCREENSHOT`` when set: ``PATCHBAY_SCREENSHOT=docs/web-page.png python -m pytest
+tests/test_web_page.py -k streamed_answer`` refreshes the one the README shows.
 """
 
 from __future__ import annotations
 
+import os
 import random
 import re
 import shutil
@@ -23,12 +25,13 @@ from playwright.async_api import Browser, Page, async_playwright, expect
 from tests.gateway_process import GatewayProcess
 from tests.replicas.openai_fake import OpenAIFake
 
+pytestmark = [pytest.mark.browser, pytest.mark.process]
+
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 #: Flags that keep Chromium off the network and quiet in a container (run as root, no GPU).
 CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
                   "--disable-dev-shm-usage"]
-SCREENSHOT = Path(__file__).resolve().parent.parent / "docs" / "web-page.png"
 API_KEY = "sk-page-test-7c21e0"
 WAIT = 15_000  # ms: the longest any single expectation waits (the machine is small and shared)
 
@@ -131,7 +134,7 @@ async def test_the_page_loads_its_own_files_and_lists_the_models(page: Page, gat
 
 
 async def test_a_prompt_gets_a_streamed_answer_and_shows_who_answered(
-        page: Page, gateway: GatewayProcess, openai_fake: OpenAIFake, page_errors: list[str]) -> None:
+        page: Page, gateway: GatewayProcess, openai_fake: OpenAIFake, page_errors: list[str], tmp_path: Path) -> None:
     openai_fake.answer = "Two routes: **small** and **large**, both served by the fake upstream."
     long_answer = ("Add it under `[providers]` and name it in a **route**:\n\n"
                           "1. Give the *base URL* and the key's variable\n2. List it in `[routes]`\n"
@@ -150,7 +153,9 @@ async def test_a_prompt_gets_a_streamed_answer_and_shows_who_answered(
     await expect(body.locator("pre code")).to_contain_text("[providers.groq]")  # part of the answer is shown ...
     assert await page.locator(".message.pending").count() == 1  # ... while the rest is still coming
     assert "embedded model" not in await body.inner_text()
-    await page.screenshot(path=str(SCREENSHOT))
+    screenshot = Path(os.environ.get("PATCHBAY_SCREENSHOT") or tmp_path / "web-page.png")
+    await page.screenshot(path=str(screenshot))
+    assert screenshot.stat().st_size > 0
     await wait_answered(page)
     assert (await body.inner_text()).endswith("then the embedded model.")
     meta = last_answer(page).locator(".meta")
