@@ -150,19 +150,23 @@ class Settings:
 
     def provider_classes(self) -> dict[str, type[AsyncGeneratorProvider]]:
         """The ``[providers]`` table as configured OpenAI-compatible provider classes."""
+        return {name: self.provider_class(name) for name in self.providers}
+
+    def provider_class(self, name: str) -> type[AsyncGeneratorProvider]:
+        """One ``[providers]`` entry as a configured provider class (a mistake in it names it, and
+        leaves the other entries usable)."""
         from patchbay.providers.openai_compatible import OpenAICompatible
 
-        built: dict[str, type[AsyncGeneratorProvider]] = {}
-        for name, options in self.providers.items():
-            options = dict(options)
-            preset = options.pop("preset", None)
+        options = dict(self.providers[name])
+        preset = options.pop("preset", None)
+        try:
             if preset is not None:
-                built[name] = OpenAICompatible.from_preset(preset, name=name, **options)
-            elif "base_url" not in options:
-                raise InvalidRequest(f"{self._where()}providers.{name}: give a base_url or a preset")
-            else:
-                built[name] = OpenAICompatible.configure(name, **options)
-        return built
+                return OpenAICompatible.from_preset(preset, name=name, **options)
+            if "base_url" not in options:
+                raise InvalidRequest("give a base_url or a preset")
+            return OpenAICompatible.configure(name, **options)
+        except InvalidRequest as error:
+            raise InvalidRequest(f"{self._where()}providers.{name}: {error.message}") from None
 
     def route_table(self) -> dict[str, list[Any]]:
         """The routes; with none configured, the embedded model under its own name."""

@@ -17,7 +17,9 @@ from typing import Any
 from patchbay.requestlog import RequestLog
 from patchbay.settings import to_toml
 
-RUN_TIMEOUT = 60.0
+#: Seconds a command may take: generous, so that a machine busy with other work (a test run
+#: beside, a compiler) still finishes in time; a hung command fails the test after this long.
+RUN_TIMEOUT = 120.0
 
 
 class CLI:

@@ -18,11 +18,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.cli_process import CLI
+from tests.cli_process import CLI, RUN_TIMEOUT
 from tests.replicas.openai_fake import OpenAIFake
 from tests.replicas.threaded import threaded
 
-READ_TIMEOUT = 30.0
+pytestmark = [pytest.mark.process]
+
+#: Every wait is for a condition (text on the terminal, a request at the fake, the process
+#: ending), bounded generously so that it holds on a machine busy with other work.
+READ_TIMEOUT = RUN_TIMEOUT
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07|\r")
 
 #: Makes the pseudo-terminal the child's controlling terminal (a new session leader opening a
@@ -68,13 +72,17 @@ class Terminal:
                 self.seen += ANSI.sub("", data.decode(errors="replace"))
 
     def wait(self, timeout: float = READ_TIMEOUT) -> int:
+        """The exit status, once the process has ended (reading the terminal meanwhile, so that
+        it never blocks writing); fail after ``timeout`` seconds."""
         deadline = time.monotonic() + timeout
         while self.process.poll() is None and time.monotonic() < deadline:  # keep the terminal drained
-            ready, _, _ = select.select([self.master], [], [], 0.2)
+            ready, _, _ = select.select([self.master], [], [], 0.2)  # a poll interval, not a wait for anything
             if ready:
                 with contextlib.suppress(OSError):
                     os.read(self.master, 65536)
-        return self.process.wait(timeout=1)
+        status = self.process.poll()
+        assert status is not None, f"the process did not end within {timeout:g} s"
+        return status
 
     def close(self) -> None:
         if self.process.poll() is None:
@@ -90,11 +98,13 @@ def fake() -> Iterator[OpenAIFake]:
 
 
 @pytest.fixture
-def session(tmp_path: Path, fake: OpenAIFake) -> Iterator[tuple[Terminal, CLI]]:
+def session(tmp_path: Path, fake: OpenAIFake, request: pytest.FixtureRequest) -> Iterator[tuple[Terminal, CLI]]:
+    """``patchbay chat`` on a terminal; parametrized indirectly, the parameter is more arguments."""
+    args: list[str] = getattr(request, "param", [])
     cli = CLI(tmp_path, TERM="xterm")
     cli.configure({"providers": {"fake": {"base_url": fake.api_base, "models": ["fake-small", "fake-large"]}},
-                   "routes": {"small": ["fake/fake-small"], "large": ["fake/fake-large"]}})
-    terminal = Terminal([sys.executable, "-c", LAUNCHER, "chat"], cli.env, cli.cwd)
+                   "routes": {"small": ["fake/fake-small"], "large": ["fake/fake-large", "Local"]}})
+    terminal = Terminal([sys.executable, "-c", LAUNCHER, "chat", *args], cli.env, cli.cwd)
     try:
         yield terminal, cli
     finally:
@@ -114,7 +124,7 @@ def wait_for(condition: object, terminal: Terminal, timeout: float = READ_TIMEOU
 
 def test_interactive_session(session: tuple[Terminal, CLI], fake: OpenAIFake) -> None:
     terminal, cli = session
-    terminal.expect(r"Chatting with small through Router\. Type /help")
+    terminal.expect(r"Chatting with small through fake/fake-small\. Type /help")
     terminal.expect(r"> ")
 
     terminal.type("/system Answer in one line.\r")
@@ -133,22 +143,25 @@ def test_interactive_session(session: tuple[Terminal, CLI], fake: OpenAIFake) ->
     terminal.type("/clear\r")
     terminal.expect(r"Cleared: a new conversation starts\.\n> ")
     terminal.type("/model large\r")
-    terminal.expect(r"Model: large through Router\.\n> ")
-    terminal.type("/model nope\r")
-    terminal.expect(r"Error: no route for model 'nope'; routes: small, large\n> ")
+    terminal.expect(r"Model: large through fake/fake-large \(1 fallback\)\.\n> ")
+    terminal.type("/model nope\r")  # said at once, and the model stays
+    terminal.expect(r"Error: no route for model 'nope'; routes: small, large\n"
+                    r"Model: large through fake/fake-large \(1 fallback\) \(unchanged\)\.\n> ")
     terminal.type("after clearing\r")
     terminal.expect(re.escape(fake.answer) + r"\s*\n> ")
     assert fake.last_body["model"] == "fake-large"
     assert fake.last_body["messages"] == [{"role": "system", "content": "Answer in one line."},
                                           {"role": "user", "content": "after clearing"}]
 
-    # Ctrl-C while an answer streams stops that answer, not the session.
-    fake.delay_per_chunk = 5.0
+    # Ctrl-C while an answer streams stops that answer, not the session. The spinner names who
+    # is asked first. The fake pauses after every piece for longer than Ctrl-C can take.
+    fake.delay_per_chunk = 30.0
     requests = fake.chat_count
     terminal.type("a slow one\r")
+    terminal.expect(r"Waiting for fake/fake-large…")
     wait_for(lambda: fake.chat_count > requests, terminal)
     terminal.type("\x03")
-    terminal.expect(r"Interrupted\.\n> ", timeout=15)
+    terminal.expect(r"Interrupted\.\n> ")
     fake.delay_per_chunk = 0.0
 
     terminal.type("/help\r")
@@ -163,6 +176,23 @@ def test_interactive_session(session: tuple[Terminal, CLI], fake: OpenAIFake) ->
     assert turns[0].conversation_id == turns[1].conversation_id != turns[2].conversation_id
     assert turns[2].conversation_id == turns[3].conversation_id
     assert (turns[3].error or "").startswith("Interrupted") and all(t.error is None for t in turns[:3])
+
+
+@pytest.mark.parametrize("session", [["-p", "fake"]], indirect=True)
+def test_a_model_the_provider_does_not_serve_is_refused_at_once(session: tuple[Terminal, CLI],
+                                                               fake: OpenAIFake) -> None:
+    terminal, _ = session
+    terminal.expect(r"Chatting with fake/fake-small\. Type /help")
+    terminal.type("/model fake-nope\r")
+    terminal.expect(r"Error: fake: model 'fake-nope' is not one of its models: fake-small, fake-large\n"
+                    r"Model: fake/fake-small \(unchanged\)\.\n> ")
+    terminal.type("/model fake-large\r")
+    terminal.expect(r"Model: fake/fake-large\.\n> ")
+    terminal.type("hello\r")
+    terminal.expect(re.escape(fake.answer) + r"\s*\n> ")
+    assert fake.last_body["model"] == "fake-large" and fake.chat_count == 1  # nothing was sent to check
+    terminal.type("/exit\r")
+    assert terminal.wait() == 0
 
 
 def test_ctrl_d_leaves_the_session(session: tuple[Terminal, CLI]) -> None:

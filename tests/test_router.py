@@ -38,6 +38,7 @@ HELLO = [{"role": "user", "content": "hi"}]
 class Script(AsyncGeneratorProvider):
     """A provider that plays ``plan``: one entry per request, each ("ok" | "fail", parts, error)."""
 
+    models: ClassVar[list[str]] = ["m"]  # its default model: a bare target in route "m" asks for "m"
     plan: ClassVar[list[tuple[list[str], PatchbayError | None]]] = []
     calls: ClassVar[list[Messages]] = []
     default: ClassVar[tuple[list[str], PatchbayError | None]] = (["fine"], None)

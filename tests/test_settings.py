@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
+from typing import Any, ClassVar
 
 import pytest
 
 from patchbay.errors import InvalidRequest
+from patchbay.events import StreamEvent, TextDelta
+from patchbay.providers import Local
+from patchbay.providers.base import AsyncGeneratorProvider, ProviderModelMixin
 from patchbay.providers.openai_compatible import OpenAICompatible
+from patchbay.routing import Router, RouteTable, Target
 from patchbay.settings import LOCAL_MODEL, load_settings
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+HELLO = [{"role": "user", "content": "hi"}]
 
 EXAMPLE = """
 [server]
@@ -103,6 +114,12 @@ def test_route_mistakes_are_named_when_the_router_is_built(tmp_path: Path) -> No
     settings = load_settings(write(tmp_path, "[routes]\nfast = ['Nowhere/model']\n"), environ={})
     with pytest.raises(InvalidRequest, match="Nowhere"):
         settings.build_router()
+    # A bare name stands for the provider's default model; a service with none cannot be bare.
+    settings = load_settings(write(tmp_path, "[providers.groq]\npreset = 'groq'\n[routes]\nfast = ['groq']\n"),
+                             environ={})
+    with pytest.raises(InvalidRequest, match=r"route 'fast': groq has no default model") as info:
+        settings.build_router()
+    assert str(tmp_path) in str(info.value)
     settings = load_settings(write(tmp_path, "[router]\nstrategy = 'fastest'\n[routes]\nx = ['Local']\n"),
                              environ={})
     with pytest.raises(InvalidRequest, match="fastest"):
@@ -124,3 +141,80 @@ def test_written_settings_read_back_the_same(tmp_path: Path) -> None:
     assert settings.server.port == 9001 and settings.server.cors_origins == ('http://a "b"',)
     assert settings.providers == tables["providers"]
     assert settings.routes == tables["routes"]
+
+
+def test_a_mistake_in_one_provider_leaves_the_others_usable(tmp_path: Path) -> None:
+    text = "[providers.good]\nbase_url = 'http://127.0.0.1:9/v1'\n[providers.bad]\nmodels = ['m']\n" \
+           "[providers.odd]\npreset = 'nonesuch'\n"
+    settings = load_settings(write(tmp_path, text), environ={})
+    assert settings.provider_class("good").base_url == "http://127.0.0.1:9/v1"  # type: ignore[attr-defined]
+    with pytest.raises(InvalidRequest, match=r"providers\.bad: give a base_url or a preset"):
+        settings.provider_class("bad")
+    with pytest.raises(InvalidRequest, match=r"providers\.odd: unknown preset 'nonesuch'"):
+        settings.provider_class("odd")
+    with pytest.raises(InvalidRequest, match=r"providers\.bad"):
+        settings.provider_classes()  # the whole table needs every entry right
+
+
+# -- bare provider names in routes -------------------------------------------------------------------
+
+
+class Recorder(AsyncGeneratorProvider, ProviderModelMixin):
+    """Answers "ok" and records the model it was asked for."""
+
+    default_model = "its-default"
+    models: ClassVar[list[str]] = ["its-default", "other"]
+    asked: ClassVar[list[str]] = []
+
+    @classmethod
+    async def generate(cls, model: str, messages: Any, **kwargs: Any) -> AsyncIterator[StreamEvent]:
+        cls.asked.append(model)
+        yield TextDelta("ok")
+
+
+async def test_a_bare_provider_means_its_default_model_and_the_catch_all_passes_the_name_on() -> None:
+    Recorder.asked = []
+    table = RouteTable.from_config(
+        {"named": [Target(Recorder)], "plain": [{"provider": "Recorder", "weight": 2}], "text": ["Recorder"],
+         "*": [Target(Recorder)]},
+        providers={"Recorder": Recorder})
+    router = Router.configure(table)
+    for model in ("named", "plain", "text", "other"):
+        assert await router.create_async(model, HELLO) == "ok"
+    assert Recorder.asked == ["its-default", "its-default", "its-default", "other"]
+    assert [t.model for t in table.targets_for("named")] == ["its-default"]
+    assert [t.model for t in table.targets_for("elsewhere")] == [None]  # the catch-all's: the caller's model
+
+
+def readme_config() -> str:
+    """The complete config example of README's Configuration section."""
+    blocks = re.findall(r"```toml\n(.*?)```", README.read_text(encoding="utf-8"), re.DOTALL)
+    return next(block for block in blocks if "[routes]" in block and "[server]" in block)
+
+
+async def test_the_readme_example_routes_reach_the_embedded_model_with_its_own_name(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``fast = ["groq/llama-3.1-8b-instant", "box/llama-3", "Local"]``: with groq lacking its key
+    and box not running, a request for "fast" reaches Local asking for smollm2-135m-instruct."""
+    monkeypatch.setenv("PATCHBAY_HOME", str(tmp_path))  # no stored keys
+    monkeypatch.delenv("GROQ_API_KEY", raising=False)
+    asked: list[str] = []
+
+    async def generate(cls: type[Local], model: str, messages: Any, **kwargs: Any) -> AsyncIterator[StreamEvent]:
+        asked.append(model)
+        yield TextDelta("answer")
+
+    monkeypatch.setattr(Local, "generate", classmethod(generate))  # the words are not the point here
+    settings = load_settings(write(tmp_path, readme_config()), environ={})
+    box = {**settings.providers["box"], "base_url": "http://127.0.0.1:9/v1"}  # a port nothing listens on
+    router = replace(settings, providers={**settings.providers, "box": box}).build_router()
+
+    async def no_wait(seconds: float) -> None:
+        return None
+
+    router.sleep = no_wait  # type: ignore[assignment]
+    stream = router.stream("fast", HELLO)
+    assert await stream.collect() == "answer"
+    assert asked == [LOCAL_MODEL]
+    assert [(f.provider, f.model) for f in stream.fallbacks] == [("groq", "llama-3.1-8b-instant"), ("box", "llama-3")]
+    assert stream.provider_info is not None and stream.provider_info.model == LOCAL_MODEL

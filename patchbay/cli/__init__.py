@@ -1,8 +1,11 @@
 """The ``patchbay`` command line: one module per noun, all registered on one click group.
 
 Importing this package has no side effects; :func:`main` is the console entry point. Every error
-is one readable line on stderr and a non-zero exit status: library, file and database errors
-through :func:`patchbay.cli.common.fail`, usage errors here in :func:`main`.
+is one readable line on stderr and a non-zero exit status, one per kind of failure (see
+:mod:`patchbay.cli.common`): 2 for a mistake in the command line (click's usage errors, raised as
+``click.UsageError``), 1 for a command that failed as it ran (library, file and database errors
+through :func:`patchbay.cli.common.fail`, the CLI's own as ``click.ClickException``), 130 after
+Ctrl-C.
 """
 
 from __future__ import annotations

@@ -26,18 +26,22 @@ from patchbay.cli.common import (
     config_option,
     error_line,
     fail,
+    find_provider,
+    listed_model,
     load,
+    missing_key,
     model_for,
     open_log,
     reported,
     verbose_option,
 )
-from patchbay.errors import PatchbayError
+from patchbay.errors import ModelNotSupported, PatchbayError
 
 if TYPE_CHECKING:
     from patchbay.events import EventStream
     from patchbay.providers.base import AsyncGeneratorProvider
     from patchbay.requestlog import Exchange, RequestLog
+    from patchbay.routing import Router
     from patchbay.settings import Settings
 
 __all__ = ["COMMANDS", "Conversation", "chat"]
@@ -81,27 +85,72 @@ class Conversation:
         self.history: list[dict[str, Any]] = []
         self.provider, self.model = self._choose(model)
 
+    @property
+    def routed(self) -> bool:
+        """Whether the routes decide who answers (no ``-p``)."""
+        from patchbay.routing import Router
+
+        return isinstance(self.provider, type) and issubclass(self.provider, Router)
+
     def _choose(self, model: str | None) -> tuple[type[AsyncGeneratorProvider], str | None]:
-        """The provider class for ``model`` (see the module docstring) and the model to ask it for."""
+        """The provider class for ``model`` (see the module docstring) and the model to ask it for;
+        a model it cannot serve fails here, at once."""
         from patchbay.providers import registry
 
         if self.provider_name:
-            configured = self.settings.provider_classes()
-            chosen = next((provider for name, provider in configured.items()
-                           if name.lower() == self.provider_name.lower()), None)
-            chosen = chosen or registry.get(self.provider_name)
-            return chosen, model_for(chosen, model)
-        if not self.settings.routes:
-            return registry.get("Local"), model
-        router = self.settings.build_router()
-        if model is None:
-            names = router.get_models()
-            model = names[0] if names else None
-        router.resolve_model(model)  # an unknown name fails here, listing the routes
-        return router, model
+            chosen = find_provider(self.settings, self.provider_name)
+        elif not self.settings.routes:
+            chosen = registry.get("Local")
+        else:
+            router = self.settings.build_router()
+            if model is None:
+                names = router.get_models()
+                model = names[0] if names else None
+            _check_route(router, model)  # an unknown name fails here, listing the routes
+            return router, model
+        if model:
+            _check_model(chosen, model)
+        return chosen, model_for(chosen, model)
 
-    def switch_model(self, model: str) -> None:
-        self.provider, self.model = self._choose(model)
+    async def switch_model(self, model: str) -> str | None:
+        """Switch to ``model``, checked at once: an unknown one raises and the old one stays. For a
+        service that lists its models only when asked, the list is read; when it cannot be, the
+        switch is made and the returned note says it was not checked."""
+        provider, chosen = self._choose(model)
+        note = None
+        known = getattr(provider, "fetch_models", None)
+        if known is not None and not getattr(provider, "models", None) and not self.base_url:
+            try:
+                refused = missing_key(provider)
+                if refused is not None:
+                    raise refused
+                served = await known()
+            except PatchbayError as error:
+                note = f"not checked: the model list could not be read ({error})"
+            else:
+                if served and model not in served:
+                    raise ModelNotSupported(f"model {model!r} is not served; models: {', '.join(served)}",
+                                            provider=provider.name, model=model, param="model")
+        self.provider, self.model = provider, chosen
+        return note
+
+    def first_target(self) -> str:
+        """Who is asked first, as ``provider/model``: the route's first target, or the provider."""
+        if self.routed:
+            table = self.provider.routes  # type: ignore[attr-defined]
+            target = table.targets_for(self.model)[0]
+            provider, model = target.provider.name, target.model_for(self.model)
+        else:
+            provider, model = self.provider.name, self.model
+        return f"{provider}/{model}" if model else provider
+
+    def describe(self) -> str:
+        """The model and who answers it, for the session's messages."""
+        if not self.routed:
+            return self.first_target()
+        others = len(self.provider.routes.targets_for(self.model)) - 1  # type: ignore[attr-defined]
+        more = f" ({others} fallback{'s' if others > 1 else ''})" if others else ""
+        return f"{self.model or 'the default model'} through {self.first_target()}{more}"
 
     def clear(self) -> None:
         """Forget the history; later turns belong to a new conversation."""
@@ -111,13 +160,13 @@ class Conversation:
     def resume(self, conversation_id: str | None) -> None:
         """Continue a logged conversation (the last one when ``conversation_id`` is None)."""
         if self.log is None:
-            raise click.UsageError("continuing a conversation needs the request log, which is turned off")
+            raise click.ClickException("continuing a conversation needs the request log, which is turned off")
         conversation_id = conversation_id or self.log.last_conversation_id()
         if conversation_id is None:
-            raise click.UsageError("there is no conversation to continue yet")
+            raise click.ClickException("there is no conversation to continue yet")
         logged = self.log.conversation(conversation_id)
         if not logged:
-            raise click.UsageError(f"no conversation {conversation_id!r} in the request log")
+            raise click.ClickException(f"no conversation {conversation_id!r} in the request log")
         self.id = conversation_id
         answered = [turn for turn in logged if turn.error is None]  # failed turns are not history
         if answered:
@@ -144,6 +193,8 @@ class Conversation:
         wall, started = time.time(), time.perf_counter()
         first: float | None = None
         try:
+            if self.model is None and not self.routed and not self.base_url:  # no default named: ask the service
+                self.model = await listed_model(self.provider)
             stream = self.provider.stream(self.model, messages, base_url=self.base_url,
                                           timeout=self.settings.router.limits(), **options)
         except PatchbayError as refused:
@@ -206,6 +257,8 @@ def chat(prompt: str | None, model: str | None, provider_name: str | None, syste
     interactive = prompt is None and sys.stdin.isatty()
     if interactive and as_json:
         raise click.UsageError("--json needs a prompt")
+    if prompt is not None and not prompt.strip():
+        raise click.UsageError("the prompt is empty")
     if prompt is None and not interactive:
         prompt = sys.stdin.read().strip()
         if not prompt:
@@ -238,7 +291,7 @@ def _once(conversation: Conversation, prompt: str, as_json: bool, verbose: bool)
         if as_json:
             answer = asyncio.run(conversation.ask(prompt))
         else:
-            with AnswerView(f"Waiting for {conversation.provider.name}…") as view:
+            with AnswerView(f"Waiting for {conversation.first_target()}…") as view:
                 answer = asyncio.run(conversation.ask(prompt, view.write))
     except KeyboardInterrupt:
         click.echo("Interrupted.", err=True)
@@ -272,8 +325,7 @@ def _session(conversation: Conversation, verbose: bool) -> None:
 
     with contextlib.suppress(ImportError):  # not on every platform
         import readline  # noqa: F401  (line editing and history for input())
-    click.echo(f"Chatting with {conversation.model or 'the default model'} through {conversation.provider.name}. "
-               "Type /help for commands, /exit or Ctrl-D to leave.")
+    click.echo(f"Chatting with {conversation.describe()}. Type /help for commands, /exit or Ctrl-D to leave.")
     with asyncio.Runner() as runner:
         while True:
             try:
@@ -284,11 +336,11 @@ def _session(conversation: Conversation, verbose: bool) -> None:
             if not line:
                 continue
             if line.startswith("/"):
-                if not _command(conversation, line, verbose):
+                if not _command(conversation, line, verbose, runner):
                     break
                 continue
             try:
-                with AnswerView(f"Waiting for {conversation.provider.name}…") as view:
+                with AnswerView(f"Waiting for {conversation.first_target()}…") as view:
                     runner.run(conversation.ask(line, view.write))
             except KeyboardInterrupt:
                 click.echo("Interrupted.", err=True)
@@ -296,7 +348,7 @@ def _session(conversation: Conversation, verbose: bool) -> None:
                 error_line(error, verbose)
 
 
-def _command(conversation: Conversation, line: str, verbose: bool) -> bool:
+def _command(conversation: Conversation, line: str, verbose: bool, runner: asyncio.Runner) -> bool:
     """Run one slash command; False means leave the session."""
     name, _, argument = line.partition(" ")
     argument = argument.strip()
@@ -311,16 +363,52 @@ def _command(conversation: Conversation, line: str, verbose: bool) -> bool:
         conversation.system = argument or None
         click.echo(f"System prompt set: {argument}" if argument else "System prompt removed.")
     elif name == "/model":
+        note = None
         if argument:
             try:
-                conversation.switch_model(argument)
+                note = runner.run(conversation.switch_model(argument))
             except PatchbayError as error:
                 error_line(error, verbose)
+                click.echo(f"Model: {conversation.describe()} (unchanged).")
                 return True
-        click.echo(f"Model: {conversation.model or 'the default model'} through {conversation.provider.name}.")
+            except KeyboardInterrupt:
+                click.echo("Interrupted: the model is unchanged.", err=True)
+                return True
+        click.echo(f"Model: {conversation.describe()}." + (f" ({note})" if note else ""))
     else:
         click.echo(f"Unknown command {name}.\n{SESSION_HELP}", err=True)
     return True
+
+
+def _check_route(router: type[Router], model: str | None) -> None:
+    """Fail at once when no target of ``model``'s route can serve it: an unknown route, or a name
+    the catch-all's providers do not know."""
+    refused: list[PatchbayError] = []
+    targets = router.routes.targets_for(model) if router.routes is not None else []  # unknown: ModelNotSupported
+    for target in targets:
+        asked = target.model_for(model)
+        try:
+            if asked:
+                _check_model(target.provider, asked)
+            return
+        except PatchbayError as error:
+            refused.append(error)
+    if len(refused) == 1:
+        raise refused[0]
+    if refused:
+        raise ModelNotSupported(f"no provider of the route serves model {model!r}: "
+                                + "; ".join(str(error) for error in refused), model=model, param="model")
+
+
+def _check_model(provider: type[AsyncGeneratorProvider], model: str) -> None:
+    """Fail at once when ``provider`` cannot serve ``model``: the provider's own check, and for an
+    OpenAI-compatible service the models its configuration lists (it passes any name on)."""
+    from patchbay.providers.openai_compatible import OpenAICompatible
+
+    provider.resolve_model(model)
+    if issubclass(provider, OpenAICompatible) and provider.models and model not in provider.models:
+        raise ModelNotSupported(f"model {model!r} is not one of its models: {', '.join(provider.models)}",
+                                provider=provider.name, model=model, param="model")
 
 
 COMMANDS = [chat]

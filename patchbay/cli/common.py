@@ -15,6 +15,7 @@ from patchbay.errors import PatchbayError
 from patchbay.secrets import redact
 
 if TYPE_CHECKING:
+    from patchbay.errors import AuthError
     from patchbay.providers.base import AsyncGeneratorProvider
     from patchbay.requestlog import RequestLog
     from patchbay.settings import Settings
@@ -22,19 +23,25 @@ if TYPE_CHECKING:
 __all__ = [
     "EXIT_ERROR",
     "EXIT_INTERRUPTED",
+    "EXIT_USAGE",
     "config_option",
     "error_line",
     "fail",
+    "find_provider",
     "json_option",
+    "listed_model",
     "load",
+    "missing_key",
     "model_for",
     "open_log",
     "reported",
     "verbose_option",
 ]
 
-EXIT_ERROR = 1
-EXIT_INTERRUPTED = 130
+#: The exit statuses, one per kind of failure (README, "Command line").
+EXIT_ERROR = 1  # the command was well formed but failed: a provider, a file, a name that does not exist
+EXIT_USAGE = 2  # a mistake in the command line itself (click's usage errors exit with this too)
+EXIT_INTERRUPTED = 130  # Ctrl-C
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -90,13 +97,62 @@ def load(config_path: str | None) -> Settings:
 
 
 def model_for(provider: type[AsyncGeneratorProvider], model: str | None) -> str | None:
-    """``model``, else the provider's default model, else the first it lists (None if it lists none)."""
-    if model:
-        return model
-    default = getattr(provider, "default_model", "")
-    get_models = getattr(provider, "get_models", None)
-    models = get_models() if get_models else []
-    return default or (models[0] if models else None)
+    """``model``, else the provider's default model as its class states it (never the network);
+    None when it states none (:func:`listed_model` asks the service)."""
+    from patchbay.routing.targets import default_model
+
+    return model or default_model(provider)
+
+
+def missing_key(provider: type[AsyncGeneratorProvider]) -> AuthError | None:
+    """The error a request would end with because ``provider`` needs an API key and has none
+    (neither in its variable nor stored), before anything is sent; None when that is not so."""
+    from patchbay.credentials import CredentialPool
+    from patchbay.errors import AuthError
+
+    pool = getattr(provider, "credentials", None)
+    if not (provider.needs_auth and isinstance(pool, CredentialPool)):
+        return None
+    pool.load_env()
+    if len(pool):
+        return None
+    where = f" (set {pool.env_var}, or store it with `patchbay keys set {pool.env_var}`)" if pool.env_var else ""
+    return AuthError(f"needs an API key{where}", provider=provider.name)
+
+
+async def listed_model(provider: type[AsyncGeneratorProvider]) -> str | None:
+    """The first model the service lists (``GET /models``), for a provider whose class names no
+    default; a missing key is said as such, not as the service's refusal. None: it lists none."""
+    fetch = getattr(provider, "fetch_models", None)
+    if fetch is None:
+        return None
+    refused = missing_key(provider)
+    if refused is not None:
+        raise refused
+    models = await fetch()
+    return str(models[0]) if models else None
+
+
+def find_provider(settings: Settings, name: str) -> type[AsyncGeneratorProvider]:
+    """The provider ``name`` (any case): a ``[providers]`` entry, else a built-in one, else an
+    OpenAI-compatible preset (``groq``, ``ollama``...); otherwise InvalidRequest listing them."""
+    from patchbay.errors import InvalidRequest
+    from patchbay.presets import PRESETS
+    from patchbay.providers import registry
+    from patchbay.providers.openai_compatible import OpenAICompatible
+
+    configured = next((entry for entry in settings.providers if entry.lower() == name.lower()), None)
+    if configured is not None:
+        return settings.provider_class(configured)
+    try:
+        return registry.get(name)
+    except InvalidRequest:
+        pass  # not a built-in provider: perhaps a preset
+    if name.lower() in PRESETS:
+        return OpenAICompatible.from_preset(name)
+    known = [f"configured: {', '.join(settings.providers)}"] if settings.providers else []
+    known += [f"built-in: {', '.join(registry.names())}", f"presets: {', '.join(sorted(PRESETS))}"]
+    raise InvalidRequest(f"unknown provider {name!r}; {'; '.join(known)}", param="provider")
 
 
 def open_log(settings: Settings, enabled: bool = True) -> RequestLog | None:

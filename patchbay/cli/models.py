@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from patchbay.cli.common import config_option, json_option, load, reported, verbose_option
+from patchbay.cli.common import config_option, fail, json_option, load, reported, verbose_option
 
 if TYPE_CHECKING:
     from patchbay.catalog import ModelRecord
@@ -40,7 +40,7 @@ def models(provider_name: str | None, as_json: bool, config_path: str | None, ve
     if provider_name:
         records = [r for r in records if r.provider.lower() == provider_name.lower()]
         if not records:
-            raise click.UsageError(f"no models for provider {provider_name!r} (see `patchbay providers`)")
+            fail(f"no models for provider {provider_name!r} (see `patchbay providers`)")
     if as_json:
         click.echo(json.dumps([_plain(r) for r in records], indent=2))
         return

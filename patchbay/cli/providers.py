@@ -20,13 +20,16 @@ from patchbay.cli.common import (
     EXIT_ERROR,
     EXIT_INTERRUPTED,
     config_option,
+    find_provider,
     json_option,
+    listed_model,
     load,
     model_for,
     reported,
     verbose_option,
 )
 from patchbay.cli.output import ago, is_terminal, seconds, table
+from patchbay.errors import PatchbayError
 
 if TYPE_CHECKING:
     from patchbay.providers.base import AsyncGeneratorProvider
@@ -43,12 +46,14 @@ HEALTH_TIMEOUT = 5.0  # seconds to read the shared router state
 
 @dataclass(frozen=True)
 class Probe:
-    """One provider to check, with the model and address its first route target uses."""
+    """One provider to check, with the model and address its first route target uses, or the
+    reason it cannot be asked at all (a mistake in its configuration), which is its result."""
 
     name: str
-    provider: type[AsyncGeneratorProvider]
+    provider: type[AsyncGeneratorProvider] | None
     model: str | None
     base_url: str | None = None
+    error: str | None = None
 
 
 @click.group(invoke_without_command=True)
@@ -175,60 +180,106 @@ def _check_text(check: dict[str, Any] | None) -> str:
 
 
 def _probes(settings: Settings, names: tuple[str, ...]) -> list[Probe]:
-    """The providers to check: every one the config uses (routes and [providers]), or ``names``."""
-    from patchbay.providers import registry
-    from patchbay.routing import RouteTable
+    """The providers to check: every one the config uses (routes and [providers]), or ``names``.
 
-    configured = settings.provider_classes()
-    table = RouteTable.from_config(settings.route_table(), providers=configured)
+    Nothing here touches the network (models a service must be asked for are read inside the
+    probe, within its timeout), and a provider that cannot be set up becomes a probe carrying
+    that error rather than ending the command. An unknown NAME is an error listing the known ones.
+    """
+    wanted = {name.lower() for name in names}
     known: dict[str, Probe] = {}
-    for target in table.all_targets():
-        name = target.provider.name
-        known.setdefault(name.lower(), Probe(name, target.provider, model_for(target.provider, target.model),
-                                             target.base_url))
+
+    def add(probe: Probe) -> None:
+        if not wanted or probe.name.lower() in wanted:
+            known.setdefault(probe.name.lower(), probe)
+
+    configured: dict[str, type[AsyncGeneratorProvider]] = {}
+    for name in settings.providers:
+        if wanted and name.lower() not in wanted:
+            continue
+        try:
+            configured[name] = settings.provider_class(name)
+        except PatchbayError as error:
+            add(Probe(name, None, None, error=str(error)))
+    for route, entries in settings.route_table().items():
+        for entry in entries:
+            named = _provider_named(entry)
+            if wanted and (named or "").lower() not in wanted:
+                continue
+            try:
+                [target] = _targets(route, entry, configured)
+            except PatchbayError as error:
+                add(Probe(named or str(entry), None, None, error=str(error)))
+                continue
+            add(Probe(target.provider.name, target.provider, model_for(target.provider, target.model),
+                      target.base_url))
     for name, provider in configured.items():
-        known.setdefault(name.lower(), Probe(name, provider, model_for(provider, None)))
+        add(Probe(name, provider, model_for(provider, None)))
     if not names:
         return list(known.values())
     chosen: list[Probe] = []
-    for name in names:
+    for name in dict.fromkeys(names, None):
         probe = known.get(name.lower())
         if probe is None:
-            provider = registry.get(name)  # an unknown name is an error listing the known ones
+            provider = find_provider(settings, name)  # an unknown name is an error listing the known ones
             probe = Probe(provider.name, provider, model_for(provider, None))
         chosen.append(probe)
     return chosen
 
 
+def _provider_named(entry: Any) -> str | None:
+    """The provider a route entry names (``"groq/llama"``, ``{"provider": "groq"}``), if any."""
+    if isinstance(entry, str):
+        return entry.partition("/")[0]
+    if isinstance(entry, dict) and isinstance(entry.get("provider"), str):
+        return str(entry["provider"])
+    return None
+
+
+def _targets(route: str, entry: Any, configured: dict[str, type[AsyncGeneratorProvider]]) -> list[Any]:
+    """The target ``entry`` of ``route`` makes (with its default model settled, as the router does)."""
+    from patchbay.routing import RouteTable
+
+    table = RouteTable.from_config({route: [entry]}, providers=configured)
+    return table.targets_for(route)
+
+
 async def probe(target: Probe, timeout: float) -> ProviderCheck:
-    """Ask ``target`` the probe question; any failure, or no answer within ``timeout``, fails it."""
+    """Ask ``target`` the probe question; any failure, or no answer within ``timeout``, fails it.
+
+    Everything that may reach the network (a service's model list too) runs within ``timeout``."""
     from patchbay.config import Timeout
-    from patchbay.errors import PatchbayError
     from patchbay.events import TextDelta
     from patchbay.requestlog import ProviderCheck
 
     started_at, started = time.time(), time.perf_counter()
     first: float | None = None
-    error: str | None = None
-    try:
-        async with asyncio.timeout(timeout):
-            stream = target.provider.stream(target.model, PROBE_MESSAGES, base_url=target.base_url,
-                                            max_tokens=PROBE_MAX_TOKENS, temperature=0, timeout=Timeout(total=timeout))
-            try:
-                async for event in stream:
-                    if first is None and isinstance(event, TextDelta):
-                        first = time.perf_counter() - started
-            finally:
-                await stream.aclose()
-        if first is None:
-            error = "the answer had no text"
-    except TimeoutError:
-        error = f"no answer within {timeout:g} s"
-    except PatchbayError as exc:
-        error = str(exc)
-    except Exception as exc:  # a broken provider is a failed check, not a crashed command
-        error = f"{type(exc).__name__}: {exc}"
-    return ProviderCheck(time=started_at, provider=target.name, model=target.model, ok=error is None, ttft=first,
+    error: str | None = target.error
+    model = target.model
+    if error is None:
+        assert target.provider is not None
+        try:
+            async with asyncio.timeout(timeout):
+                if model is None and target.base_url is None:
+                    model = await listed_model(target.provider)
+                stream = target.provider.stream(model, PROBE_MESSAGES, base_url=target.base_url,
+                                                max_tokens=PROBE_MAX_TOKENS, temperature=0,
+                                                timeout=Timeout(total=timeout))
+                try:
+                    async for event in stream:
+                        if first is None and isinstance(event, TextDelta):
+                            first = time.perf_counter() - started
+                finally:
+                    await stream.aclose()
+            if first is None:
+                error = "the answer had no text"
+        except TimeoutError:
+            error = f"no answer within {timeout:g} s"
+        except PatchbayError as exc:
+            error = str(exc)
+        except Exception as exc:  # a broken provider is a failed check, not a crashed command
+            error = f"{type(exc).__name__}: {exc}"
+    return ProviderCheck(time=started_at, provider=target.name, model=model, ok=error is None, ttft=first,
                          total=time.perf_counter() - started, error=error)
 
 

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import click
 
-from patchbay.cli.common import fail
-from patchbay.errors import PatchbayError
+from patchbay.cli.common import config_option, fail
 
 __all__ = ["COMMANDS", "serve"]
 
 
 @click.command()
-@click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False), default=None,
-              help="TOML config file (default: $PATCHBAY_CONFIG, else config.toml in the config directory).")
+@config_option
 @click.option("--host", default=None, metavar="HOST", help="Address to listen on (default 127.0.0.1).")
 @click.option("--port", type=click.IntRange(0, 65535), default=None, metavar="PORT", help="Port (default 8000).")
 @click.option("--workers", type=click.IntRange(min=1), default=None, metavar="N",
@@ -24,7 +22,8 @@ __all__ = ["COMMANDS", "serve"]
 def serve(config_path: str | None, host: str | None, port: int | None, workers: int | None,
           insecure_no_auth: bool | None, log_level: str | None, no_log: bool) -> None:
     """Run the OpenAI-compatible server (POST /v1/chat/completions, GET /v1/models, ...)."""
-    from patchbay.server.run import check_bind
+    from patchbay.errors import PatchbayError
+    from patchbay.server.run import check_bind, listen
     from patchbay.server.run import serve as run_server
     from patchbay.settings import load_settings
 
@@ -34,10 +33,10 @@ def serve(config_path: str | None, host: str | None, port: int | None, workers: 
                                                           request_log=False if no_log else None)
         settings.build_router()  # a mistake in the routes fails here, before any worker starts
         check_bind(settings)
+        sock = listen(settings)  # a port in use fails here, before anything says it is serving
     except PatchbayError as error:
         fail(error)
-    run_server(settings)
-
+    run_server(settings, sock)
 
 
 COMMANDS = [serve]

@@ -2,20 +2,22 @@
 
 A :class:`Target` is one provider with the model name to ask it for and a weight (for the
 weighted strategy). A :class:`RouteTable` maps public names to targets; the name ``"*"`` is a
-catch-all whose targets receive the requested model name unchanged.
+catch-all whose targets receive the requested model name unchanged. In any other route a target
+given without a model (a bare provider name, ``Target(Local)``) asks for that provider's default
+model: the route's public name means nothing to the provider.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from patchbay.catalog import catalog
-from patchbay.errors import InvalidRequest, ModelNotSupported
+from patchbay.errors import InvalidRequest, ModelNotSupported, PatchbayError
 from patchbay.providers.base import AsyncGeneratorProvider
 
-__all__ = ["WILDCARD", "RouteTable", "Target"]
+__all__ = ["WILDCARD", "RouteTable", "Target", "default_model", "target_from_config"]
 
 WILDCARD = "*"
 ProviderType = type[AsyncGeneratorProvider]
@@ -26,7 +28,9 @@ class Target:
     """One provider (and the model to ask it for) that can serve a route."""
 
     provider: ProviderType
-    model: str | None = None  # None: ask for the model the caller named
+    #: None: the provider's default model in a named route, the caller's model in the "*" route
+    #: (a RouteTable settles which); "": whatever the provider takes no model name to mean.
+    model: str | None = None
     weight: float = 1.0
     base_url: str | None = None  # this target's API address, when not the provider's default
 
@@ -60,7 +64,8 @@ class RouteTable:
         for name, targets in routes.items():
             if not targets:
                 raise InvalidRequest(f"route {name!r} has no targets")
-        self._routes = {name: list(targets) for name, targets in routes.items()}
+        self._routes = {name: list(targets) if name == WILDCARD else [_with_default(t, name) for t in targets]
+                        for name, targets in routes.items()}
 
     @classmethod
     def from_config(cls, routes: Mapping[str, Iterable[Any]],
@@ -69,32 +74,8 @@ class RouteTable:
 
         Provider names are looked up in ``providers`` first (e.g. services from a config file),
         then in the registry."""
-        from patchbay.providers import registry
-
-        def lookup(name: str) -> ProviderType:
-            if providers and name in providers:
-                return providers[name]
-            return registry.get(name)
-
-        table: dict[str, list[Target]] = {}
-        for name, entries in routes.items():
-            targets = table.setdefault(name, [])
-            for entry in entries:
-                if isinstance(entry, Target):
-                    targets.append(entry)
-                elif isinstance(entry, str):
-                    provider, _, model = entry.partition("/")
-                    targets.append(Target(lookup(provider), model or None))
-                elif isinstance(entry, Mapping) and isinstance(entry.get("provider"), str):
-                    unknown = set(entry) - {"provider", "model", "weight", "base_url"}
-                    if unknown:
-                        raise InvalidRequest(f"route {name!r}: unknown target fields {sorted(unknown)}")
-                    targets.append(Target(lookup(entry["provider"]), entry.get("model"),
-                                          entry.get("weight", 1.0), entry.get("base_url")))
-                else:
-                    raise InvalidRequest(f"route {name!r}: a target is 'Provider/model' or a table with a "
-                                         f"provider, got {entry!r}")
-        return cls(table)
+        return cls({name: [target_from_config(entry, name, providers) for entry in entries]
+                    for name, entries in routes.items()})
 
     def names(self) -> list[str]:
         return [name for name in self._routes if name != WILDCARD]
@@ -116,3 +97,57 @@ class RouteTable:
             for target in targets:
                 seen.setdefault((target.provider.name, target.model), target)
         return list(seen.values())
+
+
+def target_from_config(entry: Any, route: str, providers: Mapping[str, ProviderType] | None = None) -> Target:
+    """One target of ``route`` from plain data: a Target, ``"Provider/model"``, ``"Provider"`` or a
+    table ``{provider, model, weight, base_url}``. Provider names are looked up in ``providers``
+    first, then in the registry; mistakes are InvalidRequest naming the route."""
+    from patchbay.providers import registry
+
+    def lookup(name: str) -> ProviderType:
+        if providers and name in providers:
+            return providers[name]
+        return registry.get(name)
+
+    if isinstance(entry, Target):
+        return entry
+    if isinstance(entry, str):
+        provider, _, model = entry.partition("/")
+        return Target(lookup(provider), model or None)
+    if isinstance(entry, Mapping) and isinstance(entry.get("provider"), str):
+        unknown = set(entry) - {"provider", "model", "weight", "base_url"}
+        if unknown:
+            raise InvalidRequest(f"route {route!r}: unknown target fields {sorted(unknown)}")
+        return Target(lookup(entry["provider"]), entry.get("model"), entry.get("weight", 1.0), entry.get("base_url"))
+    raise InvalidRequest(f"route {route!r}: a target is 'Provider/model', 'Provider' or a table with a provider, "
+                         f"got {entry!r}")
+
+
+def default_model(provider: ProviderType) -> str | None:
+    """The model ``provider`` serves when none is named, known without the network: what it
+    resolves no model to, else the first model its class lists; None when it names none."""
+    try:
+        resolved = provider.resolve_model(None)
+    except PatchbayError:
+        resolved = ""
+    if resolved:
+        return resolved
+    listed = getattr(provider, "models", None)
+    return str(listed[0]) if isinstance(listed, list | tuple) and listed else None
+
+
+def _with_default(target: Target, route: str) -> Target:
+    """``target`` of a named route, with the provider's default model when it names none."""
+    if target.model is not None:
+        return target
+    model = default_model(target.provider)
+    if model is None:
+        try:
+            target.provider.resolve_model(None)
+        except PatchbayError:
+            name = target.provider.name
+            raise InvalidRequest(f"route {route!r}: {name} has no default model; name one ('{name}/MODEL') or "
+                                 "configure its default_model") from None
+        model = ""  # it takes no model name at all: let it choose
+    return replace(target, model=model)

@@ -1,8 +1,10 @@
 """Running the gateway: bind checks, logging, and uvicorn with one or more worker processes.
 
-Workers are separate processes sharing one listening socket (uvicorn's supervisor). Each builds
-its app from the config file and environment, which is why command-line flags are handed down as
-the environment variables that every option also has.
+The listening socket is bound here, before anything is announced, so a port in use is one clear
+error and never a "serving on" line followed by uvicorn's complaint. Workers are separate
+processes sharing that socket (uvicorn's supervisor). Each builds its app from the config file and
+environment, which is why command-line flags are handed down as the environment variables that
+every option also has.
 """
 
 from __future__ import annotations
@@ -10,12 +12,14 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+import socket
+import sys
 
 from patchbay.errors import InvalidRequest
 from patchbay.secrets import RedactingFilter
 from patchbay.settings import Settings
 
-__all__ = ["check_bind", "is_loopback", "serve"]
+__all__ = ["check_bind", "is_loopback", "listen", "serve"]
 
 log = logging.getLogger("patchbay.server")
 
@@ -41,6 +45,24 @@ def check_bind(settings: Settings) -> None:
     )
 
 
+def listen(settings: Settings) -> socket.socket:
+    """The server's socket, bound to its host and port (as uvicorn binds it: SO_REUSEADDR, so a
+    port whose old connections linger in TIME_WAIT is free); a port in use, or an address this
+    machine does not have, is InvalidRequest saying which."""
+    server = settings.server
+    family = socket.AF_INET6 if ":" in server.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((server.host.strip("[]"), server.port))
+    except OSError as error:
+        sock.close()
+        reason = error.strerror or str(error)
+        raise InvalidRequest(f"cannot listen on {server.host}:{server.port}: {reason}") from None
+    sock.set_inheritable(True)  # the workers of --workers N share it
+    return sock
+
+
 def _environment(settings: Settings) -> dict[str, str]:
     """The environment that makes a worker load exactly these settings."""
     server = settings.server
@@ -54,11 +76,14 @@ def _environment(settings: Settings) -> dict[str, str]:
     return env
 
 
-def serve(settings: Settings) -> None:
-    """Serve until interrupted (blocks)."""
+def serve(settings: Settings, sock: socket.socket | None = None) -> None:
+    """Serve on ``sock`` (bound by :func:`listen` when not given) until interrupted (blocks).
+    Exits with status 1 when the server could not start."""
     import uvicorn
+    from uvicorn.supervisors import Multiprocess
 
     check_bind(settings)
+    sock = sock if sock is not None else listen(settings)
     os.environ.update(_environment(settings))
     server = settings.server
     logging.basicConfig(level=server.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -70,11 +95,29 @@ def serve(settings: Settings) -> None:
         loop = "uvloop"
     except ImportError:
         loop = "asyncio"
-    log.info("patchbay serving on http://%s:%d with %d worker(s)%s", server.host, server.port, server.workers,
-             "; the chat page is at /" if server.web_ui else "")
-    uvicorn.run(
+    config = uvicorn.Config(
         "patchbay.server.app:create_app", factory=True, host=server.host, port=server.port,
         workers=server.workers, loop=loop, http="httptools", lifespan="on", access_log=False,
         log_level=server.log_level, server_header=False, date_header=False, proxy_headers=False,
         timeout_graceful_shutdown=10,
     )
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    log.info("patchbay running on http://%s:%d with %d worker(s)%s", shown, port, server.workers,
+             "; the chat page is at /" if server.web_ui else "")
+    started = True
+    try:
+        if server.workers > 1:
+            Multiprocess(config, sockets=[sock]).run()
+        else:
+            single = uvicorn.Server(config)
+            single.run(sockets=[sock])
+            started = single.started
+    except KeyboardInterrupt:
+        pass
+    except SystemExit as exit_:  # uvicorn's own startup failure (status 3): patchbay's runtime status
+        started = exit_.code in (0, None)
+    finally:
+        sock.close()
+    if not started:
+        sys.exit(1)
