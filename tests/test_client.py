@@ -115,6 +115,7 @@ def test_sync_client_unknown_model_fails_at_once(tmp_path: Path) -> None:
         client.chat.completions.create(model="other", messages=HELLO, stream=True)
 
 
+@pytest.mark.model
 def test_default_client_is_the_embedded_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PATCHBAY_HOME", str(tmp_path))
     monkeypatch.delenv("PATCHBAY_CONFIG", raising=False)

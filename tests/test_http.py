@@ -142,6 +142,7 @@ async def tls_server(tmp_path: Path) -> AsyncIterator[str]:
         await runner.cleanup()
 
 
+@pytest.mark.process
 async def test_tls_is_verified_by_default(tls_server: str) -> None:
     async with HTTPSession() as http:
         with pytest.raises(ConnectionFailed, match="certificate"):
@@ -149,6 +150,7 @@ async def test_tls_is_verified_by_default(tls_server: str) -> None:
                 pass
 
 
+@pytest.mark.process
 async def test_tls_verification_can_be_turned_off_per_provider(tls_server: str) -> None:
     assert Liaobots.verify_ssl is False  # the service's certificate was never verifiable
     async with HTTPSession(verify_ssl=Liaobots.verify_ssl) as http, http.request("GET", tls_server) as response:

@@ -406,6 +406,7 @@ def test_config_show_writes_the_limits_back(tmp_path: Path) -> None:
     assert again.limits == settings.limits and again.key_limits == settings.key_limits
 
 
+@pytest.mark.process
 async def test_without_keys_or_redis_one_process_limits_every_request(upstream: GatedFake, tmp_path: Path,
                                                                       http: aiohttp.ClientSession) -> None:
     config = {"server": {"request_log": False}, "limits": {"requests_per_minute": 2},

@@ -324,6 +324,7 @@ def test_default_paths_follow_patchbay_home_then_xdg(monkeypatch: pytest.MonkeyP
     assert requestlog.log_path("~/x.db") == Path.home() / "x.db"
 
 
+@pytest.mark.process
 def test_processes_opening_a_new_database_at_once_migrate_it_once(tmp_path: Path) -> None:
     path = tmp_path / "logs.db"
     code = ("import sys; from patchbay.requestlog import RequestLog, Exchange; "

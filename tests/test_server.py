@@ -21,6 +21,8 @@ from tests.gateway_process import GatewayProcess
 from tests.replicas.liaobots import LiaobotsReplica
 from tests.replicas.openai_fake import OpenAIFake
 
+pytestmark = [pytest.mark.process]
+
 HELLO = [{"role": "user", "content": "Hello"}]
 API_KEY = "sk-gateway-test-4f9a1c"
 

@@ -24,6 +24,7 @@ def result(tmp_path_factory: pytest.TempPathFactory) -> SoakResult:
     return run_soak(OPTIONS, tmp_path_factory.mktemp("soak"))
 
 
+@pytest.mark.process
 def test_every_answer_is_correct(result: SoakResult) -> None:
     assert result.tally.problems == []
     assert result.tally.sent == Counter(whole=1000, stream=800, cancel=200)

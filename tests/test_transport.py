@@ -473,6 +473,7 @@ def tls_context(tmp_path_factory: pytest.TempPathFactory) -> ssl.SSLContext:
     return self_signed_server_context(tmp_path_factory.mktemp("tls"))
 
 
+@pytest.mark.process
 async def test_https_self_signed(tls_context: ssl.SSLContext) -> None:
     async with AppServer([web.get("/", echo)], ssl_context=tls_context) as server:
         async with HTTPSession() as http:
