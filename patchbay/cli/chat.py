@@ -1,9 +1,9 @@
 """``patchbay chat``: ask once and stream the answer, or talk in an interactive session.
 
-Which provider answers: ``-p NAME`` asks that provider (a configured service or a built-in one);
-otherwise the routes of the config file decide (``-m`` names a route, the first route by default);
-with no routes, the embedded local model answers, so ``patchbay chat "..."`` works offline with no
-configuration. Every turn is recorded in the request log under a conversation id, which is how
+Which provider answers: ``-p NAME`` asks that provider (a configured service, a built-in one or
+a preset); otherwise the routes of the config file decide (``-m`` names a route, the first route
+by default); with no routes, the embedded local model answers, so ``patchbay chat "..."`` works
+offline with no configuration. Every turn is recorded in the request log under a conversation id, which is how
 ``-c`` and ``--conversation`` continue a conversation.
 """
 
@@ -193,8 +193,12 @@ class Conversation:
         wall, started = time.time(), time.perf_counter()
         first: float | None = None
         try:
-            if self.model is None and not self.routed and not self.base_url:  # no default named: ask the service
-                self.model = await listed_model(self.provider)
+            if not self.routed:
+                refused = missing_key(self.provider)  # said as such, whatever else would fail first
+                if refused is not None:
+                    raise refused
+                if self.model is None and not self.base_url:  # no default named: ask the service
+                    self.model = await listed_model(self.provider)
             stream = self.provider.stream(self.model, messages, base_url=self.base_url,
                                           timeout=self.settings.router.limits(), **options)
         except PatchbayError as refused:

@@ -24,6 +24,7 @@ from patchbay.cli.common import (
     json_option,
     listed_model,
     load,
+    missing_key,
     model_for,
     reported,
     verbose_option,
@@ -260,6 +261,9 @@ async def probe(target: Probe, timeout: float) -> ProviderCheck:
         assert target.provider is not None
         try:
             async with asyncio.timeout(timeout):
+                refused = missing_key(target.provider)  # said as such, before anything is sent
+                if refused is not None:
+                    raise refused
                 if model is None and target.base_url is None:
                     model = await listed_model(target.provider)
                 stream = target.provider.stream(model, PROBE_MESSAGES, base_url=target.base_url,
