@@ -37,7 +37,7 @@ def clock() -> Clock:
     return Clock()
 
 
-@pytest_asyncio.fixture(params=["memory", "redis"])
+@pytest_asyncio.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
 async def limiter(request: pytest.FixtureRequest, clock: Clock) -> AsyncIterator[RateLimiter]:
     if request.param == "memory":
         yield MemoryRateLimiter(clock=clock)

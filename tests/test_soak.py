@@ -16,6 +16,8 @@ import bench.soak
 from bench.soak import Options, SoakResult, report, run_soak
 from patchbay.transport import MAX_IDLE_PER_HOST
 
+pytestmark = [pytest.mark.process]  # one soak run (a gateway subprocess) for the whole module
+
 OPTIONS = Options(requests=2000, concurrency=64, burst=1000)
 
 
@@ -24,7 +26,6 @@ def result(tmp_path_factory: pytest.TempPathFactory) -> SoakResult:
     return run_soak(OPTIONS, tmp_path_factory.mktemp("soak"))
 
 
-@pytest.mark.process
 def test_every_answer_is_correct(result: SoakResult) -> None:
     assert result.tally.problems == []
     assert result.tally.sent == Counter(whole=1000, stream=800, cancel=200)

@@ -54,7 +54,7 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
 async def store(request: pytest.FixtureRequest, clock: FakeClock) -> AsyncIterator[StateStore]:
     """Each store, on a controlled clock; the Redis one must never have fallen back."""
     if request.param == "memory":
@@ -469,6 +469,7 @@ async def test_unresponsive_redis_is_bounded_by_the_timeout(caplog: pytest.LogCa
     assert len(warnings_logged(caplog)) == 1
 
 
+@pytest.mark.redis
 async def test_redis_stopping_mid_test_keeps_answering(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger=LOGGER)
     with start_redis() as server:
