@@ -1,7 +1,8 @@
 """The model catalog: limits and capabilities per (provider, model), in one place.
 
-Each provider describes its models (:meth:`AsyncGeneratorProvider.model_records`); the catalog
-collects them from the registry and lays the user's overrides on top (a ``models.toml`` in the
+Each provider describes its models (:meth:`AsyncGeneratorProvider.model_records`); the provider
+registry hands them down (:func:`add_record_source`: the catalog never imports the layer above
+it), and the catalog lays the user's overrides on top (a ``models.toml`` in the
 patchbay config directory, or :meth:`ModelCatalog.override`). It answers "which providers serve
 model X" and "what are X's limits", which the router and context fitting use.
 
@@ -21,14 +22,14 @@ import dataclasses
 import os
 import threading
 import tomllib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from patchbay.errors import InvalidRequest, ModelNotSupported
 
-__all__ = ["ModelCatalog", "ModelRecord", "catalog", "config_dir", "reset_catalog"]
+__all__ = ["ModelCatalog", "ModelRecord", "add_record_source", "catalog", "config_dir", "reset_catalog"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,9 +162,7 @@ class _DefaultCatalog:
     def get(self) -> ModelCatalog:
         with self._lock:
             if self._catalog is None:
-                from patchbay.providers import registry
-
-                built = ModelCatalog(r for p in registry.all(include_not_working=True) for r in p.model_records())
+                built = ModelCatalog(record for source in _record_sources for record in source())
                 user_file = config_dir() / "models.toml"
                 if user_file.is_file():
                     built.load_toml(user_file)
@@ -176,6 +175,14 @@ class _DefaultCatalog:
 
 
 _default = _DefaultCatalog()
+_record_sources: list[Callable[[], Iterable[ModelRecord]]] = []
+
+
+def add_record_source(source: Callable[[], Iterable[ModelRecord]]) -> None:
+    """Build the process-wide catalog from ``source()``'s records too (the provider registry calls
+    this for its providers, so the catalog needs no import of it)."""
+    _record_sources.append(source)
+    _default.reset()
 
 
 def catalog() -> ModelCatalog:

@@ -20,9 +20,9 @@ CAPABILITIES = ("streaming", "system_message", "tools", "prefill")
 
 def model_records(settings: Settings) -> list[ModelRecord]:
     """The catalog's records (built-in providers and models.toml) plus the configured services'."""
-    from patchbay.catalog import catalog
+    from patchbay.providers import registry
 
-    records = list(catalog().records())
+    records = list(registry.catalog().records())
     for provider in settings.provider_classes().values():
         records.extend(provider.model_records())
     return sorted(records, key=lambda r: (r.provider.lower(), r.model))

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from importlib.metadata import entry_points
 from typing import Any
 
+from patchbay.catalog import ModelCatalog, ModelRecord, add_record_source, catalog
 from patchbay.errors import InvalidRequest, ProviderNotWorking
 from patchbay.providers.base import AsyncGeneratorProvider
 
@@ -66,6 +67,10 @@ class ProviderRegistry:
             raise ProviderNotWorking(f"{provider.name} is marked not working", provider=provider.name)
         return provider
 
+    def catalog(self) -> ModelCatalog:
+        """The process-wide model catalog, which holds every registered provider's records."""
+        return catalog()
+
     def describe(self) -> list[dict[str, Any]]:
         """Each provider with its flags, for tables and JSON output."""
         return [_describe(p) for p in self.all(include_not_working=True)]
@@ -104,3 +109,12 @@ def _describe(provider: ProviderType) -> dict[str, Any]:
 
 
 registry = ProviderRegistry()
+
+
+def _model_records() -> Iterator[ModelRecord]:
+    """Every registered provider's model records, for the catalog."""
+    for provider in registry.all(include_not_working=True):
+        yield from provider.model_records()
+
+
+add_record_source(_model_records)
