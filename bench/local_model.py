@@ -20,14 +20,11 @@ from dataclasses import dataclass
 
 from llama_cpp import Llama
 
-from patchbay.providers.local import DEFAULT_SYSTEM_PROMPT, MAX_CONTEXT, Local, default_model_path
+from patchbay.providers.local import MAX_CONTEXT, Local, default_model_path
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-MESSAGES = [
-    {"role": "system", "content": DEFAULT_SYSTEM_PROMPT},
-    {"role": "user", "content": "Write a long story about a robot who learns to paint."},
-]
+MESSAGES = [{"role": "user", "content": "Write a long story about a robot who learns to paint."}]
 
 
 @dataclass

@@ -1,11 +1,13 @@
 """OpenAICompatible against a real peer nobody here wrote: llama-cpp-python's OpenAI server.
 
 The server runs as a subprocess on 127.0.0.1 with the embedded SmolLM2 model; readiness is
-read from its log line, not guessed with sleeps.
+read from its log line, not guessed with sleeps. No test asserts the model's words (they change
+with the CPU and with the peer's prompt cache): they assert what crosses the wire.
 """
 
 from __future__ import annotations
 
+import re
 import socket
 import subprocess
 import sys
@@ -18,6 +20,8 @@ from patchbay.errors import UpstreamError
 from patchbay.events import Finish, TextDelta
 from patchbay.providers.local import default_model_path
 from patchbay.providers.openai_compatible import OpenAICompatible
+
+pytestmark = [pytest.mark.process]
 
 START_TIMEOUT = 120.0
 QUESTION = [{"role": "system", "content": "You are a helpful assistant."},
@@ -79,7 +83,7 @@ async def test_lists_its_models(peer: type[OpenAICompatible]) -> None:
 async def test_streams_an_answer_with_finish_and_usage(peer: type[OpenAICompatible]) -> None:
     stream = peer.stream("", QUESTION, temperature=0, max_tokens=32)
     events = [event async for event in stream]
-    assert "Paris" in stream.text
+    assert stream.text.strip()
     assert sum(isinstance(e, TextDelta) for e in events) > 1  # really streamed, in pieces
     assert isinstance(events[-1], Finish) and stream.finish_reason in ("stop", "length")
 
@@ -87,16 +91,21 @@ async def test_streams_an_answer_with_finish_and_usage(peer: type[OpenAICompatib
 async def test_non_streaming_answer(peer: type[OpenAICompatible]) -> None:
     stream = peer.stream("", QUESTION, temperature=0, max_tokens=32, stream=False)
     await stream.collect()
-    assert "Paris" in stream.text
-    assert stream.usage is not None and stream.usage.prompt_tokens > 0 and stream.usage.completion_tokens > 0
+    assert stream.text.strip()
+    assert stream.usage is not None and stream.usage.prompt_tokens > 0 and 0 < stream.usage.completion_tokens <= 32
+    assert stream.finish_reason == ("length" if stream.usage.completion_tokens == 32 else "stop")
 
 
 async def test_max_tokens_and_stop_reach_the_peer(peer: type[OpenAICompatible]) -> None:
-    stream = peer.stream("", QUESTION, temperature=0, max_tokens=3)
+    stream = peer.stream("", QUESTION, temperature=0, max_tokens=3, stream=False)
     await stream.collect()
     assert stream.finish_reason == "length"
-    text = await peer.create_async("", QUESTION, temperature=0, max_tokens=32, stop=["Paris"])
-    assert "Paris" not in text
+    assert stream.usage is not None and stream.usage.completion_tokens == 3
+    text = await peer.create_async("", QUESTION, temperature=0, max_tokens=32)
+    words = [m.group() for m in re.finditer(r"\w{3,}", text)]
+    assert words, f"no word to stop at in {text!r}"
+    stop = words[len(words) // 2]
+    assert stop not in await peer.create_async("", QUESTION, temperature=0, max_tokens=32, stop=[stop])
 
 
 async def test_peer_error_surfaces_with_its_status_and_message(peer: type[OpenAICompatible]) -> None:

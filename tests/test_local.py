@@ -1,9 +1,18 @@
-"""The embedded local model (SmolLM2-135M-Instruct through llama-cpp-python), for real."""
+"""The embedded local model (SmolLM2-135M-Instruct through llama-cpp-python), for real.
+
+No test here asserts the model's words: greedy output changes with the CPU's kernels and with
+how the prompt is split into batches. The tests assert what the code guarantees instead: an
+answer arrives, usage and finish reason agree with it, the same request gives the same text,
+stop strings, max_tokens, cancellation, prefill and the repeat guard work.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import random
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,11 +20,32 @@ from pathlib import Path
 import pytest
 
 from patchbay.errors import ContextTooLong, InvalidRequest, ModelNotSupported
+from patchbay.events import EventStream, TextDelta
 from patchbay.providers import Local, registry
-from patchbay.providers.local import LocalModel, default_model_path
+from patchbay.providers.local import (
+    DEFAULT_MAX_TOKENS,
+    LocalModel,
+    RepeatGuard,
+    Sampling,
+    default_model_path,
+    periodic_tail,
+)
+
+model = pytest.mark.model
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 COUNTING = [{"role": "user", "content": "Count from 1 to 300, one number per line."}]
+
+
+def assert_consistent(stream: EventStream, max_tokens: int) -> None:
+    """Usage and finish reason agree with each other and with max_tokens."""
+    assert stream.usage is not None and stream.usage.prompt_tokens > 0
+    assert stream.finish_reason in ("stop", "length")
+    if stream.finish_reason == "length":
+        assert stream.usage.completion_tokens == max_tokens
+    else:
+        assert 0 <= stream.usage.completion_tokens < max_tokens
+    assert bool(stream.text) == (stream.usage.completion_tokens > 0)
 
 
 def test_default_model_comes_from_the_installed_package() -> None:
@@ -25,26 +55,47 @@ def test_default_model_comes_from_the_installed_package() -> None:
     assert registry.get("local") is Local
 
 
+@pytest.mark.process
 def test_cli_answers_offline_with_no_configuration(tmp_path: Path) -> None:
+    # Greedy on the question that used to loop a phrase up to max_tokens ("la femme, la femme, ..."):
+    # the answer now ends by itself (end of text or the repeat guard) before the limit.
     env = {k: v for k, v in os.environ.items() if not k.endswith("_PROXY") and not k.endswith("_proxy")}
     env.update(HOME=str(tmp_path), XDG_DATA_HOME=str(tmp_path / "data"), PATCHBAY_HOME=str(tmp_path / "pb"))
     result = subprocess.run(
-        [sys.executable, "-m", "patchbay", "chat", "What is the capital of France?", "--temperature", "0"],
+        [sys.executable, "-m", "patchbay", "chat", "What is the capital of France?", "--temperature", "0", "--json"],
         capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr
-    assert "Paris" in result.stdout
     assert result.stderr == ""
+    answer = json.loads(result.stdout)
+    assert answer["provider"] == "Local" and answer["text"].strip()
+    assert answer["finish_reason"] == "stop"
+    assert 0 < answer["usage"]["completion_tokens"] < DEFAULT_MAX_TOKENS
 
 
+@model
+async def test_no_system_message_means_the_templates_own_default() -> None:
+    local = Local.model_for(Local.default_model)
+    stream = Local.stream("", QUESTION, max_tokens=1)
+    await stream.collect()  # loads the model
+    prompt = local._prompt(QUESTION)
+    assert prompt.startswith("<|im_start|>system\n") and QUESTION[0]["content"] in prompt
+    system = prompt.split("<|im_end|>")[0].removeprefix("<|im_start|>system\n")
+    assert system and system in local._llama.metadata["tokenizer.chat_template"]  # the GGUF's, not ours
+    assert stream.usage is not None
+    assert stream.usage.prompt_tokens == len(local._llama.tokenize(prompt.encode(), add_bos=False, special=True))
+
+
+@model
 async def test_usage_and_finish_reason() -> None:
-    stream = Local.stream("", QUESTION, temperature=0)
+    stream = Local.stream("", QUESTION, temperature=0, max_tokens=64)
     await stream.collect()
-    assert "Paris" in stream.text
-    assert stream.finish_reason == "stop"
-    assert stream.usage is not None and stream.usage.prompt_tokens > 10 and stream.usage.completion_tokens > 0
+    assert stream.text.strip()
+    assert_consistent(stream, 64)
+    assert stream.usage is not None and stream.usage.prompt_tokens > 10
 
 
+@model
 async def test_max_tokens_ends_with_length() -> None:
     stream = Local.stream("", COUNTING, temperature=0, max_tokens=5)
     await stream.collect()
@@ -52,37 +103,72 @@ async def test_max_tokens_ends_with_length() -> None:
     assert stream.usage is not None and stream.usage.completion_tokens == 5
 
 
-async def test_stop_sequence_ends_the_answer() -> None:
-    stream = Local.stream("", QUESTION, temperature=0, stop=["Paris"])
-    text = await stream.collect()
-    assert "Paris" not in text and text.startswith("The capital")
-    assert stream.finish_reason == "stop"
+@model
+async def test_a_stop_string_from_the_answer_ends_the_same_request_there() -> None:
+    first = Local.stream("", QUESTION, temperature=0, max_tokens=40)
+    text = await first.collect()
+    words = [m for m in re.finditer(r"\w{3,}", text) if m.start() > 0]
+    assert words, f"no word to stop at in {text!r}"
+    stop = words[len(words) // 2].group()
+    second = Local.stream("", QUESTION, temperature=0, max_tokens=40, stop=[stop])
+    assert await second.collect() == text[:text.index(stop)]
+    assert second.finish_reason == "stop"
 
 
-async def test_concurrent_requests_queue_and_do_not_corrupt_each_other() -> None:
-    expected_q = await Local.create_async("", QUESTION, temperature=0, max_tokens=20)
-    expected_c = await Local.create_async("", COUNTING, temperature=0, max_tokens=20)
+@model
+@pytest.mark.parametrize("options", [{"temperature": 0}, {"temperature": 0.8, "seed": 7}], ids=["greedy", "seeded"])
+async def test_the_same_request_gives_the_same_text_sequentially_and_concurrently(options: dict[str, float]) -> None:
+    expected_q = await Local.create_async("", QUESTION, max_tokens=20, **options)
+    expected_c = await Local.create_async("", COUNTING, max_tokens=20, **options)
+    assert expected_q and expected_c
+    assert await Local.create_async("", QUESTION, max_tokens=20, **options) == expected_q  # after another prompt
     results = await asyncio.gather(
-        Local.create_async("", QUESTION, temperature=0, max_tokens=20),
-        Local.create_async("", COUNTING, temperature=0, max_tokens=20),
-        Local.create_async("", QUESTION, temperature=0, max_tokens=20),
+        Local.create_async("", QUESTION, max_tokens=20, **options),
+        Local.create_async("", COUNTING, max_tokens=20, **options),
+        Local.create_async("", QUESTION, max_tokens=20, **options),
     )
     assert results == [expected_q, expected_c, expected_q]
 
 
+async def fresh_answer(messages: list[dict[str, str]], sampling: Sampling) -> str:
+    """The answer of a model of its own, loaded for this call: nothing cached from other requests."""
+    fresh = LocalModel(default_model_path())
+    try:
+        return "".join([e.text async for e in fresh.stream(messages, sampling) if isinstance(e, TextDelta)])
+    finally:
+        fresh._executor.shutdown()
+
+
+@model
+async def test_the_answer_does_not_depend_on_what_was_asked_before() -> None:
+    # The shared model's cache holds other prompts and a first turn; a fresh model's holds nothing.
+    first = await Local.create_async("", QUESTION, temperature=0, max_tokens=24)
+    follow_up = [*QUESTION, {"role": "assistant", "content": first}, {"role": "user", "content": "And of Italy?"}]
+    await Local.create_async("", COUNTING, temperature=0, max_tokens=8)
+    shared = [await Local.create_async("", messages, temperature=0, max_tokens=24)
+              for messages in (QUESTION, follow_up)]
+    assert shared[0] == first
+    assert shared == [await fresh_answer(messages, Sampling(max_tokens=24, temperature=0))
+                      for messages in (QUESTION, follow_up)]
+
+
+@model
 async def test_consumer_stopping_stops_generation() -> None:
-    model = Local.model_for(Local.default_model)
-    before = model.tokens_generated
+    local = Local.model_for(Local.default_model)
+    before = local.tokens_generated
     stream = Local.create_async_generator("", COUNTING, temperature=0, max_tokens=400)
     async for _ in stream:
         break
     await stream.aclose()  # returns once the worker has stopped
-    generated = model.tokens_generated - before
+    generated = local.tokens_generated - before
     assert generated < 40, f"{generated} tokens generated after the consumer left"
     # The model is free again at once:
-    assert "Paris" in await Local.create_async("", QUESTION, temperature=0, max_tokens=20)
+    after = Local.stream("", QUESTION, temperature=0, max_tokens=20)
+    assert (await after.collect()).strip()
+    assert_consistent(after, 20)
 
 
+@model
 async def test_history_is_fitted_with_the_models_tokenizer() -> None:
     # Each old turn alone is larger than the whole context, so only the question can stay.
     old = [{"role": "user", "content": "tell me a story " * 2500},
@@ -90,11 +176,12 @@ async def test_history_is_fitted_with_the_models_tokenizer() -> None:
     stream = Local.stream("", [*old, *QUESTION], temperature=0, max_tokens=20)
     await stream.collect()
     assert stream.usage is not None
-    model = Local.model_for(Local.default_model)
-    assert stream.usage.prompt_tokens + 20 <= model.n_ctx
+    local = Local.model_for(Local.default_model)
+    assert stream.usage.prompt_tokens + 20 <= local.n_ctx
     assert stream.usage.prompt_tokens < 100  # the long old turns were dropped, the question kept
 
 
+@model
 async def test_latest_turn_too_long_is_context_too_long() -> None:
     with pytest.raises(ContextTooLong) as info:
         await Local.create_async("", [{"role": "user", "content": "word " * 20000}], max_tokens=16)
@@ -102,9 +189,11 @@ async def test_latest_turn_too_long_is_context_too_long() -> None:
     assert info.value.status == 400
 
 
+@model
 async def test_any_gguf_by_path() -> None:
-    text = await Local.create_async(str(default_model_path()), QUESTION, temperature=0, max_tokens=20)
-    assert "Paris" in text
+    by_name = await Local.create_async("", QUESTION, temperature=0, max_tokens=20)
+    by_path = await Local.create_async(str(default_model_path()), QUESTION, temperature=0, max_tokens=20)
+    assert by_path and by_path == by_name
     assert LocalModel.get(default_model_path()) is Local.model_for(Local.default_model)
 
 
@@ -115,14 +204,74 @@ def test_unknown_model_or_missing_file() -> None:
         Local.stream("/nowhere/model.gguf", QUESTION)
 
 
-@pytest.mark.parametrize(("option", "value"), [("temperature", 3.0), ("max_tokens", 0), ("top_p", 0)])
+@pytest.mark.parametrize(("option", "value"), [("temperature", 3.0), ("max_tokens", 0), ("top_p", 0),
+                                               ("min_p", 1.5), ("repeat_penalty", 0), ("repeat_penalty", 3.0)])
 async def test_bad_sampling_options_are_named(option: str, value: float) -> None:
     with pytest.raises(InvalidRequest, match=option):
         await Local.create_async("", QUESTION, **{option: value})
 
 
+@model
 async def test_assistant_prefill_continues_the_answer() -> None:
-    messages = [*QUESTION, {"role": "assistant", "content": "The capital of France is"}]
-    text = await Local.create_async("", messages, temperature=0, max_tokens=10)
-    assert "Paris" in text
-    assert not text.lstrip().startswith("The capital of France is")
+    prefill = "The capital of France is"
+    plain = Local.stream("", QUESTION, temperature=0, max_tokens=10)
+    await plain.collect()
+    stream = Local.stream("", [*QUESTION, {"role": "assistant", "content": prefill}], temperature=0, max_tokens=10)
+    text = await stream.collect()
+    assert text.strip()
+    assert not text.lstrip().startswith(prefill)  # continued, not started over
+    assert plain.usage is not None and stream.usage is not None
+    assert stream.usage.prompt_tokens > plain.usage.prompt_tokens  # the prefill is part of the prompt
+
+
+@model
+async def test_a_phrase_repeating_is_ended_before_max_tokens() -> None:
+    # Greedy, no repeat penalty, and the answer already started as a loop: without the guard the
+    # model repeats the phrase up to max_tokens.
+    messages = [{"role": "user", "content": "Say 'la femme' again and again."},
+                {"role": "assistant", "content": "la femme, " * 8}]
+    stream = Local.stream("", messages, temperature=0, repeat_penalty=1.0, max_tokens=300)
+    await stream.collect()
+    assert stream.finish_reason == "stop"
+    assert stream.usage is not None and stream.usage.completion_tokens < 300
+
+
+# -- the repeat guard on its own ------------------------------------------------------------------
+
+
+def fires_at(tokens: list[int], guard: RepeatGuard | None = None) -> int | None:
+    """How many tokens the guard took before it fired (None: it never did)."""
+    guard = guard or RepeatGuard()
+    return next((i + 1 for i, token in enumerate(tokens) if guard.feed(token)), None)
+
+
+@pytest.mark.parametrize(("period", "expected"), [(1, 48), (3, 48), (12, 48), (13, 52), (20, 80), (64, 256)])
+def test_the_guard_fires_once_a_block_has_repeated_enough(period: int, expected: int) -> None:
+    intro = list(range(1000, 1010))
+    block = list(range(period))
+    assert fires_at(intro + block * 300) == len(intro) + expected
+
+
+def test_the_guard_ignores_counting_lists_and_longer_periods() -> None:
+    newline = 1000
+    assert fires_at([t for n in range(300) for t in (n, newline)]) is None  # 0\n1\n2\n...
+    assert fires_at([t for n in range(100) for t in (500, n, 501, newline)]) is None  # "- item n" lines
+    assert fires_at(list(range(65)) * 10) is None  # a block longer than max_period
+    rng = random.Random(1)
+    assert fires_at([rng.randrange(50) for _ in range(5000)]) is None
+
+
+def test_the_guard_fires_on_a_loop_after_varied_text() -> None:
+    rng = random.Random(2)
+    text = [rng.randrange(100, 1000) for _ in range(200)]
+    phrase = [7, 8, 9, 10, 11, 12, 13]  # 7 tokens: needs 48 tokens of loop
+    assert fires_at(text + phrase * 20) == 200 + 48
+
+
+def test_periodic_tail() -> None:
+    assert periodic_tail([1, 2, 3, 1, 2, 3, 1]) == (3, 7)
+    assert periodic_tail([5, 5, 5, 5]) == (1, 4)
+    assert periodic_tail([1, 2, 3]) == (0, 0)
+    assert periodic_tail([]) == (0, 0)
+    assert periodic_tail("xyzabab") == (2, 4)
+    assert periodic_tail([1, 2] * 40, max_period=1) == (0, 0)

