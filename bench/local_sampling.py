@@ -1,7 +1,7 @@
 """Embedded model sampling: which default settings answer short factual questions best.
 
 Asks the embedded model (SmolLM2-135M-Instruct) a fixed set of short factual questions with
-known answers, through ``Local.stream`` as real use does (the prompt evaluated in one batch,
+known answers, through ``Local.stream`` as real use does (the prompt evaluated as patchbay always does,
 no system message unless a setting names one), over a small grid of sampling settings and a
 few seeds (greedy settings are deterministic and run once). An answer is correct when it
 contains one of the question's accepted words (case-insensitive, whole words). It also counts
