@@ -20,15 +20,15 @@ import datetime
 import platform
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from patchbay.providers.local import DEFAULT_MODEL, Local, Sampling, periodic_tail
+from patchbay.providers.local import DEFAULT_MODEL, Local, Sampling
 
-__all__ = ["QUESTIONS", "SETTINGS", "Question", "Setting", "Tally", "cpu", "is_correct", "loops", "main", "report",
-           "run_setting"]
+__all__ = ["QUESTIONS", "SETTINGS", "Question", "Setting", "Tally", "cpu", "is_correct", "loops", "main",
+           "periodic_tail", "report", "run_setting"]
 
 OLD_SYSTEM_PROMPT = "You are a helpful assistant."  # what patchbay injected before this benchmark
 
@@ -110,6 +110,24 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(0.0, repeat_penalty=1.3),
     Setting(0.0, repeat_penalty=1.2, system=OLD_SYSTEM_PROMPT),
 )
+
+
+def periodic_tail(items: Sequence[Hashable], max_period: int = 64) -> tuple[int, int]:
+    """The longest tail of ``items`` made of one block repeated back to back: (period, span).
+
+    ``span`` counts the items of the tail (the block at least twice, a last copy possibly
+    partial); ``(0, 0)`` when no tail repeats. Of equal spans the shorter period wins.
+    """
+    best = (0, 0)
+    n = len(items)
+    for period in range(1, min(max_period, n // 2) + 1):
+        run = 0
+        while run < n - period and items[n - 1 - run] == items[n - 1 - run - period]:
+            run += 1
+        span = run + period
+        if span >= 2 * period and span > best[1]:
+            best = (period, span)
+    return best
 
 
 def is_correct(answer: str, accepted: Sequence[str]) -> bool:

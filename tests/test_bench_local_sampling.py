@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from bench.local_sampling import QUESTIONS, SETTINGS, Setting, Tally, is_correct, loops, report
+from bench.local_sampling import QUESTIONS, SETTINGS, Setting, Tally, is_correct, loops, periodic_tail, report
 from patchbay.providers.local import Sampling
 
 
@@ -50,3 +50,12 @@ def test_the_report_marks_the_default_and_names_the_best() -> None:
     assert f"| {other.label()} | 3/10 (30%) | 20% |" in text
     words = " ".join(text.split())
     assert f"then fewest at the limit): {chosen.label()}, 70%; runner-up: {other.label()}, 30%." in words
+
+
+def test_periodic_tail() -> None:
+    assert periodic_tail([1, 2, 3, 1, 2, 3, 1]) == (3, 7)
+    assert periodic_tail([5, 5, 5, 5]) == (1, 4)
+    assert periodic_tail([1, 2, 3]) == (0, 0)
+    assert periodic_tail([]) == (0, 0)
+    assert periodic_tail("xyzabab") == (2, 4)
+    assert periodic_tail([1, 2] * 40, max_period=1) == (0, 0)

@@ -28,7 +28,6 @@ from patchbay.providers.local import (
     RepeatGuard,
     Sampling,
     default_model_path,
-    periodic_tail,
 )
 
 model = pytest.mark.model
@@ -266,12 +265,3 @@ def test_the_guard_fires_on_a_loop_after_varied_text() -> None:
     text = [rng.randrange(100, 1000) for _ in range(200)]
     phrase = [7, 8, 9, 10, 11, 12, 13]  # 7 tokens: needs 48 tokens of loop
     assert fires_at(text + phrase * 20) == 200 + 48
-
-
-def test_periodic_tail() -> None:
-    assert periodic_tail([1, 2, 3, 1, 2, 3, 1]) == (3, 7)
-    assert periodic_tail([5, 5, 5, 5]) == (1, 4)
-    assert periodic_tail([1, 2, 3]) == (0, 0)
-    assert periodic_tail([]) == (0, 0)
-    assert periodic_tail("xyzabab") == (2, 4)
-    assert periodic_tail([1, 2] * 40, max_period=1) == (0, 0)

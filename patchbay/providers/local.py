@@ -46,7 +46,7 @@ from patchbay.messages import Messages, content_text
 from patchbay.providers.base import AsyncGeneratorProvider, ProviderModelMixin
 from patchbay.stops import StopSequenceFilter
 
-__all__ = ["DEFAULT_MODEL", "Local", "LocalModel", "RepeatGuard", "Sampling", "default_model_path", "periodic_tail"]
+__all__ = ["DEFAULT_MODEL", "Local", "LocalModel", "RepeatGuard", "Sampling", "default_model_path"]
 
 log = logging.getLogger("patchbay.providers.local")
 
@@ -91,24 +91,6 @@ class Sampling:
     repeat_penalty: float = 1.2
     stop: tuple[str, ...] = ()
     seed: int | None = None
-
-
-def periodic_tail(items: Sequence[Hashable], max_period: int = 64) -> tuple[int, int]:
-    """The longest tail of ``items`` made of one block repeated back to back: (period, span).
-
-    ``span`` counts the items of the tail (the block at least twice, a last copy possibly
-    partial); ``(0, 0)`` when no tail repeats. Of equal spans the shorter period wins.
-    """
-    best = (0, 0)
-    n = len(items)
-    for period in range(1, min(max_period, n // 2) + 1):
-        run = 0
-        while run < n - period and items[n - 1 - run] == items[n - 1 - run - period]:
-            run += 1
-        span = run + period
-        if span >= 2 * period and span > best[1]:
-            best = (period, span)
-    return best
 
 
 class RepeatGuard:
