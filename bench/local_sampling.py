@@ -99,10 +99,14 @@ class Setting:
         return self.system is None and same
 
 
+#: Rows within this share of the most correct one are a tie (a little over one answer in 24).
+TIE = 0.05
+
 SETTINGS: tuple[Setting, ...] = (
     Setting(0.8, top_p=0.95, min_p=0.05, system=OLD_SYSTEM_PROMPT),  # patchbay before this benchmark
     Setting(0.8, top_p=0.95, min_p=0.05),
     Setting(0.2, min_p=0.1, repeat_penalty=1.2),
+    Setting(0.3, min_p=0.1, repeat_penalty=1.2),
     Setting(0.5, min_p=0.1, repeat_penalty=1.2),
     Setting(0.0),
     Setting(0.0, repeat_penalty=1.1),
@@ -202,7 +206,9 @@ def cpu() -> str:
 def report(results: list[tuple[Setting, Tally]], args: argparse.Namespace) -> str:
     ranked = sorted(results, key=lambda r: (r[1].correct / r[1].runs, -r[1].looped / r[1].runs,
                                             -r[1].at_limit / r[1].runs), reverse=True)
-    best, second = ranked[0], ranked[min(1, len(ranked) - 1)]
+    tied = [r for r in ranked if r[1].correct / r[1].runs >= ranked[0][1].correct / ranked[0][1].runs - TIE]
+    best = min(tied, key=lambda r: (r[0].greedy, r[1].looped / r[1].runs, -r[1].correct / r[1].runs))
+    second = next((r for r in ranked if r is not best), best)
     date = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     default = Sampling()
     rows = "\n".join(
@@ -237,11 +243,14 @@ gives the same counts. top_k is llama.cpp's 40 throughout.
 |---|---:|---:|---:|---:|---:|
 {rows}
 
-Best (most correct, then fewest loops, then fewest at the limit): {best[0].label()}, {share(best[1])};
-runner-up: {second[0].label()}, {share(second[1])}. With {len(QUESTIONS)} questions one answer is
-{100 / len(QUESTIONS):.0f} points, so close rows are a tie. Greedy answers depend on the CPU's kernels:
-other machines give other numbers. `Sampling` defaults now: temperature {default.temperature:g},
-top_p {default.top_p:g}, min_p {default.min_p:g}, repeat_penalty {default.repeat_penalty:g}.
+With {len(QUESTIONS)} questions one answer is {100 / len(QUESTIONS):.0f} points, so rows within
+{100 * TIE:.0f} points of the most correct are a tie. Among tied rows a sampled setting is preferred to
+a greedy one (its score is a mean over seeds; a greedy score is one answer path per question, and
+greedy paths change with the CPU's kernels and the prompt's batching, so that score does not carry
+over to other machines), then the fewest loops. Best: {best[0].label()}, {share(best[1])}; the
+most correct row otherwise: {second[0].label()}, {share(second[1])}. `Sampling` defaults now:
+temperature {default.temperature:g}, top_p {default.top_p:g}, min_p {default.min_p:g}, repeat_penalty
+{default.repeat_penalty:g}.
 """
 
 

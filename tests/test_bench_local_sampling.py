@@ -49,7 +49,20 @@ def test_the_report_marks_the_default_and_names_the_best() -> None:
     assert f"| {chosen.label()} **(default)** | 7/10 (70%) | 0% |" in text
     assert f"| {other.label()} | 3/10 (30%) | 20% |" in text
     words = " ".join(text.split())
-    assert f"then fewest at the limit): {chosen.label()}, 70%; runner-up: {other.label()}, 30%." in words
+    assert f"Best: {chosen.label()}, 70%; the most correct row otherwise: {other.label()}, 30%." in words
+
+
+def test_within_a_tie_a_sampled_setting_beats_a_greedy_one() -> None:
+    greedy = Setting(0.0, repeat_penalty=1.2)
+    sampled = Setting(0.5, min_p=0.1, repeat_penalty=1.2)
+    far = Setting(0.8, top_p=0.95)
+    results = [(greedy, Tally(runs=24, correct=18)), (sampled, Tally(runs=72, correct=53)),
+               (far, Tally(runs=72, correct=41))]
+    words = " ".join(report(results, argparse.Namespace(seeds=[1, 2, 3], max_tokens=48)).split())
+    assert f"Best: {sampled.label()}, 74%; the most correct row otherwise: {greedy.label()}, 75%." in words
+    results[1] = (sampled, Tally(runs=72, correct=45))  # 62%: no longer a tie, greedy is best
+    words = " ".join(report(results, argparse.Namespace(seeds=[1, 2, 3], max_tokens=48)).split())
+    assert f"Best: {greedy.label()}, 75%" in words
 
 
 def test_periodic_tail() -> None:

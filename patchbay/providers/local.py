@@ -76,16 +76,17 @@ def default_model_path() -> Path:
 class Sampling:
     """Generation settings for one request; the defaults are the best of bench/local_sampling.py.
 
-    Greedy (temperature 0) with a repeat penalty answered short factual questions best there
-    (75%, against 57% for the former temperature 0.8 / top_p 0.95), and the same question always
-    gets the same answer on one machine. ``repeat_penalty`` (1 = none) divides the logits of tokens among
-    the last 64 generated ones; it applies at every temperature. ``top_p`` and ``min_p`` (drop
-    tokens less likely than that share of the likeliest one) apply only above temperature 0;
-    theirs are the values of the best sampled setting.
+    Temperature 0.5 with min_p 0.1 and a repeat penalty of 1.2 answered 74% of its short factual
+    questions (the former temperature 0.8 / top_p 0.95: 57%); greedy with the same penalty scored
+    the same within one answer, and a sampled setting wins that tie because its score, a mean over
+    seeds, carries over to other CPUs, where greedy answer paths change. ``repeat_penalty``
+    (1 = none) divides the logits of tokens among the last 64 generated ones and applies at every
+    temperature; ``top_p`` and ``min_p`` (drop tokens less likely than that share of the likeliest
+    one) apply only above temperature 0.
     """
 
     max_tokens: int = DEFAULT_MAX_TOKENS
-    temperature: float = 0.0
+    temperature: float = 0.5
     top_p: float = 1.0
     min_p: float = 0.1
     repeat_penalty: float = 1.2
