@@ -29,10 +29,10 @@ from patchbay.cli.common import (
     find_provider,
     listed_model,
     load,
-    missing_key,
     model_for,
     open_log,
     reported,
+    require_key,
     verbose_option,
 )
 from patchbay.errors import ModelNotSupported, PatchbayError
@@ -121,9 +121,7 @@ class Conversation:
         known = getattr(provider, "fetch_models", None)
         if known is not None and not getattr(provider, "models", None) and not self.base_url:
             try:
-                refused = missing_key(provider)
-                if refused is not None:
-                    raise refused
+                require_key(provider)
                 served = await known()
             except PatchbayError as error:
                 note = f"not checked: the model list could not be read ({error})"
@@ -194,9 +192,7 @@ class Conversation:
         first: float | None = None
         try:
             if not self.routed:
-                refused = missing_key(self.provider)  # said as such, whatever else would fail first
-                if refused is not None:
-                    raise refused
+                require_key(self.provider)  # said as such, whatever else would fail first
                 if self.model is None and not self.base_url:  # no default named: ask the service
                     self.model = await listed_model(self.provider)
             stream = self.provider.stream(self.model, messages, base_url=self.base_url,

@@ -15,7 +15,6 @@ from patchbay.errors import PatchbayError
 from patchbay.secrets import redact
 
 if TYPE_CHECKING:
-    from patchbay.errors import AuthError
     from patchbay.providers.base import AsyncGeneratorProvider
     from patchbay.requestlog import RequestLog
     from patchbay.settings import Settings
@@ -31,10 +30,10 @@ __all__ = [
     "json_option",
     "listed_model",
     "load",
-    "missing_key",
     "model_for",
     "open_log",
     "reported",
+    "require_key",
     "verbose_option",
 ]
 
@@ -104,20 +103,20 @@ def model_for(provider: type[AsyncGeneratorProvider], model: str | None) -> str 
     return model or default_model(provider)
 
 
-def missing_key(provider: type[AsyncGeneratorProvider]) -> AuthError | None:
-    """The error a request would end with because ``provider`` needs an API key and has none
-    (neither in its variable nor stored), before anything is sent; None when that is not so."""
+def require_key(provider: type[AsyncGeneratorProvider]) -> None:
+    """Raise the AuthError a request would end with because ``provider`` needs an API key and has
+    none (neither in its variable nor stored), before anything is sent."""
     from patchbay.credentials import CredentialPool
     from patchbay.errors import AuthError
 
     pool = getattr(provider, "credentials", None)
     if not (provider.needs_auth and isinstance(pool, CredentialPool)):
-        return None
+        return
     pool.load_env()
     if len(pool):
-        return None
+        return
     where = f" (set {pool.env_var}, or store it with `patchbay keys set {pool.env_var}`)" if pool.env_var else ""
-    return AuthError(f"needs an API key{where}", provider=provider.name)
+    raise AuthError(f"needs an API key{where}", provider=provider.name)
 
 
 async def listed_model(provider: type[AsyncGeneratorProvider]) -> str | None:
@@ -126,9 +125,7 @@ async def listed_model(provider: type[AsyncGeneratorProvider]) -> str | None:
     fetch = getattr(provider, "fetch_models", None)
     if fetch is None:
         return None
-    refused = missing_key(provider)
-    if refused is not None:
-        raise refused
+    require_key(provider)
     models = await fetch()
     return str(models[0]) if models else None
 

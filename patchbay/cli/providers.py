@@ -24,9 +24,9 @@ from patchbay.cli.common import (
     json_option,
     listed_model,
     load,
-    missing_key,
     model_for,
     reported,
+    require_key,
     verbose_option,
 )
 from patchbay.cli.output import ago, is_terminal, seconds, table
@@ -261,9 +261,7 @@ async def probe(target: Probe, timeout: float) -> ProviderCheck:
         assert target.provider is not None
         try:
             async with asyncio.timeout(timeout):
-                refused = missing_key(target.provider)  # said as such, before anything is sent
-                if refused is not None:
-                    raise refused
+                require_key(target.provider)  # said as such, before anything is sent
                 if model is None and target.base_url is None:
                     model = await listed_model(target.provider)
                 stream = target.provider.stream(model, PROBE_MESSAGES, base_url=target.base_url,
