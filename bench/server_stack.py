@@ -76,7 +76,7 @@ def measure_servers(duration: float, scratch: Path) -> list[tuple[str, float, fl
 
 def measure_json(rounds: int = 20_000) -> list[tuple[str, float]]:
     """(label, microseconds per body) for each way of reading a request body."""
-    from patchbay.completions import decode_request
+    from patchbay.chat.request import decode_request
 
     rows = [("json.loads (no checks)", lambda: json.loads(BODY)),
             ("msgspec into ChatCompletionRequest (parse + validate)", lambda: decode_request(BODY))]

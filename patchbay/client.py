@@ -22,17 +22,16 @@ from pathlib import Path
 from typing import Any
 
 from patchbay import requestlog
+from patchbay.chat.request import ChatCompletionRequest, request_from_kwargs
 from patchbay.completions import (
     ChatCompletion,
     ChatCompletionChunk,
-    ChatCompletionRequest,
     Model,
     ModelList,
     complete,
     find_model,
     model_list,
     open_stream,
-    request_from_kwargs,
     stream_chunks,
 )
 from patchbay.config import UNSET, TimeoutTypes
@@ -94,7 +93,7 @@ class _Recording:
         self.log.record(requestlog.Exchange.from_stream(
             self.events, time=self.time, source="library", messages=self.request.messages,
             requested_model=self.request.model, latency=time.perf_counter() - self.started, ttft=ttft, error=error,
-            options=self.request.provider_options()))
+            options=self.request.options()))
 
 
 async def _complete(events: EventStream, request: ChatCompletionRequest) -> ChatCompletion:

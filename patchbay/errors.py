@@ -8,6 +8,7 @@ the class hierarchy), so the server, the CLI and the router all agree on what an
     ├── InvalidRequest              400  a request that would fail anywhere
     │   ├── ModelNotSupported       404  the provider does not serve that model
     │   ├── ContextTooLong          400  the conversation does not fit the model
+    │   ├── UnsupportedFeature      400  no target can honour a feature asked for (images, tools...)
     │   ├── PayloadTooLarge         413  a request body over the server's limit
     │   ├── EndpointNotFound        404  no such path on the server
     │   └── MethodNotAllowed        405  the path exists, the method does not
@@ -53,6 +54,7 @@ __all__ = [
     "ConnectTimeout",
     "ConnectionFailed",
     "ContextTooLong",
+    "UnsupportedFeature",
     "DeadlineExceeded",
     "EndpointNotFound",
     "ErrorInfo",
@@ -144,6 +146,11 @@ class ContextTooLong(InvalidRequest):
         super().__init__(message, **kw)  # type: ignore[arg-type]
         self.limit = limit
         self.size = size
+
+
+class UnsupportedFeature(InvalidRequest):
+    """The request asks for a feature (images, tools, JSON output, n > 1...) that the provider, or
+    every target of the route, cannot honour; ``param`` names the field that asks for it."""
 
 
 class PayloadTooLarge(InvalidRequest):
@@ -247,21 +254,25 @@ class Attempt:
     status: int
     message: str
     retry_after: float | None = None  # seconds, when the target said when to come back
+    skipped: bool = False  # not tried: it cannot honour the request (``message`` says why)
 
     @classmethod
-    def of(cls, error: PatchbayError, provider: str, model: str) -> Attempt:
+    def of(cls, error: PatchbayError, provider: str, model: str, *, skipped: bool = False) -> Attempt:
         retry_after = error.retry_after if isinstance(error, RateLimited) else None
-        return cls(provider, model, type(error).__name__, error.status, error.message, retry_after)
+        return cls(provider, model, type(error).__name__, error.status, error.message, retry_after, skipped)
 
 
 class AllProvidersFailed(PatchbayError):
     """Every target of a route failed; ``attempts`` says what each one answered."""
 
-    def __init__(self, attempts: list[Attempt], *, model: str | None = None, note: str = "") -> None:
-        lines = "; ".join(f"{a.provider}/{a.model}: {a.error} ({a.status}): {a.message}" for a in attempts)
+    def __init__(self, attempts: list[Attempt], *, model: str | None = None, note: str = "",
+                 status: int | None = None) -> None:
+        lines = "; ".join(f"{a.provider}/{a.model}: {'skipped' if a.skipped else a.error} ({a.status}): {a.message}"
+                          for a in attempts)
         summary = f"all providers failed for {model!r}" if model else "all providers failed"
         super().__init__(f"{summary}{note}: {lines or 'no target could be tried'}", model=model)
         self.attempts = list(attempts)
+        self._status = status  # the last target's status, when its error decided for all
 
     @property
     def retry_after(self) -> float | None:
@@ -273,25 +284,30 @@ class AllProvidersFailed(PatchbayError):
 
     @property
     def status(self) -> int:
-        """429 when every attempt was rate limited, 401 when every one was an auth failure, 504
-        when every one timed out, 503 when none could be made, else 502."""
-        if not self.attempts:
+        """The decisive error's status when one was given (a request the last target found
+        invalid); else, over the targets tried, 429 when every attempt was rate limited, 401 when
+        every one was an auth failure, 504 when every one timed out, 503 when none could be
+        made, else 502."""
+        if self._status is not None:
+            return self._status
+        tried = [a for a in self.attempts if not a.skipped]
+        if not tried:
             return 503
-        statuses = {a.status for a in self.attempts}
+        statuses = {a.status for a in tried}
         if len(statuses) == 1 and (only := statuses.pop()) in (401, 429, 504):
             return only
         return 502
 
     @property
     def type(self) -> str:
-        return {429: "rate_limit_error", 401: "authentication_error", 504: "timeout_error"}.get(self.status,
-                                                                                                 "api_error")
+        return {429: "rate_limit_error", 401: "authentication_error", 504: "timeout_error",
+                400: "invalid_request_error"}.get(self.status, "api_error")
 
     def to_dict(self) -> dict[str, object]:
         """The OpenAI error object plus ``attempts``: what each target answered, for people to read."""
         body = super().to_dict()
         body["attempts"] = [{"provider": a.provider, "model": a.model, "error": a.error, "status": a.status,
-                             "message": redact(a.message)} for a in self.attempts]
+                             "message": redact(a.message), "skipped": a.skipped} for a in self.attempts]
         return body
 
 
@@ -311,6 +327,7 @@ ERROR_TABLE: dict[type[PatchbayError], ErrorInfo] = {
     InvalidRequest: ErrorInfo(400, "invalid_request_error", "invalid_request"),
     ModelNotSupported: ErrorInfo(404, "invalid_request_error", "model_not_found"),
     ContextTooLong: ErrorInfo(400, "invalid_request_error", "context_length_exceeded"),
+    UnsupportedFeature: ErrorInfo(400, "invalid_request_error", "unsupported_feature"),
     PayloadTooLarge: ErrorInfo(413, "invalid_request_error", "payload_too_large"),
     EndpointNotFound: ErrorInfo(404, "invalid_request_error", "not_found"),
     MethodNotAllowed: ErrorInfo(405, "invalid_request_error", "method_not_allowed"),

@@ -1,10 +1,16 @@
 """Typed stream events, and the stream object that carries them.
 
 A provider produces :data:`StreamEvent` values: text deltas plus the few facts a caller may need
-beside the text (tool-call fragments, usage, why it finished, who answered). Callers who only
-want text iterate a :class:`TextStream`; callers who want everything iterate the
+beside the text (tool-call fragments, logprobs, usage, why it finished, who answered). Callers
+who only want text iterate a :class:`TextStream`; callers who want everything iterate the
 :class:`EventStream` itself. New event kinds can be added later without breaking text-only
 callers, because text-only iteration simply skips them.
+
+The outermost stream of a request records what it hands over in a :class:`Transcript`: the one
+record of what reached the caller. The router and providers never keep their own "delivered"
+flags: before retrying, rotating a credential or falling back, they ask the transcript whether
+anything reached the caller since their attempt began (:meth:`Transcript.mark`,
+:meth:`Transcript.since`), so nothing is ever sent twice.
 """
 
 from __future__ import annotations
@@ -17,12 +23,15 @@ __all__ = [
     "EventStream",
     "Fallback",
     "Finish",
+    "Logprobs",
+    "Mark",
     "ProviderInfo",
     "StreamConsumed",
     "StreamEvent",
     "TextDelta",
     "TextStream",
     "ToolCallDelta",
+    "Transcript",
     "Usage",
 ]
 
@@ -32,6 +41,7 @@ class TextDelta:
     """The next piece of the answer's text."""
 
     text: str
+    choice: int = 0  # which of the ``n`` answers it belongs to
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +52,16 @@ class ToolCallDelta:
     id: str | None = None
     name: str | None = None
     arguments: str = ""
+    choice: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Logprobs:
+    """Log probabilities of the tokens just delivered, in the OpenAI shape (``content`` items:
+    ``{"token", "logprob", "bytes", "top_logprobs": [...]}``)."""
+
+    content: list[dict[str, Any]]
+    choice: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +81,7 @@ class Finish:
     """Why the answer ended: ``stop``, ``length``, ``tool_calls`` or ``content_filter``."""
 
     reason: str
+    choice: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +107,65 @@ class Fallback:
     delivered: int = 0
 
 
-StreamEvent = TextDelta | ToolCallDelta | Usage | Finish | ProviderInfo | Fallback
+StreamEvent = TextDelta | ToolCallDelta | Logprobs | Usage | Finish | ProviderInfo | Fallback
+
+
+@dataclass(frozen=True, slots=True)
+class Mark:
+    """A point in a transcript: how many visible events and text pieces it held then."""
+
+    visible: int
+    text_parts: int
+
+
+class Transcript:
+    """The visible output delivered so far (text and tool-call fragments)."""
+
+    __slots__ = ("_calls", "_parts", "visible")
+
+    def __init__(self) -> None:
+        self._parts: list[str] = []  # text of choice 0, the one a continuation can extend
+        self._calls = 0
+        #: How many visible events (text, tool-call fragments, logprobs) reached the caller.
+        self.visible = 0
+
+    def record(self, event: StreamEvent) -> None:
+        """Note ``event`` as delivered (events that are not visible output are ignored)."""
+        if isinstance(event, TextDelta):
+            if event.text:
+                self.visible += 1
+                if event.choice == 0:
+                    self._parts.append(event.text)
+        elif isinstance(event, ToolCallDelta):
+            self.visible += 1
+            self._calls += 1
+        elif isinstance(event, Logprobs):
+            self.visible += 1
+
+    @property
+    def delivered(self) -> bool:
+        """Whether anything visible reached the caller."""
+        return self.visible > 0
+
+    @property
+    def only_text(self) -> bool:
+        """Whether what was delivered is the text of one answer, which a prefill can continue."""
+        return self._calls == 0 and self.visible == len(self._parts)
+
+    @property
+    def text(self) -> str:
+        """The delivered text (of the first answer)."""
+        return "".join(self._parts)
+
+    def mark(self) -> Mark:
+        return Mark(self.visible, len(self._parts))
+
+    def since(self, mark: Mark) -> bool:
+        """Whether anything visible was delivered after ``mark``."""
+        return self.visible > mark.visible
+
+    def text_since(self, mark: Mark) -> str:
+        return "".join(self._parts[mark.text_parts:])
 
 
 class StreamConsumed(RuntimeError):
@@ -105,10 +184,11 @@ class EventStream:
     ``gen = await P.create_async_generator(...)`` working.
     """
 
-    def __init__(self, source: AsyncIterator[StreamEvent]) -> None:
+    def __init__(self, source: AsyncIterator[StreamEvent], transcript: Transcript | None = None) -> None:
         self._source = source
         self._started = False
-        self._parts: list[str] = []
+        #: What reached the caller: every visible event this stream handed over.
+        self.transcript = transcript if transcript is not None else Transcript()
         self.usage: Usage | None = None
         self.finish_reason: str | None = None
         self.provider_info: ProviderInfo | None = None
@@ -117,8 +197,8 @@ class EventStream:
 
     @property
     def text(self) -> str:
-        """All text delivered so far."""
-        return "".join(self._parts)
+        """All text delivered so far (of the first answer, when there are several)."""
+        return self.transcript.text
 
     def __aiter__(self) -> EventStream:
         if self._started:
@@ -132,9 +212,8 @@ class EventStream:
         return event
 
     def _record(self, event: StreamEvent) -> None:
-        if isinstance(event, TextDelta):
-            self._parts.append(event.text)
-        elif isinstance(event, Usage):
+        self.transcript.record(event)
+        if isinstance(event, Usage):
             self.usage = event
         elif isinstance(event, Finish):
             self.finish_reason = event.reason

@@ -7,9 +7,11 @@ early as possible and never past a stop.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 
-__all__ = ["StopSequenceFilter"]
+from patchbay.events import Finish, StreamEvent, TextDelta
+
+__all__ = ["StopSequenceFilter", "cut_at_stops"]
 
 
 class StopSequenceFilter:
@@ -52,3 +54,29 @@ class StopSequenceFilter:
                     longest = size
                     break
         return longest
+
+
+async def cut_at_stops(events: AsyncIterator[StreamEvent], stops: Sequence[str]) -> AsyncIterator[StreamEvent]:
+    """``events`` with the text cut at the first stop string (then a ``Finish("stop")``)."""
+    text_filter = StopSequenceFilter(stops)
+    try:
+        async for event in events:
+            if isinstance(event, TextDelta) and event.choice == 0:
+                text = text_filter.feed(event.text)
+                if text:
+                    yield TextDelta(text)
+                if text_filter.stopped:
+                    yield Finish("stop")
+                    return
+            elif isinstance(event, Finish):
+                if tail := text_filter.flush():
+                    yield TextDelta(tail)
+                yield event
+            else:
+                yield event
+        if tail := text_filter.flush():
+            yield TextDelta(tail)
+    finally:
+        aclose = getattr(events, "aclose", None)
+        if aclose is not None:
+            await aclose()

@@ -20,7 +20,7 @@ import aiohttp
 import pytest
 import pytest_asyncio
 
-from patchbay.completions import MAX_MESSAGES
+from patchbay.chat.request import MAX_MESSAGES
 from tests.gateway_process import GatewayProcess
 from tests.replicas.openai_fake import OpenAIFake
 

@@ -2,17 +2,16 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import pytest
 
 from patchbay.catalog import ModelCatalog, ModelRecord, catalog, reset_catalog
-from patchbay.config import Timeout
+from patchbay.chat.request import ChatCompletionRequest
 from patchbay.errors import ContextTooLong, InvalidRequest, ModelNotSupported
 from patchbay.events import StreamEvent, TextDelta
-from patchbay.messages import Messages
 from patchbay.providers import registry
-from patchbay.providers.base import AsyncGeneratorProvider, ProviderModelMixin
+from patchbay.providers.base import AsyncGeneratorProvider, Call, ProviderModelMixin
 
 
 def test_which_providers_serve_a_model_and_its_limits() -> None:
@@ -69,9 +68,8 @@ class Echo(AsyncGeneratorProvider, ProviderModelMixin):
     models: ClassVar[list[str]] = ["tiny"]
 
     @classmethod
-    async def generate(cls, model: str, messages: Messages, *, proxy: str | None = None,
-                       base_url: str | None = None, timeout: Timeout, **kwargs: Any) -> AsyncIterator[StreamEvent]:
-        yield TextDelta(str(len(messages)))
+    async def generate(cls, request: ChatCompletionRequest, call: Call) -> AsyncIterator[StreamEvent]:
+        yield TextDelta(str(len(request.messages)))
 
 
 @pytest.fixture

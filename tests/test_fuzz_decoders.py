@@ -190,12 +190,13 @@ def assert_well_typed(events: list[StreamEvent]) -> None:
                                        "finish_reason": {"x": 1}}], "usage": {"prompt_tokens": -3}}))
 @example(text=json.dumps({"choices": [{"delta": {}, "finish_reason": ["stop"]}]}))
 def test_openai_stream_chunk_parser_raises_only_patchbay_errors(text: str) -> None:
+    finishes: dict[int, str] = {}
     try:
-        events, finish = openai_compatible._chunk_events(openai_compatible._parse_json(text), None)
+        events = openai_compatible._chunk_events(openai_compatible._parse_json(text), finishes)
     except PatchbayError:
         return
     assert_well_typed(events)
-    assert finish is None or isinstance(finish, str)
+    assert all(isinstance(index, int) and isinstance(reason, str) for index, reason in finishes.items())
 
 
 @FUZZ
@@ -235,5 +236,5 @@ def test_liaobots_event_parser_never_raises(text: str) -> None:
     ({"prompt_tokens": True, "completion_tokens": "²"}, (0, 0)),
 ])
 def test_usage_counts_are_non_negative_integers(usage: dict[str, Any], counts: tuple[int, int]) -> None:
-    events, _ = openai_compatible._chunk_events({"usage": usage}, None)
+    events = openai_compatible._chunk_events({"usage": usage}, {})
     assert events == [Usage(*counts)]

@@ -19,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from patchbay.completions import MAX_MESSAGES, MAX_STOPS, ChatCompletionRequest, decode_request, request_from_kwargs
+from patchbay.chat.request import MAX_MESSAGES, MAX_STOPS, ChatCompletionRequest, decode_request, request_from_kwargs
 from patchbay.errors import InvalidRequest
 from patchbay.messages import validate_messages
 

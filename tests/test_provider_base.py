@@ -10,11 +10,10 @@ from typing import Any, ClassVar
 import aiohttp
 import pytest
 
-from patchbay.config import Timeout
+from patchbay.chat.request import ChatCompletionRequest
 from patchbay.errors import AuthError, ConnectionFailed, InvalidRequest, ModelNotSupported, StreamInterrupted
 from patchbay.events import Finish, ProviderInfo, StreamConsumed, StreamEvent, TextDelta, Usage
-from patchbay.messages import Messages
-from patchbay.providers.base import AsyncGeneratorProvider, ProviderModelMixin
+from patchbay.providers.base import AsyncGeneratorProvider, Call, ProviderModelMixin
 
 HELLO = [{"role": "user", "content": "hi"}]
 
@@ -31,10 +30,9 @@ class Scripted(AsyncGeneratorProvider, ProviderModelMixin):
     seen: ClassVar[dict[str, Any]] = {}
 
     @classmethod
-    async def generate(cls, model: str, messages: Messages, *, proxy: str | None = None,
-                       base_url: str | None = None, timeout: Timeout, flavour: str = "plain",
-                       **kwargs: Any) -> AsyncIterator[StreamEvent]:
-        cls.seen.update(model=model, flavour=flavour, timeout=timeout)
+    async def generate(cls, request: ChatCompletionRequest, call: Call) -> AsyncIterator[StreamEvent]:
+        flavour = (request.extra_body or {}).get("flavour", "plain")
+        cls.seen.update(model=call.model, flavour=flavour, timeout=call.timeout)
         try:
             for part in cls.parts:
                 yield TextDelta(part)
@@ -159,10 +157,10 @@ async def test_async_consumer_closing_early_closes_upstream() -> None:
 
 
 def test_params_describe_the_signature() -> None:
-    assert Scripted.params == (
-        "tests.test_provider_base.Scripted supports: (model: str, messages: list, proxy: str | None = None, "
-        "base_url: str | None = None, timeout: Timeout, flavour: str = 'plain')"
-    )
+    params = Scripted.params
+    assert params.startswith("tests.test_provider_base.Scripted supports: (model: str, messages: list, stream, ")
+    assert all(f" {field}," in params for field in ("max_tokens", "tools", "response_format", "n", "logprobs"))
+    assert params.endswith("proxy: str, base_url: str, timeout: Timeout, auth: str)")
 
 
 async def test_timeout_number_becomes_value_object() -> None:

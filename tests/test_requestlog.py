@@ -18,9 +18,9 @@ import pytest
 
 import patchbay
 from patchbay import requestlog
-from patchbay.config import Timeout
+from patchbay.chat.request import ChatCompletionRequest
 from patchbay.events import EventStream, Fallback, Finish, ProviderInfo, StreamEvent, TextDelta, Usage
-from patchbay.providers.base import AsyncGeneratorProvider
+from patchbay.providers.base import AsyncGeneratorProvider, Call
 from patchbay.requestlog import Exchange, ProviderCheck, RequestLog
 from patchbay.requestlog.migrations import MIGRATIONS, migrate
 from patchbay.secrets import register_secret
@@ -252,8 +252,7 @@ class Scripted(AsyncGeneratorProvider):
     name = "Scripted"
 
     @classmethod
-    async def generate(cls, model: str, messages: Any, *, proxy: str | None = None, base_url: str | None = None,
-                       timeout: Timeout, **kwargs: Any) -> AsyncIterator[StreamEvent]:
+    async def generate(cls, request: ChatCompletionRequest, call: Call) -> AsyncIterator[StreamEvent]:
         yield TextDelta("Hello ")
         yield TextDelta("there")
         yield Usage(5, 2)

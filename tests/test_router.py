@@ -11,6 +11,7 @@ from typing import Any, ClassVar
 import pytest
 
 from patchbay.catalog import ModelRecord, catalog, reset_catalog
+from patchbay.chat.request import ChatCompletionRequest
 from patchbay.config import Timeout
 from patchbay.errors import (
     AllProvidersFailed,
@@ -27,7 +28,7 @@ from patchbay.errors import (
 )
 from patchbay.events import Fallback, ProviderInfo, StreamEvent, TextDelta
 from patchbay.messages import Messages
-from patchbay.providers.base import AsyncGeneratorProvider
+from patchbay.providers.base import AsyncGeneratorProvider, Call
 from patchbay.routing import CooldownPolicy, MemoryStateStore, RetryPolicy, RetryProvider, Router, Target
 from patchbay.routing.state import Health
 from patchbay.routing.strategies import get_strategy
@@ -44,9 +45,8 @@ class Script(AsyncGeneratorProvider):
     default: ClassVar[tuple[list[str], PatchbayError | None]] = (["fine"], None)
 
     @classmethod
-    async def generate(cls, model: str, messages: Messages, *, proxy: str | None = None,
-                       base_url: str | None = None, timeout: Timeout, **kwargs: Any) -> AsyncIterator[StreamEvent]:
-        cls.calls.append(messages)
+    async def generate(cls, request: ChatCompletionRequest, call: Call) -> AsyncIterator[StreamEvent]:
+        cls.calls.append(request.message_dicts())
         parts, error = cls.plan.pop(0) if cls.plan else cls.default
         for part in parts:
             yield TextDelta(part)
@@ -313,11 +313,10 @@ async def test_one_total_deadline_across_attempts() -> None:
         name = "Slow"
 
         @classmethod
-        async def generate(cls, model: str, messages: Messages, *, timeout: Timeout, **kwargs: Any
-                           ) -> AsyncIterator[StreamEvent]:
-            assert timeout.total is not None
-            budgets.append(timeout.total)
-            await asyncio.sleep(timeout.total)  # a hung upstream uses up what is left
+        async def generate(cls, request: ChatCompletionRequest, call: Call) -> AsyncIterator[StreamEvent]:
+            assert call.timeout.total is not None
+            budgets.append(call.timeout.total)
+            await asyncio.sleep(call.timeout.total)  # a hung upstream uses up what is left
             raise DeadlineExceeded("no answer in time")
             yield TextDelta("never")
 
@@ -337,7 +336,7 @@ async def test_cancelled_consumer_closes_the_target_stream() -> None:
         name = "Endless"
 
         @classmethod
-        async def generate(cls, model: str, messages: Messages, **kwargs: Any) -> AsyncIterator[StreamEvent]:
+        async def generate(cls, request: ChatCompletionRequest, call: Call) -> AsyncIterator[StreamEvent]:
             try:
                 for i in range(10_000):
                     yield TextDelta(str(i))

@@ -6,14 +6,15 @@ import re
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import pytest
 
+from patchbay.chat.request import ChatCompletionRequest
 from patchbay.errors import InvalidRequest
 from patchbay.events import StreamEvent, TextDelta
 from patchbay.providers import Local
-from patchbay.providers.base import AsyncGeneratorProvider, ProviderModelMixin
+from patchbay.providers.base import AsyncGeneratorProvider, Call, ProviderModelMixin
 from patchbay.providers.openai_compatible import OpenAICompatible
 from patchbay.routing import Router, RouteTable, Target
 from patchbay.settings import LOCAL_MODEL, load_settings
@@ -167,8 +168,8 @@ class Recorder(AsyncGeneratorProvider, ProviderModelMixin):
     asked: ClassVar[list[str]] = []
 
     @classmethod
-    async def generate(cls, model: str, messages: Any, **kwargs: Any) -> AsyncIterator[StreamEvent]:
-        cls.asked.append(model)
+    async def generate(cls, request: ChatCompletionRequest, call: Call) -> AsyncIterator[StreamEvent]:
+        cls.asked.append(call.model)
         yield TextDelta("ok")
 
 
@@ -200,8 +201,8 @@ async def test_the_readme_example_routes_reach_the_embedded_model_with_its_own_n
     monkeypatch.delenv("GROQ_API_KEY", raising=False)
     asked: list[str] = []
 
-    async def generate(cls: type[Local], model: str, messages: Any, **kwargs: Any) -> AsyncIterator[StreamEvent]:
-        asked.append(model)
+    async def generate(cls: type[Local], request: ChatCompletionRequest, call: Call) -> AsyncIterator[StreamEvent]:
+        asked.append(call.model)
         yield TextDelta("answer")
 
     monkeypatch.setattr(Local, "generate", classmethod(generate))  # the words are not the point here

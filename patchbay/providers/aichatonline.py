@@ -16,17 +16,18 @@ import logging
 import secrets
 import string
 from collections.abc import AsyncIterator
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import aiohttp
 
-from patchbay.config import Timeout
+from patchbay.chat.request import ChatCompletionRequest
 from patchbay.decoders import NDJSONDecoder
 from patchbay.errors import ProtocolError
 from patchbay.events import StreamEvent, TextDelta
 from patchbay.http import BROWSER_USER_AGENT, HTTPResponse, HTTPSession, error_for_response
 from patchbay.messages import Messages, content_text
-from patchbay.providers.base import AsyncGeneratorProvider, ProviderModelMixin
+from patchbay.providers.base import AsyncGeneratorProvider, Call, ProviderModelMixin
+from patchbay.providers.capabilities import Capabilities
 
 __all__ = ["AiChatOnline", "format_prompt"]
 
@@ -60,6 +61,8 @@ class AiChatOnline(AsyncGeneratorProvider, ProviderModelMixin):
     supports_system_message = True
     default_model = "gpt-4o-mini"
     models: ClassVar[list[str]] = ["gpt-4o-mini"]
+    text_only = True  # tools and JSON output by emulation; history rendered as text
+    features = Capabilities.emulated_output()
 
     @classmethod
     async def grab_token(
@@ -81,22 +84,13 @@ class AiChatOnline(AsyncGeneratorProvider, ProviderModelMixin):
             return _unique_id(response, await response.text(errors="replace"))
 
     @classmethod
-    async def generate(
-        cls,
-        model: str,
-        messages: Messages,
-        *,
-        proxy: str | None = None,
-        base_url: str | None = None,
-        timeout: Timeout,
-        **kwargs: Any,
-    ) -> AsyncIterator[StreamEvent]:
+    async def generate(cls, request: ChatCompletionRequest, call: Call) -> AsyncIterator[StreamEvent]:
         """Stream an answer; the service ignores the model name."""
-        base = (base_url or cls.api_base).rstrip("/")
+        base = (call.base_url or cls.api_base).rstrip("/")
         headers = {"origin": cls.url, "referer": f"{cls.url}/", "user-agent": BROWSER_USER_AGENT}
-        async with HTTPSession(timeout=timeout, proxy=proxy, headers=headers, provider=cls.name) as http:
+        async with HTTPSession(timeout=call.timeout, proxy=call.proxy, headers=headers, provider=cls.name) as http:
             unique_id = await cls.grab_token(http, base_url=base)
-            body = {"conversationId": _random_id(), "prompt": format_prompt(messages)}
+            body = {"conversationId": _random_id(), "prompt": format_prompt(request.message_dicts())}
             async with http.request(
                 "POST", f"{base}/aichatonline/api/chat/gpt", json=body, headers={"UniqueId": unique_id}
             ) as response:

@@ -1,32 +1,39 @@
 """The provider base classes: what every chat service adapter is.
 
 A provider is a class with its capabilities as class attributes and one required method,
-:meth:`AsyncGeneratorProvider.generate`, an async generator of typed stream events. Everything
-else a caller uses (text streams, the awaitable form, the synchronous bridge, the whole answer
-as a string, ``params``) is built here once, on top of ``generate``, and so is the rule that a
-failure after text was delivered surfaces as :class:`~patchbay.errors.StreamInterrupted`
-carrying exactly the delivered text.
+:meth:`AsyncGeneratorProvider.generate`, an async generator of typed stream events for one
+:class:`~patchbay.chat.request.ChatCompletionRequest` and one :class:`Call`. Everything else a
+caller uses (text streams, the awaitable form, the synchronous bridge, the whole answer as a
+string, ``params``) is built here once, on top of ``generate``, and so are the rules every
+provider shares: a request that needs a feature the provider cannot honour is refused before it
+is sent; a text-only web service gets tools and JSON output by emulation; stop strings are cut;
+and a failure after output reached the caller (as the request's transcript records it) surfaces
+as :class:`~patchbay.errors.StreamInterrupted` carrying exactly the delivered text.
 """
 
 from __future__ import annotations
 
-import inspect
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import aiohttp
 
 from patchbay.catalog import ModelRecord, catalog
+from patchbay.chat.request import ChatCompletionRequest, request_from_kwargs
 from patchbay.config import UNSET, Timeout, TimeoutTypes
 from patchbay.context import estimate_tokens, fit_messages
-from patchbay.errors import ModelNotSupported, PatchbayError, StreamInterrupted
-from patchbay.events import EventStream, ProviderInfo, StreamEvent, TextDelta, TextStream
+from patchbay.errors import ModelNotSupported, PatchbayError, StreamInterrupted, UnsupportedFeature
+from patchbay.events import EventStream, Mark, ProviderInfo, StreamEvent, TextStream, Transcript
 from patchbay.http import map_transport_error
-from patchbay.messages import Messages, validate_messages
+from patchbay.messages import validate_messages
+from patchbay.providers.capabilities import Capabilities, Support, needs
+from patchbay.providers.emulation import emulate
+from patchbay.stops import cut_at_stops
 from patchbay.sync import BlockingStream
 
-__all__ = ["AsyncGeneratorProvider", "ProviderModelMixin", "classproperty"]
+__all__ = ["AsyncGeneratorProvider", "Call", "ProviderModelMixin", "classproperty"]
 
 log = logging.getLogger("patchbay.providers")
 
@@ -80,12 +87,25 @@ class ProviderModelMixin:
         return name in cls.model_aliases or name in cls.get_models()
 
 
+@dataclass(frozen=True, slots=True)
+class Call:
+    """How a provider is called for one request, besides the request itself."""
+
+    model: str  #: the provider's own model id (resolved)
+    timeout: Timeout
+    #: What reached the caller of the whole request; ask it (``mark``/``since``) before retrying.
+    transcript: Transcript
+    proxy: str | None = None
+    base_url: str | None = None  #: this call's API address, when not the provider's default
+    auth: str | None = None  #: a credential given for this call: auth code(s) or an API key
+
+
 class AsyncGeneratorProvider:
     """Base class of every provider.
 
     Subclasses set the capability attributes and implement :meth:`generate`. Callers use
     :meth:`stream` (typed events), :meth:`create_async_generator` (text), :meth:`create_completion`
-    (text, synchronous) or :meth:`create_async` (the whole answer).
+    (text, synchronous) or :meth:`create_async` (the whole answer); a router calls :meth:`open`.
     """
 
     name: ClassVar[str] = ""
@@ -96,13 +116,20 @@ class AsyncGeneratorProvider:
     supports_message_history: ClassVar[bool] = True
     supports_system_message: ClassVar[bool] = True
     verify_ssl: ClassVar[bool] = True
-    supports_tools: ClassVar[bool] = False
     supports_prefill: ClassVar[bool] = False  # continues a trailing partial assistant message
+    #: Per-feature support besides the two flags above (providers/capabilities.py); config can
+    #: override it per provider.
+    features: ClassVar[Capabilities] = Capabilities()
+    #: True for a web chat that takes only text conversations: the base class renders tool-loop
+    #: history and content lists as text, and emulates tools and JSON output (providers/emulation.py).
+    text_only: ClassVar[bool] = False
     #: True when generate() fits the history to the model itself (with its own measure);
     #: otherwise stream() fits it to the catalog's context window with the token estimate.
     fits_context: ClassVar[bool] = False
     #: Whether the stream starts with this provider's ProviderInfo (a router lets its targets say it).
     announces_provider: ClassVar[bool] = True
+    #: True for a router: it runs other providers' :meth:`open`, which check, fit and cut for it.
+    delegates: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -112,21 +139,20 @@ class AsyncGeneratorProvider:
     # -- the one method a provider implements -------------------------------------------------
 
     @classmethod
-    async def generate(
-        cls,
-        model: str,
-        messages: Messages,
-        *,
-        proxy: str | None = None,
-        base_url: str | None = None,
-        timeout: Timeout,
-        **kwargs: Any,
-    ) -> AsyncIterator[StreamEvent]:
-        """Stream the answer to ``messages`` as events. ``model`` is already resolved."""
+    async def generate(cls, request: ChatCompletionRequest, call: Call) -> AsyncIterator[StreamEvent]:
+        """Stream the answer to ``request`` as events; ``call.model`` is already resolved."""
         raise NotImplementedError
         yield  # pragma: no cover - makes this an async generator
 
     # -- what callers use ---------------------------------------------------------------------
+
+    @classmethod
+    def capabilities(cls) -> Capabilities:
+        """What this provider honours, per feature: :attr:`features` plus the two ``supports_`` flags."""
+        return cls.features.merged({
+            "system_message": Support.NATIVE if cls.supports_system_message else Support.NONE,
+            "prefill": Support.NATIVE if cls.supports_prefill else Support.NONE,
+        })
 
     @classmethod
     def resolve_model(cls, model: str | None) -> str:
@@ -146,12 +172,63 @@ class AsyncGeneratorProvider:
 
     @classmethod
     def model_record(cls, model: str, **fields: Any) -> ModelRecord:
-        """A record for ``model`` with this provider's capability flags and aliases, plus ``fields``."""
+        """A record for ``model`` with this provider's capabilities and aliases, plus ``fields``."""
         aliases = tuple(alias for alias, target in getattr(cls, "model_aliases", {}).items() if target == model)
         fields.setdefault("aliases", aliases)
+        capabilities = cls.capabilities()
         return ModelRecord(provider=cls.name, model=model, streaming=cls.supports_stream,
-                           system_message=cls.supports_system_message, tools=cls.supports_tools,
+                           system_message=cls.supports_system_message, tools=capabilities.accepts("tools"),
                            prefill=cls.supports_prefill, **fields)
+
+    @classmethod
+    def request(cls, model: str | None, messages: object, **fields: Any) -> ChatCompletionRequest:
+        """The checked request for a call in the seeds' shape (``model``, ``messages``, options);
+        the caller reads a stream, so the upstream is asked to stream unless ``stream=False``."""
+        checked = validate_messages(messages)
+        fields.setdefault("stream", True)
+        return request_from_kwargs({"model": model or cls.resolve_model(model) or "default",
+                                    "messages": checked, **fields})
+
+    @classmethod
+    def open(
+        cls,
+        request: ChatCompletionRequest,
+        *,
+        model: str | None = None,
+        transcript: Transcript,
+        proxy: str | None = None,
+        base_url: str | None = None,
+        timeout: TimeoutTypes = UNSET,
+        auth: str | None = None,
+    ) -> AsyncGenerator[StreamEvent, None]:
+        """The checked and guarded events for ``request`` (``model``: the name to resolve, default
+        the request's). A need the provider cannot honour fails here, at once."""
+        resolved = cls.resolve_model(request.model if model is None else model)
+        call = Call(resolved, Timeout.of(timeout), transcript, proxy, base_url, auth)
+        if cls.delegates:
+            return _guarded(cls.name, resolved, cls.generate(request, call), transcript,
+                            announce=cls.announces_provider)
+        cls.check(request)
+        if not cls.fits_context:
+            record = catalog().get(cls.name, resolved)
+            if record is not None:
+                dicts = request.message_dicts()
+                fitted = fit_messages(dicts, record.input_budget(request.max_output_tokens), estimate_tokens)
+                if fitted is not dicts:
+                    request = request.with_messages(fitted)
+        source = _emulated(cls, request, call) if cls.text_only else cls.generate(request, call)
+        if request.stop and not (request.n or 1) > 1:
+            source = cut_at_stops(source, request.stops)
+        return _guarded(cls.name, resolved, source, transcript, announce=cls.announces_provider)
+
+    @classmethod
+    def check(cls, request: ChatCompletionRequest) -> None:
+        """Refuse ``request`` (UnsupportedFeature, 400) when it needs a feature this provider lacks."""
+        capabilities = cls.capabilities()
+        for need in needs(request):
+            if not capabilities.accepts(need.feature):
+                raise UnsupportedFeature(f"{cls.name} does not accept {need.phrase}", param=need.param,
+                                         provider=cls.name)
 
     @classmethod
     def stream(
@@ -162,33 +239,18 @@ class AsyncGeneratorProvider:
         proxy: str | None = None,
         base_url: str | None = None,
         timeout: TimeoutTypes = UNSET,
-        **kwargs: Any,
+        auth: str | None = None,
+        api_key: str | None = None,
+        **fields: Any,
     ) -> EventStream:
-        """Stream the answer as typed events. Bad messages or an unknown model fail here, at once."""
-        return EventStream(cls.events(model, messages, proxy=proxy, base_url=base_url, timeout=timeout, **kwargs))
-
-    @classmethod
-    def events(
-        cls,
-        model: str | None,
-        messages: object,
-        *,
-        proxy: str | None = None,
-        base_url: str | None = None,
-        timeout: TimeoutTypes = UNSET,
-        **kwargs: Any,
-    ) -> AsyncGenerator[StreamEvent, None]:
-        """The checked and guarded events behind :meth:`stream`, without the recording
-        :class:`EventStream` (for a router, which keeps its own records of each attempt)."""
-        checked = validate_messages(messages)
-        resolved = cls.resolve_model(model)
-        limits = Timeout.of(timeout)
-        if not cls.fits_context:
-            record = catalog().get(cls.name, resolved)
-            if record is not None:
-                checked = fit_messages(checked, record.input_budget(kwargs.get("max_tokens")), estimate_tokens)
-        source = cls.generate(resolved, checked, proxy=proxy, base_url=base_url, timeout=limits, **kwargs)
-        return _guarded(cls.name, resolved, source, announce=cls.announces_provider)
+        """Stream the answer as typed events. Bad messages or an unknown model fail here, at once.
+        ``fields`` are request fields (``max_tokens``, ``tools``...; others go to ``extra_body``);
+        ``auth`` / ``api_key`` is a credential for this call."""
+        request = cls.request(model, messages, **fields)
+        transcript = Transcript()
+        events = cls.open(request, model=model or None, transcript=transcript, proxy=proxy, base_url=base_url,
+                          timeout=timeout, auth=auth if auth is not None else api_key)
+        return EventStream(events, transcript)
 
     @classmethod
     def create_async_generator(
@@ -242,46 +304,45 @@ class AsyncGeneratorProvider:
 
     @classproperty
     def params(cls) -> str:
-        """The supported parameters, from the signature of :meth:`generate`."""
-        signature = inspect.signature(cls.generate)
-        parts = ["model: str", "messages: list"]
-        for parameter in signature.parameters.values():
-            if parameter.name in ("model", "messages") or parameter.kind is parameter.VAR_KEYWORD:
-                continue
-            text = parameter.name
-            if parameter.annotation is not parameter.empty:
-                annotation = parameter.annotation
-                text += f": {annotation if isinstance(annotation, str) else annotation.__name__}"
-            if parameter.default is not parameter.empty:
-                text += f" = {parameter.default!r}"
-            parts.append(text)
+        """The request fields and call options every provider takes (see ChatCompletionRequest)."""
         owner: type = cls  # type: ignore[assignment]
-        return f"{owner.__module__}.{owner.__qualname__} supports: ({', '.join(parts)})"
+        fields = ", ".join(f for f in ChatCompletionRequest.__struct_fields__ if f not in ("model", "messages"))
+        return (f"{owner.__module__}.{owner.__qualname__} supports: (model: str, messages: list, {fields}, "
+                "proxy: str, base_url: str, timeout: Timeout, auth: str)")
 
 
-async def _guarded(provider: str, model: str, source: AsyncIterator[StreamEvent], *,
+def _emulated(provider: type[AsyncGeneratorProvider], request: ChatCompletionRequest, call: Call
+              ) -> AsyncIterator[StreamEvent]:
+    """A text-only service's answer, with tool-loop history rendered as text and tools and JSON
+    output emulated (prompt, parse, validate, one repair turn)."""
+
+    def run(messages: list[dict[str, Any]]) -> AsyncIterator[StreamEvent]:
+        return provider.generate(request.with_messages(messages), call)
+
+    return emulate(request.message_dicts(), tools=request.tools, tool_choice=request.tool_choice,
+                   response_format=request.response_format, parallel_tool_calls=request.parallel_tool_calls,
+                   run=run)
+
+
+async def _guarded(provider: str, model: str, source: AsyncIterator[StreamEvent], transcript: Transcript, *,
                    announce: bool = True) -> AsyncGenerator[StreamEvent, None]:
     """Run a provider's stream: announce who answers, attach context to errors, and turn any
-    failure after text was delivered into StreamInterrupted with exactly that text."""
-    delivered: list[str] = []
+    failure after output reached the caller into StreamInterrupted with exactly that text."""
+    mark = transcript.mark()
     try:
         if announce:
             yield ProviderInfo(provider=provider, model=model)
         async for event in source:
-            if isinstance(event, TextDelta):
-                if not event.text:
-                    continue
-                delivered.append(event.text)
             yield event
     except PatchbayError as exc:
         exc.with_context(provider=provider, model=model)
-        if delivered and not isinstance(exc, StreamInterrupted):
-            raise _interrupted(exc, delivered, provider, model) from exc
+        if transcript.since(mark) and not isinstance(exc, StreamInterrupted):
+            raise _interrupted(exc, transcript, mark, provider, model) from exc
         raise
     except _TRANSPORT_EXCEPTIONS as exc:
         error = map_transport_error(exc, provider=provider).with_context(provider=provider, model=model)
-        if delivered:
-            raise _interrupted(error, delivered, provider, model) from exc
+        if transcript.since(mark):
+            raise _interrupted(error, transcript, mark, provider, model) from exc
         raise error from exc
     finally:
         aclose = getattr(source, "aclose", None)
@@ -289,10 +350,12 @@ async def _guarded(provider: str, model: str, source: AsyncIterator[StreamEvent]
             await aclose()
 
 
-def _interrupted(cause: PatchbayError, delivered: list[str], provider: str, model: str) -> StreamInterrupted:
+def _interrupted(cause: PatchbayError, transcript: Transcript, mark: Mark, provider: str, model: str
+                 ) -> StreamInterrupted:
+    text = transcript.text_since(mark)
     error = StreamInterrupted(
-        f"the answer was interrupted after {sum(map(len, delivered))} characters: {cause.message}",
-        partial_text="".join(delivered),
+        f"the answer was interrupted after {len(text)} characters: {cause.message}",
+        partial_text=text,
         provider=provider,
         model=model,
     )

@@ -21,7 +21,7 @@ from contextlib import aclosing
 from typing import Any, ClassVar
 
 from patchbay.catalog import ModelRecord
-from patchbay.config import Timeout
+from patchbay.chat.request import ChatCompletionRequest
 from patchbay.context import count_chars, fit_messages
 from patchbay.credentials import CredentialPool
 from patchbay.decoders import SSEDecoder
@@ -33,8 +33,9 @@ from patchbay.errors import (
 )
 from patchbay.events import StreamEvent, TextDelta
 from patchbay.http import BROWSER_USER_AGENT, CookieStore, HTTPSession, error_for_response
-from patchbay.messages import Messages, content_text
-from patchbay.providers.base import AsyncGeneratorProvider, ProviderModelMixin
+from patchbay.messages import content_text
+from patchbay.providers.base import AsyncGeneratorProvider, Call, ProviderModelMixin
+from patchbay.providers.capabilities import Capabilities
 
 __all__ = ["Liaobots"]
 
@@ -79,6 +80,8 @@ class Liaobots(AsyncGeneratorProvider, ProviderModelMixin):
     verify_ssl = False  # the service's certificate was never verifiable (docs/protocols.md#liaobots-hosts)
     max_auth_attempts: ClassVar[int] = 3
     fits_context = True  # to the model's maxLength, in characters
+    text_only = True  # tools and JSON output by emulation; history rendered as text
+    features = Capabilities.emulated_output()
 
     default_model = "gpt-4o-2024-08-06"
     models: ClassVar[list[str]] = list(MODELS)
@@ -102,21 +105,12 @@ class Liaobots(AsyncGeneratorProvider, ProviderModelMixin):
                 for m, r in cls.model_data.items()]
 
     @classmethod
-    async def generate(
-        cls,
-        model: str,
-        messages: Messages,
-        *,
-        proxy: str | None = None,
-        base_url: str | None = None,
-        timeout: Timeout,
-        auth: str | None = None,
-        **kwargs: Any,
-    ) -> AsyncIterator[StreamEvent]:
-        """Stream an answer; ``auth`` adds the user's auth code(s), comma-separated."""
-        base = (base_url or cls.api_base).rstrip("/")
-        cls.auth_codes.add(auth)
-        record = cls.model_data[model]
+    async def generate(cls, request: ChatCompletionRequest, call: Call) -> AsyncIterator[StreamEvent]:
+        """Stream an answer; ``call.auth`` adds the user's auth code(s), comma-separated."""
+        base = (call.base_url or cls.api_base).rstrip("/")
+        cls.auth_codes.add(call.auth)
+        record = cls.model_data[call.model]
+        messages = request.message_dicts()
         system = [m for m in messages if m.get("role") == "system"]
         history = fit_messages(messages, record["maxLength"], count_chars, unit="characters")
         body = {
@@ -127,22 +121,21 @@ class Liaobots(AsyncGeneratorProvider, ProviderModelMixin):
             "prompt": "\n".join(content_text(m) for m in system) or DEFAULT_SYSTEM_PROMPT,
         }
         async with HTTPSession(
-            timeout=timeout, proxy=proxy, verify_ssl=cls.verify_ssl, cookies=cls.cookies, site=base,
+            timeout=call.timeout, proxy=call.proxy, verify_ssl=cls.verify_ssl, cookies=cls.cookies, site=base,
             headers=_headers(cls.url), provider=cls.name,
         ) as http:
             last_error: AuthError | PaymentRequired | None = None
             for attempt in range(1, cls.max_auth_attempts + 1):
                 code: str | None = None
-                delivered = False
+                mark = call.transcript.mark()
                 try:
                     code = await cls.ensure_auth_code(http, base)
                     async with aclosing(cls._chat(http, base, code, body)) as texts:
                         async for text in texts:
-                            delivered = True
                             yield TextDelta(text)
                     return
                 except AUTH_FAILURES as exc:
-                    if delivered:
+                    if call.transcript.since(mark):
                         raise  # never retry after text: the base class reports StreamInterrupted
                     log.info("Liaobots rejected an auth code (attempt %d): %s", attempt, exc.message)
                     if code is not None:

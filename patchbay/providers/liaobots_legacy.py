@@ -17,14 +17,15 @@ from collections.abc import AsyncIterator
 from typing import Any, ClassVar, get_type_hints
 
 from patchbay.catalog import ModelRecord
-from patchbay.config import Timeout
+from patchbay.chat.request import ChatCompletionRequest
 from patchbay.context import count_chars, fit_messages
 from patchbay.decoders import UTF8Decoder
 from patchbay.errors import AuthError
 from patchbay.events import StreamEvent, TextDelta
 from patchbay.http import BROWSER_USER_AGENT, HTTPSession
-from patchbay.messages import Messages, content_text
-from patchbay.providers.base import AsyncGeneratorProvider, ProviderModelMixin
+from patchbay.messages import content_text
+from patchbay.providers.base import AsyncGeneratorProvider, Call, ProviderModelMixin
+from patchbay.providers.capabilities import Capabilities
 from patchbay.secrets import register_secret
 from patchbay.sync import BlockingStream
 
@@ -54,6 +55,8 @@ class LiaobotsLegacy(AsyncGeneratorProvider, ProviderModelMixin):
     default_model = "gpt-3.5-turbo"
     models: ClassVar[list[str]] = list(models)
     fits_context = True  # to the model's maxLength, in characters
+    text_only = True  # tools and JSON output by emulation; history rendered as text
+    features = Capabilities.emulated_output()
 
     @classmethod
     def model_records(cls) -> list[ModelRecord]:
@@ -61,24 +64,15 @@ class LiaobotsLegacy(AsyncGeneratorProvider, ProviderModelMixin):
                 for m, r in models.items()]
 
     @classmethod
-    async def generate(
-        cls,
-        model: str,
-        messages: Messages,
-        *,
-        proxy: str | None = None,
-        base_url: str | None = None,
-        timeout: Timeout,
-        auth: str | None = None,
-        **kwargs: Any,
-    ) -> AsyncIterator[StreamEvent]:
-        """Stream an answer; ``auth`` (the auth code) is required."""
+    async def generate(cls, request: ChatCompletionRequest, call: Call) -> AsyncIterator[StreamEvent]:
+        """Stream an answer; ``call.auth`` (the auth code) is required."""
+        auth = call.auth
         if not auth:
             raise AuthError("an auth code is required: pass auth='YOUR_AUTH_CODE'", param="auth")
         register_secret(auth)
-        base = (base_url or url).rstrip("/")
-        record = models[model]
-        history = fit_messages(messages, record["maxLength"], count_chars, unit="characters")
+        base = (call.base_url or url).rstrip("/")
+        record = models[call.model]
+        history = fit_messages(request.message_dicts(), record["maxLength"], count_chars, unit="characters")
         system = [m for m in history if m.get("role") == "system"]
         body = {
             "conversationId": str(uuid.uuid4()),
@@ -95,7 +89,7 @@ class LiaobotsLegacy(AsyncGeneratorProvider, ProviderModelMixin):
             "x-auth-code": auth,
         }
         async with (
-            HTTPSession(timeout=timeout, proxy=proxy, provider=cls.name) as http,
+            HTTPSession(timeout=call.timeout, proxy=call.proxy, provider=cls.name) as http,
             http.request("POST", f"{base}/api/chat", json=body, headers=headers) as response,
         ):
             if response.status >= 300:

@@ -19,6 +19,7 @@ from typing import Any, ClassVar, ParamSpec, TypeVar
 
 import msgspec
 
+from patchbay.chat.request import ChatCompletionRequest
 from patchbay.config import Timeout
 from patchbay.credentials import CredentialPool
 from patchbay.decoders import SSEDecoder
@@ -31,11 +32,11 @@ from patchbay.errors import (
     UpstreamError,
     error_for_status,
 )
-from patchbay.events import Finish, StreamEvent, TextDelta, ToolCallDelta, Usage
+from patchbay.events import Finish, Logprobs, StreamEvent, TextDelta, ToolCallDelta, Usage
 from patchbay.http import HTTPResponse, HTTPSession, parse_retry_after
-from patchbay.messages import Messages
 from patchbay.presets import get_preset
-from patchbay.providers.base import AsyncGeneratorProvider, ProviderModelMixin
+from patchbay.providers.base import AsyncGeneratorProvider, Call, ProviderModelMixin
+from patchbay.providers.capabilities import Capabilities
 from patchbay.secrets import mask, redact, register_secret
 from patchbay.sync import run_sync
 
@@ -48,6 +49,10 @@ R = TypeVar("R")
 MODELS_TIMEOUT = 5.0  # seconds for GET /models
 MODELS_TTL = 300.0  # seconds a fetched model list is reused
 MAX_BODY = 16 * 1024 * 1024  # bytes of a non-streamed answer read at most
+MAX_CHOICES = 128  # as the request's n allows
+#: The request fields sent upstream as given (model, stream and extra_body are set apart).
+BODY_FIELDS = tuple(name for name in ChatCompletionRequest.__struct_fields__
+                    if name not in ("model", "stream", "stream_options", "extra_body"))
 #: The errors that mean "this key is no good": with several keys, ban it and try the next
 #: (docs/protocols.md#openai-api-keys).
 KEY_REJECTED = (AuthError, PermissionDenied)
@@ -72,6 +77,7 @@ class OpenAICompatible(AsyncGeneratorProvider, ProviderModelMixin):
     supports_stream = True
     supports_system_message = True
     supports_message_history = True
+    features = Capabilities.all_native()  # everything passes through; config can say otherwise
 
     base_url: ClassVar[str] = ""
     api_key_env: ClassVar[str | None] = None
@@ -194,45 +200,29 @@ class OpenAICompatible(AsyncGeneratorProvider, ProviderModelMixin):
     # -- chat ----------------------------------------------------------------------------------
 
     @classmethod
-    async def generate(
-        cls, model: str, messages: Messages, *,
-        proxy: str | None = None, base_url: str | None = None, timeout: Timeout, api_key: str | None = None,
-        temperature: float | None = None, top_p: float | None = None, max_tokens: int | None = None,
-        stop: str | list[str] | None = None, seed: int | None = None,
-        tools: list[dict[str, Any]] | None = None, tool_choice: str | dict[str, Any] | None = None,
-        response_format: dict[str, Any] | None = None, stream: bool = True,
-        extra_body: dict[str, Any] | None = None, **kwargs: Any,
-    ) -> AsyncIterator[StreamEvent]:
-        """Stream the answer; ``extra_body`` is merged into the request JSON as-is."""
-        if kwargs:
-            log.debug("%s ignores unknown arguments: %s", cls.name, ", ".join(sorted(kwargs)))
-        register_secret(api_key)
-        url = f"{cls._base(base_url)}/chat/completions"
-        body: dict[str, Any] = {"model": model, "messages": messages, "stream": stream}
-        if stream:  # the usage chunk before [DONE] (docs/protocols.md#openai-usage-chunk)
-            body["stream_options"] = {"include_usage": True}
-        options = {"temperature": temperature, "top_p": top_p, "max_tokens": max_tokens, "stop": stop,
-                   "seed": seed, "tools": tools, "tool_choice": tool_choice, "response_format": response_format}
-        body.update({key: value for key, value in options.items() if value is not None})
-        body.update(cls.extra_body)
-        body.update(extra_body or {})
+    async def generate(cls, request: ChatCompletionRequest, call: Call) -> AsyncIterator[StreamEvent]:
+        """Stream the answer: every field of the request goes upstream as the client sent it, and
+        ``extra_body`` (the fields patchbay does not name) is merged into the JSON as-is."""
+        register_secret(call.auth)
+        url = f"{cls._base(call.base_url)}/chat/completions"
+        body = upstream_body(request, call.model, cls.extra_body)
         cls.credentials.load_env()
         async with HTTPSession(
-            timeout=timeout, proxy=proxy, verify_ssl=cls.verify_ssl, headers=cls.headers, provider=cls.name
+            timeout=call.timeout, proxy=call.proxy, verify_ssl=cls.verify_ssl, headers=cls.headers,
+            provider=cls.name,
         ) as http:
             for _ in range(max(1, len(cls.credentials))):  # at most one attempt per key
-                key = api_key or cls.credentials.current()
+                key = call.auth or cls.credentials.current()
                 if key is None and (cls.needs_auth or len(cls.credentials)):
                     raise cls._no_key()
-                delivered = False
+                mark = call.transcript.mark()
                 try:
                     async with aclosing(cls._chat(http, url, body, key)) as events:
                         async for event in events:
-                            delivered = delivered or isinstance(event, TextDelta | ToolCallDelta)
                             yield event
                     return
                 except KEY_REJECTED as exc:
-                    if delivered or api_key or key is None or len(cls.credentials) < 2:
+                    if call.transcript.since(mark) or call.auth or key is None or len(cls.credentials) < 2:
                         raise
                     cls.credentials.ban(key)
                     log.info("%s: API key %s was rejected (%s); trying the next one", cls.name, mask(key), exc.code)
@@ -258,20 +248,19 @@ class OpenAICompatible(AsyncGeneratorProvider, ProviderModelMixin):
                     yield event
                 return
             # Held back so that Finish comes last, after the usage chunk (docs/protocols.md#openai-streaming).
-            finish: str | None = None
+            finishes: dict[int, str] = {}
             events_in = http.iter_decoded(response, SSEDecoder())
             async with aclosing(events_in) as sse:
                 async for item in sse:
                     if item.data.strip() == "[DONE]":
                         break
-                    events, finish = _chunk_events(_parse_json(item.data), finish)
-                    for event in events:
+                    for event in _chunk_events(_parse_json(item.data), finishes):
                         yield event
                 else:
-                    if finish is None:
+                    if not finishes:
                         raise ProtocolError("the stream ended before its last chunk (no finish_reason, no [DONE])")
-            if finish is not None:
-                yield Finish(finish)
+            for choice, reason in sorted(finishes.items()):
+                yield Finish(reason, choice)
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -300,6 +289,21 @@ class OpenAICompatible(AsyncGeneratorProvider, ProviderModelMixin):
         )
         error.param = param
         return error
+
+
+def upstream_body(request: ChatCompletionRequest, model: str, extra_body: dict[str, Any]) -> dict[str, Any]:
+    """The JSON body for the upstream: every field the client gave, unchanged, under the target's
+    model name; a stream also asks for the usage chunk (docs/protocols.md#openai-usage-chunk)."""
+    body = {name: value for name in BODY_FIELDS if (value := getattr(request, name)) is not None}
+    body["model"] = model
+    body["stream"] = request.stream
+    if request.stream:
+        options = msgspec.to_builtins(request.stream_options) if request.stream_options else {}
+        body["stream_options"] = {**options, "include_usage": True}
+    body.update(extra_body)
+    if request.extra_body:
+        body.update(request.extra_body)
+    return body
 
 
 def _auth(key: str | None) -> dict[str, str]:
@@ -377,46 +381,68 @@ def _shape_checked(parse: Callable[P, R]) -> Callable[P, R]:
 
 @_shape_checked
 def _completion_events(payload: dict[str, Any]) -> list[StreamEvent]:
-    """The events of a whole (non-streamed) ``chat.completion``."""
+    """The events of a whole (non-streamed) ``chat.completion``, every choice."""
     choices = payload.get("choices")
     if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
         raise ProtocolError("the answer has no choices")
-    message = choices[0].get("message") or {}
     events: list[StreamEvent] = []
-    if isinstance(message.get("content"), str) and message["content"]:
-        events.append(TextDelta(message["content"]))
-    for index, call in enumerate(message.get("tool_calls") or []):
-        events.append(_tool_call(call, index))
-    events.extend(_usage(payload))
-    if finish := _string(choices[0].get("finish_reason"), "finish_reason"):
-        events.append(Finish(finish))
-    return events
+    finishes: list[StreamEvent] = []
+    for position, choice in enumerate(choices):
+        index = _choice_index(choice, position)
+        message = choice.get("message") or {}
+        if isinstance(message.get("content"), str) and message["content"]:
+            events.append(TextDelta(message["content"], index))
+        for call_index, call in enumerate(message.get("tool_calls") or []):
+            events.append(_tool_call(call, call_index, index))
+        events.extend(_logprobs(choice, index))
+        if finish := _string(choice.get("finish_reason"), "finish_reason"):
+            finishes.append(Finish(finish, index))
+    return events + _usage(payload) + finishes
 
 
 @_shape_checked
-def _chunk_events(payload: dict[str, Any], finish: str | None) -> tuple[list[StreamEvent], str | None]:
-    """The events of one ``chat.completion.chunk`` (first choice only) and the finish reason so far."""
+def _chunk_events(payload: dict[str, Any], finishes: dict[int, str]) -> list[StreamEvent]:
+    """The events of one ``chat.completion.chunk``; finish reasons go into ``finishes`` (sent last)."""
     events: list[StreamEvent] = []
-    for choice in payload.get("choices") or []:
-        if not isinstance(choice, dict) or choice.get("index", 0) != 0:
+    for position, choice in enumerate(payload.get("choices") or []):
+        if not isinstance(choice, dict):
             continue
+        index = _choice_index(choice, position)
         delta = choice.get("delta") or {}
         if isinstance(delta.get("content"), str) and delta["content"]:
-            events.append(TextDelta(delta["content"]))
-        for position, call in enumerate(delta.get("tool_calls") or []):
-            events.append(_tool_call(call, position))
-        finish = _string(choice.get("finish_reason"), "finish_reason") or finish
-    return events + _usage(payload), finish
+            events.append(TextDelta(delta["content"], index))
+        for call_position, call in enumerate(delta.get("tool_calls") or []):
+            events.append(_tool_call(call, call_position, index))
+        if choice.get("logprobs"):
+            events.extend(_logprobs(choice, index))
+        if finish := _string(choice.get("finish_reason"), "finish_reason"):
+            finishes[index] = finish
+    if "usage" in payload:
+        events.extend(_usage(payload))
+    return events
 
 
-def _tool_call(call: dict[str, Any], position: int) -> ToolCallDelta:
+def _choice_index(choice: dict[str, Any], position: int) -> int:
+    index = choice.get("index", position)
+    if type(index) is not int or not 0 <= index < MAX_CHOICES:
+        raise TypeError(f"choice index {index!r} is not an integer in [0, {MAX_CHOICES})")
+    return index
+
+
+def _logprobs(choice: dict[str, Any], index: int) -> list[StreamEvent]:
+    logprobs = choice.get("logprobs")
+    content = logprobs.get("content") if isinstance(logprobs, dict) else None
+    return [Logprobs(content, index)] if isinstance(content, list) and content else []
+
+
+def _tool_call(call: dict[str, Any], position: int, choice: int = 0) -> ToolCallDelta:
     """One tool call (fragment) of a reply; fields of the wrong type raise TypeError (-> ProtocolError)."""
     index = call.get("index", position)
     if type(index) is not int:
         raise TypeError(f"tool call index is a {type(index).__name__}, not an integer")
     function = call.get("function") or {}
     return ToolCallDelta(index, _string(call.get("id"), "tool call id"), _string(function.get("name"), "tool name"),
-                         _string(function.get("arguments"), "tool arguments") or "")
+                         _string(function.get("arguments"), "tool arguments") or "", choice)
 
 
 def _string(value: object, what: str) -> str | None:

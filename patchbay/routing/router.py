@@ -27,20 +27,22 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, 
 from contextlib import aclosing
 from typing import Any, ClassVar, Literal, TypeVar
 
-from patchbay.config import Timeout
+from patchbay.chat.request import ChatCompletionRequest, ChatMessage
 from patchbay.credentials import CredentialPool
 from patchbay.errors import (
     AllProvidersFailed,
     Attempt,
+    ContextTooLong,
     DeadlineExceeded,
     InvalidRequest,
     PatchbayError,
     RateLimited,
     StreamInterrupted,
+    UnsupportedFeature,
 )
-from patchbay.events import Fallback, StreamEvent, TextDelta
-from patchbay.messages import Messages
-from patchbay.providers.base import AsyncGeneratorProvider
+from patchbay.events import Fallback, StreamEvent, TextDelta, ToolCallDelta
+from patchbay.providers.base import AsyncGeneratorProvider, Call
+from patchbay.providers.capabilities import Capabilities, Need, needs
 from patchbay.routing.policy import Action, CooldownPolicy, RetryPolicy, decide
 from patchbay.routing.state import Health, MemoryStateStore, StateStore
 from patchbay.routing.strategies import USES_HEALTH, get_strategy
@@ -56,21 +58,35 @@ CREDENTIAL_BAN_SECONDS = 3600.0
 
 
 class _Request:
-    """The bookkeeping of one routed request: what was delivered and every failed attempt."""
+    """The bookkeeping of one routed request: where its output began and every failed attempt."""
 
-    def __init__(self, model: str | None, timeout: Timeout) -> None:
-        self.model = model
-        self.timeout = timeout
+    def __init__(self, request: ChatCompletionRequest, call: Call) -> None:
+        self.request = request
+        self.model = request.model
+        self.call = call
+        self.timeout = call.timeout
+        self.transcript = call.transcript
+        self.start = call.transcript.mark()  # what reached the caller before this router ran
         self.started = time.monotonic()
-        self.delivered: list[str] = []
         self.attempts: list[Attempt] = []
 
     @property
+    def delivered(self) -> bool:
+        """Whether any output of this request reached the caller."""
+        return self.transcript.since(self.start)
+
+    @property
     def text(self) -> str:
-        return "".join(self.delivered)
+        return self.transcript.text_since(self.start)
+
+    @property
+    def continuable(self) -> bool:
+        """Whether a target that takes a prefill can continue what was delivered without
+        repeating any of it: text of one answer only, never a started tool call."""
+        return self.transcript.only_text and (self.request.n or 1) == 1
 
     def deadline_error(self) -> DeadlineExceeded:
-        tried = "; ".join(f"{a.provider}/{a.model}: {a.error}: {a.message}" for a in self.attempts)
+        tried = "; ".join(f"{a.provider}/{a.model}: {a.error}: {a.message}" for a in self.attempts if not a.skipped)
         return DeadlineExceeded(f"the request ran past its total deadline of {self.timeout.total:g} s"
                                 + (f" after: {tried}" if tried else ""))
 
@@ -80,7 +96,6 @@ class _Request:
         return self.timeout.total - (time.monotonic() - self.started)
 
 
-
 class Router(AsyncGeneratorProvider):
     """Routes each request over a :class:`RouteTable`; configure with :meth:`configure`."""
 
@@ -88,6 +103,7 @@ class Router(AsyncGeneratorProvider):
     url = "patchbay://router"
     announces_provider = False  # the targets announce themselves
     fits_context = True  # each target fits the history to its own model
+    delegates = True  # each target checks its capabilities, fits the history and cuts at stops
 
     routes: ClassVar[RouteTable | None] = None
     strategy: ClassVar[str] = "priority"
@@ -142,112 +158,132 @@ class Router(AsyncGeneratorProvider):
         return []
 
     @classmethod
+    def capabilities(cls) -> Capabilities:
+        """Everything: each request is checked against its route's targets instead."""
+        return Capabilities.all_native()
+
+    @classmethod
     async def health(cls) -> dict[str, Health]:
         """Health of every target that has been tried (success rate, latency, last error...)."""
         return await cls.state.all_health()
 
     @classmethod
-    async def generate(
-        cls,
-        model: str,
-        messages: Messages,
-        *,
-        proxy: str | None = None,
-        base_url: str | None = None,
-        timeout: Timeout,
-        **kwargs: Any,
-    ) -> AsyncIterator[StreamEvent]:
+    async def generate(cls, request: ChatCompletionRequest, call: Call) -> AsyncIterator[StreamEvent]:
         """Serve the request from the route's targets (see the module docstring)."""
-        request = _Request(model or None, timeout)
-        pending = await cls._ordered(cls._table().targets_for(model or None), request.model)
+        state = _Request(request, call)
+        route = cls._table().targets_for(request.model)
+        capable = cls._capable(route, state)
+        pending = await cls._ordered(capable, state.model)
         tried_any = False
         while pending:
             target = pending.pop(0)
-            if request.delivered and not target.supports_prefill:
-                continue  # it could only start over, which would repeat the delivered text
+            if state.delivered and not (state.continuable and target.supports_prefill):
+                continue  # it could only start over, which would repeat what was delivered
             for retry in range(cls.retry.attempts):
-                if (remaining := request.remaining()) is not None and remaining <= 0:
-                    raise cls._final(request, request.deadline_error())
+                if (remaining := state.remaining()) is not None and remaining <= 0:
+                    raise cls._final(state, state.deadline_error())
                 tried_any = True
                 try:
-                    attempt = cls._attempt(target, request, messages, proxy, base_url, kwargs)
-                    async with aclosing(attempt) as events:
+                    async with aclosing(cls._attempt(target, state)) as events:
                         async for event in events:
                             yield event
                     return
                 except PatchbayError as error:
                     action = decide(error)
-                    await cls._record_failure(target, request, error)
+                    await cls._record_failure(target, state, error)
                     if action is Action.FAIL:
-                        raise cls._final(request, error) from error
-                    if request.delivered:
-                        if cls.mid_stream == "error" or not any(t.supports_prefill for t in pending):
-                            raise cls._final(request, error) from error
+                        raise cls._final(state, error, decisive=True) from error
+                    if state.delivered:
+                        if cls.mid_stream == "error" or not state.continuable \
+                                or not any(t.supports_prefill for t in pending):
+                            raise cls._final(state, error) from error
                     elif action is Action.RETRY and retry + 1 < cls.retry.attempts:
                         retry_after = error.retry_after if isinstance(error, RateLimited) else None
                         delay = cls.retry.delay(retry, retry_after, cls.rng)
-                        remaining = request.remaining()
+                        remaining = state.remaining()
                         if delay is not None and (remaining is None or delay < remaining):
                             await cls.sleep(delay)
                             continue
                     elif action is Action.LARGER_CONTEXT:
-                        window = target.context_window(request.model) or 0
-                        pending = [t for t in pending if (t.context_window(request.model) or 0) > window]
+                        window = target.context_window(state.model) or 0
+                        pending = [t for t in pending if (t.context_window(state.model) or 0) > window]
                     if pending:
-                        yield Fallback(target.provider.name, target.model_for(request.model) or "",
-                                       type(error).__name__, error.message, len(request.text))
+                        yield Fallback(target.provider.name, target.model_for(state.model) or "",
+                                       type(error).__name__, error.message, len(state.text))
                     break
-        if request.delivered:
-            raise cls._final(request, StreamInterrupted("no remaining target can continue the answer"))
+        if state.delivered:
+            raise cls._final(state, StreamInterrupted("no remaining target can continue the answer"))
         note = "" if tried_any else " (every target is cooling down or unavailable)"
-        raise AllProvidersFailed(request.attempts, model=request.model, note=note)
+        raise AllProvidersFailed(state.attempts, model=state.model, note=note)
 
     # -- one attempt ------------------------------------------------------------------------------
 
     @classmethod
-    async def _attempt(cls, target: Target, request: _Request, messages: Messages, proxy: str | None,
-                       base_url: str | None, kwargs: dict[str, Any]) -> AsyncGenerator[StreamEvent, None]:
-        """Stream from one target, continuing after ``request.delivered`` when it is not empty."""
-        key = target.key(request.model)
+    def _capable(cls, targets: list[Target], state: _Request) -> list[Target]:
+        """The targets that can honour what the request needs; the others become skipped attempts.
+        None can: UnsupportedFeature (400) naming the field, never an answer that dropped it."""
+        wanted = needs(state.request)
+        if not wanted:
+            return targets
+        capable: list[Target] = []
+        missing: Need | None = None
+        for target in targets:
+            capabilities = target.provider.capabilities()
+            lacking = next((need for need in wanted if not capabilities.accepts(need.feature)), None)
+            if lacking is None:
+                capable.append(target)
+                continue
+            missing = missing or lacking
+            error = UnsupportedFeature(f"it does not accept {lacking.phrase}", param=lacking.param)
+            state.attempts.append(Attempt.of(error, target.provider.name, target.model_for(state.model) or "",
+                                             skipped=True))
+        if not capable and missing is not None:
+            raise UnsupportedFeature(f"no target of route {state.model!r} accepts {missing.phrase} "
+                                     f"(asked for by {missing.param})", param=missing.param, model=state.model)
+        return capable
+
+    @classmethod
+    async def _attempt(cls, target: Target, state: _Request) -> AsyncGenerator[StreamEvent, None]:
+        """Stream from one target, continuing after what was delivered when there is some."""
+        key = target.key(state.model)
         pool = _pool_of(target.provider)
         shared_bans = await cls._load_bans(pool)
-        if request.delivered:
-            messages = [*messages, {"role": "assistant", "content": request.text}]
-        remaining = request.remaining()
-        limits = request.timeout if remaining is None else request.timeout.with_total(max(remaining, 0.001))
-        stream = target.provider.events(target.model_for(request.model), messages, proxy=proxy,
-                                        base_url=target.base_url or base_url, timeout=limits, **kwargs)
-        started = time.monotonic()
-        first_text: float | None = None
-        own_text: list[str] = []
+        request = state.request
+        if state.delivered:
+            request = request.with_messages([*request.messages, ChatMessage(role="assistant", content=state.text)])
+        remaining = state.remaining()
+        limits = state.timeout if remaining is None else state.timeout.with_total(max(remaining, 0.001))
+        call = state.call
         await cls.state.add_in_flight(key, 1)
+        started = time.monotonic()
+        first_output: float | None = None
         try:
-            async for event in stream:
-                if isinstance(event, TextDelta):
-                    if first_text is None:
-                        first_text = time.monotonic()
-                    own_text.append(event.text)
-                    request.delivered.append(event.text)
-                yield event
-        except PatchbayError as error:
-            if own_text and not isinstance(error, StreamInterrupted):
-                raise StreamInterrupted(error.message, partial_text="".join(own_text),
-                                        provider=target.provider.name) from error
-            raise
+            stream = target.provider.open(request, model=target.model_for(state.model), transcript=state.transcript,
+                                          proxy=call.proxy, base_url=target.base_url or call.base_url,
+                                          timeout=limits, auth=call.auth)
+            async with aclosing(stream) as events:
+                async for event in events:
+                    if first_output is None and isinstance(event, TextDelta | ToolCallDelta):
+                        first_output = time.monotonic()
+                    yield event
         finally:
-            await stream.aclose()
             await cls.state.add_in_flight(key, -1)
             await cls._publish_bans(pool, shared_bans)
         now = time.monotonic()
         await cls.state.record_success(key, latency=now - started,
-                                       ttft=None if first_text is None else first_text - started)
+                                       ttft=None if first_output is None else first_output - started)
 
     @classmethod
     async def _record_failure(cls, target: Target, request: _Request, error: PatchbayError) -> None:
-        """Note the failure: the attempt, the target's health, and a cooldown when it is due."""
+        """Note the failure: the attempt, the target's health, and a cooldown when it is due. A
+        request the client got wrong (InvalidRequest, except ContextTooLong) says nothing about
+        the target's health: it is only noted as an attempt."""
         key = target.key(request.model)
         model = target.model_for(request.model) or ""
         request.attempts.append(Attempt.of(error, target.provider.name, model))
+        if isinstance(error, InvalidRequest) and not isinstance(error, ContextTooLong):
+            log.info("%s refused the request: %s (%s)", key, type(error).__name__, error.message)
+            return
         now = cls.clock()
         failures = await cls.state.record_failure(key, error=f"{type(error).__name__}: {error.message}"[:300],
                                                   window=cls.cooldown.window)
@@ -295,8 +331,12 @@ class Router(AsyncGeneratorProvider):
             await cls.state.ban_credential(pool.name, mark, until)
 
     @classmethod
-    def _final(cls, request: _Request, error: PatchbayError) -> PatchbayError:
-        """The error to raise at the end: it carries the delivered text when there was some."""
+    def _final(cls, request: _Request, error: PatchbayError, *, decisive: bool = False) -> PatchbayError:
+        """The error to raise at the end: it carries the delivered text when there was some, and
+        every attempt when others came before it (``decisive``: its status stands for all)."""
+        if not request.delivered and len(request.attempts) > 1:
+            return AllProvidersFailed(request.attempts, model=request.model,
+                                      status=error.status if decisive else None)
         if request.delivered:
             reason = error
             while isinstance(reason, StreamInterrupted) and isinstance(reason.__cause__, PatchbayError):

@@ -17,7 +17,8 @@ from typing import Any
 
 import msgspec
 
-from patchbay.completions import ChatCompletionRequest, complete, decode_request, open_stream, stream_chunks
+from patchbay.chat.request import ChatCompletionRequest, decode_request
+from patchbay.completions import complete, open_stream, stream_chunks
 from patchbay.config import Timeout
 from patchbay.context import CHARS_PER_TOKEN, estimate_tokens
 from patchbay.errors import AllProvidersFailed, PatchbayError, UpstreamError
@@ -142,7 +143,7 @@ class ChatEndpoint:
                 finish_reason=events.finish_reason, prompt_tokens=usage.prompt_tokens if usage else None,
                 completion_tokens=usage.completion_tokens if usage else None, latency=latency, ttft=first,
                 status=status, error=f"{type(error).__name__}: {error.message}" if error else None,
-                fallbacks=events.fallbacks, options=request.provider_options()))
+                fallbacks=events.fallbacks, options=request.options()))
 
 
 def tokens_used(request: ChatCompletionRequest, events: EventStream) -> int:

@@ -1,6 +1,6 @@
 """The OpenAPI document of the server, generated from the same types that validate requests.
 
-The request schema is :class:`~patchbay.completions.ChatCompletionRequest`'s JSON Schema, the
+The request schema is :class:`~patchbay.chat.request.ChatCompletionRequest`'s JSON Schema, the
 very type the server decodes bodies into, so the document cannot promise what the server
 rejects or the other way round.
 """
@@ -11,7 +11,8 @@ from typing import Any
 
 import msgspec
 
-from patchbay.completions import ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, Model, ModelList
+from patchbay.chat.request import ChatCompletionRequest
+from patchbay.completions import ChatCompletion, ChatCompletionChunk, Model, ModelList
 
 __all__ = ["ErrorResponse", "openapi_document"]
 
@@ -83,6 +84,7 @@ def openapi_document(version: str, *, auth: bool) -> dict[str, Any]:
     _, components = msgspec.json.schema_components(
         [ChatCompletionRequest, ChatCompletion, ChatCompletionChunk, ModelList, Model, ErrorResponse], ref_template=REF)
     _with_message_rules(components["ChatMessage"])
+    components["ChatCompletionRequest"].pop("additionalProperties", None)  # unknown fields go upstream
     secured: dict[str, Any] = {"security": [{"bearer": []}]} if auth else {}
     auth_errors = (401,) if auth else ()
     stream_text = ("server-sent events: `data: <ChatCompletionChunk JSON>` lines, then `data: [DONE]`; an error "
