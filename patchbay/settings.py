@@ -124,7 +124,7 @@ class RateLimits:
 
 
 PROVIDER_FIELDS = {"base_url", "preset", "api_key_env", "models", "default_model", "prefill", "headers",
-                   "verify_ssl"}
+                   "verify_ssl", "capabilities"}
 
 
 @dataclass(frozen=True)

@@ -160,7 +160,7 @@ def test_params_describe_the_signature() -> None:
     params = Scripted.params
     assert params.startswith("tests.test_provider_base.Scripted supports: (model: str, messages: list, stream, ")
     assert all(f" {field}," in params for field in ("max_tokens", "tools", "response_format", "n", "logprobs"))
-    assert params.endswith("proxy: str, base_url: str, timeout: Timeout, auth: str)")
+    assert params.endswith("proxy: str, base_url: str, timeout: Timeout, auth: str, api_key: str)")
 
 
 async def test_timeout_number_becomes_value_object() -> None:

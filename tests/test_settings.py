@@ -15,6 +15,7 @@ from patchbay.errors import InvalidRequest
 from patchbay.events import StreamEvent, TextDelta
 from patchbay.providers import Local
 from patchbay.providers.base import AsyncGeneratorProvider, Call, ProviderModelMixin
+from patchbay.providers.capabilities import Support
 from patchbay.providers.openai_compatible import OpenAICompatible
 from patchbay.routing import Router, RouteTable, Target
 from patchbay.settings import LOCAL_MODEL, load_settings
@@ -219,3 +220,28 @@ async def test_the_readme_example_routes_reach_the_embedded_model_with_its_own_n
     assert asked == [LOCAL_MODEL]
     assert [(f.provider, f.model) for f in stream.fallbacks] == [("groq", "llama-3.1-8b-instant"), ("box", "llama-3")]
     assert stream.provider_info is not None and stream.provider_info.model == LOCAL_MODEL
+
+
+def test_a_providers_capabilities_can_be_overridden_per_feature(tmp_path: Path) -> None:
+    config = """
+[providers.box]
+base_url = "http://127.0.0.1:9/v1"
+[providers.box.capabilities]
+image_input = "none"
+prefill = "native"
+"""
+    box = load_settings(write(tmp_path, config), environ={}).provider_class("box")
+    capabilities = box.capabilities()
+    assert capabilities.support("image_input") is Support.NONE and capabilities.accepts("prefill")
+    assert capabilities.support("tools") is Support.NATIVE  # the rest stays as an OpenAI-compatible API's
+
+
+@pytest.mark.parametrize(("table", "named"), [
+    ('[providers.box.capabilities]\nvision = "none"', "unknown feature 'vision'"),
+    ('[providers.box.capabilities]\ntools = "sometimes"', "providers.box.capabilities.tools"),
+])
+def test_a_wrong_capability_override_names_itself(tmp_path: Path, table: str, named: str) -> None:
+    config = f'[providers.box]\nbase_url = "http://127.0.0.1:9/v1"\n{table}\n'
+    with pytest.raises(InvalidRequest) as info:
+        load_settings(write(tmp_path, config), environ={}).provider_class("box")
+    assert named in info.value.message

@@ -97,7 +97,8 @@ class Call:
     transcript: Transcript
     proxy: str | None = None
     base_url: str | None = None  #: this call's API address, when not the provider's default
-    auth: str | None = None  #: a credential given for this call: auth code(s) or an API key
+    auth: str | None = None  #: auth code(s) for a web chat service, given for this call
+    api_key: str | None = None  #: an API key for an OpenAI-compatible service, given for this call
 
 
 class AsyncGeneratorProvider:
@@ -200,11 +201,12 @@ class AsyncGeneratorProvider:
         base_url: str | None = None,
         timeout: TimeoutTypes = UNSET,
         auth: str | None = None,
+        api_key: str | None = None,
     ) -> AsyncGenerator[StreamEvent, None]:
         """The checked and guarded events for ``request`` (``model``: the name to resolve, default
         the request's). A need the provider cannot honour fails here, at once."""
         resolved = cls.resolve_model(request.model if model is None else model)
-        call = Call(resolved, Timeout.of(timeout), transcript, proxy, base_url, auth)
+        call = Call(resolved, Timeout.of(timeout), transcript, proxy, base_url, auth, api_key)
         if cls.delegates:
             return _guarded(cls.name, resolved, cls.generate(request, call), transcript,
                             announce=cls.announces_provider)
@@ -245,11 +247,11 @@ class AsyncGeneratorProvider:
     ) -> EventStream:
         """Stream the answer as typed events. Bad messages or an unknown model fail here, at once.
         ``fields`` are request fields (``max_tokens``, ``tools``...; others go to ``extra_body``);
-        ``auth`` / ``api_key`` is a credential for this call."""
+        ``auth`` (a web chat's auth codes) and ``api_key`` are credentials for this call."""
         request = cls.request(model, messages, **fields)
         transcript = Transcript()
         events = cls.open(request, model=model or None, transcript=transcript, proxy=proxy, base_url=base_url,
-                          timeout=timeout, auth=auth if auth is not None else api_key)
+                          timeout=timeout, auth=auth, api_key=api_key)
         return EventStream(events, transcript)
 
     @classmethod
@@ -308,7 +310,7 @@ class AsyncGeneratorProvider:
         owner: type = cls  # type: ignore[assignment]
         fields = ", ".join(f for f in ChatCompletionRequest.__struct_fields__ if f not in ("model", "messages"))
         return (f"{owner.__module__}.{owner.__qualname__} supports: (model: str, messages: list, {fields}, "
-                "proxy: str, base_url: str, timeout: Timeout, auth: str)")
+                "proxy: str, base_url: str, timeout: Timeout, auth: str, api_key: str)")
 
 
 def _emulated(provider: type[AsyncGeneratorProvider], request: ChatCompletionRequest, call: Call

@@ -13,7 +13,7 @@ import logging
 import math
 import re
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from contextlib import aclosing
 from typing import Any, ClassVar, ParamSpec, TypeVar
 
@@ -95,19 +95,25 @@ class OpenAICompatible(AsyncGeneratorProvider, ProviderModelMixin):
         api_key: str | None = None, api_key_env: str | None = None, api_keys: list[str] | None = None,
         models: list[str] | None = None, default_model: str | None = None,
         headers: dict[str, str] | None = None, extra_body: dict[str, Any] | None = None, verify_ssl: bool = True,
-        prefill: bool | None = None,
+        prefill: bool | None = None, capabilities: Mapping[str, str] | None = None,
     ) -> type[OpenAICompatible]:
         """A new subclass for one service, with its own key pool (``api_key``/``api_keys`` plus the
         comma-separated keys in ``api_key_env``, read at the first request). Other arguments left
         ``None`` are inherited from ``cls``. ``prefill`` says the server continues a trailing
         partial assistant message (llama.cpp, vLLM and others do), which the router uses to
-        continue an interrupted answer."""
+        continue an interrupted answer. ``capabilities`` overrides what the service honours, per
+        feature (``{"image_input": "none"}`` for a server without vision; see
+        :mod:`patchbay.providers.capabilities`): the router then skips it for such requests."""
         if not name or not base_url:
             raise InvalidRequest("a configured provider needs a name and a base_url", param="base_url")
         env = api_key_env if api_key_env is not None else cls.api_key_env
         pool = CredentialPool(name, env_var=env)
         pool.add(api_key)
         pool.add(api_keys)
+        where = f"providers.{name}.capabilities"
+        features = cls.features.merged(capabilities or {}, where=where)
+        if capabilities and "prefill" in capabilities:  # the flag is where the prefill capability lives
+            prefill = features.accepts("prefill")
         merged_headers = {**cls.headers, **(headers or {})}
         for header, value in merged_headers.items():
             if _SENSITIVE_HEADER.search(header):
@@ -120,6 +126,9 @@ class OpenAICompatible(AsyncGeneratorProvider, ProviderModelMixin):
             "headers": merged_headers, "extra_body": {**cls.extra_body, **(extra_body or {})},
             "verify_ssl": verify_ssl, "_models_cache": None,
             "supports_prefill": cls.supports_prefill if prefill is None else prefill,
+            "features": features,
+            "supports_system_message": features.accepts("system_message") if capabilities
+            and "system_message" in capabilities else cls.supports_system_message,
         }
         return type(re.sub(r"\W", "_", name), (cls,), attrs)
 
@@ -203,7 +212,7 @@ class OpenAICompatible(AsyncGeneratorProvider, ProviderModelMixin):
     async def generate(cls, request: ChatCompletionRequest, call: Call) -> AsyncIterator[StreamEvent]:
         """Stream the answer: every field of the request goes upstream as the client sent it, and
         ``extra_body`` (the fields patchbay does not name) is merged into the JSON as-is."""
-        register_secret(call.auth)
+        register_secret(call.api_key)
         url = f"{cls._base(call.base_url)}/chat/completions"
         body = upstream_body(request, call.model, cls.extra_body)
         cls.credentials.load_env()
@@ -212,7 +221,7 @@ class OpenAICompatible(AsyncGeneratorProvider, ProviderModelMixin):
             provider=cls.name,
         ) as http:
             for _ in range(max(1, len(cls.credentials))):  # at most one attempt per key
-                key = call.auth or cls.credentials.current()
+                key = call.api_key or cls.credentials.current()
                 if key is None and (cls.needs_auth or len(cls.credentials)):
                     raise cls._no_key()
                 mark = call.transcript.mark()
@@ -222,7 +231,7 @@ class OpenAICompatible(AsyncGeneratorProvider, ProviderModelMixin):
                             yield event
                     return
                 except KEY_REJECTED as exc:
-                    if call.transcript.since(mark) or call.auth or key is None or len(cls.credentials) < 2:
+                    if call.transcript.since(mark) or call.api_key or key is None or len(cls.credentials) < 2:
                         raise
                     cls.credentials.ban(key)
                     log.info("%s: API key %s was rejected (%s); trying the next one", cls.name, mask(key), exc.code)
