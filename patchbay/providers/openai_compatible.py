@@ -395,18 +395,10 @@ def _completion_events(payload: dict[str, Any]) -> list[StreamEvent]:
     if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
         raise ProtocolError("the answer has no choices")
     events: list[StreamEvent] = []
-    finishes: list[StreamEvent] = []
+    finishes: dict[int, str] = {}
     for position, choice in enumerate(choices):
-        index = _choice_index(choice, position)
-        message = choice.get("message") or {}
-        if isinstance(message.get("content"), str) and message["content"]:
-            events.append(TextDelta(message["content"], index))
-        for call_index, call in enumerate(message.get("tool_calls") or []):
-            events.append(_tool_call(call, call_index, index))
-        events.extend(_logprobs(choice, index))
-        if finish := _string(choice.get("finish_reason"), "finish_reason"):
-            finishes.append(Finish(finish, index))
-    return events + _usage(payload) + finishes
+        events.extend(_choice_events(choice, "message", position, finishes))
+    return events + _usage(payload) + [Finish(reason, index) for index, reason in finishes.items()]
 
 
 @_shape_checked
@@ -414,20 +406,26 @@ def _chunk_events(payload: dict[str, Any], finishes: dict[int, str]) -> list[Str
     """The events of one ``chat.completion.chunk``; finish reasons go into ``finishes`` (sent last)."""
     events: list[StreamEvent] = []
     for position, choice in enumerate(payload.get("choices") or []):
-        if not isinstance(choice, dict):
-            continue
-        index = _choice_index(choice, position)
-        delta = choice.get("delta") or {}
-        if isinstance(delta.get("content"), str) and delta["content"]:
-            events.append(TextDelta(delta["content"], index))
-        for call_position, call in enumerate(delta.get("tool_calls") or []):
-            events.append(_tool_call(call, call_position, index))
-        if choice.get("logprobs"):
-            events.extend(_logprobs(choice, index))
-        if finish := _string(choice.get("finish_reason"), "finish_reason"):
-            finishes[index] = finish
+        if isinstance(choice, dict):
+            events.extend(_choice_events(choice, "delta", position, finishes))
     if "usage" in payload:
         events.extend(_usage(payload))
+    return events
+
+
+def _choice_events(choice: dict[str, Any], field: str, position: int, finishes: dict[int, str]) -> list[StreamEvent]:
+    """The events of one choice (its ``message`` or ``delta``); its finish reason goes into ``finishes``."""
+    index = _choice_index(choice, position)
+    part = choice.get(field) or {}
+    events: list[StreamEvent] = []
+    if isinstance(part.get("content"), str) and part["content"]:
+        events.append(TextDelta(part["content"], index))
+    for call_position, call in enumerate(part.get("tool_calls") or []):
+        events.append(_tool_call(call, call_position, index))
+    if choice.get("logprobs"):
+        events.extend(_logprobs(choice, index))
+    if finish := _string(choice.get("finish_reason"), "finish_reason"):
+        finishes[index] = finish
     return events
 
 
