@@ -3,13 +3,17 @@
 Login sets a session cookie, ``/api/user`` trades it for an auth code, ``/api/chat`` streams
 ``data: {"content": ...}`` events without an end marker.  Auth codes can be rejected on demand
 (``rejected_codes``, ``fail_chats``, ``free_messages``) to exercise the providers' recovery path.
+Replies can be scripted (``replies``, one text per chat, in order) to exercise emulated tools
+and JSON output. Like the real service, it takes only text: a message whose ``content`` is not
+a string, or whose role is not user or assistant (system text goes in ``prompt``), is answered 400.
 """
 
 from __future__ import annotations
 
 import secrets
 import uuid
-from typing import ClassVar
+from collections.abc import Collection
+from typing import Any, ClassVar
 
 from aiohttp import web
 
@@ -22,6 +26,9 @@ CAPTCHA_PAGE = (
 )
 
 UNAUTHORIZED_BODY = '{"message":"401 Unauthorized"}'
+
+#: The roles of ``messages``: the system prompt travels in ``prompt``, tool results as user text.
+ROLES = frozenset({"user", "assistant"})
 
 MODEL_KEYS = frozenset({"id", "name", "model", "provider", "maxLength", "tokenLimit", "context"})
 
@@ -37,8 +44,8 @@ def is_uuid4(value: object) -> bool:
     return parsed.version == 4 and str(parsed) == value.lower()
 
 
-def check_messages(server: ReplicaServer, messages: object) -> None:
-    """A non-empty list of ``{"role": str, "content": str}`` objects."""
+def check_messages(server: ReplicaServer, messages: object, roles: Collection[str] | None = None) -> None:
+    """A non-empty list of ``{"role": str, "content": str}`` objects (``roles``: the roles allowed)."""
     server.check(isinstance(messages, list) and messages, "messages must be a non-empty list")
     assert isinstance(messages, list)
     for i, message in enumerate(messages):
@@ -46,14 +53,18 @@ def check_messages(server: ReplicaServer, messages: object) -> None:
             isinstance(message, dict)
             and isinstance(message.get("role"), str)
             and isinstance(message.get("content"), str),
-            f"messages[{i}] is not {{role: str, content: str}}: {message!r}",
+            f"messages[{i}] is not {{role: str, content: str}}: {message!r:.200}",
         )
+        if roles is not None:
+            server.check(message["role"] in roles,
+                         f"messages[{i}].role is {message['role']!r}; this service takes {', '.join(sorted(roles))}")
 
 
 class LiaobotsReplica(ReplicaServer):
     """Current-generation Liaobots: ``/recaptcha/api/login``, ``/api/user``, ``/api/chat``.
 
-    Attributes: ``answer`` (streamed text), ``valid_codes`` (codes accepted without being issued,
+    Attributes: ``answer`` (streamed text), ``replies`` (scripted texts: each chat streams the
+    first one and removes it; ``answer`` once none is left), ``valid_codes`` (codes accepted without being issued,
     i.e. user-supplied ones), ``issued_codes``, ``rejected_codes`` (chat answers 401 for these),
     ``fail_chats`` (the next N chats get 401), ``free_messages`` (chats allowed per code before
     401; None = unlimited), ``chats_by_code``, ``sessions`` (session cookies set by login),
@@ -81,6 +92,7 @@ class LiaobotsReplica(ReplicaServer):
     def __init__(self, scenario: str = "normal") -> None:
         super().__init__(scenario)
         self.answer = DEFAULT_ANSWER
+        self.replies: list[str] = []
         self.valid_codes: set[str] = set()
         self.issued_codes: list[str] = []
         self.rejected_codes: set[str] = set()
@@ -176,7 +188,7 @@ class LiaobotsReplica(ReplicaServer):
         self.check(isinstance(model, dict), f"model must be an object: {model!r}")
         assert isinstance(model, dict)
         self.check(set(model) == MODEL_KEYS, f"model keys are {sorted(model)}, expected {sorted(MODEL_KEYS)}")
-        check_messages(self, body.get("messages"))
+        check_messages(self, body.get("messages"), roles=ROLES)
         self.check(body.get("key") == "", f"key must be empty string: {body.get('key')!r}")
         self.check(isinstance(body.get("prompt"), str), f"prompt must be a string: {body.get('prompt')!r}")
         return code
@@ -202,10 +214,15 @@ class LiaobotsReplica(ReplicaServer):
                 return web.Response(status=402, text="Error")
             case "chat_500":
                 return web.Response(status=500, text="Error")
-        events = [sse({"content": delta}) for delta in split_deltas(self.answer, 5)]
+        text = self.replies.pop(0) if self.replies else self.answer
+        events = [sse({"content": delta}) for delta in split_deltas(text, 5)]
         if self.scenario == "malformed":
             events = self.malformed(events)
         return await self.send(request, events, content_type="text/event-stream")
+
+    def chat_bodies(self) -> list[dict[str, Any]]:
+        """The JSON bodies of every ``/api/chat`` request, in order."""
+        return [r.json for r in self.requests_to("/api/chat") if isinstance(r.json, dict)]
 
     @staticmethod
     def unauthorized() -> web.Response:

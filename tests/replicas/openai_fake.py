@@ -19,7 +19,16 @@ Fault scenarios (``scenario``), each for streamed and whole answers unless noted
   :data:`~tests.replicas.base.MAX_SLEEP` seconds); :func:`endless_text` spells the first n deltas;
 - ``wrong_content_type``: a correct body under the wrong type: a stream labelled
   ``application/json``, a whole answer labelled ``text/plain``;
-- ``keepalive``, ``tool_call``: not faults (comment lines between events; a tool call).
+- ``keepalive``, ``tool_call``: not faults (comment lines between events; a tool call);
+- ``tool_call_then_fail``: a streamed tool call whose connection drops right after its first
+  arguments fragment (:meth:`OpenAIFake.tool_call_fragments` are the fragments of the whole
+  call); a whole answer is cut mid-object.
+
+Tool calls (``tool_call`` and ``tool_call_then_fail``, with ``tools`` in the request) call the
+tool that ``tool_choice`` names, else the first one; with ``tool_choice`` "none", or when the
+last message is a tool result, the answer is text, as a model that read the result would write.
+``n`` > 1 gives that many choices (the same answer in each), and ``logprobs`` a ``logprobs``
+object per choice (one item per word of the answer, with ``top_logprobs`` alternatives).
 
 Connection refused needs no fake: use :func:`tests.replicas.base.refused_url`.
 """
@@ -92,7 +101,7 @@ class OpenAIFake(ReplicaServer):
     429), ``delay_per_chunk``, ``tool_arguments`` (the JSON arguments of the "tool_call"
     scenario), ``bodies`` (every chat request body), ``last_body``, ``chat_count``.
 
-    Answer selection: tool call (scenario "tool_call" and ``tools`` present), else
+    Answer selection: tool call (see the module docstring), else
     ``continuation`` if the last message is an assistant prefill, else the text after an
     ``echo:`` prefix of the last message (verbatim), else ``answer``.
     """
@@ -109,6 +118,7 @@ class OpenAIFake(ReplicaServer):
             "keepalive",
             "html_200",
             "tool_call",
+            "tool_call_then_fail",
             "reset_before_headers",
             "truncated_chunked",
             "invalid_utf8",
@@ -173,6 +183,7 @@ class OpenAIFake(ReplicaServer):
         )
         messages = body.get("messages")
         self.check(isinstance(messages, list) and messages, "messages must be a non-empty list")
+        assert isinstance(messages, list)
         for i, message in enumerate(messages):
             self.check(
                 isinstance(message, dict) and message.get("role") in ROLES,
@@ -247,7 +258,7 @@ class OpenAIFake(ReplicaServer):
         if self.scenario == "html_200":
             return web.Response(text=HTML_ERROR_PAGE, content_type="text/html")
         tools = body.get("tools")
-        tool_call = self.scenario == "tool_call" and bool(tools)
+        tool_call = self.wants_tool_call(body)
         text = "" if tool_call else self.choose_answer(body)
         if self.scenario == "enormous":
             text = self.enormous_text()
@@ -261,29 +272,35 @@ class OpenAIFake(ReplicaServer):
         message: dict[str, Any] = {"role": "assistant", "content": text, "refusal": None}
         finish = "stop"
         if tool_call:
+            assert isinstance(tools, list)
             message["content"] = None
             message["tool_calls"] = [
                 {
                     "id": self.tool_call_id(completion_id),
                     "type": "function",
                     "function": {
-                        "name": tools[0]["function"]["name"],
+                        "name": self.called_tool(body),
                         "arguments": json.dumps(self.tool_arguments),
                     },
                 }
             ]
             finish = "tool_calls"
+        logprobs = self.logprobs(body, text)
+        choices = [
+            {"index": index, "message": message, "logprobs": logprobs, "finish_reason": finish}
+            for index in range(self.choice_count(body))
+        ]
         obj = {
             "id": completion_id,
             "object": "chat.completion",
             "created": created,
             "model": body["model"],
             "system_fingerprint": "fp_replica",
-            "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
+            "choices": choices,
             "usage": usage,
         }
         encoded = json.dumps(obj, ensure_ascii=False).encode()
-        if self.scenario == "malformed_stream":
+        if self.scenario in ("malformed_stream", "tool_call_then_fail"):
             encoded = encoded[: len(encoded) // 2]
         content_type = "text/plain; charset=utf-8" if self.scenario == "wrong_content_type" else "application/json"
         return await self.send(request, [encoded], content_type=content_type, sized=True)
@@ -291,6 +308,47 @@ class OpenAIFake(ReplicaServer):
     @staticmethod
     def tool_call_id(completion_id: str) -> str:
         return "call_" + completion_id.removeprefix("chatcmpl-")[:16]
+
+    def wants_tool_call(self, body: dict[str, Any]) -> bool:
+        """Whether this request is answered with a tool call (see the module docstring)."""
+        if self.scenario not in ("tool_call", "tool_call_then_fail") or not body.get("tools"):
+            return False
+        if body.get("tool_choice") == "none":
+            return False
+        return body["messages"][-1].get("role") != "tool"
+
+    @staticmethod
+    def called_tool(body: dict[str, Any]) -> str:
+        """The tool ``tool_choice`` names, else the first tool."""
+        choice = body.get("tool_choice")
+        if isinstance(choice, dict) and isinstance(choice.get("function"), dict):
+            return str(choice["function"].get("name"))
+        return str(body["tools"][0]["function"]["name"])
+
+    def tool_call_fragments(self) -> list[str]:
+        """The arguments fragments of a streamed tool call, in order."""
+        return split_deltas(json.dumps(self.tool_arguments), 4)
+
+    @staticmethod
+    def choice_count(body: dict[str, Any]) -> int:
+        n = body.get("n")
+        return n if isinstance(n, int) and n > 1 else 1
+
+    @staticmethod
+    def logprobs(body: dict[str, Any], text: str) -> dict[str, Any] | None:
+        """A ``logprobs`` object for ``text`` when the request asks for one: an item per word."""
+        if not body.get("logprobs"):
+            return None
+        top = body.get("top_logprobs") or 0
+        items = []
+        for rank, word in enumerate(text.split(" ")):
+            token = word if rank == 0 else " " + word
+            raw = list(token.encode())
+            alternatives = [{"token": token, "logprob": -0.1, "bytes": raw}]
+            alternatives += [{"token": f"alt{i}", "logprob": -2.0 - i, "bytes": list(f"alt{i}".encode())}
+                             for i in range(1, top)]
+            items.append({"token": token, "logprob": -0.1, "bytes": raw, "top_logprobs": alternatives[:top]})
+        return {"content": items, "refusal": None}
 
     @staticmethod
     def usage(body: dict[str, Any], text: str) -> dict[str, int]:
@@ -312,37 +370,43 @@ class OpenAIFake(ReplicaServer):
         """SSE ``chat.completion.chunk`` events, the optional usage chunk and ``[DONE]``
         (docs/protocols.md#openai-streaming, docs/protocols.md#openai-usage-chunk)."""
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        choices = self.choice_count(body)
 
-        def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
+        def chunk(delta: dict[str, Any], finish: str | None = None, index: int = 0,
+                  logprobs: dict[str, Any] | None = None) -> bytes:
             obj: dict[str, Any] = {
                 "id": completion_id,
                 "object": "chat.completion.chunk",
                 "created": created,
                 "model": body["model"],
                 "system_fingerprint": "fp_replica",
-                "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+                "choices": [{"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}],
             }
             if include_usage:
                 obj["usage"] = None
             return sse(obj)
 
+        events: list[bytes] = []
         if tool_call:
-            name = body["tools"][0]["function"]["name"]
             head = {
                 "index": 0,
                 "id": self.tool_call_id(completion_id),
                 "type": "function",
-                "function": {"name": name, "arguments": ""},
+                "function": {"name": self.called_tool(body), "arguments": ""},
             }
-            events = [chunk({"role": "assistant", "content": None, "tool_calls": [head]})]
-            for fragment in split_deltas(json.dumps(self.tool_arguments), 4):
+            events.append(chunk({"role": "assistant", "content": None, "tool_calls": [head]}))
+            for fragment in self.tool_call_fragments():
                 events.append(chunk({"tool_calls": [{"index": 0, "function": {"arguments": fragment}}]}))
+            if self.scenario == "tool_call_then_fail":
+                return await self.break_after(request, events[:2])
             events.append(chunk({}, "tool_calls"))
         else:
-            events = [chunk({"role": "assistant", "content": "", "refusal": None})]
             deltas = [text] if self.scenario == "enormous" else split_deltas(text, 6)
-            events += [chunk({"content": delta}) for delta in deltas]
-            events.append(chunk({}, "stop"))
+            for index in range(choices):
+                events.append(chunk({"role": "assistant", "content": "", "refusal": None}, index=index))
+                for delta in deltas:
+                    events.append(chunk({"content": delta}, index=index, logprobs=self.logprobs(body, delta)))
+                events.append(chunk({}, "stop", index=index))
         if include_usage:
             events.append(
                 sse(
@@ -369,6 +433,21 @@ class OpenAIFake(ReplicaServer):
         if self.scenario == "wrong_content_type":
             content_type = "application/json"
         return await self.send(request, events, content_type=content_type, headers=headers)
+
+    async def break_after(self, request: web.Request, events: list[bytes]) -> web.StreamResponse:
+        """Stream ``events``, then drop the connection without ``[DONE]`` (counted in ``dropped``)."""
+        resp = web.StreamResponse(headers={"Cache-Control": "no-cache"})
+        resp.content_type = "text/event-stream"
+        with self.streaming():
+            await resp.prepare(request)
+            for event in events:
+                await resp.write(event)
+                await asyncio.sleep(0)  # each event leaves as its own segment
+            self.dropped += 1
+            self._notify()
+            if request.transport is not None:
+                request.transport.close()
+        return resp
 
     async def endless(
         self, request: web.Request, body: dict[str, Any], completion_id: str, created: int
