@@ -452,9 +452,9 @@ async def test_a_nested_router_does_not_fall_back_after_a_tool_fragment_either()
 KEYS = ["sk-first-key-1111", "sk-second-key-2222"]
 
 
-def break_stream(fake: OpenAIFake, *, after: int, times: int = 1) -> list[dict[str, Any]]:
+def break_stream(fake: OpenAIFake, *, after: int, times: int = 1, status: int = 401) -> list[dict[str, Any]]:
     """Make the fake's next ``times`` streamed answers send ``after`` events, then an in-stream
-    error object saying the key is invalid (401). Returns the chunks it sent, parsed."""
+    error object (401 by default: the key is invalid). Returns the chunks it sent, parsed."""
     original = fake.send
     sent: list[dict[str, Any]] = []
     left = [times]
@@ -464,7 +464,7 @@ def break_stream(fake: OpenAIFake, *, after: int, times: int = 1) -> list[dict[s
             left[0] -= 1
             kept = list(pieces[:after])
             sent.extend(json.loads(piece.removeprefix(b"data: ")) for piece in kept)
-            pieces = [*kept, sse(error_object(401))]
+            pieces = [*kept, sse(error_object(status))]
         return await original(request, pieces, **options)
 
     fake.send = send  # type: ignore[method-assign]
@@ -531,3 +531,20 @@ async def test_a_key_rejected_before_any_fragment_is_rotated(openai_fake: OpenAI
     calls = delivered_calls(events)
     assert calls and calls[0].index == 0 and calls[0].name == "get_weather"
     assert json.loads("".join(c.arguments for c in calls)) == openai_fake.tool_arguments
+
+
+async def test_text_cut_off_upstream_is_continued_with_exactly_that_prefill(openai_fake: OpenAIFake) -> None:
+    """On the wire: the continuing target receives the delivered text as its trailing assistant
+    message, and the client's text is that text followed by the continuation only."""
+    sent = break_stream(openai_fake, after=3, status=500)  # the role chunk and two pieces of text
+    first = fake_provider(openai_fake)
+    second = fake_provider(openai_fake, "Second", prefill=True)
+    router = Router.configure({"m": [Target(first, "fake-small"), Target(second, "fake-small")]})
+    router.sleep = no_sleep  # type: ignore[assignment]
+    events, failure = await consume(router, timeout=FAST)
+    assert failure is None
+    delivered = "".join(chunk["choices"][0]["delta"].get("content") or "" for chunk in sent)
+    assert delivered and openai_fake.prefills == [delivered]
+    assert openai_fake.last_body["messages"] == [*HELLO, {"role": "assistant", "content": delivered}]
+    assert "".join(e.text for e in events if isinstance(e, TextDelta)) == delivered + openai_fake.continuation
+    assert [f.delivered for f in events if isinstance(f, Fallback)] == [len(delivered)]
