@@ -42,7 +42,7 @@ from patchbay.errors import (
 )
 from patchbay.events import Fallback, StreamEvent, TextDelta, ToolCallDelta
 from patchbay.providers.base import AsyncGeneratorProvider, Call
-from patchbay.providers.capabilities import Capabilities, Need, needs
+from patchbay.providers.capabilities import Capabilities, needs
 from patchbay.routing.policy import Action, CooldownPolicy, RetryPolicy, decide
 from patchbay.routing.state import Health, MemoryStateStore, StateStore
 from patchbay.routing.strategies import USES_HEALTH, get_strategy
@@ -226,20 +226,25 @@ class Router(AsyncGeneratorProvider):
         if not wanted:
             return targets
         capable: list[Target] = []
-        missing: Need | None = None
+        accepted: set[str] = set()  # features some target accepts
         for target in targets:
             capabilities = target.provider.capabilities()
+            accepted.update(need.feature for need in wanted if capabilities.accepts(need.feature))
             lacking = next((need for need in wanted if not capabilities.accepts(need.feature)), None)
             if lacking is None:
                 capable.append(target)
                 continue
-            missing = missing or lacking
             error = UnsupportedFeature(f"it does not accept {lacking.phrase}", param=lacking.param)
             state.attempts.append(Attempt.of(error, target.provider.name, target.model_for(state.model) or "",
                                              skipped=True))
-        if not capable and missing is not None:
-            raise UnsupportedFeature(f"no target of route {state.model!r} accepts {missing.phrase} "
-                                     f"(asked for by {missing.param})", param=missing.param, model=state.model)
+        if not capable:
+            missing = next((need for need in wanted if need.feature not in accepted), None)
+            if missing is not None:
+                raise UnsupportedFeature(f"no target of route {state.model!r} accepts {missing.phrase} "
+                                         f"(asked for by {missing.param})", param=missing.param, model=state.model)
+            together = " and ".join(need.phrase for need in wanted)
+            raise UnsupportedFeature(f"no target of route {state.model!r} accepts {together} together",
+                                     param=wanted[0].param, model=state.model)
         return capable
 
     @classmethod
@@ -335,8 +340,10 @@ class Router(AsyncGeneratorProvider):
         """The error to raise at the end: it carries the delivered text when there was some, and
         every attempt when others came before it (``decisive``: its status stands for all)."""
         if not request.delivered and len(request.attempts) > 1:
-            return AllProvidersFailed(request.attempts, model=request.model,
-                                      status=error.status if decisive else None)
+            failed = AllProvidersFailed(request.attempts, model=request.model,
+                                        status=error.status if decisive else None)
+            failed.param = error.param if decisive else None
+            return failed
         if request.delivered:
             reason = error
             while isinstance(reason, StreamInterrupted) and isinstance(reason.__cause__, PatchbayError):
