@@ -30,6 +30,9 @@ import os
 import subprocess
 import sys
 import threading
+import urllib.error
+import urllib.request
+import uuid
 from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +44,7 @@ import pydantic
 import pytest
 from langchain_openai import ChatOpenAI
 
+from patchbay.providers.liaobots import MODELS
 from tests.gateway_process import GatewayProcess
 from tests.replicas.liaobots import ROLES, LiaobotsReplica
 from tests.replicas.openai_fake import OpenAIFake
@@ -259,6 +263,30 @@ def web_messages(stack: Services) -> list[list[dict[str, Any]]]:
             assert set(message) == {"role", "content"}
             assert message["role"] in ROLES and isinstance(message["content"], str)
     return conversations
+
+
+# -- the web replica's own guard -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("message", [
+    pytest.param({"role": "user", "content": [{"type": "text", "text": "hi"}]}, id="content-list"),
+    pytest.param({"role": "tool", "tool_call_id": "call_1", "content": "18"}, id="tool-role"),
+    pytest.param({"role": "system", "content": "Be terse."}, id="system-role"),
+])
+def test_the_web_replica_refuses_what_the_service_would(stack: Services, message: dict[str, Any]) -> None:
+    """What makes the web-route tests' text-only assertions bite: anything but text is a 400."""
+    code = "user-code-1"
+    stack.liaobots.valid_codes.add(code)
+    body = {"conversationId": str(uuid.uuid4()), "model": MODELS["gpt-4o-2024-08-06"], "key": "",
+            "prompt": "You are a helpful assistant.", "messages": [message]}
+    request = urllib.request.Request(stack.liaobots.url("/api/chat"), data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json", "x-auth-code": code})
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(request, timeout=CLIENT_TIMEOUT)
+    info.value.close()
+    assert info.value.code == 400
+    assert len(stack.liaobots.violations) == 1
+    stack.liaobots.violations.clear()  # expected here; the fixture checks no other test made one
 
 
 # -- tools -----------------------------------------------------------------------------------------
