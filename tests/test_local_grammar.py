@@ -413,9 +413,34 @@ def test_numeric_bounds_are_exact_for_integers(kind: str) -> None:
             assert matches(grammar, f"{high}.0")
 
 
+@pytest.mark.parametrize("kind", ["integer", "number"])
+def test_exclusive_bounds_are_exact_at_whole_numbers(kind: str) -> None:
+    rng = random.Random(5)
+    for _ in range(40):
+        low, high = sorted(rng.sample(range(-25, 26), 2))
+        schema: dict[str, Any] = {"type": kind}
+        if rng.random() < 0.8:
+            schema["exclusiveMinimum" if rng.random() < 0.5 else "minimum"] = low
+        if rng.random() < 0.8:
+            schema["exclusiveMaximum" if rng.random() < 0.5 else "maximum"] = high
+        validator = jsonschema.Draft202012Validator(schema)
+        try:
+            grammar = schema_grammar(schema)
+        except InvalidRequest:
+            assert kind == "integer" and high - low <= 1  # (n, n + 1) holds no integer
+            continue
+        values = [v / 4 for v in range(-30 * 4, 30 * 4)] if kind == "number" else list(range(-30, 31))
+        for value in values:
+            text = str(value)
+            assert matches(grammar, text) == validator.is_valid(json.loads(text)), (schema, text)
+
+
 def test_exclusive_and_fractional_bounds_are_rounded_inwards() -> None:
     grammar = schema_grammar({"type": "integer", "exclusiveMinimum": 0, "exclusiveMaximum": 10})
     assert [v for v in range(-3, 14) if matches(grammar, str(v))] == list(range(1, 10))
+    grammar = schema_grammar({"type": "number", "exclusiveMinimum": -1, "exclusiveMaximum": 1})
+    assert matches(grammar, "0") and matches(grammar, "0.5") and matches(grammar, "-0.25")
+    assert not matches(grammar, "1") and not matches(grammar, "-1") and not matches(grammar, "1.5")
     grammar = schema_grammar({"type": "number", "minimum": 0.5, "maximum": 2.5})
     assert matches(grammar, "1") and matches(grammar, "1.75") and matches(grammar, "2")
     assert not matches(grammar, "0") and not matches(grammar, "2.5") and not matches(grammar, "3")

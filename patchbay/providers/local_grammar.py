@@ -78,6 +78,7 @@ _NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _BIG = 10**MAX_DIGITS - 1
 
 Kind = Literal["auto", "calls", "json"]
+_Bound = tuple[int, bool]  # a whole number, and whether the bound includes it
 
 
 @dataclass(frozen=True, slots=True)
@@ -519,48 +520,46 @@ class _Converter:
             return "string"
         return self.rule(f"{path}-string", rf'"\"" char{{{low},{high}}} "\""')
 
-    def _bounds(self, schema: dict[str, Any], path: str) -> tuple[int | None, int | None]:
-        """The integers that bound a number, rounded inwards (a subset of the values is valid)."""
-        low: int | None = None
-        high: int | None = None
-        for key in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
+    def _bounds(self, schema: dict[str, Any], path: str) -> tuple[_Bound | None, _Bound | None]:
+        """The lower and upper bounds as (whole number, inclusive); a bound that is not a whole
+        number is rounded inwards and made inclusive (a subset of the values is valid)."""
+        low: _Bound | None = None
+        high: _Bound | None = None
+        for key in ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum"):
             value = schema.get(key)
             if value is None:
                 continue
             if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
                 raise self.fail(f"{path or '/'}: {key} must be a number")
-            if key == "minimum":
-                bound = math.ceil(value)
-                low = bound if low is None else max(low, bound)
-            elif key == "exclusiveMinimum":
-                bound = math.floor(value) + 1
-                low = bound if low is None else max(low, bound)
-            elif key == "maximum":
-                bound = math.floor(value)
-                high = bound if high is None else min(high, bound)
+            if abs(value) > _BIG:
+                raise self.fail(f"{path or '/'}: {key} over {MAX_DIGITS} digits")
+            exclusive = key.startswith("exclusive") and value == int(value)
+            if key in ("minimum", "exclusiveMinimum"):
+                bound = (math.ceil(value), not exclusive)
+                low = bound if low is None or (bound[0], not bound[1]) > (low[0], not low[1]) else low
             else:
-                bound = math.ceil(value) - 1
-                high = bound if high is None else min(high, bound)
-        if low is not None and high is not None and low > high:
-            raise self.fail(f"{path or '/'}: no whole number lies between its bounds")
-        if (low is not None and abs(low) > _BIG) or (high is not None and abs(high) > _BIG):
-            raise self.fail(f"{path or '/'}: bounds over {MAX_DIGITS} digits")
+                bound = (math.floor(value), not exclusive)
+                high = bound if high is None or (bound[0], bound[1]) < (high[0], high[1]) else high
+        if low is not None and high is not None and (low[0] > high[0] or (
+                low[0] == high[0] and not (low[1] and high[1]))):
+            raise self.fail(f"{path or '/'}: no value lies between its bounds")
         return low, high
 
     def _integer(self, schema: dict[str, Any], path: str) -> str:
         low, high = self._bounds(schema, path)
         if low is None and high is None:
             return "integer"
-        return self.rule(f"{path}-integer", _int_range(low, high))
+        first = None if low is None else low[0] + (0 if low[1] else 1)
+        last = None if high is None else high[0] - (0 if high[1] else 1)
+        if first is not None and last is not None and first > last:
+            raise self.fail(f"{path or '/'}: no whole number lies between its bounds")
+        return self.rule(f"{path}-integer", _int_range(first, last))
 
     def _number(self, schema: dict[str, Any], path: str) -> str:
         low, high = self._bounds(schema, path)
         if low is None and high is None:
             return "number"
-        if (schema.get("exclusiveMinimum") is not None or schema.get("exclusiveMaximum") is not None):
-            # x in [low, high] with integer bounds only when the exclusive bound was not an integer:
-            # keep it simple and write whole numbers strictly inside.
-            return self.rule(f"{path}-number", _int_range(low, high))
+        self.rules.setdefault("nonzero-fraction", rf'"." [0-9]{{0,{MAX_DIGITS - 1}}} [1-9]')
         return self.rule(f"{path}-number", _number_range(low, high))
 
     def _boolean(self, schema: dict[str, Any], path: str) -> str:
@@ -662,24 +661,39 @@ def _int_range(low: int | None, high: int | None) -> str:
     return " | ".join(f"({p})" for p in pieces)
 
 
-def _number_range(low: int | None, high: int | None) -> str:
-    """GBNF for decimal numbers (no exponent) in [low, high], both whole numbers or None."""
-    def magnitudes(bottom: int, top: int | None) -> str:
-        # m in [bottom, top]: a whole part below top with any fraction, or top with a zero fraction.
-        if top is None:
-            return f"({_natural_range(bottom, _BIG)}) fraction?"
-        whole = f'{_lit(str(top))} ("." "0"{{1,{MAX_DIGITS}}})?'
-        if bottom >= top:
-            return whole
-        return f"({_natural_range(bottom, top - 1)}) fraction? | {whole}"
-
+def _number_range(low: _Bound | None, high: _Bound | None) -> str:
+    """GBNF for decimal numbers (no exponent) between ``low`` and ``high``: (whole number,
+    inclusive) or None for no bound."""
     pieces = []
-    if low is None or low < 0:
-        bottom = 0 if high is None or high >= 0 else -high
-        pieces.append(f'"-" ({magnitudes(bottom, None if low is None else -low)})')
-    if high is None or high >= 0:
-        pieces.append(magnitudes(max(low or 0, 0), high))
+    if low is None or low[0] < 0:  # negatives: "-" and a magnitude above -high, below -low
+        if high is not None and high[0] < 0:
+            bottom: _Bound = (-high[0], high[1])
+        else:
+            bottom = (0, True)  # "-0" is 0, inside the range
+        magnitude = _magnitudes(bottom, None if low is None else (-low[0], low[1]))
+        if magnitude:
+            pieces.append(f'"-" ({magnitude})')
+    if high is None or high[0] > 0 or (high[0] == 0 and high[1]):
+        magnitude = _magnitudes(low if low is not None and low[0] >= 0 else (0, True), high)
+        if magnitude:
+            pieces.append(magnitude)
     return " | ".join(f"({p})" for p in pieces)
+
+
+def _magnitudes(bottom: _Bound, top: _Bound | None) -> str:
+    """GBNF for decimal numbers m >= 0 above ``bottom`` and below ``top`` (None: no limit);
+    an empty string when there is none."""
+    low, low_in = bottom
+    zero = f'("." "0"{{1,{MAX_DIGITS}}})?'
+    if top is not None and top[0] == low:
+        return f"{_lit(str(low))} {zero}" if low_in and top[1] else ""
+    alternatives = [f"{_lit(str(low))} " + ("fraction?" if low_in else "nonzero-fraction")]
+    last = _BIG if top is None else top[0] - 1
+    if low + 1 <= last:
+        alternatives.append(f"({_natural_range(low + 1, last)}) fraction?")
+    if top is not None and top[1]:
+        alternatives.append(f"{_lit(str(top[0]))} {zero}")
+    return " | ".join(alternatives)
 
 
 def _natural_range(low: int, high: int) -> str:
