@@ -15,7 +15,7 @@ import pytest
 
 from patchbay.events import Finish, Logprobs, StreamEvent, TextDelta, ToolCallDelta, Usage
 from patchbay.providers.local import LocalModel, Sampling, default_model_path
-from patchbay.providers.local_grammar import OutputPlan, output_plan, shape_stream, with_instructions
+from patchbay.providers.local_grammar import OutputPlan, output_plan, schema_grammar, shape_stream, with_instructions
 
 pytestmark = [pytest.mark.model]
 
@@ -194,3 +194,22 @@ async def test_earlier_tool_calls_in_the_conversation_are_in_the_prompt(model: L
     plan = output_plan([WEATHER], "auto", None, None)
     events = await answer(model, plan, history, Sampling(max_tokens=CALL_TOKENS, seed=0))
     assert [e.reason for e in events if isinstance(e, Finish)] in (["stop"], ["length"], ["tool_calls"])
+
+
+async def test_llama_cpp_parses_every_kind_of_grammar(model: LocalModel) -> None:
+    import llama_cpp
+
+    from tests.test_local_grammar import SCHEMAS
+
+    await answer(model, None, ASK_WEATHER, Sampling(max_tokens=1))  # loads the model
+    schemas = [schema for schema, _, _ in SCHEMAS] + [
+        {"type": "integer", "minimum": -5, "maximum": 120}, {"type": "number", "exclusiveMinimum": -1, "maximum": 1},
+        {"type": "number", "minimum": 0}, {"type": "number", "exclusiveMaximum": -3}, {"type": "array", "maxItems": 0},
+    ]
+    choices = ("auto", "required", {"type": "function", "function": {"name": "get_time"}})
+    plans = [output_plan([WEATHER, TIME], choice, fmt, parallel)
+             for choice in choices for fmt in (None, {"type": "json_object"}) for parallel in (None, False)]
+    grammars = [schema_grammar(schema) for schema in schemas] + [plan.grammar for plan in plans if plan is not None]
+    for grammar in grammars:
+        sampler = model._grammar_sampler(grammar)  # InvalidRequest when llama.cpp refuses it
+        llama_cpp.llama_sampler_free(sampler)
