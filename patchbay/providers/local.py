@@ -33,18 +33,19 @@ import os
 import threading
 from collections.abc import AsyncIterator, Callable, Hashable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
 from patchbay.catalog import ModelRecord
-from patchbay.config import Timeout
+from patchbay.chat.request import ChatCompletionRequest
 from patchbay.context import fit_messages
 from patchbay.errors import InvalidRequest, ModelNotSupported, ProviderNotWorking
 from patchbay.events import Finish, Logprobs, StreamEvent, TextDelta, Usage
 from patchbay.messages import Messages, content_text
-from patchbay.providers.base import AsyncGeneratorProvider, ProviderModelMixin
-from patchbay.providers.local_grammar import render_tool_calls
+from patchbay.providers.base import AsyncGeneratorProvider, Call, ProviderModelMixin
+from patchbay.providers.capabilities import Capabilities, Support
+from patchbay.providers.local_grammar import output_plan, render_tool_calls, shape_stream, with_instructions
 from patchbay.stops import StopSequenceFilter
 
 __all__ = ["DEFAULT_MODEL", "Local", "LocalModel", "RepeatGuard", "Sampling", "default_model_path"]
@@ -458,6 +459,10 @@ class Local(AsyncGeneratorProvider, ProviderModelMixin):
     model_aliases: ClassVar[dict[str, str]] = {"smollm2": DEFAULT_MODEL, "local": DEFAULT_MODEL}
     supports_prefill = True
     fits_context = True  # with the model's own tokenizer
+    #: Tools and JSON output by grammar-constrained decoding; no images (no vision projector).
+    features = Capabilities(tools=Support.EMULATED, tool_choice=Support.EMULATED,
+                            parallel_tool_calls=Support.EMULATED, json_object=Support.EMULATED,
+                            json_schema=Support.EMULATED, logprobs=Support.NATIVE, n=Support.NATIVE)
 
     @classmethod
     def model_records(cls) -> list[ModelRecord]:
@@ -478,28 +483,22 @@ class Local(AsyncGeneratorProvider, ProviderModelMixin):
         return LocalModel.get(path)
 
     @classmethod
-    async def generate(
-        cls,
-        model: str,
-        messages: Messages,
-        *,
-        proxy: str | None = None,
-        base_url: str | None = None,
-        timeout: Timeout,
-        max_tokens: int | None = None,
-        temperature: float | None = None,
-        top_p: float | None = None,
-        stop: str | list[str] | None = None,
-        seed: int | None = None,
-        min_p: float | None = None,
-        repeat_penalty: float | None = None,
-        **kwargs: Any,
-    ) -> AsyncIterator[StreamEvent]:
-        """Generate locally; ``timeout`` does not apply (there is no network). Options left out
-        take the :class:`Sampling` defaults; with no system message the chat template's own
-        default system prompt applies."""
-        sampling = _sampling(max_tokens, temperature, top_p, stop, seed, min_p, repeat_penalty)
-        async for event in cls.model_for(model).stream(messages, sampling):
+    async def generate(cls, request: ChatCompletionRequest, call: Call) -> AsyncIterator[StreamEvent]:
+        """Generate locally; the timeouts do not apply (there is no network). Options left out
+        take the :class:`Sampling` defaults (``min_p`` and ``repeat_penalty`` may come in
+        ``extra_body``, as llama.cpp's server takes them); with no system message the chat
+        template's own default system prompt applies. Tools and JSON output are decoded under a
+        grammar (:mod:`patchbay.providers.local_grammar`), so they always parse and follow
+        their schemas."""
+        extra = request.extra_body or {}
+        plan = output_plan(request.tools, request.tool_choice, request.response_format, request.parallel_tool_calls)
+        base = _sampling(request.max_output_tokens, request.temperature, request.top_p, request.stop,
+                         request.seed, extra.get("min_p"), extra.get("repeat_penalty"))
+        sampling = replace(base, grammar=plan.grammar if plan else None, n=request.n or 1,
+                           top_logprobs=(request.top_logprobs or 0) if request.logprobs else None,
+                           stop=base.stop if plan is None or plan.kind == "json" else ())  # a stop would cut a call
+        messages = with_instructions(request.message_dicts(), plan)
+        async for event in shape_stream(plan, cls.model_for(call.model).stream(messages, sampling)):
             yield event
 
 

@@ -20,6 +20,7 @@ Redis (shared across processes and hosts).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 import time
@@ -55,6 +56,8 @@ log = logging.getLogger("patchbay.routing")
 MidStream = Literal["continue", "error"]
 T = TypeVar("T")
 CREDENTIAL_BAN_SECONDS = 3600.0
+#: Needs whose answer has a structure a prefill continuation would break.
+STRUCTURED = frozenset({"tools", "json_object", "json_schema"})
 
 
 class _Request:
@@ -82,8 +85,13 @@ class _Request:
     @property
     def continuable(self) -> bool:
         """Whether a target that takes a prefill can continue what was delivered without
-        repeating any of it: text of one answer only, never a started tool call."""
-        return self.transcript.only_text and (self.request.n or 1) == 1
+        repeating any of it: plain text of one answer only, never a started tool call or a JSON
+        answer (a continuation would start the structure afresh)."""
+        return self.transcript.only_text and (self.request.n or 1) == 1 and not self.structured
+
+    @functools.cached_property
+    def structured(self) -> bool:
+        return any(need.feature in STRUCTURED for need in needs(self.request))
 
     def deadline_error(self) -> DeadlineExceeded:
         tried = "; ".join(f"{a.provider}/{a.model}: {a.error}: {a.message}" for a in self.attempts if not a.skipped)
