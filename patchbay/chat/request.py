@@ -164,7 +164,7 @@ def decode_request(body: bytes) -> ChatCompletionRequest:
         request = _request_decoder.decode(body)
     except (msgspec.MsgspecError, UnicodeDecodeError, RecursionError):
         return request_from_kwargs(_json_document(body))  # explained in the module docstring
-    validate_messages(request.message_dicts())
+    _check_messages(request)
     return request
 
 
@@ -186,8 +186,15 @@ def request_from_kwargs(kwargs: dict[str, Any]) -> ChatCompletionRequest:
         request = msgspec.convert(fields, ChatCompletionRequest)
     except msgspec.MsgspecError as exc:
         raise _schema_error(fields, exc) from None
-    validate_messages(request.message_dicts())  # the rules a schema does not state (tool_call_id...)
+    _check_messages(request)
     return request
+
+
+def _check_messages(request: ChatCompletionRequest) -> None:
+    """The rules a schema does not state (a tool message's tool_call_id, content parts...), by
+    :func:`~patchbay.messages.validate_messages`; plain text turns, the usual case, need none."""
+    if any(m.role == "tool" or not isinstance(m.content, str) for m in request.messages):
+        validate_messages(request.message_dicts())
 
 
 def _json_document(body: bytes) -> Any:

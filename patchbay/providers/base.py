@@ -13,6 +13,7 @@ as :class:`~patchbay.errors.StreamInterrupted` carrying exactly the delivered te
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
@@ -150,10 +151,7 @@ class AsyncGeneratorProvider:
     @classmethod
     def capabilities(cls) -> Capabilities:
         """What this provider honours, per feature: :attr:`features` plus the two ``supports_`` flags."""
-        return cls.features.merged({
-            "system_message": Support.NATIVE if cls.supports_system_message else Support.NONE,
-            "prefill": Support.NATIVE if cls.supports_prefill else Support.NONE,
-        })
+        return _with_flags(cls.features, cls.supports_system_message, cls.supports_prefill)
 
     @classmethod
     def resolve_model(cls, model: str | None) -> str:
@@ -226,8 +224,11 @@ class AsyncGeneratorProvider:
     @classmethod
     def check(cls, request: ChatCompletionRequest) -> None:
         """Refuse ``request`` (UnsupportedFeature, 400) when it needs a feature this provider lacks."""
+        wanted = needs(request)
+        if not wanted:
+            return
         capabilities = cls.capabilities()
-        for need in needs(request):
+        for need in wanted:
             if not capabilities.accepts(need.feature):
                 raise UnsupportedFeature(f"{cls.name} does not accept {need.phrase}", param=need.param,
                                          provider=cls.name)
@@ -311,6 +312,13 @@ class AsyncGeneratorProvider:
         fields = ", ".join(f for f in ChatCompletionRequest.__struct_fields__ if f not in ("model", "messages"))
         return (f"{owner.__module__}.{owner.__qualname__} supports: (model: str, messages: list, {fields}, "
                 "proxy: str, base_url: str, timeout: Timeout, auth: str, api_key: str)")
+
+
+@functools.lru_cache(maxsize=256)
+def _with_flags(features: Capabilities, system_message: bool, prefill: bool) -> Capabilities:
+    """``features`` with the two features the ``supports_`` flags state (cached: a request asks it)."""
+    return features.merged({"system_message": Support.NATIVE if system_message else Support.NONE,
+                            "prefill": Support.NATIVE if prefill else Support.NONE})
 
 
 def _emulated(provider: type[AsyncGeneratorProvider], request: ChatCompletionRequest, call: Call

@@ -242,7 +242,8 @@ class Router(AsyncGeneratorProvider):
             if lacking is None:
                 capable.append(target)
                 continue
-            error = UnsupportedFeature(f"it does not accept {lacking.phrase}", param=lacking.param)
+            error = UnsupportedFeature(f"it does not accept {lacking.phrase} (asked for by {lacking.param})",
+                                       param=lacking.param)
             state.attempts.append(Attempt.of(error, target.provider.name, target.model_for(state.model) or "",
                                              skipped=True))
         if not capable:
