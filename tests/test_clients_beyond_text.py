@@ -543,15 +543,15 @@ def test_an_image_is_never_dropped_by_a_fallback_that_cannot_see(stack: Services
     assert len(primary) == 1 and primary[0]["error"] == "UpstreamError" and not primary[0]["skipped"]
     fallback = [a for a in attempts if a["provider"] == skipped]
     assert len(fallback) == 1 and fallback[0]["skipped"] and fallback[0]["error"] == "UnsupportedFeature"
-    assert "image" in fallback[0]["message"]
+    assert "image" in fallback[0]["message"] and IMAGE_FIELD in fallback[0]["message"]
     assert stack.broken.chat_count == 1
     assert stack.broken.last_body["messages"] == [IMAGE_MESSAGE]
     assert stack.liaobots.chat_bodies() == []
 
 
-@pytest.mark.xfail(strict=True, reason="patchbay answers 502 all_providers_failed (the primary's 500 decides), "
-                   "and the skipped attempt does not name the field; the brief asks for 400 unsupported_feature "
-                   "naming images and messages[0].content[1]")
+@pytest.mark.xfail(strict=True, reason="patchbay answers 502 all_providers_failed (the primary's 500 decides, "
+                   "param null); the brief asks for 400 unsupported_feature naming images and "
+                   "messages[0].content[1], with the attempts")
 @pytest.mark.parametrize(("route", "skipped"), FALLBACKS)
 def test_an_image_refused_by_the_fallback_is_a_400_naming_the_field(stack: Services, sdk: openai.OpenAI,
                                                                     route: str, skipped: str) -> None:
