@@ -297,27 +297,13 @@ def test_plans_are_cached_and_keep_the_property_order() -> None:
 
 
 @pytest.mark.parametrize(("args", "param"), [
-    (({"type": "function"},), "tools"),
-    (([WEATHER, TIME, "x"],), "tools[2]"),
-    (([WEATHER, TIME, {"type": "code", "function": {"name": "a"}}],), "tools[2].type"),
-    (([WEATHER, {"type": "function"}],), "tools[1].function"),
-    (([WEATHER, {"type": "function", "function": {"name": "has space"}}],), "tools[1].function.name"),
-    (([WEATHER, WEATHER],), "tools[1].function.name"),
-    (([{"type": "function", "function": {"name": "a", "description": 3}}],), "tools[0].function.description"),
     (([WEATHER, TIME, {"type": "function", "function": {"name": "a", "parameters": {
         "type": "object", "properties": {"s": {"type": "string", "pattern": "^a+$"}}}}}],),
      "tools[2].function.parameters"),
-    (([{"type": "function", "function": {"name": "a", "parameters": {"type": "string"}}}],),
-     "tools[0].function.parameters"),
     (([{"type": "function", "function": {"name": "a", "parameters": {"type": "object", "properties": {
         "x": {"$ref": "https://example.invalid/s.json"}}}}}],), "tools[0].function.parameters"),
     (([{"type": "function", "function": {"name": "a", "parameters": {"type": "object", "properties": {
         "x": {"$ref": "#/$defs/missing"}}}}}],), "tools[0].function.parameters"),
-    (([WEATHER], {"type": "function", "function": {"name": "get_time"}}), "tool_choice"),
-    (([WEATHER], "sometimes"), "tool_choice"),
-    ((None, "required"), "tool_choice"),
-    (([WEATHER], None, {"type": "yaml"}), "response_format"),
-    ((None, None, {"type": "json_schema"}), "response_format.json_schema"),
     ((None, None, {"type": "json_schema", "json_schema": {"name": "x", "schema": {"not": {}}}}),
      "response_format.json_schema.schema"),
     ((None, None, {"type": "json_schema", "json_schema": {"name": "x", "schema": {
@@ -328,13 +314,27 @@ def test_plans_are_cached_and_keep_the_property_order() -> None:
         "type": "integer", "minimum": 5, "maximum": 2}}}), "response_format.json_schema.schema"),
     ((None, None, {"type": "json_schema", "json_schema": {"name": "x", "schema": {
         "type": "string", "enum": [1, 2]}}}), "response_format.json_schema.schema"),
-    (([WEATHER], "auto", None, "yes"), "parallel_tool_calls"),
-    (([WEATHER], {"a", "b"}), "tool_choice"),
 ])
-def test_bad_input_names_its_parameter(args: tuple[Any, ...], param: str) -> None:
+def test_what_a_grammar_cannot_enforce_names_its_parameter(args: tuple[Any, ...], param: str) -> None:
     with pytest.raises(InvalidRequest) as info:
         output_plan(*args)
     assert info.value.param == param
+    assert "grammar" in info.value.message
+
+
+def test_the_request_checks_apply() -> None:
+    """The shared checks (tests/test_chat_output.py) come first: a bad field is refused as there."""
+    with pytest.raises(InvalidRequest) as info:
+        output_plan([WEATHER, WEATHER])
+    assert info.value.param == "tools[1].function.name"
+
+
+def test_a_json_schema_without_a_schema_is_any_json_value() -> None:
+    plan = output_plan(None, None, {"type": "json_schema", "json_schema": {"name": "x"}}, None)
+    assert plan is not None and plan.kind == "json"
+    for text in ("[1, 2]", '"x"', '{"a": null}', "3.5"):
+        assert matches(plan.grammar, text)
+    assert not matches(plan.grammar, "hello")
 
 
 # -- schemas: what matches is what validates --------------------------------------------------------

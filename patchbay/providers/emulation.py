@@ -13,23 +13,25 @@ strings and answer with text. Clients send OpenAI Chat Completions requests with
   a native tool-calling model would. A reply that is still wrong is a :class:`ProtocolError`
   raised before anything was yielded, so a router can try its next target.
 
-Everything takes plain JSON values, so it does not depend on the request type.
+Everything takes plain JSON values, so it does not depend on the request type; the four fields
+are read and checked by :func:`patchbay.chat.output.output_spec`.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import re
 import secrets
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-import jsonschema
-from jsonschema.exceptions import SchemaError, ValidationError
+from jsonschema.exceptions import ValidationError
 from referencing.exceptions import Unresolvable
 
+from patchbay.chat.output import JSON_SCHEMA, AnswerFormat, OutputSpec, answer_description, output_spec, tool_listing
 from patchbay.errors import InvalidRequest, ProtocolError
 from patchbay.events import Finish, StreamEvent, TextDelta, ToolCallDelta, Usage
 
@@ -39,8 +41,6 @@ Message = dict[str, Any]
 #: Runs the underlying service on a rendered conversation and streams its events.
 Run = Callable[[list[Message]], AsyncIterator[StreamEvent]]
 
-_VALIDATOR = jsonschema.Draft202012Validator
-_TOOL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _FENCE = re.compile(r"```[A-Za-z0-9_-]*[ \t]*\n?(.*?)```", re.DOTALL)
 _MAX_SCAN = 200  # JSON start positions tried in a reply of prose (bounds the work on long replies)
 _EXCERPT = 60  # characters of a bad reply quoted in an error
@@ -154,207 +154,75 @@ def _history_call(call: Any, where: str, names: dict[str, str]) -> dict[str, Any
 
 
 @dataclass(frozen=True)
-class _Tool:
-    name: str
-    description: str
-    parameters: dict[str, Any]
-    validator: Any  # a Draft202012Validator for the parameters
-    param: str  # where the schema was in the request, for errors
-
-
-@dataclass(frozen=True)
-class _Output:
-    """``response_format``: any JSON object (``schema`` None) or a value following ``schema``."""
-
-    schema: dict[str, Any] | None = None
-    name: str = ""
-    description: str = ""
-    validator: Any = None
-    param: str = "response_format.json_schema.schema"
-
-
-@dataclass(frozen=True)
 class _Ask:
-    """The checked request: which tools, how they must be used, and the output format."""
+    """What is asked (:class:`OutputSpec`) and the validators replies are checked with."""
 
-    tools: dict[str, _Tool] = field(default_factory=dict)
-    mode: str = "none"  # none | auto | required | named
-    named: str = ""
-    parallel: bool = True
-    output: _Output | None = None
-
-    @property
-    def nothing(self) -> bool:
-        return self.mode == "none" and self.output is None
-
-
-def _checked_schema(schema: Any, param: str, what: str) -> Any:
-    """A validator for ``schema``, or InvalidRequest (at ``param``) when it is not a JSON Schema."""
-    if not isinstance(schema, dict | bool):
-        raise InvalidRequest(f"{what} must be a JSON Schema object", param=param)
-    try:
-        _VALIDATOR.check_schema(schema)
-    except SchemaError as error:
-        at = "".join(f"[{p!r}]" if isinstance(p, int) else f".{p}" for p in error.path) or " (top)"
-        raise InvalidRequest(f"{what} is not a valid JSON Schema: at{at} it breaks the rule "
-                             f"{error.validator!r}", param=param) from None
-    return _VALIDATOR(schema)
-
-
-def _tools(tools: Any) -> dict[str, _Tool]:
-    if tools is None:
-        return {}
-    if not isinstance(tools, list):
-        raise InvalidRequest("tools must be a list of function tools", param="tools")
-    checked: dict[str, _Tool] = {}
-    for index, tool in enumerate(tools):
-        where = f"tools[{index}]"
-        if not isinstance(tool, dict) or tool.get("type") != "function":
-            raise InvalidRequest(f'{where} must be a function tool ({{"type": "function", "function": {{...}}}})',
-                                 param=f"{where}.type")
-        function = tool.get("function")
-        if not isinstance(function, dict):
-            raise InvalidRequest(f"{where}.function must be an object with a name", param=f"{where}.function")
-        name = function.get("name")
-        if not isinstance(name, str) or not _TOOL_NAME.match(name):
-            raise InvalidRequest(f"{where}.function.name must be 1 to 64 letters, digits, _ or -",
-                                 param=f"{where}.function.name")
-        if name in checked:
-            raise InvalidRequest(f"{where}.function.name {name!r} is given twice", param=f"{where}.function.name")
-        description = function.get("description", "")
-        if not isinstance(description, str):
-            raise InvalidRequest(f"{where}.function.description must be a string",
-                                 param=f"{where}.function.description")
-        parameters = function.get("parameters", {"type": "object", "properties": {}})
-        param = f"{where}.function.parameters"
-        kind = parameters.get("type", "object") if isinstance(parameters, dict) else None
-        if kind != "object" and not (isinstance(kind, list) and "object" in kind):
-            raise InvalidRequest(f'{param} must be a JSON Schema of an object ("type": "object")', param=param)
-        validator = _checked_schema(parameters, param, param)
-        checked[name] = _Tool(name, description, parameters, validator, param)
-    return checked
-
-
-def _output(response_format: Any) -> _Output | None:
-    if response_format is None:
-        return None
-    if not isinstance(response_format, dict):
-        raise InvalidRequest("response_format must be an object with a type", param="response_format")
-    kind = response_format.get("type")
-    if kind == "text":
-        return None
-    if kind == "json_object":
-        return _Output()
-    if kind != "json_schema":
-        raise InvalidRequest("response_format.type must be text, json_object or json_schema",
-                             param="response_format.type")
-    spec = response_format.get("json_schema")
-    if not isinstance(spec, dict):
-        raise InvalidRequest("response_format.json_schema must be an object with a schema",
-                             param="response_format.json_schema")
-    name, description = spec.get("name", ""), spec.get("description", "")
-    if not isinstance(name, str) or not isinstance(description, str):
-        raise InvalidRequest("response_format.json_schema name and description must be strings",
-                             param="response_format.json_schema")
-    if "schema" not in spec:
-        return _Output(name=name, description=description)
-    param = "response_format.json_schema.schema"
-    validator = _checked_schema(spec["schema"], param, param)
-    return _Output(spec["schema"], name, description, validator)
+    spec: OutputSpec
+    tools: dict[str, tuple[Any, str]]  # allowed tool name -> a validator for its arguments, and its param
+    answer: Any  # a validator for a JSON answer that has a schema, or None
 
 
 def _ask(tools: Any, tool_choice: Any, response_format: Any, parallel_tool_calls: Any) -> _Ask:
-    """Check the four request fields and say what they ask for (InvalidRequest with ``param``)."""
-    checked = _tools(tools)
-    if parallel_tool_calls is not None and not isinstance(parallel_tool_calls, bool):
-        raise InvalidRequest("parallel_tool_calls must be true or false", param="parallel_tool_calls")
-    parallel = parallel_tool_calls is not False
-    output = _output(response_format)
-    named = ""
-    if tool_choice is None:
-        mode = "auto" if checked else "none"
-    elif tool_choice in ("none", "auto", "required"):
-        mode = tool_choice
-    elif isinstance(tool_choice, dict):
-        function = tool_choice.get("function")
-        choice = function.get("name") if isinstance(function, dict) else None
-        if tool_choice.get("type") != "function" or not isinstance(choice, str):
-            raise InvalidRequest('tool_choice must be none, auto, required or {"type": "function", '
-                                 '"function": {"name": ...}}', param="tool_choice")
-        named = choice
-        if named not in checked:
-            raise InvalidRequest(f"tool_choice names the tool {named!r:.70}, which is not in tools",
-                                 param="tool_choice")
-        mode = "named"
-    else:
-        raise InvalidRequest("tool_choice must be none, auto, required or a named function", param="tool_choice")
-    if mode in ("auto", "required") and not checked:
-        if mode == "required":
-            raise InvalidRequest("tool_choice is required but no tools were given", param="tool_choice")
-        mode = "none"
-    return _Ask(checked, mode, named, parallel, output)
+    """Check the four request fields (InvalidRequest with ``param``) and make the validators."""
+    return _validators(output_spec(tools, tool_choice, response_format, parallel_tool_calls))
+
+
+@functools.lru_cache(maxsize=64)
+def _validators(spec: OutputSpec) -> _Ask:
+    answer = spec.answer
+    return _Ask(spec, {tool.name: (JSON_SCHEMA(tool.parameters), tool.param) for tool in spec.allowed_tools},
+                JSON_SCHEMA(answer.schema) if answer is not None and answer.schema is not None else None)
 
 
 # -- instructions ------------------------------------------------------------------------------
 
 
-def _call_shape(ask: _Ask) -> str:
-    name = ask.named or "<tool name>"
+def _call_shape(spec: OutputSpec) -> str:
+    name = spec.allowed[0] if len(spec.allowed) == 1 else "<tool name>"
     return f'{{"tool_calls": [{{"name": "{name}", "arguments": {{<arguments following the tool\'s schema>}}}}]}}'
 
 
-def _output_shape(output: _Output) -> str:
-    if output.schema is None:
-        return "a JSON object"
-    label = f' "{output.name}"' if output.name else ""
-    about = f" ({output.description})" if output.description else ""
-    return f"a JSON value that validates against this JSON Schema{label}{about}: {_compact(output.schema)}"
-
-
-def _reply_with(ask: _Ask) -> str:
+def _reply_with(spec: OutputSpec) -> str:
     """How to reply, in one or two sentences (the end of the instructions and of a repair turn)."""
     alone = "nothing before or after it, no code fence"
-    if ask.mode in ("required", "named"):
-        target = f"call the tool {ask.named}" if ask.mode == "named" else "call at least one tool"
-        count = " with exactly one call in the list" if not ask.parallel or ask.mode == "named" else ""
-        return f"You must {target} now: reply with only this JSON object{count} ({alone}):\n{_call_shape(ask)}"
+    if spec.must_call:
+        target = f"call the tool {spec.allowed[0]}" if len(spec.allowed) == 1 else "call at least one tool"
+        count = " with exactly one call in the list" if not spec.parallel else ""
+        return f"You must {target} now: reply with only this JSON object{count} ({alone}):\n{_call_shape(spec)}"
     parts = []
-    if ask.mode == "auto":
-        count = "exactly one call" if not ask.parallel else "one or more calls"
+    if spec.allowed:
+        count = "one or more calls" if spec.parallel else "exactly one call"
         parts.append(f"Call a tool when it helps. To call tools, reply with only this JSON object, with {count} in "
-                     f"the list ({alone}):\n{_call_shape(ask)}")
-    if ask.output is not None:
-        answer = f"reply with only {_output_shape(ask.output)} ({alone})."
-        parts.append(f"To answer without a tool, {answer}" if ask.mode == "auto" else answer[0].upper() + answer[1:])
-    elif ask.mode == "auto":
+                     f"the list ({alone}):\n{_call_shape(spec)}")
+    if spec.answer is not None:
+        answer = f"reply with only {answer_description(spec.answer)} ({alone})."
+        parts.append(f"To answer without a tool, {answer}" if spec.allowed else answer[0].upper() + answer[1:])
+    elif spec.allowed:
         parts.append("To answer without a tool, reply in plain text.")
     return "\n".join(parts)
 
 
-def _instructions(ask: _Ask) -> str | None:
-    if ask.nothing:
+def _instructions(spec: OutputSpec) -> str | None:
+    if spec.plain:
         return None
     sections = []
-    if ask.mode != "none":
-        lines = ["# Tools", "You can call these tools; each has a name, what it does, and the JSON Schema of its "
-                 "arguments."]
-        for tool in ask.tools.values():
-            lines.append(f"- {tool.name}: {tool.description or '(no description)'}")
-            lines.append(f"  arguments schema: {_compact(tool.parameters)}")
-        lines.append("Tool results come back to you in a later message, as text.")
-        sections.append("\n".join(lines))
-    sections.append("# How to reply\n" + _reply_with(ask))
+    if spec.allowed:
+        sections.append("# Tools\nYou can call these tools, one a line: its name, what it does, and the JSON Schema "
+                        f"of its arguments (parameters).\n{tool_listing(spec.allowed_tools)}\n"
+                        "Tool results come back to you in a later message, as text.")
+    sections.append("# How to reply\n" + _reply_with(spec))
     return "\n\n".join(sections)
 
 
 def instructions(tools: Any, tool_choice: Any, response_format: Any, parallel_tool_calls: Any) -> str | None:
     """The text to add to the system prompt for what is asked, or None when nothing is.
 
-    It lists the tools (names, descriptions, parameter schemas) and says exactly how to reply:
-    the ``{"tool_calls": [...]}`` object, plain text where text is allowed, or the JSON object /
-    schema to follow. Bad fields raise :class:`InvalidRequest` with ``param``.
+    It lists the tools that may be called (names, descriptions, parameter schemas) and says
+    exactly how to reply: the ``{"tool_calls": [...]}`` object, plain text where text is
+    allowed, or the JSON object / schema to follow. Bad fields raise :class:`InvalidRequest`
+    with ``param``.
     """
-    return _instructions(_ask(tools, tool_choice, response_format, parallel_tool_calls))
+    return _instructions(output_spec(tools, tool_choice, response_format, parallel_tool_calls))
 
 
 # -- reading a reply ---------------------------------------------------------------------------
@@ -428,7 +296,7 @@ def _looks_like_call(value: Any) -> bool:
         "arguments" in value or "parameters" in value)
 
 
-def _schema_problem(validator: Any, instance: Any, what: str, param: str) -> str | None:
+def _schema_problem(validator: Any, param: str, instance: Any, what: str) -> str | None:
     """Why ``instance`` fails the validator's schema, in our words (path and rule), or None.
     A ``$ref`` that does not resolve is the request's fault (InvalidRequest at ``param``): it is
     found only here, because references are resolved lazily while validating."""
@@ -463,9 +331,11 @@ def _read_call(raw: Any, ask: _Ask) -> tuple[str, dict[str, Any]] | str:
     name = raw.get("name") if isinstance(raw, dict) else None
     if not isinstance(name, str):
         return 'a call is not an object with a "name"'
-    tool = ask.tools.get(name)
-    if tool is None:
-        return f"the tool {name[:64]!r} does not exist (tools: {', '.join(ask.tools)})"
+    checker = ask.tools.get(name)
+    if checker is None:
+        if ask.spec.tool(name) is not None:
+            return f"only {' or '.join(ask.spec.allowed)} may be called now, not {name}"
+        return f"the tool {name[:64]!r} does not exist (tools: {', '.join(ask.spec.allowed)})"
     arguments = raw.get("arguments", raw.get("parameters"))
     if isinstance(arguments, str):
         arguments = _loads(arguments, _NOT_JSON) if arguments.strip() else {}
@@ -475,7 +345,7 @@ def _read_call(raw: Any, ask: _Ask) -> tuple[str, dict[str, Any]] | str:
         arguments = {}
     if not isinstance(arguments, dict):
         return f"the arguments of {name} are not a JSON object"
-    problem = _schema_problem(tool.validator, arguments, f"the arguments of {name}", tool.param)
+    problem = _schema_problem(*checker, arguments, f"the arguments of {name}")
     return problem if problem else (name, arguments)
 
 
@@ -492,27 +362,26 @@ def _read_calls(raw_calls: list[Any], ask: _Ask) -> _Calls | _Problem:
         return _Problem("; ".join(problems[:3]))
     if not calls:
         return _Problem("the tool_calls list is empty")
-    if ask.mode == "named" and any(name != ask.named for name, _ in calls):
-        return _Problem(f"only the tool {ask.named} may be called now")
-    if len(calls) > 1 and (not ask.parallel or ask.mode == "named"):
+    if len(calls) > 1 and not ask.spec.parallel:
         return _Problem(f"it makes {len(calls)} calls where exactly one is allowed")
     return _Calls(calls)
 
 
-def _read_output(reply: str, output: _Output) -> _Json | _Problem:
+def _read_output(reply: str, output: AnswerFormat, validator: Any) -> _Json | _Problem:
+    """The JSON answer in a reply: an object (json_object, no validator) or a value the validator accepts."""
     first: str | None = None
     for value, source in _candidates(reply):
-        if output.schema is None:
+        if validator is None:
             if isinstance(value, dict):
                 return _Json(source)
             continue
-        problem = _schema_problem(output.validator, value, "the JSON", output.param)
+        problem = _schema_problem(validator, output.param, value, "the JSON")
         if problem is None:
             return _Json(source)
         first = first or problem
     if first:
         return _Problem(first)
-    return _Problem("it contains no JSON object" if output.schema is None else "it contains no JSON")
+    return _Problem("it contains no JSON object" if validator is None else "it contains no JSON")
 
 
 def _read(reply: str, ask: _Ask, finish: str | None) -> _Reading:
@@ -520,15 +389,15 @@ def _read(reply: str, ask: _Ask, finish: str | None) -> _Reading:
     cut = " (the reply was cut off at the length limit)" if finish == "length" else ""
     if not reply.strip():
         return _Problem("the reply was empty" + cut)
-    if ask.mode != "none":
+    if ask.spec.allowed:
         for value, _ in _candidates(reply):
             raw_calls = _as_calls(value)
             if raw_calls is not None:
                 return _read_calls(raw_calls, ask)
-        if ask.mode in ("required", "named"):
+        if ask.spec.must_call:
             return _Problem('it contains no tool call (a JSON object {"tool_calls": [...]})' + cut)
-    if ask.output is not None:
-        read = _read_output(reply, ask.output)
+    if ask.spec.answer is not None:
+        read = _read_output(reply, ask.spec.answer, ask.answer)
         return _Problem(read.why + cut) if isinstance(read, _Problem) else read
     return _Text(reply)
 
@@ -608,7 +477,7 @@ async def emulate(
     """
     ask = _ask(tools, tool_choice, response_format, parallel_tool_calls)
     history = render_history(messages)
-    if ask.nothing:
+    if ask.spec.plain:
         source = run(history)
         try:
             async for event in source:
@@ -616,12 +485,12 @@ async def emulate(
         finally:
             await _close(source)
         return
-    conversation = _with_system(history, _instructions(ask) or "")
+    conversation = _with_system(history, _instructions(ask.spec) or "")
     turns = [await _buffer(run(conversation))]
     reading = _read(turns[0].text, ask, turns[0].finish)
     if isinstance(reading, _Problem):
         repair = (f"Your last reply did not follow the required format: {reading.why}.\n"
-                  f"{_reply_with(ask)}")
+                  f"{_reply_with(ask.spec)}")
         retry = [*conversation, {"role": "assistant", "content": turns[0].text or "(empty reply)"},
                  {"role": "user", "content": repair}]
         turns.append(await _buffer(run(retry)))

@@ -2,7 +2,8 @@
 
 A 135M model does not reliably write a valid tool call or JSON document when asked, so the
 embedded model is *made* to: :func:`output_plan` turns a request's ``tools``, ``tool_choice``,
-``response_format`` and ``parallel_tool_calls`` into an :class:`OutputPlan`, whose GBNF
+``response_format`` and ``parallel_tool_calls`` (read and checked by
+:func:`patchbay.chat.output.output_spec`) into an :class:`OutputPlan`, whose GBNF
 ``grammar`` llama.cpp enforces token by token (``Sampling.grammar``), and whose ``instructions``
 go into the system prompt so the model knows what the grammar expects. An
 :class:`OutputShaper` turns the constrained text back into events: tool-call fragments
@@ -44,6 +45,7 @@ from typing import Any, Literal
 
 import jsonschema
 
+from patchbay.chat.output import AnswerFormat, OutputSpec, answer_description, output_spec, tool_listing
 from patchbay.errors import InvalidRequest, ProtocolError
 from patchbay.events import Finish, Logprobs, StreamEvent, TextDelta, ToolCallDelta
 from patchbay.messages import Messages, content_text
@@ -74,7 +76,6 @@ MAX_DIGITS = 15
 CALL_OPEN = "<tool_call>["
 CALL_CLOSE = "]</tool_call>"
 CALL_SEPARATOR = ", "
-_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _BIG = 10**MAX_DIGITS - 1
 
 Kind = Literal["auto", "calls", "json"]
@@ -107,159 +108,66 @@ def output_plan(tools: Sequence[Any] | None = None, tool_choice: Any = None, res
                 parallel_tool_calls: bool | None = None) -> OutputPlan | None:
     """The plan for these Chat Completions fields (plain JSON values), or None when the answer is
     plain text. Bad or unsupported input raises :class:`InvalidRequest` naming its parameter."""
-    key = (_canonical(tools, "tools"), _canonical(tool_choice, "tool_choice"),
-           _canonical(response_format, "response_format"), _canonical(parallel_tool_calls, "parallel_tool_calls"))
-    return _plan(*key)
-
-
-def _canonical(value: Any, param: str) -> str:
-    try:
-        return json.dumps(value, allow_nan=False)  # key order kept: properties come in it
-    except (TypeError, ValueError, RecursionError):
-        raise InvalidRequest(f"{param} must be plain JSON", param=param) from None
+    return _plan(output_spec(tools, tool_choice, response_format, parallel_tool_calls))
 
 
 @functools.lru_cache(maxsize=64)
-def _plan(tools_json: str, choice_json: str, format_json: str, parallel_json: str) -> OutputPlan | None:
-    """Built once per distinct set of fields: converting schemas is slow next to a cache look-up."""
-    tools, tool_choice = json.loads(tools_json), json.loads(choice_json)
-    response_format, parallel = json.loads(format_json), json.loads(parallel_json)
-    if parallel is not None and not isinstance(parallel, bool):
-        raise InvalidRequest(f"parallel_tool_calls must be true or false, got {parallel!r:.40}",
-                             param="parallel_tool_calls")
-    functions = _functions(tools)
-    names = _chosen(tool_choice, [f["name"] for f in functions])
+def _plan(spec: OutputSpec) -> OutputPlan | None:
+    """Built once per distinct request fields: converting schemas is slow next to a cache look-up."""
     converter = _Converter()
-    answer = _answer_format(response_format, converter)  # None: a text answer
-    if not names:
-        if answer is None:
+    answer = None  # the grammar expression of a JSON answer
+    if spec.answer is not None:
+        schema = {"type": "object"} if spec.answer.schema is None else spec.answer.schema
+        answer = converter.schema(schema, spec.answer.param)
+    if not spec.allowed:
+        if spec.answer is None or answer is None:
             return None
-        converter.rules["root"] = answer[0]
-        return OutputPlan("json", converter.gbnf(), answer[1], json=True)
-    chosen = [f for f in functions if f["name"] in names]
+        converter.rules["root"] = answer
+        return OutputPlan("json", converter.gbnf(), _answer_instructions(spec.answer), json=True)
+    chosen = spec.allowed_tools
     alternatives = []
-    for function in chosen:
-        args = converter.schema(function["parameters"], function["param"])
-        head = json.dumps({"name": function["name"], "arguments": 0})[:-2]  # '{"name": "x", "arguments": '
-        alternatives.append(converter.rule(f"call-{function['name']}", f'{_lit(head)} {args} "}}"'))
+    for tool in chosen:
+        args = converter.schema(tool.parameters, tool.param)
+        head = json.dumps({"name": tool.name, "arguments": 0})[:-2]  # '{"name": "x", "arguments": '
+        alternatives.append(converter.rule(f"call-{tool.name}", f'{_lit(head)} {args} "}}"'))
     call = converter.rule("call", " | ".join(alternatives))
-    many = parallel is not False and isinstance(tool_choice, str | None)
-    repeat = f' ({_lit(CALL_SEPARATOR)} {call}){{0,{MAX_CALLS - 1}}}' if many else ""
+    repeat = f' ({_lit(CALL_SEPARATOR)} {call}){{0,{MAX_CALLS - 1}}}' if spec.parallel else ""
     converter.rules["calls"] = f"{_lit(CALL_OPEN)} {call}{repeat} {_lit(CALL_CLOSE)}"
-    auto = tool_choice in (None, "auto")
-    if auto and answer is not None:
-        converter.rules["root"] = f"calls | {answer[0]}"
-    elif auto:
+    if spec.must_call:
+        converter.rules["root"] = "calls"
+    elif answer is not None:
+        converter.rules["root"] = f"calls | {answer}"
+    else:
         # An answer in text: anything that does not start with "<" (a call) or white space.
         converter.rules["root"] = "calls | text"
         converter.rules["text"] = r"[^<\x00-\x20] [^\x00]*"
-    else:
-        converter.rules["root"] = "calls"
-    instructions = _tool_instructions(chosen, tool_choice, many, answer[1] if auto and answer else None)
-    return OutputPlan("auto" if auto else "calls", converter.gbnf(), instructions,
-                      tools=tuple(f["name"] for f in chosen), parallel=many, json=auto and answer is not None)
+    auto = not spec.must_call
+    return OutputPlan("auto" if auto else "calls", converter.gbnf(), _tool_instructions(spec),
+                      tools=spec.allowed, parallel=spec.parallel, json=auto and answer is not None)
 
 
-def _functions(tools: Any) -> list[dict[str, Any]]:
-    if tools is None:
-        return []
-    if not isinstance(tools, list):
-        raise InvalidRequest("tools must be a list of {type: function, function: {...}} objects", param="tools")
-    functions: list[dict[str, Any]] = []
-    for index, tool in enumerate(tools):
-        where = f"tools[{index}]"
-        if not isinstance(tool, dict):
-            raise InvalidRequest(f"{where} must be an object", param=where)
-        if tool.get("type") != "function":
-            raise InvalidRequest(f"{where}.type must be \"function\", got {tool.get('type')!r:.40}",
-                                 param=f"{where}.type")
-        function = tool.get("function")
-        if not isinstance(function, dict):
-            raise InvalidRequest(f"{where}.function must be an object with a name", param=f"{where}.function")
-        name = function.get("name")
-        if not isinstance(name, str) or not _NAME.fullmatch(name):
-            raise InvalidRequest(f"{where}.function.name must be 1 to 64 letters, digits, _ or -, got {name!r:.70}",
-                                 param=f"{where}.function.name")
-        if any(f["name"] == name for f in functions):
-            raise InvalidRequest(f"{where}.function.name {name!r} is used by another tool",
-                                 param=f"{where}.function.name")
-        description = function.get("description")
-        if description is not None and not isinstance(description, str):
-            raise InvalidRequest(f"{where}.function.description must be a string",
-                                 param=f"{where}.function.description")
-        parameters = function.get("parameters")
-        param = f"{where}.function.parameters"
-        if parameters is None:
-            parameters = {"type": "object", "properties": {}}
-        if not isinstance(parameters, dict) or parameters.get("type", "object") != "object":
-            raise InvalidRequest(f"{param} must be a JSON Schema of type object", param=param)
-        functions.append({"name": name, "description": description or "", "parameters": parameters, "param": param})
-    return functions
+def _answer_instructions(answer: AnswerFormat) -> str:
+    return f"Reply with only {answer_description(answer)}, and no other text."
 
 
-def _chosen(tool_choice: Any, names: list[str]) -> list[str]:
-    """The tools the model may call (empty: none)."""
-    if tool_choice is None:
-        return names  # "auto" when there are tools, as the API's default
-    if tool_choice == "none":
-        return []
-    if tool_choice in ("auto", "required"):
-        if tool_choice == "required" and not names:
-            raise InvalidRequest("tool_choice is \"required\" but there are no tools", param="tool_choice")
-        return names
-    if isinstance(tool_choice, dict) and tool_choice.get("type") == "function":
-        function = tool_choice.get("function")
-        name = function.get("name") if isinstance(function, dict) else None
-        if name not in names:
-            raise InvalidRequest(f"tool_choice names the function {name!r:.70}, which is not among the tools",
-                                 param="tool_choice")
-        return [str(name)]
-    raise InvalidRequest('tool_choice must be "none", "auto", "required" or {"type": "function", '
-                         '"function": {"name": ...}}', param="tool_choice")
-
-
-def _answer_format(response_format: Any, converter: _Converter) -> tuple[str, str] | None:
-    """The grammar expression (its rules added to ``converter``) and the instructions for a JSON
-    answer; None for text."""
-    if response_format is None:
-        return None
-    kind = response_format.get("type") if isinstance(response_format, dict) else None
-    if kind == "text":
-        return None
-    if kind == "json_object":
-        expression = converter.schema({"type": "object"}, "response_format")
-        return expression, "Reply with only a JSON object, and no other text."
-    if kind == "json_schema":
-        spec = response_format.get("json_schema")
-        if not isinstance(spec, dict) or not isinstance(spec.get("schema", {}), dict):
-            raise InvalidRequest("response_format.json_schema must be an object with a schema",
-                                 param="response_format.json_schema")
-        schema = spec.get("schema", {})
-        expression = converter.schema(schema, "response_format.json_schema.schema")
-        name = spec.get("name")
-        named = f" (named {name})" if isinstance(name, str) and name else ""
-        return expression, (f"Reply with only a JSON value that follows this JSON Schema{named}, and no other "
-                            f"text:\n{json.dumps(schema, ensure_ascii=False)}")
-    raise InvalidRequest('response_format.type must be "text", "json_object" or "json_schema"',
-                         param="response_format")
-
-
-def _tool_instructions(functions: list[dict[str, Any]], tool_choice: Any, many: bool, answer: str | None) -> str:
-    listed = "\n".join(json.dumps({"name": f["name"], "description": f["description"],
-                                   "parameters": f["parameters"]}, ensure_ascii=False) for f in functions)
+def _tool_instructions(spec: OutputSpec) -> str:
     example = f'{CALL_OPEN}{{"name": "<function name>", "arguments": {{<arguments as a JSON object>}}}}{CALL_CLOSE}'
-    text = (f"You are a helpful assistant with access to these functions:\n<tools>\n{listed}\n</tools>\n"
-            f"To call a function, reply with only {example}")
-    if many:
+    text = (f"You are a helpful assistant with access to these functions:\n<tools>\n"
+            f"{tool_listing(spec.allowed_tools)}\n</tools>\nTo call a function, reply with only {example}")
+    if spec.parallel:
         text += ", with one object per call in that list"
     text += ". The arguments must follow the function's parameters schema."
-    if tool_choice in (None, "auto"):
+    if not spec.must_call:
         text += " If no function fits, answer the user directly instead"
-        text += f": {answer[0].lower()}{answer[1:]}" if answer else " in plain text."
-    elif tool_choice == "required":
-        text += " You must call a function."
+        if spec.answer is not None:
+            answer = _answer_instructions(spec.answer)
+            text += f": {answer[0].lower()}{answer[1:]}"
+        else:
+            text += " in plain text."
+    elif len(spec.allowed) == 1:
+        text += f" You must call {spec.allowed[0]}."
     else:
-        text += f" You must call {functions[0]['name']}."
+        text += " You must call a function."
     return text
 
 
