@@ -130,6 +130,8 @@ class RateLimiter(Protocol):
 def refusal(exceeded: list[str], retry_after: float, limits: RateLimits) -> ClientRateLimited:
     """The 429 for a refused request: names the limits (never the key) and when to come back."""
     shown = ", ".join(f"{name} ({getattr(limits, name)})" for name in exceeded)
+    # Never past the window: buckets stamped by another process's clock can be a little ahead.
+    retry_after = min(retry_after, WINDOW)
     wait = max(1, int(-(-retry_after // 1)))
     return ClientRateLimited(f"rate limit reached for {shown}; try again in {wait} s", limit=exceeded[0],
                              retry_after=max(retry_after, 0.001))
