@@ -348,10 +348,9 @@ class Router(AsyncGeneratorProvider):
     def _final(cls, request: _Request, error: PatchbayError, *, decisive: bool = False) -> PatchbayError:
         """The error to raise at the end: it carries the delivered text when there was some, and
         every attempt when others came before it (``decisive``: its status stands for all)."""
-        if not request.delivered and len(request.attempts) > 1:
-            failed = AllProvidersFailed(request.attempts, model=request.model,
-                                        status=error.status if decisive else None)
-            failed.param = error.param if decisive else None
+        if decisive and not request.delivered and len(request.attempts) > 1:
+            failed = AllProvidersFailed(request.attempts, model=request.model, status=error.status)
+            failed.param = error.param
             return failed
         if request.delivered:
             reason = error
