@@ -226,14 +226,18 @@ async def complete(events: EventStream, requested_model: str) -> ChatCompletion:
     answers: dict[int, _Answer] = {0: _Answer()}
     async with aclosing(events):
         async for event in events:
-            if isinstance(event, TextDelta):
-                answers.setdefault(event.choice, _Answer()).text.append(event.text)
-            elif isinstance(event, ToolCallDelta):
-                answers.setdefault(event.choice, _Answer()).calls.append(event)
-            elif isinstance(event, Logprobs):
-                answers.setdefault(event.choice, _Answer()).logprobs.extend(event.content)
-            elif isinstance(event, Finish):
-                answers.setdefault(event.choice, _Answer()).finish = event.reason
+            if isinstance(event, TextDelta | ToolCallDelta | Logprobs | Finish):
+                answer = answers.get(event.choice)
+                if answer is None:
+                    answer = answers[event.choice] = _Answer()
+                if isinstance(event, TextDelta):
+                    answer.text.append(event.text)
+                elif isinstance(event, ToolCallDelta):
+                    answer.calls.append(event)
+                elif isinstance(event, Logprobs):
+                    answer.logprobs.extend(event.content)
+                else:
+                    answer.finish = event.reason
     info = events.provider_info
     return ChatCompletion(
         id=completion_id(), created=int(time.time()), model=info.model if info else requested_model,

@@ -123,10 +123,9 @@ def needs(request: ChatCompletionRequest) -> tuple[Need, ...]:
         found.append(Need("logprobs", "logprobs"))
     if request.n is not None and request.n > 1:
         found.append(Need("n", "n"))
-    for index, message in enumerate(request.messages):
-        if message.role == "system":
-            found.append(Need("system_message", f"messages[{index}]"))
-            break
+    system = next((index for index, message in enumerate(request.messages) if message.role == "system"), None)
+    if system is not None:
+        found.append(Need("system_message", f"messages[{system}]"))
     # A trailing assistant message is not a need: a target without prefill answers a new turn,
     # as OpenAI does. The router uses the prefill capability to continue an interrupted answer.
     return tuple(found)
