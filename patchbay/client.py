@@ -35,6 +35,7 @@ from patchbay.completions import (
     stream_chunks,
 )
 from patchbay.config import UNSET, TimeoutTypes
+from patchbay.errors import InvalidRequest
 from patchbay.events import EventStream
 from patchbay.providers.base import AsyncGeneratorProvider
 from patchbay.sync import BlockingStream, run_sync
@@ -42,6 +43,8 @@ from patchbay.sync import BlockingStream, run_sync
 __all__ = ["AsyncChunkStream", "AsyncClient", "ChunkStream", "Client"]
 
 ProviderType = type[AsyncGeneratorProvider]
+#: Options of the openai SDK's ``create()`` that shape its HTTP request, not the chat request.
+SDK_ONLY = ("extra_headers", "extra_query")
 
 
 def _provider_for(provider: ProviderType | None, routes: Mapping[str, Sequence[Any]] | None,
@@ -73,7 +76,14 @@ class _Base:
         raise NotImplementedError
 
     def _request(self, kwargs: dict[str, Any]) -> tuple[ChatCompletionRequest, dict[str, Any]]:
-        transport = {"timeout": kwargs.pop("timeout", self.timeout), "proxy": kwargs.pop("proxy", self.proxy)}
+        """The request, and the options of the call itself: limits, proxy and credentials (never
+        request fields, so never sent upstream in the body or kept in the request log)."""
+        for name in SDK_ONLY:
+            if name in kwargs:
+                raise InvalidRequest(f"{name} is an HTTP option of the openai SDK; patchbay's client has no HTTP "
+                                     "request to add it to (use extra_body for upstream fields)", param=name)
+        transport = {"timeout": kwargs.pop("timeout", self.timeout), "proxy": kwargs.pop("proxy", self.proxy),
+                     "auth": kwargs.pop("auth", None), "api_key": kwargs.pop("api_key", None)}
         return request_from_kwargs(kwargs), transport
 
 

@@ -160,7 +160,7 @@ def find_model(provider: type[AsyncGeneratorProvider], model: str) -> Model:
 
 def open_stream(provider: type[AsyncGeneratorProvider], request: ChatCompletionRequest, **options: Any
                 ) -> EventStream:
-    """Start ``request`` on ``provider`` (``options``: timeout, proxy, base_url, auth); the stream
+    """Start ``request`` on ``provider`` (``options``: timeout, proxy, base_url, auth, api_key); the stream
     records what it hands over in the request's transcript."""
     transcript = Transcript()
     return EventStream(provider.open(request, transcript=transcript, **options), transcript)

@@ -125,3 +125,15 @@ def test_default_client_is_the_embedded_model(tmp_path: Path, monkeypatch: pytes
     assert answer.provider == "Local"
     assert answer.choices[0].message.content
     assert answer.usage is not None and answer.usage.completion_tokens <= 6
+
+
+async def test_credentials_given_to_create_are_call_options_never_request_fields(openai_fake: OpenAIFake) -> None:
+    provider = OpenAICompatible.configure("KeyCheck", base_url=openai_fake.api_base, models=["fake-small"])
+    client = patchbay.AsyncClient(provider)
+    await client.chat.completions.create(model="fake-small", messages=HELLO, api_key="sk-given-for-this-call")
+    sent = openai_fake.requests_to("/v1/chat/completions")[-1]
+    assert sent.headers["authorization"] == "Bearer sk-given-for-this-call"
+    assert b"sk-given-for-this-call" not in sent.body  # a credential, not a body field
+    with pytest.raises(InvalidRequest) as info:
+        await client.chat.completions.create(model="fake-small", messages=HELLO, extra_headers={"X-Key": "secret"})
+    assert info.value.param == "extra_headers"
