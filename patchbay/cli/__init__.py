@@ -24,9 +24,9 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from patchbay.cli import chat, config, logs, models, providers, serve
+    from patchbay.cli import chat, config, cookies, logs, models, providers, serve
 
-    for module in (chat, models, providers, logs, config, serve):
+    for module in (chat, models, providers, logs, config, cookies, serve):
         for command in module.COMMANDS:
             cli.add_command(command)
 
