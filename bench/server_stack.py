@@ -5,7 +5,7 @@
 1. The ASGI server, with an app that only parses the body and answers a fixed JSON
    (:func:`bench.stack_apps.static`): uvicorn (httptools, uvloop) against granian, when installed.
 2. The upstream client, with an app that forwards to the fixed fake upstream: one shared aiohttp
-   ClientSession against patchbay's keep-alive pool (:mod:`patchbay.transport`).
+   ClientSession against patchbay's keep-alive pool (:mod:`patchbay.net.pool`).
 3. JSON and validation of a chat request body, in-process: ``json.loads`` alone, pydantic's
    ``model_validate_json`` of an equivalent model, and msgspec decoding into
    :class:`patchbay.completions.ChatCompletionRequest` (parsing and checking in one step).

@@ -52,7 +52,7 @@ from bench.report import write_section
 from bench.request_log import serve, thread_cpu, upstream_service
 from bench.targets import Service
 from bench.upstream import CHUNKS, HELD_MODEL, MODEL, TEXT
-from patchbay.transport import MAX_IDLE_PER_HOST
+from patchbay.net.pool import MAX_IDLE_PER_HOST
 
 __all__ = ["KINDS", "FdCount", "Options", "Sample", "SoakResult", "main", "run_soak"]
 

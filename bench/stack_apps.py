@@ -3,7 +3,7 @@ one choice each (the ASGI server, the upstream HTTP client).
 
 - ``static``: reads the body, parses it, answers a fixed JSON body (the server's own cost);
 - ``forward_aiohttp``: forwards to the upstream with one shared aiohttp ClientSession;
-- ``forward_pool``: forwards with patchbay's keep-alive pool (:mod:`patchbay.transport`).
+- ``forward_pool``: forwards with patchbay's keep-alive pool (:mod:`patchbay.net.pool`).
 
 The upstream address comes from ``STACK_UPSTREAM`` (``http://127.0.0.1:PORT``).
 """
@@ -75,7 +75,7 @@ async def forward_aiohttp(scope: Any, receive: Any, send: Any) -> None:
 async def forward_pool(scope: Any, receive: Any, send: Any) -> None:
     if scope["type"] == "lifespan":
         return await _lifespan(receive, send)
-    from patchbay.transport import pool_for_loop
+    from patchbay.net.pool import pool_for_loop
 
     request = msgspec.json.decode(await _body(receive))
     response = await pool_for_loop().request("POST", f"{UPSTREAM}/v1/chat/completions",

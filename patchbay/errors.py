@@ -16,6 +16,7 @@ the class hierarchy), so the server, the CLI and the router all agree on what an
     │   └── SessionRejected         401  the service answered with a captcha or an error page
     ├── PaymentRequired             402  the account is out of credits
     ├── PermissionDenied            403  credentials valid, access refused
+    │   └── ChallengeRequired       403  a browser challenge (Cloudflare...) stands in the way
     ├── RateLimited                 429  too many requests (``retry_after`` when known)
     │   └── ClientRateLimited       429  a client over the gateway's own limits (``limit`` names which)
     ├── ProviderNotWorking          503  the provider is marked not working or is disabled
@@ -42,6 +43,7 @@ shown (for secrets registered in between).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from patchbay.secrets import redact
 
@@ -50,6 +52,7 @@ __all__ = [
     "AllProvidersFailed",
     "Attempt",
     "AuthError",
+    "ChallengeRequired",
     "ClientRateLimited",
     "ConnectTimeout",
     "ConnectionFailed",
@@ -81,6 +84,10 @@ __all__ = [
 
 class PatchbayError(Exception):
     """Base class of every error patchbay raises on purpose."""
+
+    #: The target that raised it cools down at once, not after a run of failures (the router's
+    #: policy): retrying cannot help until someone acts (a browser challenge).
+    cools_down_at_once: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -179,6 +186,15 @@ class PaymentRequired(PatchbayError):
 
 class PermissionDenied(PatchbayError):
     """The credentials are valid but not allowed to do this."""
+
+
+class ChallengeRequired(PermissionDenied):
+    """The site answered with a browser challenge (Cloudflare's "Just a moment..." page and the like).
+
+    Retrying cannot help until the user supplies a real browser's cookies, so the target cools
+    down at once (:attr:`cools_down_at_once`) and the router moves on."""
+
+    cools_down_at_once: ClassVar[bool] = True
 
 
 class RateLimited(PatchbayError):
@@ -335,6 +351,7 @@ ERROR_TABLE: dict[type[PatchbayError], ErrorInfo] = {
     SessionRejected: ErrorInfo(401, "authentication_error", "session_rejected"),
     PaymentRequired: ErrorInfo(402, "insufficient_quota", "payment_required"),
     PermissionDenied: ErrorInfo(403, "permission_error", "permission_denied"),
+    ChallengeRequired: ErrorInfo(403, "permission_error", "challenge_required"),
     RateLimited: ErrorInfo(429, "rate_limit_error", "rate_limit_exceeded"),
     ClientRateLimited: ErrorInfo(429, "rate_limit_error", "rate_limit_exceeded"),
     ProviderNotWorking: ErrorInfo(503, "api_error", "provider_not_working"),

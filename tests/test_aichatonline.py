@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import aiohttp
 import pytest
 
 from patchbay.config import Timeout
 from patchbay.errors import FirstByteTimeout, UpstreamError
+from patchbay.net.session import HTTPSession
 from patchbay.providers import AiChatOnline, registry
 from patchbay.providers.aichatonline import format_prompt
 from tests.replicas.aichatonline import AiChatOnlineReplica
@@ -46,8 +46,8 @@ async def test_documentation_example(aichatonline_replica: AiChatOnlineReplica) 
     assert aichatonline_replica.violations == []
 
 
-async def test_grab_token_with_an_aiohttp_session(aichatonline_replica: AiChatOnlineReplica) -> None:
-    async with aiohttp.ClientSession() as session:
+async def test_grab_token_with_a_session(aichatonline_replica: AiChatOnlineReplica) -> None:
+    async with HTTPSession() as session:
         first = await AiChatOnline.grab_token(session, None, base_url=aichatonline_replica.base_url)
         second = await AiChatOnline.grab_token(session, None, base_url=aichatonline_replica.base_url)
     assert first and second

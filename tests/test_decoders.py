@@ -1,4 +1,4 @@
-"""Tests for patchbay.decoders.
+"""Tests for patchbay.net.decoders.
 
 Decoder tests feed the same bytes split every way: whole, one byte at a time, two bytes at a
 time, at every single split position and at random cut points; the output must not change.
@@ -17,7 +17,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from patchbay.decoders import (
+from patchbay.errors import ProtocolError
+from patchbay.net.decoders import (
     DECODERS,
     DEFAULT_MAX_LINE_SIZE,
     LineDecoder,
@@ -27,7 +28,6 @@ from patchbay.decoders import (
     UTF8Decoder,
     decoder_for,
 )
-from patchbay.errors import ProtocolError
 
 S = TypeVar("S", str, bytes)
 

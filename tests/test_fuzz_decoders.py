@@ -22,9 +22,9 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from patchbay.decoders import DECODERS, LineDecoder, NDJSONDecoder, SSEDecoder, UTF8Decoder
 from patchbay.errors import PatchbayError, ProtocolError
 from patchbay.events import Finish, StreamEvent, TextDelta, ToolCallDelta, Usage
+from patchbay.net.decoders import DECODERS, LineDecoder, NDJSONDecoder, SSEDecoder, UTF8Decoder
 from patchbay.providers import liaobots, openai_compatible
 
 FUZZ = settings(max_examples=120, derandomize=True, database=None, deadline=None,

@@ -6,13 +6,15 @@ import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import aiohttp
 import pytest
 from aiohttp import web
+from yarl import URL
 
 from patchbay.config import Timeout
-from patchbay.errors import ConnectionFailed, DeadlineExceeded, InvalidRequest
-from patchbay.http import HTTPSession, map_transport_error, parse_retry_after
+from patchbay.errors import ConnectionFailed, ConnectTimeout, DeadlineExceeded, InvalidRequest, ProtocolError
+from patchbay.net.cookiejar import CookieJar
+from patchbay.net.session import HTTPSession, map_transport_error, parse_retry_after
+from patchbay.net.transport import ConnectTimeoutError, IncompleteResponse, MalformedResponse
 from patchbay.providers import AiChatOnline, Liaobots
 from patchbay.secrets import redact
 from tests.replicas.aichatonline import AiChatOnlineReplica
@@ -33,7 +35,7 @@ async def test_documentation_example_through_an_http_proxy(aichatonline_replica:
 
 async def test_grab_token_through_an_http_proxy(aichatonline_replica: AiChatOnlineReplica,
                                                 http_proxy: HTTPProxy) -> None:
-    async with aiohttp.ClientSession() as session:
+    async with HTTPSession() as session:  # the seed's call shape: the proxy given to grab_token
         token = await AiChatOnline.grab_token(session, http_proxy.url, base_url=aichatonline_replica.base_url)
     assert token in aichatonline_replica.issued_ids
     assert any("getUniqueId" in target for target in http_proxy.requests)
@@ -49,7 +51,7 @@ async def test_liaobots_through_a_socks5_proxy(liaobots_replica: LiaobotsReplica
 
 
 async def test_unsupported_proxy_scheme_is_named() -> None:
-    with pytest.raises(InvalidRequest, match="unsupported proxy scheme 'ftp'"):
+    with pytest.raises(InvalidRequest, match=r"unsupported proxy 'ftp://127\.0\.0\.1:1/'"):
         await AiChatOnline.create_async("", MESSAGES, proxy="ftp://127.0.0.1:1", base_url="http://127.0.0.1:9")
 
 
@@ -98,15 +100,16 @@ async def test_total_deadline_ends_a_body_that_never_needs_a_wait() -> None:
                     await asyncio.sleep(0)  # a consumer that yields between chunks, as a server does
 
 
-async def test_cookies_survive_the_session(liaobots_replica: LiaobotsReplica) -> None:
-    from patchbay.http import CookieStore
-
-    store = CookieStore()
-    async with HTTPSession(cookies=store, site=liaobots_replica.base_url) as http, \
+@pytest.mark.parametrize("impl", ["pool", "curl"])
+async def test_cookies_survive_the_session(liaobots_replica: LiaobotsReplica, impl: str) -> None:
+    jar = CookieJar()
+    async with HTTPSession(cookies=jar, transport=impl) as http, \
             http.request("POST", f"{liaobots_replica.base_url}/recaptcha/api/login",
                          data={"token": "x" * 20}) as response:
         assert response.status == 200
-    assert liaobots_replica.base_url in store
+    assert liaobots_replica.base_url in jar
+    session_cookie = jar.header_for(URL(liaobots_replica.base_url + "/api/user"))
+    assert session_cookie is not None and redact(session_cookie) != session_cookie  # a secret now
 
 
 def test_retry_after_forms() -> None:
@@ -118,7 +121,9 @@ def test_retry_after_forms() -> None:
 
 
 def test_transport_errors_map_by_class() -> None:
-    assert isinstance(map_transport_error(aiohttp.ServerDisconnectedError()), ConnectionFailed)
+    assert isinstance(map_transport_error(IncompleteResponse("closed early")), ConnectionFailed)
+    assert isinstance(map_transport_error(MalformedResponse("garbage")), ProtocolError)
+    assert isinstance(map_transport_error(ConnectTimeoutError("slow")), ConnectTimeout)
     assert isinstance(map_transport_error(ConnectionResetError()), ConnectionFailed)
 
 
@@ -159,7 +164,7 @@ async def test_tls_verification_can_be_turned_off_per_provider(tls_server: str) 
 
 def test_error_for_response_reads_the_message_wherever_services_put_it() -> None:
     from patchbay.errors import AuthError, PaymentRequired, RateLimited
-    from patchbay.http import error_for_response
+    from patchbay.net.session import error_for_response
 
     flat = error_for_response(401, '{"message":"401 Unauthorized"}', {}, during="chat")
     assert isinstance(flat, AuthError) and flat.message == "upstream answered 401: chat: 401 Unauthorized"

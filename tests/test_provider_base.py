@@ -7,12 +7,12 @@ import threading
 from collections.abc import AsyncIterator
 from typing import Any, ClassVar
 
-import aiohttp
 import pytest
 
 from patchbay.chat.request import ChatCompletionRequest
 from patchbay.errors import AuthError, ConnectionFailed, InvalidRequest, ModelNotSupported, StreamInterrupted
 from patchbay.events import Finish, ProviderInfo, StreamConsumed, StreamEvent, TextDelta, Usage
+from patchbay.net.transport import IncompleteResponse
 from patchbay.providers.base import AsyncGeneratorProvider, Call, ProviderModelMixin
 
 HELLO = [{"role": "user", "content": "hi"}]
@@ -93,7 +93,7 @@ async def test_failure_after_text_carries_exactly_the_delivered_text() -> None:
 
 async def test_transport_exception_is_mapped_and_named() -> None:
     Scripted.parts = []
-    Scripted.fail = aiohttp.ServerDisconnectedError()
+    Scripted.fail = IncompleteResponse("the server closed the connection")
     with pytest.raises(ConnectionFailed) as info:
         await Scripted.create_async("m1", HELLO)
     assert str(info.value).startswith("Scripted: ")

@@ -14,7 +14,7 @@ import pytest
 
 import bench.soak
 from bench.soak import Options, SoakResult, report, run_soak
-from patchbay.transport import MAX_IDLE_PER_HOST
+from patchbay.net.pool import MAX_IDLE_PER_HOST
 
 pytestmark = [pytest.mark.process]  # one soak run (a gateway subprocess) for the whole module
 

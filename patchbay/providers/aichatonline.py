@@ -18,14 +18,13 @@ import string
 from collections.abc import AsyncIterator
 from typing import ClassVar
 
-import aiohttp
-
 from patchbay.chat.request import ChatCompletionRequest
-from patchbay.decoders import NDJSONDecoder
 from patchbay.errors import ProtocolError
 from patchbay.events import StreamEvent, TextDelta
-from patchbay.http import BROWSER_USER_AGENT, HTTPResponse, HTTPSession, error_for_response
 from patchbay.messages import Messages, content_text
+from patchbay.net.decoders import NDJSONDecoder
+from patchbay.net.session import BROWSER_USER_AGENT, HTTPSession, error_for_response
+from patchbay.net.transport import Response
 from patchbay.providers.base import AsyncGeneratorProvider, Call, ProviderModelMixin
 from patchbay.providers.capabilities import Capabilities
 
@@ -67,21 +66,23 @@ class AiChatOnline(AsyncGeneratorProvider, ProviderModelMixin):
     @classmethod
     async def grab_token(
         cls,
-        session: aiohttp.ClientSession | HTTPSession,
+        session: HTTPSession,
         proxy: str | None = None,
         *,
         base_url: str | None = None,
     ) -> str:
         """Fetch a unique id for a chat, with a random ``canvas`` value to defeat caches
-        (docs/protocols.md#aichatonline-unique-id)."""
+        (docs/protocols.md#aichatonline-unique-id). ``proxy`` (the seed's call shape) is used when
+        it is not the session's own."""
+        if proxy is not None and proxy != session.proxy:
+            async with HTTPSession(timeout=session.timeout, proxy=proxy, headers=session.headers,
+                                   provider=cls.name) as proxied:
+                return await cls.grab_token(proxied, base_url=base_url)
         base = (base_url or cls.api_base).rstrip("/")
         request_url = f"{base}/api/v1/user/getUniqueId"
         params = {"canvas": f"-{_random_id()}"}
-        if isinstance(session, HTTPSession):
-            async with session.request("GET", request_url, params=params) as response:
-                return _unique_id(response, await session.read_body(response))
-        async with session.get(request_url, params=params, proxy=proxy) as response:
-            return _unique_id(response, await response.text(errors="replace"))
+        async with session.request("GET", request_url, params=params) as response:
+            return _unique_id(response, await session.read_body(response))
 
     @classmethod
     async def generate(cls, request: ChatCompletionRequest, call: Call) -> AsyncIterator[StreamEvent]:
@@ -106,7 +107,7 @@ class AiChatOnline(AsyncGeneratorProvider, ProviderModelMixin):
                     log.debug("AiChatOnline: skipped %d malformed lines", decoder.skipped)
 
 
-def _unique_id(response: HTTPResponse, text: str) -> str:
+def _unique_id(response: Response, text: str) -> str:
     if response.status >= 300:
         raise error_for_response(response.status, text, response.headers, during="fetching a unique id")
     try:

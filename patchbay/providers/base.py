@@ -19,16 +19,15 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-import aiohttp
-
 from patchbay.catalog import ModelRecord, catalog
 from patchbay.chat.request import ChatCompletionRequest, request_from_kwargs
 from patchbay.config import UNSET, Timeout, TimeoutTypes
 from patchbay.context import estimate_tokens, fit_messages
 from patchbay.errors import ModelNotSupported, PatchbayError, StreamInterrupted, UnsupportedFeature
 from patchbay.events import EventStream, Mark, ProviderInfo, StreamEvent, TextStream, Transcript
-from patchbay.http import map_transport_error
 from patchbay.messages import validate_messages
+from patchbay.net.session import map_transport_error
+from patchbay.net.transport import TransportError
 from patchbay.providers.capabilities import Capabilities, Support, needs
 from patchbay.providers.emulation import emulate
 from patchbay.stops import cut_at_stops
@@ -38,7 +37,7 @@ __all__ = ["AsyncGeneratorProvider", "Call", "ProviderModelMixin", "classpropert
 
 log = logging.getLogger("patchbay.providers")
 
-_TRANSPORT_EXCEPTIONS = (aiohttp.ClientError, OSError)  # TimeoutError is an OSError
+_TRANSPORT_EXCEPTIONS = (TransportError, OSError)  # a transport's own, and a provider's socket use
 
 
 class classproperty:

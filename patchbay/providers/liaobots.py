@@ -24,7 +24,6 @@ from patchbay.catalog import ModelRecord
 from patchbay.chat.request import ChatCompletionRequest
 from patchbay.context import count_chars, fit_messages
 from patchbay.credentials import CredentialPool
-from patchbay.decoders import SSEDecoder
 from patchbay.errors import (
     AuthError,
     PaymentRequired,
@@ -32,8 +31,10 @@ from patchbay.errors import (
     SessionRejected,
 )
 from patchbay.events import StreamEvent, TextDelta
-from patchbay.http import BROWSER_USER_AGENT, CookieStore, HTTPSession, error_for_response
 from patchbay.messages import content_text
+from patchbay.net.cookiejar import CookieJar
+from patchbay.net.decoders import SSEDecoder
+from patchbay.net.session import BROWSER_USER_AGENT, HTTPSession, error_for_response
 from patchbay.providers.base import AsyncGeneratorProvider, Call, ProviderModelMixin
 from patchbay.providers.capabilities import Capabilities
 
@@ -97,7 +98,7 @@ class Liaobots(AsyncGeneratorProvider, ProviderModelMixin):
     }
 
     auth_codes: ClassVar[CredentialPool] = CredentialPool("Liaobots", env_var="LIAOBOTS_AUTH_CODES")
-    cookies: ClassVar[CookieStore] = CookieStore()
+    cookies: ClassVar[CookieJar] = CookieJar()
 
     @classmethod
     def model_records(cls) -> list[ModelRecord]:
@@ -121,7 +122,7 @@ class Liaobots(AsyncGeneratorProvider, ProviderModelMixin):
             "prompt": "\n".join(content_text(m) for m in system) or DEFAULT_SYSTEM_PROMPT,
         }
         async with HTTPSession(
-            timeout=call.timeout, proxy=call.proxy, verify_ssl=cls.verify_ssl, cookies=cls.cookies, site=base,
+            timeout=call.timeout, proxy=call.proxy, verify_ssl=cls.verify_ssl, cookies=cls.cookies,
             headers=_headers(cls.url), provider=cls.name,
         ) as http:
             last_error: AuthError | PaymentRequired | None = None

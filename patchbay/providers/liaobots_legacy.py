@@ -19,11 +19,11 @@ from typing import Any, ClassVar, get_type_hints
 from patchbay.catalog import ModelRecord
 from patchbay.chat.request import ChatCompletionRequest
 from patchbay.context import count_chars, fit_messages
-from patchbay.decoders import UTF8Decoder
 from patchbay.errors import AuthError
 from patchbay.events import StreamEvent, TextDelta
-from patchbay.http import BROWSER_USER_AGENT, HTTPSession
 from patchbay.messages import content_text
+from patchbay.net.decoders import UTF8Decoder
+from patchbay.net.session import BROWSER_USER_AGENT, HTTPSession
 from patchbay.providers.base import AsyncGeneratorProvider, Call, ProviderModelMixin
 from patchbay.providers.capabilities import Capabilities
 from patchbay.secrets import register_secret

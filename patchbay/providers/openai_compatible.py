@@ -22,7 +22,6 @@ import msgspec
 from patchbay.chat.request import ChatCompletionRequest
 from patchbay.config import Timeout
 from patchbay.credentials import CredentialPool
-from patchbay.decoders import SSEDecoder
 from patchbay.errors import (
     AuthError,
     InvalidRequest,
@@ -33,7 +32,9 @@ from patchbay.errors import (
     error_for_status,
 )
 from patchbay.events import Finish, Logprobs, StreamEvent, TextDelta, ToolCallDelta, Usage
-from patchbay.http import HTTPResponse, HTTPSession, parse_retry_after
+from patchbay.net.decoders import SSEDecoder
+from patchbay.net.session import HTTPSession, parse_retry_after
+from patchbay.net.transport import Response
 from patchbay.presets import get_preset
 from patchbay.providers.base import AsyncGeneratorProvider, Call, ProviderModelMixin
 from patchbay.providers.capabilities import Capabilities
@@ -288,7 +289,7 @@ class OpenAICompatible(AsyncGeneratorProvider, ProviderModelMixin):
         return AuthError(f"{cls.name} needs an API key{where}")
 
     @classmethod
-    async def _status_error(cls, http: HTTPSession, response: HTTPResponse) -> PatchbayError:
+    async def _status_error(cls, http: HTTPSession, response: Response) -> PatchbayError:
         """The patchbay error for an upstream error answer (OpenAI error object or plain text), with its
         Retry-After (docs/protocols.md#openai-error-objects, docs/protocols.md#openai-retry-after)."""
         text = await http.read_body(response)

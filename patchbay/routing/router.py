@@ -302,7 +302,7 @@ class Router(AsyncGeneratorProvider):
         failures = await cls.state.record_failure(key, error=f"{type(error).__name__}: {error.message}"[:300],
                                                   window=cls.cooldown.window)
         retry_after = error.retry_after if isinstance(error, RateLimited) else None
-        if failures >= cls.cooldown.failures:
+        if failures >= cls.cooldown.failures or error.cools_down_at_once:
             await cls.state.set_cooldown(key, now + cls.cooldown.duration)
         elif retry_after is not None and retry_after > cls.retry.max_retry_after:
             await cls.state.set_cooldown(key, now + retry_after)  # it told us when to come back

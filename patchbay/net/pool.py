@@ -1,16 +1,15 @@
 """A keep-alive HTTP/1.1 client connection pool: asyncio protocols driving ``httptools``.
 
-Forwarding through aiohttp's client held the gateway to about a third of the requests per second
-a lean keep-alive client allows; this is that client, which :class:`~patchbay.http.HTTPSession`
-uses for direct (no proxy, no cookie store) http and https requests. Connections are kept per (scheme, host, port, TLS
-verification) and reused most-recent-first; one :class:`ConnectionPool` serves one event loop
-(:func:`pool_for_loop`), because a connection belongs to the loop that opened it.
+The :class:`~patchbay.net.transport.Transport` for direct (no proxy, no impersonation) http and
+https requests: it forwards at about twice aiohttp's rate and 1.5 times curl_cffi's through the
+gateway (docs/benchmarks.md, "Upstream transports"). Connections are kept per (scheme, host,
+port, TLS verification) and reused most-recent-first; one :class:`ConnectionPool` serves one
+event loop (:func:`pool_for_loop`), because a connection belongs to the loop that opened it.
 
 A connection goes back to the pool only when its response was complete, did not ask to close,
 and was read to the end; anything else (an abandoned or cancelled body, an error) closes it, which
-is also how the upstream learns that the client went away. This module raises plain transport
-exceptions (``OSError`` and friends, ``httptools.HttpParserError``, :class:`IncompleteResponse`,
-:class:`ConnectTimeoutError`, :class:`InvalidRequestError`); :mod:`patchbay.http` maps them.
+is also how the upstream learns that the client went away. Failures are raised as the
+exceptions of :mod:`patchbay.net.transport`, which :mod:`patchbay.net.session` maps.
 """
 
 from __future__ import annotations
@@ -18,29 +17,29 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
-import json as jsonlib
+import select
 import ssl
-import threading
-import urllib.parse
-import weakref
 from collections import deque
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Mapping
-from typing import Any, cast
+from collections.abc import Awaitable, Callable, Mapping
+from typing import cast
 
 import httptools
-import msgspec
 from yarl import URL
 
-__all__ = [
-    "ConnectTimeoutError",
-    "ConnectionPool",
-    "Headers",
-    "IncompleteResponse",
-    "InvalidRequestError",
-    "PooledResponse",
-    "encode_body",
-    "pool_for_loop",
-]
+from patchbay.net.loops import PerLoop
+from patchbay.net.transport import (
+    IDEMPOTENT_METHODS,
+    ConnectError,
+    ConnectTimeoutError,
+    FirstByteTimeoutError,
+    Headers,
+    IncompleteResponse,
+    InvalidRequestError,
+    MalformedResponse,
+    UpstreamRequest,
+)
+
+__all__ = ["ConnectionPool", "PooledResponse", "pool_for_loop"]
 
 USER_AGENT = "patchbay"
 MAX_IDLE_PER_HOST = 100  # idle connections kept per (scheme, host, port, verify)
@@ -51,48 +50,6 @@ SHUTDOWN_WAIT = 1.0  # seconds a closing pool waits for its connections to go
 _BODYLESS_METHODS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS", "TRACE"})
 
 Key = tuple[str, str, int, bool]  # scheme, host, port, verify TLS
-
-
-class IncompleteResponse(ConnectionError):
-    """The connection ended before the response was complete (premature EOF)."""
-
-
-class ConnectTimeoutError(TimeoutError):
-    """Opening the connection (TCP and TLS) took longer than the connect timeout."""
-
-
-class FirstByteTimeoutError(TimeoutError):
-    """The response's headers did not arrive within the first-byte timeout after the request went out."""
-
-
-class InvalidRequestError(ValueError):
-    """The request cannot be sent as given (a URL without host, a newline in a header)."""
-
-
-class Headers(Mapping[str, str]):
-    """Response headers: case-insensitive lookup; a repeated header reads as its values joined by ", "."""
-
-    __slots__ = ("_map", "raw")
-
-    def __init__(self, raw: list[tuple[str, str]]) -> None:
-        self.raw = raw  # (name, value) as received, in order
-        merged: dict[str, str] = {}
-        for name, value in raw:
-            key = name.lower()
-            merged[key] = f"{merged[key]}, {value}" if key in merged else value
-        self._map = merged
-
-    def __getitem__(self, name: str) -> str:
-        return self._map[name.lower()]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._map)  # lower-case names
-
-    def __len__(self) -> int:
-        return len(self._map)
-
-    def __repr__(self) -> str:
-        return f"Headers({self.raw!r})"
 
 
 class State(enum.Enum):
@@ -154,15 +111,15 @@ class Connection(asyncio.Protocol):
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            self._fail(httptools.HttpParserError("the server switched protocols"))
+            self._fail(MalformedResponse("the server switched protocols"))
             return
         except httptools.HttpParserError as exc:
-            self._fail(exc)
+            self._fail(MalformedResponse(f"malformed response: {exc}"))
             return
         if self.state is State.HEADERS:
             self._head_size += len(data)
             if self._head_size > MAX_HEAD_SIZE:
-                self._fail(httptools.HttpParserError(f"the response head is larger than {MAX_HEAD_SIZE} bytes"))
+                self._fail(MalformedResponse(f"the response head is larger than {MAX_HEAD_SIZE} bytes"))
 
     def eof_received(self) -> bool:
         return False  # close the transport; connection_lost decides what the EOF meant
@@ -285,6 +242,19 @@ class Connection(asyncio.Protocol):
             await self._wait()
         return data
 
+    def dropped(self) -> bool:
+        """An idle connection the server has closed (or written to unasked) whose news the event
+        loop has not delivered yet: its socket is readable. Checked before reuse, so a request
+        is never written to a connection already known to be gone (urllib3 checks the same way)."""
+        if self.transport is None or self.transport.is_closing():
+            return True
+        sock = self.transport.get_extra_info("socket")
+        if sock is None:
+            return False
+        poller = select.poll()
+        poller.register(sock.fileno(), select.POLLIN)
+        return bool(poller.poll(0))
+
     @property
     def paused(self) -> bool:
         """Reading is paused until the reader drains the buffered body (flow control)."""
@@ -349,8 +319,7 @@ class Connection(asyncio.Protocol):
 
 
 class PooledResponse:
-    """A response read off a pooled connection, shaped like the parts of aiohttp's ClientResponse
-    patchbay uses: ``status``, ``headers``, ``content.readany()`` and ``release()``."""
+    """A response read off a pooled connection (a :class:`~patchbay.net.transport.Response`)."""
 
     __slots__ = ("_conn", "_ended", "_pool", "headers", "status")
 
@@ -361,12 +330,7 @@ class PooledResponse:
         self.status = status
         self.headers = headers
 
-    @property
-    def content(self) -> PooledResponse:
-        """The body reader; the response itself, so ``response.content.readany()`` reads as on aiohttp."""
-        return self
-
-    async def readany(self) -> bytes:
+    async def read_chunk(self) -> bytes:
         """The next body bytes as they arrive; b"" at the end of the body."""
         data = self.buffered_chunk()
         if data is None:
@@ -375,9 +339,7 @@ class PooledResponse:
         return data
 
     def buffered_chunk(self) -> bytes | None:
-        """The next body bytes if they already arrived (b"" at the end of the body), else None.
-
-        A reader with a time limit calls this first and skips arming a timer for data at hand."""
+        """The next body bytes if they already arrived (b"" at the end of the body), else None."""
         conn = self._conn
         if conn is None:
             if self._ended:
@@ -406,13 +368,6 @@ class PooledResponse:
         self._ended = True
         self.release()  # read to the end: the connection can serve the next request now
 
-    async def read(self) -> bytes:
-        """The whole body."""
-        parts = []
-        while chunk := await self.readany():
-            parts.append(chunk)
-        return b"".join(parts)
-
     def release(self) -> None:
         """Done with the response: a fully read connection goes back to the pool, any other closes."""
         conn, self._conn = self._conn, None
@@ -426,10 +381,12 @@ class PooledResponse:
 class ConnectionPool:
     """Idle keep-alive connections per (scheme, host, port, verify), for one event loop.
 
-    :meth:`request` takes the most recently used idle connection (or opens one), sends the request
-    and returns once the response headers arrived. A pooled connection the server had closed
-    while it sat idle is detected and replaced: dropped when taken if already closed, and the
-    request is retried once on a fresh connection if a reused one fails before any response byte.
+    :meth:`send` takes the most recently used idle connection (or opens one), sends the request
+    and returns once the response headers arrived. A pooled connection the server closed while it
+    sat idle is detected before reuse (:meth:`Connection.dropped`) and replaced. A reused one that
+    fails after the request was written, before any response byte, is retried once on a fresh
+    connection only for an idempotent method: a POST may have reached the server, and sending it
+    again could bill twice (RFC 9112 §9.3.1). A timeout is never retried.
     """
 
     def __init__(self, *, max_idle_per_host: int = MAX_IDLE_PER_HOST, keepalive_expiry: float = KEEPALIVE_EXPIRY
@@ -440,43 +397,34 @@ class ConnectionPool:
         self.closed = False
         self._idle: dict[Key, deque[Connection]] = {}
         self._active: set[Connection] = set()
-        self._shutdown_hook = self._close_at_loop_shutdown()
-        _start(self._shutdown_hook)
 
-    async def request(
-        self,
-        method: str,
-        url: URL | str,
-        *,
-        headers: Mapping[str, str] | None = None,
-        body: bytes | None = None,
-        verify_ssl: bool = True,
-        connect_timeout: float | None = None,
+    async def send(
+        self, request: UpstreamRequest, *, connect_timeout: float | None = None,
         first_byte_timeout: float | None = None,
     ) -> PooledResponse:
         """Send a request; the response once its headers arrived. The caller must ``release()`` it.
 
         ``connect_timeout`` bounds opening a connection; ``first_byte_timeout`` bounds the wait for
-        the response's headers once the request went out (each on its own, unlike aiohttp)."""
+        the response's headers once the request went out (each on its own)."""
         if self.closed:
             raise RuntimeError("the connection pool is closed")
-        target = url if isinstance(url, URL) else URL(url)
+        target = request.url
         scheme, host, port = target.scheme, target.raw_host, target.port
         if scheme not in ("http", "https") or not host or port is None:
             raise InvalidRequestError(f"not an http(s) URL with a host: {target.human_repr()!r}")
-        method = method.upper()
-        head = _request_head(method, target, headers or {}, body)
-        key: Key = (scheme, host, port, verify_ssl or scheme == "http")
+        method = request.method.upper()
+        head = _request_head(method, target, request.headers, request.body)
+        key: Key = (scheme, host, port, request.verify_ssl or scheme == "http")
         conn = self._take(key)
         if conn is not None:
             try:
-                return await self._exchange(conn, method, head, body, first_byte_timeout)
-            except OSError:  # a reset, or IncompleteResponse (a ConnectionError)
-                if conn.received:
+                return await self._exchange(conn, method, head, request.body, first_byte_timeout)
+            except IncompleteResponse:
+                if conn.received or method not in IDEMPOTENT_METHODS:
                     raise
-                # The server closed this kept-alive connection while it was idle: try a new one.
+                # A kept-alive connection the server closed as the request went out: try a new one.
         conn = await self._connect(key, connect_timeout)
-        return await self._exchange(conn, method, head, body, first_byte_timeout)
+        return await self._exchange(conn, method, head, request.body, first_byte_timeout)
 
     def release(self, conn: Connection) -> None:
         """Take back a connection whose response is finished with: pool it if reusable, else close it."""
@@ -512,10 +460,6 @@ class ConnectionPool:
         pending = [conn.lost for conn in connections if not conn.lost.done()]
         if pending:
             await asyncio.wait(pending, timeout=SHUTDOWN_WAIT)
-        loop = asyncio.get_running_loop()
-        with _pools_lock:
-            if _pools.get(loop) is self:
-                del _pools[loop]
 
     # -- internals -------------------------------------------------------------------------------
 
@@ -533,7 +477,7 @@ class ConnectionPool:
         now = asyncio.get_running_loop().time()
         while idle:
             conn = idle.pop()  # most recently used first: the likeliest to be alive
-            if conn.state is State.IDLE and conn.transport is not None and not conn.transport.is_closing():
+            if conn.state is State.IDLE and not conn.dropped():
                 if now - conn.idle_since <= self.keepalive_expiry:
                     return conn
                 # LIFO: every connection below this one has been idle even longer.
@@ -554,6 +498,8 @@ class ConnectionPool:
                 _, conn = await loop.create_connection(lambda: Connection(key), host, port, ssl=tls)
         except TimeoutError as exc:
             raise ConnectTimeoutError(f"connecting to {host}:{port} took longer than {timeout} s") from exc
+        except OSError as exc:  # refused, unreachable, unknown host, a TLS failure (ssl.SSLError)
+            raise ConnectError(f"cannot connect to {host}:{port}: {exc.strerror or exc}") from exc
         self.connections_opened += 1
         return conn
 
@@ -573,37 +519,13 @@ class ConnectionPool:
             raise
         return PooledResponse(self, conn, status, headers)
 
-    async def _close_at_loop_shutdown(self) -> AsyncGenerator[None, None]:
-        # An async generator the loop knows about: asyncio.run() and asyncio.Runner close it
-        # (loop.shutdown_asyncgens) before closing the loop, and so close the pooled sockets.
-        try:
-            yield
-        finally:
-            if not self.closed:
-                await self.close()
 
-
-def _start(agen: AsyncGenerator[None, None]) -> None:
-    """Run ``agen`` to its first ``yield`` now, which registers it with the running loop."""
-    with contextlib.suppress(StopIteration):  # what finishing the first step of asend() raises
-        agen.asend(None).send(None)
-
-
-_pools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, ConnectionPool] = weakref.WeakKeyDictionary()
-_pools_lock = threading.Lock()  # loops in other threads (the sync bridge) make their pools too
+_pools: PerLoop[ConnectionPool] = PerLoop(ConnectionPool)
 
 
 def pool_for_loop() -> ConnectionPool:
     """The connection pool of the running event loop (made on first use)."""
-    loop = asyncio.get_running_loop()
-    pool = _pools.get(loop)
-    if pool is None:
-        with _pools_lock:
-            # A loop closed without shutting down its async generators keeps its pool: drop such ones.
-            for other in [other for other in _pools if other.is_closed()]:
-                del _pools[other]
-            pool = _pools[loop] = ConnectionPool()
-    return pool
+    return _pools.get()
 
 
 _ssl_contexts: dict[bool, ssl.SSLContext] = {}
@@ -651,24 +573,3 @@ def _request_head(method: str, url: URL, headers: Mapping[str, str], body: bytes
 def _check_header(name: str, value: str) -> None:
     if not name or any(c in name for c in "\r\n:") or "\r" in value or "\n" in value:
         raise InvalidRequestError(f"invalid header {name!r}: names and values must not contain line breaks")
-
-
-def encode_body(*, json: Any = None, data: bytes | str | Mapping[str, Any] | None = None
-                ) -> tuple[bytes | None, str | None]:
-    """A request body and its default content type from ``json=`` (compact JSON, via msgspec) or
-    ``data=`` (bytes, text, or a mapping sent form-urlencoded), as aiohttp's arguments."""
-    if json is not None:
-        if data is not None:
-            raise InvalidRequestError("pass json= or data=, not both")
-        try:
-            return msgspec.json.encode(json), "application/json"
-        except (TypeError, msgspec.EncodeError):
-            # json.dumps takes a few things msgspec refuses, such as None or bool dict keys.
-            return jsonlib.dumps(json, separators=(",", ":")).encode(), "application/json"
-    if data is None:
-        return None, None
-    if isinstance(data, bytes | bytearray | memoryview):
-        return bytes(data), "application/octet-stream"
-    if isinstance(data, str):
-        return data.encode("utf-8"), "text/plain; charset=utf-8"
-    return urllib.parse.urlencode(data, doseq=True).encode(), "application/x-www-form-urlencoded"

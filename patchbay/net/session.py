@@ -1,12 +1,12 @@
-"""The one HTTP session factory every provider uses.
+"""The one HTTP session every provider uses, over the one transport interface.
 
 :class:`HTTPSession` gives chat providers what they should not each write again: http(s) and
-socks5 proxies, TLS verification on by default (a provider may opt out), a cookie store that
-outlives the session, the four limits of :class:`~patchbay.config.Timeout` (connect, first byte,
-idle gap, total), and the mapping of transport exceptions onto patchbay's errors
-(:data:`TRANSPORT_ERRORS`, one table). Direct requests go over the event loop's keep-alive
-connection pool (:mod:`patchbay.transport`, several times aiohttp's throughput); requests
-through a proxy or with a cookie store go through an ``aiohttp.ClientSession``.
+socks proxies, TLS verification on by default (a provider may opt out), browser impersonation,
+cookies that outlive the session, the four limits of :class:`~patchbay.config.Timeout`
+(connect, first byte, idle gap, total), redirects, and the mapping of transport exceptions onto
+patchbay's errors (:data:`TRANSPORT_ERRORS`, one table). It picks the transport by what the
+request needs (:mod:`patchbay.net.transport`): the keep-alive pool for direct requests, libcurl
+for a proxy or an impersonated browser. Both behave the same way behind this class.
 """
 
 from __future__ import annotations
@@ -17,16 +17,13 @@ import json
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import aclosing, asynccontextmanager
-from http.cookies import SimpleCookie
 from typing import Any, Protocol, TypeVar
 
-import aiohttp
-import httptools
 from yarl import URL
 
-from patchbay import transport
 from patchbay.config import Timeout
 from patchbay.errors import (
+    ChallengeRequired,
     ConnectionFailed,
     ConnectTimeout,
     DeadlineExceeded,
@@ -38,15 +35,29 @@ from patchbay.errors import (
     UpstreamError,
     error_for_status,
 )
+from patchbay.net import curl, pool
+from patchbay.net.challenge import challenge_in
+from patchbay.net.cookiejar import CookieJar
+from patchbay.net.transport import (
+    ConnectError,
+    ConnectTimeoutError,
+    FirstByteTimeoutError,
+    IncompleteResponse,
+    InvalidRequestError,
+    MalformedResponse,
+    Response,
+    Transport,
+    TransportError,
+    UpstreamRequest,
+    encode_body,
+)
 from patchbay.secrets import register_secret
 
 __all__ = [
     "TRANSPORT_ERRORS",
     "BROWSER_USER_AGENT",
     "error_for_response",
-    "CookieStore",
     "Deadline",
-    "HTTPResponse",
     "HTTPSession",
     "map_transport_error",
     "parse_retry_after",
@@ -58,32 +69,26 @@ BROWSER_USER_AGENT = (
     "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0 Safari/537.36"
 )
 ERROR_BODY_LIMIT = 64 * 1024  # bytes of an error body worth reading
-MAX_REDIRECTS = 10  # as aiohttp
+MAX_REDIRECTS = 10
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
-_POOLED_OPTIONS = frozenset({"headers", "json", "data", "params", "allow_redirects"})
+_PROXY_SCHEMES = frozenset({"http", "https", "socks4", "socks4a", "socks5", "socks5h"})
 
 #: Transport exception -> patchbay error class, looked up along the exception's MRO (most
-#: specific class first), so one table decides what every aiohttp or pooled-transport failure means.
+#: specific class first): every transport raises these classes (patchbay.net.transport).
 TRANSPORT_ERRORS: dict[type[BaseException], type[PatchbayError]] = {
-    transport.ConnectTimeoutError: ConnectTimeout,
-    transport.FirstByteTimeoutError: FirstByteTimeout,
-    transport.IncompleteResponse: ConnectionFailed,
-    transport.InvalidRequestError: InvalidRequest,
-    httptools.HttpParserError: ProtocolError,
-    aiohttp.ConnectionTimeoutError: ConnectTimeout,
-    aiohttp.SocketTimeoutError: FirstByteTimeout,
-    aiohttp.ServerTimeoutError: FirstByteTimeout,
-    aiohttp.ServerDisconnectedError: ConnectionFailed,
-    aiohttp.ClientPayloadError: ConnectionFailed,
-    aiohttp.ClientConnectorError: ConnectionFailed,
-    aiohttp.ClientOSError: ConnectionFailed,
-    aiohttp.ClientResponseError: ProtocolError,
-    aiohttp.InvalidURL: InvalidRequest,
-    aiohttp.ClientError: ConnectionFailed,
-    ConnectionError: ConnectionFailed,
+    ConnectTimeoutError: ConnectTimeout,
+    FirstByteTimeoutError: FirstByteTimeout,
+    ConnectError: ConnectionFailed,
+    IncompleteResponse: ConnectionFailed,
+    MalformedResponse: ProtocolError,
+    InvalidRequestError: InvalidRequest,
+    TransportError: ConnectionFailed,
+    TimeoutError: FirstByteTimeout,  # a provider's own socket use (the base class maps it too)
     OSError: ConnectionFailed,
-    asyncio.TimeoutError: FirstByteTimeout,
 }
+
+#: The transports by name, each a function giving the running loop's instance.
+TRANSPORTS: dict[str, Callable[[], Transport]] = {"pool": pool.pool_for_loop, "curl": curl.transport_for_loop}
 
 _CAUGHT = tuple(TRANSPORT_ERRORS)  # the exceptions request() and iter_bytes() turn into patchbay errors
 
@@ -115,7 +120,14 @@ def map_transport_error(exc: BaseException, *, provider: str | None = None) -> P
 def error_for_response(status: int, body: str, headers: Mapping[str, str], *, during: str | None = None
                        ) -> PatchbayError:
     """The error for an upstream error answer: its status, Retry-After, and the message of a JSON
-    ``{"message"}`` or ``{"error": {"message"}}`` body, else the start of the body's text."""
+    ``{"message"}`` or ``{"error": {"message"}}`` body, else the start of the body's text. A
+    browser challenge page is a :class:`~patchbay.errors.ChallengeRequired` that carries none of it."""
+    challenge = challenge_in(status, headers, body)
+    if challenge is not None:
+        where = f" ({during})" if during else ""
+        return ChallengeRequired(f"the site answered {status} with {challenge}{where}; supply a browser's cookies "
+                                 "for it: 'patchbay cookies import FILE' (a HAR, cookie JSON or cookies.txt) or "
+                                 "'patchbay cookies import --from-browser chrome --site URL'", status=status)
     detail = body.strip()
     try:
         payload = json.loads(detail)
@@ -209,63 +221,19 @@ class Deadline:
         return DeadlineExceeded(f"the request ran past its total deadline of {total} s")
 
 
-class CookieStore:
-    """Cookies kept per site across sessions (and event loops), e.g. a service's session cookie."""
-
-    def __init__(self) -> None:
-        self._sites: dict[str, SimpleCookie] = {}
-
-    def load_into(self, jar: aiohttp.CookieJar, site: str) -> None:
-        cookies = self._sites.get(_origin(site))
-        if cookies:
-            jar.update_cookies(cookies, URL(site))
-
-    def save_from(self, jar: aiohttp.CookieJar, site: str) -> None:
-        cookies = SimpleCookie()
-        cookies.update(jar.filter_cookies(URL(site)))
-        self._sites[_origin(site)] = cookies
-
-    def clear(self, site: str | None = None) -> None:
-        if site is None:
-            self._sites.clear()
-        else:
-            self._sites.pop(_origin(site), None)
-
-    def __contains__(self, site: str) -> bool:
-        return bool(self._sites.get(_origin(site)))
-
-
-def _origin(site: str) -> str:
-    return str(URL(site).origin())
-
-
-class Decoder(Protocol[T]):  # the shape of every decoder in patchbay.decoders
+class Decoder(Protocol[T]):  # the shape of every decoder in patchbay.net.decoders
     def decode(self, data: bytes) -> list[T]: ...
     def flush(self) -> list[T]: ...
-
-
-class BodyReader(Protocol):
-    async def readany(self) -> bytes: ...
-
-
-class HTTPResponse(Protocol):
-    """What providers use of a response; aiohttp's ClientResponse and the pooled response both fit."""
-
-    @property
-    def status(self) -> int: ...
-    @property
-    def headers(self) -> Mapping[str, str]: ...
-    @property
-    def content(self) -> BodyReader: ...
-    def release(self) -> Any: ...
 
 
 class HTTPSession:
     """A session for one provider request, with patchbay's limits, over the right transport.
 
-    Use as ``async with HTTPSession(...) as http:``. Requests without a proxy or a cookie store
-    use the event loop's keep-alive pool (:func:`patchbay.transport.pool_for_loop`); the others an
-    ``aiohttp.ClientSession``, which ``http.client`` is (made on first use for pooled sessions).
+    Use as ``async with HTTPSession(...) as http:``. ``cookies`` is a jar that outlives the
+    session (a service's session cookie, a browser's imported cookies); ``impersonate`` names a
+    browser profile (``"chrome"``, ``"firefox"``...: curl_cffi's names). ``transport`` forces an
+    implementation (``"pool"`` or ``"curl"``, for tests and benchmarks); by default a request takes
+    the pool unless it needs a proxy or impersonation.
     """
 
     def __init__(
@@ -274,94 +242,52 @@ class HTTPSession:
         timeout: Timeout | None = None,
         proxy: str | None = None,
         verify_ssl: bool = True,
-        cookies: CookieStore | None = None,
-        site: str | None = None,
+        cookies: CookieJar | None = None,
         headers: Mapping[str, str] | None = None,
         provider: str | None = None,
+        impersonate: str | None = None,
+        transport: str | None = None,
     ) -> None:
         self.timeout = timeout or Timeout()
         if proxy:
-            register_secret(URL(proxy).password)  # a proxy password never shows in errors or logs
+            parsed = URL(proxy)
+            register_secret(parsed.password)  # a proxy password never shows in errors or logs
+            if parsed.scheme.lower() not in _PROXY_SCHEMES or not parsed.host:
+                raise InvalidRequest(f"unsupported proxy {parsed.with_password(None).human_repr()!r}: use an "
+                                     "http, https, socks4 or socks5 URL with a host", param="proxy")
         self.proxy = proxy
         self.verify_ssl = verify_ssl
         self.cookies = cookies
-        self.site = site
         self.headers = dict(headers or {})
         self.provider = provider
-        self.pooled = proxy is None and cookies is None  # the keep-alive pool can carry these requests
-        self._client: aiohttp.ClientSession | None = None
-        self._open = False
+        self.impersonate = impersonate
+        if transport is not None and transport not in TRANSPORTS:
+            raise InvalidRequest(f"unknown transport {transport!r}: use one of {', '.join(TRANSPORTS)}",
+                                 param="transport")
+        if transport == "pool" and (proxy or impersonate):
+            raise InvalidRequest("the pool transport cannot use a proxy or impersonate a browser; use 'curl'",
+                                 param="transport")
+        self.transport_name = transport or ("curl" if proxy or impersonate else "pool")
+        self._transport: Transport | None = None
         self.deadline: Deadline | None = None
 
     @property
-    def client(self) -> aiohttp.ClientSession:
-        if not self._open:
+    def transport(self) -> Transport:
+        """The transport this session's requests take (the loop's pool, or libcurl)."""
+        if self._transport is None:
             raise RuntimeError("HTTPSession is not open; use 'async with HTTPSession(...)'")
-        if self._client is None:
-            self._client = self._make_client()
-        return self._client
+        return self._transport
 
     async def __aenter__(self) -> HTTPSession:
         self.deadline = Deadline(self.timeout.total)
-        self._open = True
-        if not self.pooled:
-            self._client = self._make_client()
+        self._transport = TRANSPORTS[self.transport_name]()
         return self
 
-    def _make_client(self) -> aiohttp.ClientSession:
-        jar = aiohttp.CookieJar(unsafe=True)  # unsafe: keep cookies for IP hosts such as 127.0.0.1
-        if self.cookies is not None and self.site:
-            self.cookies.load_into(jar, self.site)
-        client_timeout = aiohttp.ClientTimeout(
-            total=None, connect=self.timeout.connect, sock_connect=self.timeout.connect
-        )
-        connector, proxy = _connector_for(self.proxy, self.verify_ssl)
-        return aiohttp.ClientSession(
-            connector=connector,
-            cookie_jar=jar,
-            timeout=client_timeout,
-            headers=self.headers,
-            proxy=proxy,
-            trust_env=False,
-        )
-
     async def __aexit__(self, *exc_info: object) -> None:
-        self._open = False
-        client, self._client = self._client, None
-        if client is None:
-            return
-        if self.cookies is not None and self.site:
-            self.cookies.save_from(client.cookie_jar, self.site)  # type: ignore[arg-type]
-        await client.close()
+        self._transport = None
 
     @asynccontextmanager
-    async def request(self, method: str, url: str, **kwargs: Any) -> AsyncIterator[HTTPResponse]:
-        """Send a request and yield the response once its headers arrived (bounded in time).
-
-        Leaving the block releases the response: a fully read pooled connection is reused, one
-        left mid-body (an early exit, a cancellation) is closed, which ends the upstream request.
-        """
-        assert self.deadline is not None
-        if not self._open:
-            raise RuntimeError("HTTPSession is not open; use 'async with HTTPSession(...)'")
-        try:
-            if self.pooled and kwargs.keys() <= _POOLED_OPTIONS and url[:8].lower().startswith(("http://", "https://")):
-                # The pool bounds connecting and the first byte each on its own, within the deadline.
-                response = await self._send_pooled(method, url, **kwargs)
-            else:
-                limit = _add(self.timeout.connect, self.timeout.first_byte)  # aiohttp cannot tell them apart
-                response = await self.deadline.wait(
-                    self.client.request(method, url, **kwargs), limit,
-                    lambda: FirstByteTimeout(f"no answer from {URL(url).host} within {limit} s"),
-                )
-        except _CAUGHT as exc:
-            raise map_transport_error(exc, provider=self.provider) from exc
-        try:
-            yield response
-        finally:
-            response.release()
-
-    async def _send_pooled(
+    async def request(
         self,
         method: str,
         url: str,
@@ -371,35 +297,57 @@ class HTTPSession:
         data: Any = None,
         params: Mapping[str, Any] | None = None,
         allow_redirects: bool = True,
-    ) -> HTTPResponse:
-        """One request over the loop's pool: the session's headers under the request's, redirects
-        followed as aiohttp does (303, and 301/302 after a POST, become a GET without a body)."""
+    ) -> AsyncIterator[Response]:
+        """Send a request and yield the response once its headers arrived (bounded in time).
+
+        Leaving the block releases the response: a fully read connection is reused, one left
+        mid-body (an early exit, a cancellation) is closed, which ends the upstream request.
+        """
+        try:
+            response = await self._send(method, url, headers=headers, json=json, data=data, params=params,
+                                        allow_redirects=allow_redirects)
+        except _CAUGHT as exc:
+            raise map_transport_error(exc, provider=self.provider) from exc
+        try:
+            yield response
+        finally:
+            response.release()
+
+    async def _send(self, method: str, url: str, *, headers: Mapping[str, str] | None, json: Any, data: Any,
+                    params: Mapping[str, Any] | None, allow_redirects: bool) -> Response:
+        """One request: the session's headers under the request's, cookies, each hop within the
+        limits and the deadline, and redirects followed (303, and 301/302 after a POST, become a
+        GET without a body; an Authorization header is not carried to another origin)."""
+        transport, deadline = self.transport, self.deadline
+        assert deadline is not None
         method = method.upper()
-        target = URL(url)
+        try:
+            target = URL(url)
+        except ValueError as exc:
+            raise InvalidRequestError(f"not a URL: {url!r}") from exc
         if params:
             target = target.extend_query(params)
-        body, content_type = transport.encode_body(json=json, data=data)
+        body, content_type = encode_body(json=json, data=data)
         merged = _merge_headers(self.headers, headers, content_type)
-        pool = transport.pool_for_loop()
-        assert self.deadline is not None
         for _ in range(MAX_REDIRECTS + 1):
-            connect, connect_by_deadline = self.deadline.bound(self.timeout.connect)
-            first_byte, first_byte_by_deadline = self.deadline.bound(self.timeout.first_byte)
+            connect, connect_by_deadline = deadline.bound(self.timeout.connect)
+            first_byte, first_byte_by_deadline = deadline.bound(self.timeout.first_byte)
             if connect_by_deadline and connect == 0:  # spent already: do not send what cannot finish
-                raise self.deadline.exceeded()
+                raise deadline.exceeded()
+            outgoing = self._with_cookies(merged, target)
+            request = UpstreamRequest(method, target, outgoing, body, self.verify_ssl, self.proxy, self.impersonate)
             try:
-                response = await pool.request(
-                    method, target, headers=merged, body=body, verify_ssl=self.verify_ssl,
-                    connect_timeout=connect, first_byte_timeout=first_byte,
-                )
-            except transport.ConnectTimeoutError:
+                response = await transport.send(request, connect_timeout=connect, first_byte_timeout=first_byte)
+            except ConnectTimeoutError:
                 if connect_by_deadline:
-                    raise self.deadline.exceeded() from None
+                    raise deadline.exceeded() from None
                 raise
-            except transport.FirstByteTimeoutError:
+            except FirstByteTimeoutError:
                 if first_byte_by_deadline:
-                    raise self.deadline.exceeded() from None
+                    raise deadline.exceeded() from None
                 raise
+            if self.cookies is not None:
+                self.cookies.update_from(target, response.headers.get_all("set-cookie"))
             location = response.headers.get("location")
             if not allow_redirects or response.status not in _REDIRECTS or not location:
                 return response
@@ -416,21 +364,30 @@ class HTTPSession:
         raise ProtocolError(f"more than {MAX_REDIRECTS} redirects, the last to {target.human_repr()!r}",
                             provider=self.provider)
 
-    async def iter_bytes(self, response: HTTPResponse) -> AsyncGenerator[bytes, None]:
+    def _with_cookies(self, headers: dict[str, str], target: URL) -> dict[str, str]:
+        cookie = self.cookies.header_for(target) if self.cookies is not None else None
+        if not cookie:
+            return headers
+        given = next((v for k, v in headers.items() if k.lower() == "cookie"), None)
+        merged = {k: v for k, v in headers.items() if k.lower() != "cookie"}
+        merged["Cookie"] = f"{cookie}; {given}" if given else cookie
+        return merged
+
+    async def iter_bytes(self, response: Response) -> AsyncGenerator[bytes, None]:
         """The response body in chunks as they arrive, with first-byte, idle and total limits."""
-        assert self.deadline is not None
+        deadline = self.deadline
+        assert deadline is not None
         limit = self.timeout.first_byte
         error: Callable[[], PatchbayError] = self._first_byte_timeout
-        buffered = getattr(response.content, "buffered_chunk", None)  # pooled responses only
         while True:
             try:
-                chunk = buffered() if buffered is not None else None
+                chunk = response.buffered_chunk()
                 if chunk is None:  # nothing at hand: wait, within the limits
-                    chunk = await self.deadline.wait(response.content.readany(), limit, error)
-                elif chunk and self.deadline.expired():
+                    chunk = await deadline.wait(response.read_chunk(), limit, error)
+                elif chunk and deadline.expired():
                     # An upstream that always has more at hand (an endless stream read by a slow
                     # client) never makes the read wait, so the deadline is checked here too.
-                    raise self.deadline.exceeded()
+                    raise deadline.exceeded()
             except _CAUGHT as exc:
                 raise map_transport_error(exc, provider=self.provider) from exc
             if not chunk:
@@ -444,7 +401,7 @@ class HTTPSession:
     def _idle_timeout(self) -> IdleTimeout:
         return IdleTimeout(f"the stream stalled for more than {self.timeout.idle} s")
 
-    async def iter_decoded(self, response: HTTPResponse, decoder: Decoder[T]) -> AsyncGenerator[T, None]:
+    async def iter_decoded(self, response: Response, decoder: Decoder[T]) -> AsyncGenerator[T, None]:
         """The response body run through ``decoder``: its items as soon as each chunk allows."""
         async for chunk in self.iter_bytes(response):
             for item in decoder.decode(chunk):
@@ -452,11 +409,11 @@ class HTTPSession:
         for item in decoder.flush():
             yield item
 
-    async def status_error(self, response: HTTPResponse, during: str | None = None) -> PatchbayError:
+    async def status_error(self, response: Response, during: str | None = None) -> PatchbayError:
         """The error for an upstream error answer (see :func:`error_for_response`)."""
         return error_for_response(response.status, await self.read_body(response), response.headers, during=during)
 
-    async def read_body(self, response: HTTPResponse, limit: int = ERROR_BODY_LIMIT, *, whole: bool = False) -> str:
+    async def read_body(self, response: Response, limit: int = ERROR_BODY_LIMIT, *, whole: bool = False) -> str:
         """Read up to ``limit`` bytes of the body as text (for error bodies and small replies).
 
         With ``whole`` the body is an answer that is no use cut short: a longer one is a
@@ -484,22 +441,3 @@ def _merge_headers(session: Mapping[str, str], request: Mapping[str, str] | None
     if content_type is not None and "content-type" not in merged:
         merged["content-type"] = ("Content-Type", content_type)
     return dict(merged.values())
-
-
-def _add(a: float | None, b: float | None) -> float | None:
-    return None if a is None or b is None else a + b
-
-
-def _connector_for(proxy: str | None, verify_ssl: bool) -> tuple[aiohttp.BaseConnector, str | None]:
-    """A connector for ``proxy``: socks proxies need their own connector, http(s) ones do not."""
-    # ssl=True: verify with the default context; ssl=False: no verification (a provider's opt-out).
-    if proxy is None:
-        return aiohttp.TCPConnector(ssl=verify_ssl), None
-    scheme = URL(proxy).scheme.lower()
-    if scheme in ("http", "https"):
-        return aiohttp.TCPConnector(ssl=verify_ssl), proxy
-    if scheme in ("socks4", "socks4a", "socks5", "socks5h"):
-        from aiohttp_socks import ProxyConnector
-
-        return ProxyConnector.from_url(proxy, ssl=verify_ssl), None
-    raise InvalidRequest(f"unsupported proxy scheme {scheme!r}: use http, https, socks4 or socks5", param="proxy")
