@@ -20,7 +20,14 @@ from aiohttp import web
 from yarl import URL
 
 from patchbay.config import Timeout
-from patchbay.errors import ConnectionFailed, ConnectTimeout, FirstByteTimeout, IdleTimeout, ProtocolError
+from patchbay.errors import (
+    ConnectionFailed,
+    ConnectTimeout,
+    FirstByteTimeout,
+    IdleTimeout,
+    InvalidRequest,
+    ProtocolError,
+)
 from patchbay.net import pool as transport
 from patchbay.net.pool import ConnectionPool, pool_for_loop
 from patchbay.net.session import TRANSPORTS, HTTPSession, parse_retry_after
@@ -676,3 +683,31 @@ def test_one_pool_per_event_loop_and_uvloop() -> None:
     assert pools[0] is not pools[1]
     assert all(pool.closed for pool in pools)  # closed with their loops (asyncgen shutdown)
 
+
+
+# -- choosing the transport ------------------------------------------------------------------------------
+
+
+def test_the_transport_is_chosen_by_what_the_session_needs(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert HTTPSession().transport_name == "pool"
+    assert HTTPSession(proxy="socks5://127.0.0.1:1080").transport_name == "curl"
+    assert HTTPSession(impersonate="chrome").transport_name == "curl"
+    monkeypatch.setenv("PATCHBAY_UPSTREAM_TRANSPORT", "curl")
+    assert HTTPSession().transport_name == "curl"
+    monkeypatch.setenv("PATCHBAY_UPSTREAM_TRANSPORT", "pool")
+    assert HTTPSession(proxy="http://127.0.0.1:3128").transport_name == "curl"  # a proxy still needs libcurl
+    monkeypatch.setenv("PATCHBAY_UPSTREAM_TRANSPORT", "carrier-pigeon")
+    with pytest.raises(InvalidRequest, match="PATCHBAY_UPSTREAM_TRANSPORT"):
+        HTTPSession()
+    with pytest.raises(InvalidRequest, match="unknown transport"):
+        HTTPSession(transport="carrier-pigeon")
+    with pytest.raises(InvalidRequest, match="cannot use a proxy"):
+        HTTPSession(transport="pool", proxy="http://127.0.0.1:3128")
+
+
+async def test_an_unknown_browser_profile_is_named() -> None:
+    async with AppServer([web.get("/", echo)]) as server, HTTPSession(impersonate="netscape4") as http:
+        with pytest.raises(InvalidRequest, match="no browser profile 'netscape4'"):
+            async with http.request("GET", server.base_url + "/"):
+                pass
+    assert server.requests == 0

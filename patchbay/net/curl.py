@@ -27,6 +27,8 @@ from collections import deque
 from typing import Any
 
 from curl_cffi import AsyncCurl, Curl, CurlECode, CurlError, CurlOpt
+from curl_cffi.requests import BrowserType
+from curl_cffi.requests.impersonate import resolve_latest_browser_type
 
 from patchbay.net.loops import PerLoop
 from patchbay.net.transport import (
@@ -50,6 +52,7 @@ _CONNECT_FAILURES = frozenset({
     CurlECode.SSL_CONNECT_ERROR, CurlECode.PEER_FAILED_VERIFICATION, CurlECode.PROXY,
     CurlECode.SSL_CACERT_BADFILE,
 })
+_PROFILES = frozenset(browser.value for browser in BrowserType)  # curl_cffi's browser profiles
 _MALFORMED = frozenset({CurlECode.WEIRD_SERVER_REPLY, CurlECode.HTTP2, CurlECode.BAD_CONTENT_ENCODING,
                         CurlECode.UNSUPPORTED_PROTOCOL})
 _INVALID = frozenset({CurlECode.URL_MALFORMAT, CurlECode.BAD_FUNCTION_ARGUMENT})
@@ -244,7 +247,10 @@ def _configure(curl: Curl, request: UpstreamRequest, connect_timeout: float | No
     """Set one easy handle up for ``request``."""
     curl.setopt(CurlOpt.URL, str(request.url).encode())
     if request.impersonate:
-        curl.impersonate(request.impersonate, default_headers=True)
+        profile = resolve_latest_browser_type(request.impersonate)  # "chrome" -> the newest Chrome
+        if profile not in _PROFILES or curl.impersonate(profile, default_headers=True) != 0:
+            raise InvalidRequestError(f"no browser profile {request.impersonate!r}; use one of curl_cffi's, such as "
+                                      "chrome, firefox, safari or edge (optionally with a version: chrome131)")
     method = request.method.upper()
     if method == "HEAD":
         curl.setopt(CurlOpt.NOBODY, 1)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import json
+import os
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import aclosing, asynccontextmanager
@@ -89,6 +90,8 @@ TRANSPORT_ERRORS: dict[type[BaseException], type[PatchbayError]] = {
 
 #: The transports by name, each a function giving the running loop's instance.
 TRANSPORTS: dict[str, Callable[[], Transport]] = {"pool": pool.pool_for_loop, "curl": curl.transport_for_loop}
+
+TRANSPORT_ENV = "PATCHBAY_UPSTREAM_TRANSPORT"  # forces the transport of direct requests: pool or curl
 
 _CAUGHT = tuple(TRANSPORT_ERRORS)  # the exceptions request() and iter_bytes() turn into patchbay errors
 
@@ -261,13 +264,7 @@ class HTTPSession:
         self.headers = dict(headers or {})
         self.provider = provider
         self.impersonate = impersonate
-        if transport is not None and transport not in TRANSPORTS:
-            raise InvalidRequest(f"unknown transport {transport!r}: use one of {', '.join(TRANSPORTS)}",
-                                 param="transport")
-        if transport == "pool" and (proxy or impersonate):
-            raise InvalidRequest("the pool transport cannot use a proxy or impersonate a browser; use 'curl'",
-                                 param="transport")
-        self.transport_name = transport or ("curl" if proxy or impersonate else "pool")
+        self.transport_name = _transport_name(transport, needs_curl=bool(proxy or impersonate))
         self._transport: Transport | None = None
         self.deadline: Deadline | None = None
 
@@ -429,6 +426,26 @@ class HTTPSession:
         if whole and size > limit:
             raise ProtocolError(f"the answer is larger than {limit} bytes", provider=self.provider)
         return b"".join(parts)[:limit].decode("utf-8", errors="replace")
+
+
+def _transport_name(given: str | None, *, needs_curl: bool) -> str:
+    """The transport a session uses: the one given, else ``$PATCHBAY_UPSTREAM_TRANSPORT`` (for
+    benchmarks and troubleshooting; a proxy or impersonation still takes libcurl), else the pool
+    unless the session needs libcurl."""
+    if given is not None:
+        if given not in TRANSPORTS:
+            raise InvalidRequest(f"unknown transport {given!r}: use one of {', '.join(TRANSPORTS)}",
+                                 param="transport")
+        if given == "pool" and needs_curl:
+            raise InvalidRequest("the pool transport cannot use a proxy or impersonate a browser; use 'curl'",
+                                 param="transport")
+        return given
+    if needs_curl:
+        return "curl"
+    chosen = os.environ.get(TRANSPORT_ENV)
+    if chosen and chosen not in TRANSPORTS:
+        raise InvalidRequest(f"${TRANSPORT_ENV} is {chosen!r}: use one of {', '.join(TRANSPORTS)}")
+    return chosen or "pool"
 
 
 def _merge_headers(session: Mapping[str, str], request: Mapping[str, str] | None, content_type: str | None

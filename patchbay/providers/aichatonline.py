@@ -27,6 +27,7 @@ from patchbay.net.session import BROWSER_USER_AGENT, HTTPSession, error_for_resp
 from patchbay.net.transport import Response
 from patchbay.providers.base import AsyncGeneratorProvider, Call, ProviderModelMixin
 from patchbay.providers.capabilities import Capabilities
+from patchbay.providers.web import DEFAULT_IMPERSONATE, browser_session
 
 __all__ = ["AiChatOnline", "format_prompt"]
 
@@ -62,6 +63,7 @@ class AiChatOnline(AsyncGeneratorProvider, ProviderModelMixin):
     models: ClassVar[list[str]] = ["gpt-4o-mini"]
     text_only = True  # tools and JSON output by emulation; history rendered as text
     features = Capabilities.emulated_output()
+    impersonate: ClassVar[str | None] = DEFAULT_IMPERSONATE  # the browser profile for https sites
 
     @classmethod
     async def grab_token(
@@ -89,7 +91,7 @@ class AiChatOnline(AsyncGeneratorProvider, ProviderModelMixin):
         """Stream an answer; the service ignores the model name."""
         base = (call.base_url or cls.api_base).rstrip("/")
         headers = {"origin": cls.url, "referer": f"{cls.url}/", "user-agent": BROWSER_USER_AGENT}
-        async with HTTPSession(timeout=call.timeout, proxy=call.proxy, headers=headers, provider=cls.name) as http:
+        async with browser_session(call, base, provider=cls.name, headers=headers, impersonate=cls.impersonate) as http:
             unique_id = await cls.grab_token(http, base_url=base)
             body = {"conversationId": _random_id(), "prompt": format_prompt(request.message_dicts())}
             async with http.request(

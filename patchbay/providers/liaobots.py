@@ -37,6 +37,7 @@ from patchbay.net.decoders import SSEDecoder
 from patchbay.net.session import BROWSER_USER_AGENT, HTTPSession, error_for_response
 from patchbay.providers.base import AsyncGeneratorProvider, Call, ProviderModelMixin
 from patchbay.providers.capabilities import Capabilities
+from patchbay.providers.web import DEFAULT_IMPERSONATE, browser_session
 
 __all__ = ["Liaobots"]
 
@@ -99,6 +100,7 @@ class Liaobots(AsyncGeneratorProvider, ProviderModelMixin):
 
     auth_codes: ClassVar[CredentialPool] = CredentialPool("Liaobots", env_var="LIAOBOTS_AUTH_CODES")
     cookies: ClassVar[CookieJar] = CookieJar()
+    impersonate: ClassVar[str | None] = DEFAULT_IMPERSONATE  # the browser profile for https sites
 
     @classmethod
     def model_records(cls) -> list[ModelRecord]:
@@ -121,10 +123,8 @@ class Liaobots(AsyncGeneratorProvider, ProviderModelMixin):
             "key": "",
             "prompt": "\n".join(content_text(m) for m in system) or DEFAULT_SYSTEM_PROMPT,
         }
-        async with HTTPSession(
-            timeout=call.timeout, proxy=call.proxy, verify_ssl=cls.verify_ssl, cookies=cls.cookies,
-            headers=_headers(cls.url), provider=cls.name,
-        ) as http:
+        async with browser_session(call, base, provider=cls.name, headers=_headers(cls.url),
+                                   impersonate=cls.impersonate, cookies=cls.cookies, verify_ssl=cls.verify_ssl) as http:
             last_error: AuthError | PaymentRequired | None = None
             for attempt in range(1, cls.max_auth_attempts + 1):
                 code: str | None = None

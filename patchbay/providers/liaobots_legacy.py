@@ -23,9 +23,10 @@ from patchbay.errors import AuthError
 from patchbay.events import StreamEvent, TextDelta
 from patchbay.messages import content_text
 from patchbay.net.decoders import UTF8Decoder
-from patchbay.net.session import BROWSER_USER_AGENT, HTTPSession
+from patchbay.net.session import BROWSER_USER_AGENT
 from patchbay.providers.base import AsyncGeneratorProvider, Call, ProviderModelMixin
 from patchbay.providers.capabilities import Capabilities
+from patchbay.providers.web import DEFAULT_IMPERSONATE, browser_session
 from patchbay.secrets import register_secret
 from patchbay.sync import BlockingStream
 
@@ -57,6 +58,7 @@ class LiaobotsLegacy(AsyncGeneratorProvider, ProviderModelMixin):
     fits_context = True  # to the model's maxLength, in characters
     text_only = True  # tools and JSON output by emulation; history rendered as text
     features = Capabilities.emulated_output()
+    impersonate: ClassVar[str | None] = DEFAULT_IMPERSONATE  # the browser profile for https sites
 
     @classmethod
     def model_records(cls) -> list[ModelRecord]:
@@ -85,11 +87,11 @@ class LiaobotsLegacy(AsyncGeneratorProvider, ProviderModelMixin):
             "content-type": "application/json",
             "origin": url,
             "referer": f"{url}/",
-            "user-agent": BROWSER_USER_AGENT,
             "x-auth-code": auth,
         }
         async with (
-            HTTPSession(timeout=call.timeout, proxy=call.proxy, provider=cls.name) as http,
+            browser_session(call, base, provider=cls.name, headers={"user-agent": BROWSER_USER_AGENT},
+                            impersonate=cls.impersonate) as http,
             http.request("POST", f"{base}/api/chat", json=body, headers=headers) as response,
         ):
             if response.status >= 300:

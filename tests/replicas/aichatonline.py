@@ -13,7 +13,13 @@ from typing import ClassVar
 
 from aiohttp import web
 
-from tests.replicas.base import DEFAULT_ANSWER, TRANSPORT_SCENARIOS, ReplicaServer, split_deltas
+from tests.replicas.base import (
+    BROWSER_CHECK_SCENARIOS,
+    DEFAULT_ANSWER,
+    TRANSPORT_SCENARIOS,
+    ReplicaServer,
+    split_deltas,
+)
 
 CANVAS_RE = re.compile(r"^-[a-z0-9]{10}$")
 CONVERSATION_RE = re.compile(r"^[a-z0-9]{10}$")
@@ -36,7 +42,7 @@ class AiChatOnlineReplica(ReplicaServer):
     """
 
     SCENARIOS: ClassVar[frozenset[str]] = frozenset(
-        {"normal", "malformed", "token_500", "chat_500"} | TRANSPORT_SCENARIOS
+        {"normal", "malformed", "token_500", "chat_500"} | TRANSPORT_SCENARIOS | BROWSER_CHECK_SCENARIOS
     )
 
     def __init__(self, scenario: str = "normal") -> None:

@@ -44,6 +44,21 @@ TRANSPORT_SCENARIOS = frozenset(
     }
 )
 
+#: Scenarios of a site behind bot protection, handled by the middleware for any replica that
+#: lists them: ``challenge`` answers every request with Cloudflare's challenge page;
+#: ``cookie_gated`` does so unless the request carries the clearance cookie (and the user-agent
+#: it was issued to, when ``clearance_user_agent`` is set), as a browser that solved it would.
+BROWSER_CHECK_SCENARIOS = frozenset({"challenge", "cookie_gated"})
+
+#: Cloudflare's interstitial as a non-browser client sees it (trimmed; the markers are real).
+CHALLENGE_PAGE = (
+    "<!DOCTYPE html><html lang=\"en-US\"><head><title>Just a moment...</title>"
+    "<meta http-equiv=\"refresh\" content=\"390\"></head><body><div class=\"main-wrapper\">"
+    "<noscript>Enable JavaScript and cookies to continue</noscript></div>"
+    "<script src=\"/cdn-cgi/challenge-platform/h/g/orchestrate/chl_page/v1?ray=8f1e2d3c4b5a6978\"></script>"
+    "</body></html>"
+)
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -174,6 +189,11 @@ class ReplicaServer:
         self.delay_per_chunk = 0.0
         #: Seconds the server keeps an idle keep-alive connection open (aiohttp's own default is an hour).
         self.keepalive_timeout = 75.0
+        #: The cookie that gets a request past the ``cookie_gated`` check, and the user-agent it
+        #: is bound to (None: any); ``challenged`` counts the challenge pages served.
+        self.clearance_cookie = ("cf_clearance", "clr-" + "7Qx2" * 10)
+        self.clearance_user_agent: str | None = None
+        self.challenged = 0
         self.base_url: str | None = None
         self._runner: web.AppRunner | None = None
         self._stopping = False
@@ -307,6 +327,10 @@ class ReplicaServer:
             request[RECORDED_KEY] = recorded
             self.requests.append(recorded)
             self._notify()
+            if self._challenges(recorded):
+                self.challenged += 1
+                return web.Response(status=403, text=CHALLENGE_PAGE, content_type="text/html",
+                                    headers={"cf-mitigated": "challenge", "Server": "cloudflare"})
             try:
                 return await handler(request)
             except ShapeError as err:
@@ -316,6 +340,15 @@ class ReplicaServer:
         finally:
             if task is not None:
                 self._tasks.discard(task)
+
+    def _challenges(self, request: RecordedRequest) -> bool:
+        if self.scenario == "challenge":
+            return True
+        if self.scenario != "cookie_gated":
+            return False
+        name, value = self.clearance_cookie
+        agent_ok = self.clearance_user_agent is None or request.headers.get("user-agent") == self.clearance_user_agent
+        return request.cookies.get(name) != value or not agent_ok
 
     def violation_response(self, reason: str) -> web.StreamResponse:
         """The 400 answer to a request that failed a shape check (plain text reason)."""

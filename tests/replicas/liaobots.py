@@ -17,7 +17,14 @@ from typing import Any, ClassVar
 
 from aiohttp import web
 
-from tests.replicas.base import DEFAULT_ANSWER, TRANSPORT_SCENARIOS, ReplicaServer, split_deltas, sse
+from tests.replicas.base import (
+    BROWSER_CHECK_SCENARIOS,
+    DEFAULT_ANSWER,
+    TRANSPORT_SCENARIOS,
+    ReplicaServer,
+    split_deltas,
+    sse,
+)
 
 #: The HTML page the service served instead of JSON / a stream when it wanted a captcha solved.
 CAPTCHA_PAGE = (
@@ -86,6 +93,7 @@ class LiaobotsReplica(ReplicaServer):
             "malformed",
         }
         | TRANSPORT_SCENARIOS
+        | BROWSER_CHECK_SCENARIOS
     )
     COOKIE_NAME: ClassVar[str] = "lb_session"
 
