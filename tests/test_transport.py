@@ -29,9 +29,10 @@ from patchbay.errors import (
     ProtocolError,
 )
 from patchbay.net import pool as transport
+from patchbay.net.curl import CurlResponse
 from patchbay.net.pool import ConnectionPool, pool_for_loop
 from patchbay.net.session import TRANSPORTS, HTTPSession, parse_retry_after
-from patchbay.net.transport import ConnectError, IncompleteResponse, UpstreamRequest
+from patchbay.net.transport import READ_HIGH_WATER, ConnectError, IncompleteResponse, UpstreamRequest
 from tests.tls import self_signed_server_context
 
 WAIT = 5.0  # upper bound of every wait on a condition
@@ -611,7 +612,31 @@ async def test_flow_control_pauses_reading_and_the_body_arrives_intact(monkeypat
         chunks = [chunk async for chunk in http.iter_bytes(response)]
     assert b"".join(chunks) == body
     # Each read returns what was buffered; paused reading keeps that near the high-water mark.
-    assert max(len(chunk) for chunk in chunks) <= transport.READ_HIGH_WATER + 512 * 1024
+    assert max(len(chunk) for chunk in chunks) <= READ_HIGH_WATER + 512 * 1024
+
+
+async def test_libcurl_flow_control_holds_the_body_back_and_it_arrives_intact(monkeypatch: pytest.MonkeyPatch) -> None:
+    body = hashlib.sha256(b"seed").digest() * (5 * 1024 * 1024 // 32)  # 5 MiB
+
+    async def big(request: web.Request) -> web.Response:
+        return web.Response(body=body)
+
+    paused = asyncio.Event()
+    on_body = CurlResponse.on_body
+
+    def watching(self: CurlResponse, data: bytes) -> int:
+        taken = on_body(self, data)
+        if self.paused:
+            paused.set()
+        return taken
+
+    monkeypatch.setattr(CurlResponse, "on_body", watching)
+    async with AppServer([web.get("/", big)]) as server, HTTPSession(transport="curl") as http, \
+            http.request("GET", server.base_url + "/") as response:
+        await asyncio.wait_for(paused.wait(), WAIT)  # nobody reads yet: libcurl was told to hold on
+        chunks = [chunk async for chunk in http.iter_bytes(response)]
+    assert b"".join(chunks) == body
+    assert max(len(chunk) for chunk in chunks) <= READ_HIGH_WATER + 512 * 1024
 
 
 async def test_session_headers_bodies_and_defaults(impl: str) -> None:

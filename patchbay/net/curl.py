@@ -27,11 +27,13 @@ from collections import deque
 from typing import Any
 
 from curl_cffi import AsyncCurl, Curl, CurlECode, CurlError, CurlOpt
+from curl_cffi.curl import CURL_WRITEFUNC_PAUSE, CURLPAUSE_CONT
 from curl_cffi.requests import BrowserType
 from curl_cffi.requests.impersonate import resolve_latest_browser_type
 
 from patchbay.net.loops import PerLoop
 from patchbay.net.transport import (
+    READ_HIGH_WATER,
     ConnectError,
     ConnectTimeoutError,
     FirstByteTimeoutError,
@@ -68,6 +70,8 @@ class CurlResponse:
         self.headers = Headers([])
         self._raw_headers: list[tuple[str, str]] = []
         self._chunks: deque[bytes] = deque()
+        self._buffered = 0
+        self.paused = False  # libcurl holds the body back until the reader drains the buffer
         self._error: BaseException | None = None
         self._done = False
         self._head_complete = False
@@ -97,7 +101,11 @@ class CurlResponse:
             self._wake()
 
     def on_body(self, data: bytes) -> int:
+        if self._buffered >= READ_HIGH_WATER:
+            self.paused = True
+            return CURL_WRITEFUNC_PAUSE  # libcurl keeps these bytes and offers them again on resume
         self._chunks.append(data)
+        self._buffered += len(data)
         self._wake()
         return len(data)
 
@@ -129,6 +137,10 @@ class CurlResponse:
         if self._chunks:
             data = self._chunks.popleft() if len(self._chunks) == 1 else b"".join(self._chunks)
             self._chunks.clear()
+            self._buffered = 0
+            if self.paused and self._curl is not None:
+                self.paused = False
+                self._curl.pause(CURLPAUSE_CONT)  # may hand over the held bytes at once
             return data
         if self._error is not None:
             raise self._error

@@ -29,6 +29,7 @@ from yarl import URL
 from patchbay.net.loops import PerLoop
 from patchbay.net.transport import (
     IDEMPOTENT_METHODS,
+    READ_HIGH_WATER,
     ConnectError,
     ConnectTimeoutError,
     FirstByteTimeoutError,
@@ -44,7 +45,6 @@ __all__ = ["ConnectionPool", "PooledResponse", "pool_for_loop"]
 USER_AGENT = "patchbay"
 MAX_IDLE_PER_HOST = 100  # idle connections kept per (scheme, host, port, verify)
 KEEPALIVE_EXPIRY = 15.0  # seconds an idle connection is trusted (servers close theirs after 5-75 s)
-READ_HIGH_WATER = 256 * 1024  # buffered body bytes at which the socket stops being read
 MAX_HEAD_SIZE = 256 * 1024  # bytes of status line and headers accepted
 SHUTDOWN_WAIT = 1.0  # seconds a closing pool waits for its connections to go
 _BODYLESS_METHODS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS", "TRACE"})

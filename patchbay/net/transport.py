@@ -35,6 +35,7 @@ __all__ = [
     "IncompleteResponse",
     "InvalidRequestError",
     "MalformedResponse",
+    "READ_HIGH_WATER",
     "Response",
     "Transport",
     "TransportError",
@@ -45,6 +46,10 @@ __all__ = [
 #: Methods RFC 9110 §9.2.2 calls idempotent: the only ones a transport may send again after a
 #: failure that leaves open whether the server received them (RFC 9112 §9.3.1).
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE"})
+
+#: Buffered body bytes at which a transport stops reading from the upstream until the reader
+#: catches up, so a slow consumer never makes a whole answer pile up in memory.
+READ_HIGH_WATER = 256 * 1024
 
 
 class TransportError(Exception):
