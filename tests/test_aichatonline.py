@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import aiohttp
 import pytest
 
 from patchbay.config import Timeout
@@ -46,8 +47,10 @@ async def test_documentation_example(aichatonline_replica: AiChatOnlineReplica) 
     assert aichatonline_replica.violations == []
 
 
-async def test_grab_token_with_a_session(aichatonline_replica: AiChatOnlineReplica) -> None:
-    async with HTTPSession() as session:
+@pytest.mark.parametrize("kind", ["patchbay", "aiohttp"])
+async def test_grab_token_with_a_session(aichatonline_replica: AiChatOnlineReplica, kind: str) -> None:
+    """The old documentation passed an aiohttp session: that call shape still works."""
+    async with HTTPSession() if kind == "patchbay" else aiohttp.ClientSession() as session:
         first = await AiChatOnline.grab_token(session, None, base_url=aichatonline_replica.base_url)
         second = await AiChatOnline.grab_token(session, None, base_url=aichatonline_replica.base_url)
     assert first and second

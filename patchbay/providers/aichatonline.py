@@ -68,18 +68,22 @@ class AiChatOnline(AsyncGeneratorProvider, ProviderModelMixin):
     @classmethod
     async def grab_token(
         cls,
-        session: HTTPSession,
+        session: object,
         proxy: str | None = None,
         *,
         base_url: str | None = None,
     ) -> str:
         """Fetch a unique id for a chat, with a random ``canvas`` value to defeat caches
-        (docs/protocols.md#aichatonline-unique-id). ``proxy`` (the seed's call shape) is used when
-        it is not the session's own."""
-        if proxy is not None and proxy != session.proxy:
-            async with HTTPSession(timeout=session.timeout, proxy=proxy, headers=session.headers,
-                                   provider=cls.name) as proxied:
-                return await cls.grab_token(proxied, base_url=base_url)
+        (docs/protocols.md#aichatonline-unique-id).
+
+        ``session`` is a patchbay :class:`HTTPSession`; any other object (the old documentation's
+        ``aiohttp.ClientSession``) stands for "a session of your own", and the request goes out
+        through patchbay's transport with ``proxy``, as does a ``proxy`` that is not the session's."""
+        if not isinstance(session, HTTPSession) or (proxy is not None and proxy != session.proxy):
+            timeout = session.timeout if isinstance(session, HTTPSession) else None
+            headers = session.headers if isinstance(session, HTTPSession) else _browser_headers(cls.url)
+            async with HTTPSession(timeout=timeout, proxy=proxy, headers=headers, provider=cls.name) as own:
+                return await cls.grab_token(own, base_url=base_url)
         base = (base_url or cls.api_base).rstrip("/")
         request_url = f"{base}/api/v1/user/getUniqueId"
         params = {"canvas": f"-{_random_id()}"}
@@ -90,7 +94,7 @@ class AiChatOnline(AsyncGeneratorProvider, ProviderModelMixin):
     async def generate(cls, request: ChatCompletionRequest, call: Call) -> AsyncIterator[StreamEvent]:
         """Stream an answer; the service ignores the model name."""
         base = (call.base_url or cls.api_base).rstrip("/")
-        headers = {"origin": cls.url, "referer": f"{cls.url}/", "user-agent": BROWSER_USER_AGENT}
+        headers = _browser_headers(cls.url)
         async with browser_session(call, base, provider=cls.name, headers=headers, impersonate=cls.impersonate) as http:
             unique_id = await cls.grab_token(http, base_url=base)
             body = {"conversationId": _random_id(), "prompt": format_prompt(request.message_dicts())}
@@ -107,6 +111,10 @@ class AiChatOnline(AsyncGeneratorProvider, ProviderModelMixin):
                         yield TextDelta(message)
                 if decoder.skipped:
                     log.debug("AiChatOnline: skipped %d malformed lines", decoder.skipped)
+
+
+def _browser_headers(site: str) -> dict[str, str]:
+    return {"origin": site, "referer": f"{site}/", "user-agent": BROWSER_USER_AGENT}
 
 
 def _unique_id(response: Response, text: str) -> str:
