@@ -186,11 +186,12 @@ class _AsyncModels:
     def __init__(self, client: AsyncClient) -> None:
         self._client = client
 
-    async def list(self) -> ModelList:
-        return model_list(self._client.provider)
+    async def list(self, *, refresh: bool = False) -> ModelList:
+        """Like ``openai.AsyncOpenAI().models.list()``; the provider's list is cached, ``refresh`` asks again."""
+        return await model_list(self._client.provider, refresh=refresh)
 
     async def retrieve(self, model: str) -> Model:
-        return find_model(self._client.provider, model)
+        return await find_model(self._client.provider, model)
 
 
 class AsyncClient(_Base):
@@ -245,11 +246,12 @@ class _Models:
     def __init__(self, client: Client) -> None:
         self._client = client
 
-    def list(self) -> ModelList:
-        return model_list(self._client.provider)
+    def list(self, *, refresh: bool = False) -> ModelList:
+        """Like ``openai.OpenAI().models.list()``, over the bridge loop (see :class:`_AsyncModels`)."""
+        return run_sync(model_list(self._client.provider, refresh=refresh))
 
     def retrieve(self, model: str) -> Model:
-        return find_model(self._client.provider, model)
+        return run_sync(find_model(self._client.provider, model))
 
 
 class Client(_Base):

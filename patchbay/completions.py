@@ -138,16 +138,17 @@ class ModelList(_Object, kw_only=True):
         return iter(self.data)
 
 
-def model_list(provider: type[AsyncGeneratorProvider]) -> ModelList:
-    """The models ``provider`` serves (a router: its routes), as ``GET /v1/models`` shows them."""
-    get_models = getattr(provider, "get_models", None)
-    names: list[str] = get_models() if get_models is not None else []
+async def model_list(provider: type[AsyncGeneratorProvider], *, refresh: bool = False) -> ModelList:
+    """The models ``provider`` serves (a router: its routes, then what its catch-all passes through),
+    as ``GET /v1/models`` shows them. Awaits the provider's ``list_models`` (cached; ``refresh`` asks
+    again), so it never blocks the loop."""
+    names = await provider.list_models(refresh=refresh)
     return ModelList(data=[Model(id=name, owned_by=provider.name) for name in names])
 
 
-def find_model(provider: type[AsyncGeneratorProvider], model: str) -> Model:
+async def find_model(provider: type[AsyncGeneratorProvider], model: str) -> Model:
     """One model of :func:`model_list`; ModelNotSupported (404) names the valid ones."""
-    models = model_list(provider).data
+    models = (await model_list(provider)).data
     for item in models:
         if item.id == model:
             return item

@@ -104,7 +104,7 @@ class Conversation:
         else:
             router = self.settings.build_router()
             if model is None:
-                names = router.get_models()
+                names = router.routes.names() if router.routes is not None else []  # the first route, no I/O
                 model = names[0] if names else None
             _check_route(router, model)  # an unknown name fails here, listing the routes
             return router, model

@@ -13,6 +13,7 @@ as :class:`~patchbay.errors.StreamInterrupted` carrying exactly the delivered te
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator
@@ -33,7 +34,7 @@ from patchbay.providers.emulation import emulate
 from patchbay.stops import cut_at_stops
 from patchbay.sync import BlockingStream
 
-__all__ = ["AsyncGeneratorProvider", "Call", "ProviderModelMixin", "classproperty"]
+__all__ = ["AsyncGeneratorProvider", "Call", "ProviderModelMixin", "classproperty", "in_event_loop"]
 
 log = logging.getLogger("patchbay.providers")
 
@@ -51,6 +52,15 @@ class classproperty:
         return self.fget(owner)
 
 
+def in_event_loop() -> bool:
+    """Whether this thread is running an event loop: then a sync model listing must not block."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
 class ProviderModelMixin:
     """Model names for a provider: the default, the served list and public aliases."""
 
@@ -60,7 +70,8 @@ class ProviderModelMixin:
 
     @classmethod
     def get_models(cls) -> list[str]:
-        """The provider's model names (its own ids, not aliases)."""
+        """The provider's model names (its own ids, not aliases). Sync and never blocking on I/O
+        inside a running event loop; async code awaits :meth:`AsyncGeneratorProvider.list_models`."""
         return list(cls.models) or ([cls.default_model] if cls.default_model else [])
 
     @classmethod
@@ -158,6 +169,14 @@ class AsyncGeneratorProvider:
         if isinstance(cls, type) and issubclass(cls, ProviderModelMixin):
             return cls.get_model(model)
         return model or ""
+
+    @classmethod
+    async def list_models(cls, *, refresh: bool = False) -> list[str]:
+        """The model names this provider serves (``GET /v1/models``). This default is the static
+        list (``get_models``) and does no I/O; a provider that asks its service overrides it,
+        caching the answer (``refresh`` asks again)."""
+        get_models = getattr(cls, "get_models", None)
+        return list(get_models()) if get_models is not None else []
 
     @classmethod
     def model_records(cls) -> list[ModelRecord]:

@@ -36,7 +36,7 @@ from patchbay.net.decoders import SSEDecoder
 from patchbay.net.session import HTTPSession, parse_retry_after
 from patchbay.net.transport import Response
 from patchbay.presets import get_preset
-from patchbay.providers.base import AsyncGeneratorProvider, Call, ProviderModelMixin
+from patchbay.providers.base import AsyncGeneratorProvider, Call, ProviderModelMixin, in_event_loop
 from patchbay.providers.capabilities import Capabilities
 from patchbay.secrets import mask, redact, register_secret
 from patchbay.sync import run_sync
@@ -163,22 +163,43 @@ class OpenAICompatible(AsyncGeneratorProvider, ProviderModelMixin):
     def get_models(cls) -> list[str]:
         """The configured models, else the server's list (cached), else ``[default_model]``.
 
-        Blocks while it fetches; async code should await :meth:`fetch_models` instead."""
+        For sync callers. From plain sync code it fetches over the bridge (blocking); inside a
+        running event loop it never blocks: the last list fetched (even past its TTL), else
+        ``[default_model]``, else ``[]``. Async code awaits :meth:`list_models` instead."""
         if cls.models:
             return list(cls.models)
         cached = cls._cached_models()
         if cached is not None:
             return cached
+        if in_event_loop():
+            stale = cls.__dict__.get("_models_cache")
+            return list(stale[1]) if stale is not None else cls._default_models()
         try:
-            return run_sync(cls.fetch_models(), timeout=MODELS_TIMEOUT + 1)
-        except (PatchbayError, TimeoutError):
+            return run_sync(cls.list_models(), timeout=MODELS_TIMEOUT + 1)
+        except TimeoutError:
             if cls.default_model:
                 return [cls.default_model]
             raise
 
     @classmethod
+    async def list_models(cls, *, refresh: bool = False) -> list[str]:
+        """The configured models, else the server's list (:meth:`fetch_models`, cached for
+        :data:`MODELS_TTL` seconds; ``refresh`` asks again); when the server cannot say,
+        ``[default_model]`` if there is one, else the error."""
+        if cls.models:
+            return list(cls.models)
+        try:
+            return await cls.fetch_models(refresh=refresh)
+        except (PatchbayError, TimeoutError) as error:
+            if not cls.default_model:
+                raise
+            log.warning("%s: could not list the models (%s); listing the default model", cls.name, error)
+            return [cls.default_model]
+
+    @classmethod
     async def fetch_models(cls, *, refresh: bool = False) -> list[str]:
-        """The model ids from ``GET {base}/models``, reused for :data:`MODELS_TTL` seconds."""
+        """The model ids from ``GET {base}/models``, reused for :data:`MODELS_TTL` seconds (per class);
+        errors are raised. The implementation of :meth:`list_models`, which callers use."""
         cached = None if refresh else cls._cached_models()
         if cached is not None:
             return cached
@@ -199,6 +220,10 @@ class OpenAICompatible(AsyncGeneratorProvider, ProviderModelMixin):
             raise ProtocolError(f"{cls.name}: the model list is not in the OpenAI shape: {text[:80]!r}") from None
         cls._models_cache = (time.monotonic() + MODELS_TTL, models)
         return list(models)
+
+    @classmethod
+    def _default_models(cls) -> list[str]:
+        return [cls.default_model] if cls.default_model else []
 
     @classmethod
     def _cached_models(cls) -> list[str] | None:

@@ -36,18 +36,20 @@ from patchbay.errors import (
     ContextTooLong,
     DeadlineExceeded,
     InvalidRequest,
+    ModelNotSupported,
     PatchbayError,
     RateLimited,
     StreamInterrupted,
     UnsupportedFeature,
 )
 from patchbay.events import Fallback, StreamEvent, TextDelta, ToolCallDelta
-from patchbay.providers.base import AsyncGeneratorProvider, Call
+from patchbay.providers.base import AsyncGeneratorProvider, Call, in_event_loop
 from patchbay.providers.capabilities import Capabilities, needs
 from patchbay.routing.policy import Action, CooldownPolicy, RetryPolicy, decide
 from patchbay.routing.state import Health, MemoryStateStore, StateStore
 from patchbay.routing.strategies import USES_HEALTH, get_strategy
 from patchbay.routing.targets import RouteTable, Target
+from patchbay.sync import run_sync
 
 __all__ = ["MidStream", "RetryProvider", "Router"]
 
@@ -56,6 +58,7 @@ log = logging.getLogger("patchbay.routing")
 MidStream = Literal["continue", "error"]
 T = TypeVar("T")
 CREDENTIAL_BAN_SECONDS = 3600.0
+LIST_TIMEOUT = 10.0  # seconds one catch-all target may take to list its models
 #: Needs whose answer has a structure a prefill continuation would break.
 STRUCTURED = frozenset({"tools", "json_object", "json_schema"})
 
@@ -159,7 +162,47 @@ class Router(AsyncGeneratorProvider):
 
     @classmethod
     def get_models(cls) -> list[str]:
-        return cls._table().names()
+        """The route names, then what the catch-all route passes through (see :meth:`list_models`).
+        For sync callers: inside a running event loop it never blocks (the targets' cached or
+        static lists); from plain sync code it lists them over the bridge."""
+        targets = cls._catch_all()
+        if targets and not in_event_loop():
+            return run_sync(cls.list_models(), timeout=LIST_TIMEOUT + 1)
+        return cls._listed([_known_models(target) for target in targets])
+
+    @classmethod
+    async def list_models(cls, *, refresh: bool = False) -> list[str]:
+        """The route names, then the models of the catch-all route's targets (asked concurrently,
+        each within :data:`LIST_TIMEOUT`), which it serves under their own names. A target that
+        cannot say contributes its cached or static names, and is logged, not raised."""
+        listed = await asyncio.gather(*(cls._target_models(target, refresh) for target in cls._catch_all()))
+        return cls._listed(listed)
+
+    @classmethod
+    def _catch_all(cls) -> list[Target]:
+        try:
+            return cls._table().targets_for(None)  # None names no route: the catch-all's targets
+        except ModelNotSupported:
+            return []
+
+    @classmethod
+    async def _target_models(cls, target: Target, refresh: bool) -> list[str]:
+        if target.model:
+            return [target.model]
+        try:
+            return await asyncio.wait_for(target.provider.list_models(refresh=refresh), LIST_TIMEOUT)
+        except (PatchbayError, TimeoutError, OSError) as error:
+            fallback = _known_models(target)
+            log.warning("%s: could not list the models of %s (%s: %s); listing %s", cls.name, target.provider.name,
+                        type(error).__name__, error, ", ".join(fallback) or "none")
+            return fallback
+
+    @classmethod
+    def _listed(cls, lists: Sequence[list[str]]) -> list[str]:
+        names = dict.fromkeys(cls._table().names())
+        for models in lists:
+            names.update(dict.fromkeys(models))
+        return list(names)
 
     @classmethod
     def model_records(cls) -> list[Any]:
@@ -369,6 +412,16 @@ class Router(AsyncGeneratorProvider):
         if cls.routes is None:
             raise InvalidRequest("this Router has no routes; use Router.configure(routes) or RetryProvider([...])")
         return cls.routes
+
+
+def _known_models(target: Target) -> list[str]:
+    """What a catch-all target serves, known without asking (inside an event loop, a provider's
+    ``get_models`` gives its cached or static list without blocking): a target with a model asks
+    for that one whatever the caller named."""
+    if target.model:
+        return [target.model]
+    get_models = getattr(target.provider, "get_models", None)
+    return list(get_models()) if get_models is not None else []
 
 
 async def _each(lookup: Callable[[str], Awaitable[T]], keys: list[str]) -> list[T]:

@@ -165,11 +165,11 @@ class Gateway:
             await asyncio.shield(self.limiter.finish(admission, tokens))  # also when cancelled
 
     async def _models(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await send_bytes(send, 200, _encode(model_list(self.provider)))
+        await send_bytes(send, 200, _encode(await model_list(self.provider)))
 
     async def _model(self, scope: Scope, receive: Receive, send: Send) -> None:
         wanted = scope["path"].split("/models/", 1)[1]
-        await send_bytes(send, 200, _encode(find_model(self.provider, wanted)))
+        await send_bytes(send, 200, _encode(await find_model(self.provider, wanted)))
 
     async def _health(self, scope: Scope, receive: Receive, send: Send) -> None:
         health = getattr(self.provider, "health", None)
@@ -179,7 +179,8 @@ class Gateway:
     async def _ready(self, scope: Scope, receive: Receive, send: Send) -> None:
         if not self.ready:
             raise ProviderNotWorking("the server is starting or stopping")
-        await send_bytes(send, 200, _encode({"status": "ready", "models": len(model_list(self.provider).data)}))
+        models = await model_list(self.provider)
+        await send_bytes(send, 200, _encode({"status": "ready", "models": len(models.data)}))
 
     async def _metrics(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send_bytes(send, 200, self.metrics.render(), b"text/plain; version=0.0.4; charset=utf-8")
