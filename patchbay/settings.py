@@ -124,7 +124,8 @@ class RateLimits:
 
 
 PROVIDER_FIELDS = {"base_url", "preset", "api_key_env", "models", "default_model", "prefill", "headers",
-                   "verify_ssl", "capabilities"}
+                   "verify_ssl", "capabilities", "impersonate"}
+WEB_PROVIDER_FIELDS = {"impersonate"}  # what a [providers.<web chat provider>] table may set
 
 
 @dataclass(frozen=True)
@@ -155,11 +156,23 @@ class Settings:
     def provider_class(self, name: str) -> type[AsyncGeneratorProvider]:
         """One ``[providers]`` entry as a configured provider class (a mistake in it names it, and
         leaves the other entries usable)."""
+        from patchbay.providers import registry
         from patchbay.providers.openai_compatible import OpenAICompatible
+        from patchbay.providers.web import is_web_provider, with_impersonation
 
         options = dict(self.providers[name])
         preset = options.pop("preset", None)
+        web = next((p for p in registry.all(include_not_working=True)
+                    if p.name.lower() == name.lower() and is_web_provider(p)), None)
         try:
+            if web is not None:
+                extra = set(options) - WEB_PROVIDER_FIELDS
+                if extra or preset is not None:
+                    raise InvalidRequest(f"{web.name} is a web chat provider: only "
+                                         f"{', '.join(sorted(WEB_PROVIDER_FIELDS))} can be set")
+                return with_impersonation(web, options.get("impersonate"))
+            if "impersonate" in options:
+                raise InvalidRequest("impersonate applies to the web chat providers (Liaobots, AiChatOnline...)")
             if preset is not None:
                 return OpenAICompatible.from_preset(preset, name=name, **options)
             if "base_url" not in options:

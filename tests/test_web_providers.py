@@ -14,13 +14,14 @@ import pytest
 from click.testing import CliRunner
 
 from patchbay.cli import cli
-from patchbay.errors import ChallengeRequired, ConnectionFailed, ProtocolError
+from patchbay.errors import ChallengeRequired, ConnectionFailed, InvalidRequest, ProtocolError
 from patchbay.net.session import HTTPSession
 from patchbay.providers import AiChatOnline, Liaobots
 from patchbay.providers.web import cookie_store
 from patchbay.routing import MemoryStateStore, Router, Target
 from patchbay.secrets import redact
 from patchbay.secrets.cookies import site_of
+from patchbay.settings import load_settings
 from tests.replicas.aichatonline import AiChatOnlineReplica
 from tests.replicas.liaobots import LiaobotsReplica
 from tests.replicas.tls_hello import HelloRecorder, browser_profiles, ja4, ja4_without_sni
@@ -198,3 +199,26 @@ async def test_web_providers_impersonate_chrome_over_https(tmp_path: Path) -> No
         with pytest.raises((ConnectionFailed, ProtocolError)):
             await AiChatOnline.create_async("", HELLO, base_url=server.url.rstrip("/"))
     assert server.hellos and ja4(server.hellos[0]) == ja4_without_sni(browser_profiles()["chrome"])
+
+
+# -- configuration --------------------------------------------------------------------------------------
+
+
+def test_the_browser_profile_is_a_per_provider_config_option(tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text('[providers.Liaobots]\nimpersonate = "firefox"\n\n'
+                      '[providers.AiChatOnline]\nimpersonate = false\n')
+    settings = load_settings(config)
+    liaobots, aichatonline = settings.provider_class("Liaobots"), settings.provider_class("AiChatOnline")
+    assert liaobots.impersonate == "firefox" and issubclass(liaobots, Liaobots)
+    assert liaobots.auth_codes is Liaobots.auth_codes and liaobots.cookies is Liaobots.cookies  # shared
+    assert aichatonline.impersonate is None
+    assert Liaobots.impersonate == "chrome"  # the registered class is untouched
+    for table, message in [('impersonate = "netscape4"', "no browser profile 'netscape4'"),
+                           ('base_url = "http://127.0.0.1:9"', "only impersonate can be set")]:
+        config.write_text(f"[providers.Liaobots]\n{table}\n")
+        with pytest.raises(InvalidRequest, match=message):
+            load_settings(config).provider_class("Liaobots")
+    config.write_text('[providers.mine]\nbase_url = "http://127.0.0.1:9/v1"\nimpersonate = "chrome"\n')
+    with pytest.raises(InvalidRequest, match="impersonate applies to the web chat providers"):
+        load_settings(config).provider_class("mine")

@@ -44,7 +44,7 @@ from patchbay.net.transport import (
     UpstreamRequest,
 )
 
-__all__ = ["CurlResponse", "CurlTransport", "transport_for_loop"]
+__all__ = ["CurlResponse", "CurlTransport", "browser_profile", "transport_for_loop"]
 
 _HEADER_OUT = 2  # CURLINFO_HEADER_OUT: the debug callback's "request head written"
 
@@ -259,10 +259,9 @@ def _configure(curl: Curl, request: UpstreamRequest, connect_timeout: float | No
     """Set one easy handle up for ``request``."""
     curl.setopt(CurlOpt.URL, str(request.url).encode())
     if request.impersonate:
-        profile = resolve_latest_browser_type(request.impersonate)  # "chrome" -> the newest Chrome
-        if profile not in _PROFILES or curl.impersonate(profile, default_headers=True) != 0:
-            raise InvalidRequestError(f"no browser profile {request.impersonate!r}; use one of curl_cffi's, such as "
-                                      "chrome, firefox, safari or edge (optionally with a version: chrome131)")
+        profile = browser_profile(request.impersonate)
+        if curl.impersonate(profile, default_headers=True) != 0:
+            raise InvalidRequestError(f"libcurl cannot impersonate {profile!r}")
     method = request.method.upper()
     if method == "HEAD":
         curl.setopt(CurlOpt.NOBODY, 1)
@@ -300,6 +299,15 @@ def _configure(curl: Curl, request: UpstreamRequest, connect_timeout: float | No
     curl.setopt(CurlOpt.WRITEFUNCTION, response.on_body)
     curl.setopt(CurlOpt.VERBOSE, 1)  # for the debug callback, which says when the request went out
     curl.setopt(CurlOpt.DEBUGFUNCTION, response.on_debug)
+
+
+def browser_profile(name: str) -> str:
+    """curl_cffi's profile for ``name`` ("chrome" is the newest Chrome, "chrome131" that one)."""
+    profile = resolve_latest_browser_type(name)
+    if profile not in _PROFILES:
+        raise InvalidRequestError(f"no browser profile {name!r}; use one of curl_cffi's, such as chrome, firefox, "
+                                  "safari or edge (optionally with a version: chrome131)")
+    return profile
 
 
 def _transport_error(exc: BaseException, *, head_arrived: bool) -> BaseException:

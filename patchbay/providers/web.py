@@ -18,20 +18,48 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from typing import TypeVar, cast
 
 from patchbay.catalog import config_dir
-from patchbay.errors import ChallengeRequired, SessionRejected
+from patchbay.errors import ChallengeRequired, InvalidRequest, SessionRejected
 from patchbay.net.cookiejar import CookieJar
+from patchbay.net.curl import browser_profile
 from patchbay.net.session import HTTPSession
-from patchbay.providers.base import Call
+from patchbay.net.transport import InvalidRequestError
+from patchbay.providers.base import AsyncGeneratorProvider, Call
 from patchbay.secrets.cookies import CookieStore, SiteCookies, site_of
 
-__all__ = ["DEFAULT_IMPERSONATE", "browser_session", "cookie_store", "imported_cookies"]
+__all__ = ["DEFAULT_IMPERSONATE", "browser_session", "cookie_store", "imported_cookies", "is_web_provider",
+           "with_impersonation"]
+
+P = TypeVar("P", bound=type[AsyncGeneratorProvider])
 
 DEFAULT_IMPERSONATE = "chrome"  # curl_cffi's current Chrome profile
 
 #: Answers that say the cookies did not get the request through.
 _REJECTIONS = (ChallengeRequired, SessionRejected)
+
+
+def is_web_provider(provider: type[AsyncGeneratorProvider]) -> bool:
+    """A provider that talks to a web chat site through :func:`browser_session`."""
+    return hasattr(provider, "impersonate")
+
+
+def with_impersonation(provider: P, profile: str | bool | None) -> P:
+    """``provider`` impersonating ``profile`` (a curl_cffi browser profile; ``False`` or ``None``:
+    plain requests): the ``[providers.<web provider>] impersonate = ...`` config option. The copy
+    shares the original's credentials and cookies."""
+    if profile is True or (profile is not None and profile is not False and not isinstance(profile, str)):
+        raise InvalidRequest("impersonate must be a browser profile name (chrome, firefox...) or false",
+                             param="impersonate")
+    chosen = profile or None
+    if chosen is not None:
+        try:
+            browser_profile(chosen)
+        except InvalidRequestError as error:
+            raise InvalidRequest(str(error), param="impersonate") from None
+    copy = type(provider.__name__, (provider,), {"impersonate": chosen, "__module__": provider.__module__})
+    return cast(P, copy)
 
 
 def cookie_store() -> CookieStore:
