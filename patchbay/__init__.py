@@ -55,7 +55,7 @@ from patchbay.events import (
 
 __version__ = "0.1.0"
 
-#: Names imported on first use, so that ``import patchbay`` stays fast (no aiohttp, no msgspec).
+#: Names imported on first use, so that ``import patchbay`` stays fast (no HTTP client library, no msgspec).
 _LAZY = {
     "AsyncChunkStream": "patchbay.client",
     "AsyncClient": "patchbay.client",

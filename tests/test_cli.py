@@ -139,7 +139,7 @@ def test_errors_are_one_line_and_verbose_adds_the_cause(cli: CLI) -> None:
     assert "connection failed" in one_error_line(refused) and refused.returncode == 1
     verbose = cli.run("chat", "-p", "dead", "x", "--verbose")
     assert verbose.returncode == 1
-    assert verbose.stderr.splitlines()[1].startswith("  caused by: ConnectionRefusedError")
+    assert verbose.stderr.splitlines()[1].startswith("  caused by: ConnectError")  # the transport's own class
     with cli.log() as log:  # the failures are in the log too, with their error
         assert (log.latest(1)[0].error or "").startswith("ConnectionFailed")
 
