@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import Future
 from typing import Generic, TypeVar
 
-__all__ = ["BlockingStream", "bridge_loop", "run_sync"]
+__all__ = ["BlockingStream", "bridge_loop", "in_event_loop", "run_sync"]
 
 T = TypeVar("T")
 
@@ -36,6 +36,15 @@ def bridge_loop() -> asyncio.AbstractEventLoop:
             thread.start()
             _loop, _thread = loop, thread
         return _loop
+
+
+def in_event_loop() -> bool:
+    """Whether this thread is running an event loop: then sync code must not block on I/O."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 def run_sync(awaitable: Awaitable[T], timeout: float | None = None) -> T:

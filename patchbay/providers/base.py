@@ -13,7 +13,6 @@ as :class:`~patchbay.errors.StreamInterrupted` carrying exactly the delivered te
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator
@@ -34,7 +33,7 @@ from patchbay.providers.emulation import emulate
 from patchbay.stops import cut_at_stops
 from patchbay.sync import BlockingStream
 
-__all__ = ["AsyncGeneratorProvider", "Call", "ProviderModelMixin", "classproperty", "in_event_loop"]
+__all__ = ["AsyncGeneratorProvider", "Call", "ProviderModelMixin", "classproperty"]
 
 log = logging.getLogger("patchbay.providers")
 
@@ -50,15 +49,6 @@ class classproperty:
 
     def __get__(self, instance: object, owner: type) -> Any:
         return self.fget(owner)
-
-
-def in_event_loop() -> bool:
-    """Whether this thread is running an event loop: then a sync model listing must not block."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return False
-    return True
 
 
 class ProviderModelMixin:

@@ -36,10 +36,10 @@ from patchbay.net.decoders import SSEDecoder
 from patchbay.net.session import HTTPSession, parse_retry_after
 from patchbay.net.transport import Response
 from patchbay.presets import get_preset
-from patchbay.providers.base import AsyncGeneratorProvider, Call, ProviderModelMixin, in_event_loop
+from patchbay.providers.base import AsyncGeneratorProvider, Call, ProviderModelMixin
 from patchbay.providers.capabilities import Capabilities
 from patchbay.secrets import mask, redact, register_secret
-from patchbay.sync import run_sync
+from patchbay.sync import in_event_loop, run_sync
 
 __all__ = ["OpenAICompatible"]
 

@@ -43,13 +43,13 @@ from patchbay.errors import (
     UnsupportedFeature,
 )
 from patchbay.events import Fallback, StreamEvent, TextDelta, ToolCallDelta
-from patchbay.providers.base import AsyncGeneratorProvider, Call, in_event_loop
+from patchbay.providers.base import AsyncGeneratorProvider, Call
 from patchbay.providers.capabilities import Capabilities, needs
 from patchbay.routing.policy import Action, CooldownPolicy, RetryPolicy, decide
 from patchbay.routing.state import Health, MemoryStateStore, StateStore
 from patchbay.routing.strategies import USES_HEALTH, get_strategy
 from patchbay.routing.targets import RouteTable, Target
-from patchbay.sync import run_sync
+from patchbay.sync import in_event_loop, run_sync
 
 __all__ = ["MidStream", "RetryProvider", "Router"]
 
