@@ -1,0 +1,1049 @@
+"""Upstream transports measured against each other: patchbay's two and the libraries it could use instead.
+
+    python -m bench.transports                      # the full run; writes docs/benchmarks.md
+    python -m bench.transports --rounds 1 --requests 200 --no-write   # a quick look
+
+Candidates (bench/transport_candidates.py): patchbay's hand-written httptools pool, patchbay's
+libcurl transport (curl_cffi AsyncCurl), aiohttp's ClientSession, rnet's async Client (Rust) and
+curl_cffi's high-level AsyncSession, every one behind patchbay's transport interface and driven by
+the same code, in the same run, on uvloop:
+
+1. client throughput: non-streaming POSTs to the fake upstream (bench/upstream.py, in its own
+   process) from this process with N concurrent tasks on kept-alive connections; requests/s and
+   this process's CPU seconds per 1,000 requests (all its threads: rnet's tokio threads count);
+2. per-chunk streaming cost: one answer of many small SSE events, each written on its own by the
+   upstream, back to back ("burst") or paced so that each arrives alone ("paced"); CPU µs per event;
+3. forwarding through ``patchbay serve`` (wrk, 50 connections) with each transport the gateway
+   can be told to use (``PATCHBAY_UPSTREAM_TRANSPORT``), and the server's CPU per 1,000 requests;
+4. the fault matrix: the same broken or slow servers (a raw asyncio TCP server on 127.0.0.1)
+   against every candidate, and what each made of them.
+
+Rounds alternate the candidates; each figure is the median of the rounds, each ratio the median of
+the per-round ratios against the pool (the machine is shared, so only same-round ratios compare).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import functools
+import json
+import logging
+import os
+import platform
+import shlex
+import shutil
+import socket
+import statistics
+import sys
+import tempfile
+import time
+import urllib.request
+import weakref
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from yarl import URL
+
+from bench.measure import HEADERS, ROOT, Unavailable, _children, request_body, run_async, run_wrk
+from bench.report import write_section
+from bench.targets import CHAT_PATH, PEERS, Context, Launch, Service, free_port, launch_patchbay
+from bench.transport_candidates import CANDIDATES, DESCRIPTIONS, library_versions, make_transport, unavailable_reason
+from bench.upstream import DONE_EVENT, SSE_HEADERS, STREAM_EVENTS, make_app
+from patchbay.net.transport import Transport, TransportError, UpstreamRequest
+
+__all__ = [
+    "SCENARIOS", "FaultOutcome", "Options", "Results", "fault_matrix", "gateway_transports", "main", "parse_args",
+    "render", "run", "serve_upstream",
+]
+
+log = logging.getLogger("bench.transports")
+
+STREAM_PATH = "/bench/stream"
+STATS_PATH = "/bench/stats"
+EVENT = STREAM_EVENTS[0]  # one small chat.completion.chunk SSE event (about 150 bytes)
+MEASURE_TIMEOUT = 300.0  # seconds any one measurement may take
+CONNECT, FIRST_BYTE, IDLE = 1.0, 10.0, 10.0  # limits for the measured (healthy) requests
+ENV_VAR = "PATCHBAY_UPSTREAM_TRANSPORT"
+SECTION = "upstream-transports"
+
+
+# --- the upstream: bench/upstream.py plus one streaming route ------------------------------------
+
+
+async def stream_events(request: web.Request) -> web.StreamResponse:
+    """``POST /bench/stream?events=N&gap_us=G``: N copies of one SSE event, each written on its own
+    (G µs apart when G > 0, so that each arrives alone), then ``data: [DONE]``."""
+    await request.read()
+    events = min(int(request.query.get("events", "2000")), 100_000)
+    gap = min(float(request.query.get("gap_us", "0")), 100_000.0) / 1e6
+    response = web.StreamResponse(headers=SSE_HEADERS)
+    await response.prepare(request)
+    for _ in range(events):
+        await response.write(EVENT)
+        if gap:
+            await asyncio.sleep(gap)
+    await response.write(DONE_EVENT)
+    await response.write_eof()
+    return response
+
+
+class ConnectionCount:
+    """Counts the connections and requests the upstream served, for ``GET /bench/stats``: shows
+    whether a client kept its connections alive (a POST per fresh connection shows here)."""
+
+    def __init__(self) -> None:
+        self.seen: weakref.WeakSet[Any] = weakref.WeakSet()
+        self.connections = self.requests = 0
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        if request.path != STATS_PATH:
+            self.requests += 1
+            if request.transport is not None and request.transport not in self.seen:
+                self.seen.add(request.transport)
+                self.connections += 1
+        response: web.StreamResponse = await handler(request)
+        return response
+
+    async def stats(self, _: web.Request) -> web.Response:
+        return web.json_response({"connections": self.connections, "requests": self.requests})
+
+
+def serve_upstream(port: int) -> None:
+    """Run bench/upstream.py's app with the streaming and stats routes on 127.0.0.1 (uvloop), until killed."""
+    import uvloop
+
+    app = make_app()
+    count = ConnectionCount()
+    app.middlewares.append(count.middleware)
+    app.router.add_post(STREAM_PATH, stream_events)
+    app.router.add_get(STATS_PATH, count.stats)
+    web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None, loop=uvloop.new_event_loop(),
+                handler_cancellation=True)
+
+
+# --- driving one transport ----------------------------------------------------------------------
+
+
+async def read_all(transport: Transport, request: UpstreamRequest, *, connect: float = CONNECT,
+                   first_byte: float = FIRST_BYTE, idle: float = IDLE) -> tuple[int, int, int]:
+    """Send ``request`` and read its body as HTTPSession does (a timer only when nothing is at hand):
+    (status, body bytes, reads that returned data)."""
+    response = await transport.send(request, connect_timeout=connect, first_byte_timeout=first_byte)
+    size = reads = 0
+    try:
+        while True:
+            chunk = response.buffered_chunk()
+            if chunk is None:
+                async with asyncio.timeout(idle):
+                    chunk = await response.read_chunk()
+            if not chunk:
+                return response.status, size, reads
+            size += len(chunk)
+            reads += 1
+    finally:
+        response.release()
+
+
+@contextlib.asynccontextmanager
+async def opened(name: str) -> Any:
+    transport = make_transport(name)
+    try:
+        yield transport
+    finally:
+        async with asyncio.timeout(10):
+            await transport.close()
+
+
+@dataclass
+class Sample:
+    """One measurement of one candidate in one round."""
+
+    rate: float = 0.0  # requests (or events) per second of wall time
+    cpu: float = 0.0  # CPU seconds per 1,000 requests, or µs per event
+    reads: float = 0.0  # reads that returned data per stream
+    errors: int = 0
+    connections: float = 0.0  # upstream connections opened per 1,000 requests (the gateway rows)
+    p50: float = 0.0  # ms (the gateway rows)
+    p99: float = 0.0
+
+
+async def _requests(transport: Transport, request: UpstreamRequest, count: int, concurrency: int,
+                    expected_size: int) -> int:
+    """``count`` requests over ``concurrency`` tasks; the number that failed or answered wrongly."""
+    left = count
+    errors = 0
+
+    async def worker() -> None:
+        nonlocal left, errors
+        while left > 0:
+            left -= 1
+            try:
+                status, size, _ = await read_all(transport, request)
+            except (TransportError, TimeoutError):
+                errors += 1
+                continue
+            if status != 200 or size != expected_size:
+                errors += 1
+
+    async with asyncio.timeout(MEASURE_TIMEOUT):
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return errors
+
+
+async def throughput(name: str, base: str, requests: int, concurrency: int, expected_size: int) -> Sample:
+    """Requests/s and CPU s per 1,000 requests of this process, after a warm-up on the same connections."""
+    request = UpstreamRequest("POST", URL(base + CHAT_PATH), HEADERS, request_body())
+    port = URL(base).port
+    assert port is not None
+    async with opened(name) as transport:
+        await _requests(transport, request, max(concurrency * 4, requests // 10), concurrency, expected_size)
+        before = upstream_stats(port)["connections"]
+        cpu, wall = time.process_time(), time.perf_counter()
+        errors = await _requests(transport, request, requests, concurrency, expected_size)
+        cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+        connections = upstream_stats(port)["connections"] - before
+    return Sample(rate=requests / wall, cpu=cpu / requests * 1000, errors=errors,
+                  connections=connections / requests * 1000)
+
+
+async def streaming(name: str, base: str, events: int, gap_us: float, streams: int) -> Sample:
+    """CPU µs per SSE event read, over ``streams`` sequential streamed answers (after one warm-up)."""
+    url = URL(base + STREAM_PATH).with_query(events=events, gap_us=f"{gap_us:g}")
+    request = UpstreamRequest("POST", url, HEADERS, request_body())
+    expected = events * len(EVENT) + len(DONE_EVENT)
+    errors = 0
+    reads: list[int] = []
+    async with opened(name) as transport, asyncio.timeout(MEASURE_TIMEOUT):
+        await read_all(transport, request)
+        cpu, wall = time.process_time(), time.perf_counter()
+        for _ in range(streams):
+            try:
+                status, size, count = await read_all(transport, request)
+            except (TransportError, TimeoutError):
+                errors += 1
+                continue
+            reads.append(count)
+            errors += status != 200 or size != expected
+        cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    total = events * streams
+    return Sample(rate=total / wall, cpu=cpu / total * 1e6, reads=statistics.mean(reads) if reads else 0.0,
+                  errors=errors)
+
+
+# --- through patchbay serve -------------------------------------------------------------------------
+
+
+def gateway_transports() -> list[str]:
+    """The transports ``patchbay serve`` can be told to use: pool and curl once patchbay reads
+    PATCHBAY_UPSTREAM_TRANSPORT, else only its default (the pool)."""
+    package = ROOT / "patchbay"
+    for path in package.rglob("*.py"):
+        with contextlib.suppress(OSError):
+            if ENV_VAR in path.read_text(encoding="utf-8"):
+                return ["pool", "curl"]
+    return ["pool"]
+
+
+def _tree_cpu(pid: int) -> float:
+    """CPU seconds (user + system) used so far by a process and its descendants."""
+    total, pending, seen = 0.0, [pid], set[int]()
+    ticks = os.sysconf("SC_CLK_TCK")
+    while pending and len(seen) < 1000:
+        current = pending.pop()
+        seen.add(current)
+        try:
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+        pending.extend(child for child in _children(current) if child not in seen)
+    return total
+
+
+def upstream_stats(port: int) -> dict[str, int]:
+    """The upstream's connection and request counts so far (``GET /bench/stats``)."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never via an HTTP proxy
+    with opener.open(f"http://127.0.0.1:{port}{STATS_PATH}", timeout=10) as response:
+        stats: dict[str, int] = json.loads(response.read())
+    return stats
+
+
+def gateway_round(ctx: Context, transport: str, env_known: bool, duration: float) -> Sample:
+    """Start patchbay serve with ``transport``, warm it up, one wrk run: req/s, latency, server CPU
+    and upstream connections per 1,000 requests."""
+    launch = launch_patchbay(ctx)
+    if env_known:
+        launch.env = {**(launch.env or {}), ENV_VAR: transport}
+    with Service(f"patchbay-{transport}", launch, ctx.logs) as service:
+        run_wrk(launch.url, 50, 1)
+        cpu, before = _tree_cpu(service.pid), upstream_stats(ctx.upstream_port)
+        result = run_wrk(launch.url, 50, duration)
+        cpu, after = _tree_cpu(service.pid) - cpu, upstream_stats(ctx.upstream_port)
+    per_1000 = 1000 / max(result.requests, 1)
+    return Sample(rate=result.requests_per_second, cpu=cpu * per_1000, errors=result.errors,
+                  connections=(after["connections"] - before["connections"]) * per_1000,
+                  p50=result.p50, p99=result.p99)
+
+
+# --- the fault matrix -------------------------------------------------------------------------------
+
+WAIT = 3.0  # seconds the raw server (and the client) wait for anything in a fault scenario
+F_CONNECT, F_FIRST_BYTE, F_IDLE = 1.0, 0.3, 0.3  # the limits in the fault scenarios (rnet's connect: whole s)
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: text/plain\r\n\r\nok"
+
+
+class RawServer:
+    """A TCP server on 127.0.0.1 answering with whatever bytes its handler writes; it counts
+    connections, requests read (``requests``) and connections the client closed (``hangups``)."""
+
+    def __init__(self, handler: Callable[[RawServer, asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+                 ) -> None:
+        self.handler = handler
+        self.connections = self.requests = self.hangups = 0
+        self.port = 0
+        self.event = asyncio.Event()  # set by handlers that announce something (a close)
+        self._changed = asyncio.Condition()
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    @property
+    def url(self) -> URL:
+        return URL(f"http://127.0.0.1:{self.port}/")
+
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def wait_until(self, predicate: Callable[[], bool], timeout: float = WAIT) -> bool:
+        """Whether ``predicate`` became true within ``timeout`` seconds."""
+        try:
+            async with asyncio.timeout(timeout), self._changed:
+                await self._changed.wait_for(predicate)
+        except TimeoutError:
+            return False
+        return True
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        self._writers.add(writer)
+        self.connections += 1
+        try:
+            async with asyncio.timeout(WAIT * 2):
+                await self.handler(self, reader, writer)
+        except (ConnectionError, TimeoutError):
+            pass
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+            self._tasks.discard(task)
+            self._writers.discard(writer)
+
+    async def read_request(self, reader: asyncio.StreamReader) -> bytes | None:
+        """One request's head and body, or None when the client closed the connection."""
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            return None
+        length = 0
+        for line in head.split(b"\r\n"):
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        body = await reader.readexactly(length) if length else b""
+        self.requests += 1
+        await self._notify()
+        return head + body
+
+    async def wait_for_hangup(self, reader: asyncio.StreamReader) -> None:
+        """Until the client closes the connection (what an abandoned request does), within WAIT."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(WAIT):
+                await reader.read()
+                self.hangups += 1
+                await self._notify()
+
+    async def __aenter__(self) -> RawServer:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        for writer in list(self._writers):
+            writer.transport.abort()  # the handlers' reads end, and so do the handlers
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=WAIT)
+        for task in list(self._tasks):  # a handler that did not end by itself (not expected)
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._server.wait_closed()
+
+
+class IdleTimeout(Exception):
+    """The runner's own idle limit between body chunks ran out (as HTTPSession's would)."""
+
+
+@dataclass
+class FaultOutcome:
+    """What one candidate made of one scenario."""
+
+    outcome: str  # "ok", a transport exception class, "idle timeout", or "unmapped <type>"
+    cause: str = ""  # the library's own exception type, when the adapter translated one
+    sent: int | None = None  # how often the server received the request in question
+    seconds: float = 0.0
+    note: str = ""
+    correct: bool = False
+    show_sent: bool = True  # say "received N times" in the cell
+
+    @property
+    def cell(self) -> str:
+        mark = "✓" if self.correct else "✗"
+        text = f"{mark} {self.outcome}"
+        if self.sent is not None and self.show_sent:
+            text += f", received {times(self.sent)}"
+        if self.note:
+            text += f", {self.note}"
+        if self.cause:
+            text += f" ({self.cause})"
+        return text
+
+
+def times(count: int) -> str:
+    """"once", "twice", "3 times"."""
+    return {0: "never", 1: "once", 2: "twice"}.get(count, f"{count} times")
+
+
+def _classify(exc: BaseException | None) -> tuple[str, str]:
+    if exc is None:
+        return "ok", ""
+    if isinstance(exc, IdleTimeout):
+        return "idle timeout", ""
+    cause = exc.__cause__
+    cause_name = f"{type(cause).__module__.split('.')[0]}.{type(cause).__name__}" if cause is not None else ""
+    if isinstance(exc, TransportError):
+        return type(exc).__name__, "" if cause_name.startswith(("patchbay", "builtins", "asyncio")) else cause_name
+    return f"unmapped {type(exc).__module__.split('.')[0]}.{type(exc).__name__}", ""
+
+
+async def _attempt(transport: Transport, method: str, url: URL, *, body: bytes | None = b"{}",
+                   stop_after: int | None = None) -> tuple[BaseException | None, int]:
+    """One request with the fault limits, read as HTTPSession reads (idle limit between chunks);
+    ``stop_after``: release after that many chunks (an abandoning client). (exception, chunks)."""
+    chunks = 0
+    try:
+        async with asyncio.timeout(WAIT * 2):
+            response = await transport.send(UpstreamRequest(method, url, {"Content-Type": "application/json"},
+                                                            body if method != "GET" else None),
+                                            connect_timeout=F_CONNECT, first_byte_timeout=F_FIRST_BYTE)
+            try:
+                while True:
+                    if stop_after is not None and chunks >= stop_after:
+                        return None, chunks
+                    chunk = response.buffered_chunk()
+                    if chunk is None:
+                        try:
+                            async with asyncio.timeout(F_IDLE):
+                                chunk = await response.read_chunk()
+                        except TimeoutError:
+                            raise IdleTimeout from None
+                    if not chunk:
+                        return None, chunks
+                    chunks += 1
+            finally:
+                response.release()
+    except (Exception, TimeoutError) as exc:  # what the candidate raised is the measurement
+        return exc, chunks
+
+
+Handler = Callable[[RawServer, asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+def _answer_first_only(then: str) -> Handler:
+    """Answer the first request (on any connection); later ones: close without a byte ("drop")
+    or hold unanswered until the client leaves ("hold")."""
+    async def handler(server: RawServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while await server.read_request(reader) is not None:
+            if server.requests == 1:
+                writer.write(OK)
+                continue
+            if then == "hold":
+                await server.wait_for_hangup(reader)
+            return
+    return handler
+
+
+async def _one_shot(name: str, handler: Handler, *, method: str = "GET",
+                    count_sent: bool = False) -> FaultOutcome:
+    async with RawServer(handler) as server, opened(name) as transport:
+        started = time.perf_counter()
+        exc, _ = await _attempt(transport, method, server.url)
+        seconds = time.perf_counter() - started
+        await asyncio.sleep(0)
+    outcome, cause = _classify(exc)
+    return FaultOutcome(outcome, cause, server.requests if count_sent else None, seconds)
+
+
+async def truncated_chunked(name: str) -> FaultOutcome:
+    async def handler(server: RawServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await server.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")  # no last chunk
+    return await _one_shot(name, handler)
+
+
+async def truncated_sized(name: str) -> FaultOutcome:
+    async def handler(server: RawServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await server.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly ten b")
+    return await _one_shot(name, handler)
+
+
+async def malformed_status(name: str) -> FaultOutcome:
+    async def handler(server: RawServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await server.read_request(reader)
+        writer.write(b"HTTP/1.1 TWO-HUNDRED OK\r\nContent-Length: 0\r\n\r\n")
+        await server.wait_for_hangup(reader)
+    return await _one_shot(name, handler)
+
+
+async def refused(name: str) -> FaultOutcome:
+    port = free_port()  # nothing listens there (the OS just handed it out and it was closed)
+    async with opened(name) as transport:
+        started = time.perf_counter()
+        exc, _ = await _attempt(transport, "GET", URL(f"http://127.0.0.1:{port}/"))
+        seconds = time.perf_counter() - started
+    return FaultOutcome(*_classify(exc), seconds=seconds)
+
+
+async def connect_timeout(name: str) -> FaultOutcome:
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)  # never accepted, backlog full: a new connect hangs in the SYN stage
+    port = listener.getsockname()[1]
+    fillers = []
+    try:
+        for _ in range(3):
+            filler = socket.socket()
+            filler.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                filler.connect(("127.0.0.1", port))
+            fillers.append(filler)
+        async with opened(name) as transport:
+            started = time.perf_counter()
+            exc, _ = await _attempt(transport, "GET", URL(f"http://127.0.0.1:{port}/"))
+            seconds = time.perf_counter() - started
+    finally:
+        for filler in fillers:
+            filler.close()
+        listener.close()
+    return FaultOutcome(*_classify(exc), seconds=seconds, note=f"after {seconds:.1f} s")
+
+
+async def first_byte_timeout(name: str) -> FaultOutcome:
+    async def handler(server: RawServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await server.read_request(reader)
+        await server.wait_for_hangup(reader)
+    result = await _one_shot(name, handler, method="POST", count_sent=True)
+    result.note = f"after {result.seconds:.1f} s"
+    return result
+
+
+async def idle_gap(name: str) -> FaultOutcome:
+    async def handler(server: RawServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await server.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n")
+        await server.wait_for_hangup(reader)
+    return await _one_shot(name, handler)
+
+
+async def _warm_then(name: str, then: str, method: str) -> FaultOutcome:
+    """A GET answered (the connection is warm), then ``method`` on it: the server drops or holds it."""
+    async with RawServer(_answer_first_only(then)) as server, opened(name) as transport:
+        warm, _ = await _attempt(transport, "GET", server.url)
+        if warm is not None:
+            return FaultOutcome(f"warm-up failed: {_classify(warm)[0]}")
+        started = time.perf_counter()
+        exc, _ = await _attempt(transport, method, server.url)
+        seconds = time.perf_counter() - started
+        if then == "hold":
+            await server.wait_until(lambda: server.hangups >= 1, timeout=1.0)
+        # Anything the candidate sends again comes within a moment: give it that moment.
+        await server.wait_until(lambda: server.requests > 2, timeout=0.5)
+    outcome, cause = _classify(exc)
+    note = f"after {seconds:.1f} s" if then == "hold" else ""
+    return FaultOutcome(outcome, cause, server.requests - 1, seconds, note)
+
+
+async def warm_late_post(name: str) -> FaultOutcome:
+    return await _warm_then(name, "hold", "POST")
+
+
+async def warm_late_get(name: str) -> FaultOutcome:
+    return await _warm_then(name, "hold", "GET")
+
+
+async def warm_post_dropped(name: str) -> FaultOutcome:
+    return await _warm_then(name, "drop", "POST")
+
+
+async def idle_closed(name: str) -> FaultOutcome:
+    """The server closes each kept-alive connection after answering; three POSTs in a row."""
+    async def handler(server: RawServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if await server.read_request(reader) is None:
+            return
+        writer.write(OK)
+        await writer.drain()
+        writer.close()
+        server.event.set()
+
+    ok = 0
+    async with RawServer(handler) as server, opened(name) as transport:
+        started = time.perf_counter()
+        for _ in range(3):
+            server.event.clear()
+            exc, _ = await _attempt(transport, "POST", server.url)
+            ok += exc is None
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(WAIT):
+                    await server.event.wait()
+        seconds = time.perf_counter() - started
+    outcome = "ok" if ok == 3 else f"{3 - ok} of 3 failed"
+    return FaultOutcome(outcome, sent=server.requests, seconds=seconds, show_sent=False,
+                        note=f"{server.requests} received for 3 requests")
+
+
+async def abandoned(name: str) -> FaultOutcome:
+    """The client reads one chunk of a stream and lets go: does the server see the connection close?"""
+    async def handler(server: RawServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await server.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n")
+        await server.wait_for_hangup(reader)
+
+    async with RawServer(handler) as server, opened(name) as transport:
+        started = time.perf_counter()
+        exc, _ = await _attempt(transport, "GET", server.url, stop_after=1)
+        closed = await server.wait_until(lambda: server.hangups >= 1)
+        seconds = time.perf_counter() - started
+    if exc is not None:
+        return FaultOutcome(*_classify(exc), seconds=seconds)
+    outcome = "server saw the close" if closed else f"still open after {WAIT:g} s"
+    return FaultOutcome(outcome, seconds=seconds, note=f"after {seconds * 1000:.0f} ms" if closed else "")
+
+
+@dataclass(frozen=True)
+class Scenario:
+    key: str
+    label: str
+    run: Callable[[str], Awaitable[FaultOutcome]]
+    expected: str  # the correct outcome, as the table says it
+    check: Callable[[FaultOutcome], bool]
+
+
+def _is(outcome: str, sent: int | None = None) -> Callable[[FaultOutcome], bool]:
+    return lambda result: result.outcome == outcome and (sent is None or result.sent == sent)
+
+
+SCENARIOS: tuple[Scenario, ...] = (
+    Scenario("truncated-chunked", "truncated chunked body (no last chunk, then close)", truncated_chunked,
+             "IncompleteResponse", _is("IncompleteResponse")),
+    Scenario("truncated-sized", "truncated sized body (10 of 100 bytes, then close)", truncated_sized,
+             "IncompleteResponse", _is("IncompleteResponse")),
+    Scenario("malformed-status", "malformed status line", malformed_status,
+             "MalformedResponse", _is("MalformedResponse")),
+    Scenario("refused", "connection refused", refused, "ConnectError", _is("ConnectError")),
+    Scenario("connect-timeout", f"connect timeout (listen backlog full; limit {F_CONNECT:g} s)", connect_timeout,
+             "ConnectTimeoutError", lambda r: r.outcome == "ConnectTimeoutError" and r.seconds < F_CONNECT + 0.5),
+    Scenario("first-byte-timeout", f"first-byte timeout (POST never answered; limit {F_FIRST_BYTE:g} s)",
+             first_byte_timeout, "FirstByteTimeoutError, received once", _is("FirstByteTimeoutError", 1)),
+    Scenario("idle-gap", f"idle gap mid-body (one chunk, then silence; idle limit {F_IDLE:g} s)", idle_gap,
+             "idle timeout", _is("idle timeout")),
+    Scenario("warm-late-post", "warm connection, POST answered late (past the first-byte limit)", warm_late_post,
+             "FirstByteTimeoutError, received once", _is("FirstByteTimeoutError", 1)),
+    Scenario("warm-late-get", "warm connection, GET answered late (past the first-byte limit)", warm_late_get,
+             "FirstByteTimeoutError, received once", _is("FirstByteTimeoutError", 1)),
+    Scenario("warm-post-dropped", "warm connection dropped by the server after reading a POST", warm_post_dropped,
+             "a transport error, received once (never re-sent)",
+             lambda r: r.sent == 1 and r.outcome not in ("ok",) and not r.outcome.startswith("unmapped")),
+    Scenario("idle-closed", "server closed the idle connection before the next request (3 POSTs)", idle_closed,
+             "ok, 3 received for 3 requests", _is("ok", 3)),
+    Scenario("abandoned", "abandoned stream (client stops reading after one chunk)", abandoned,
+             "server saw the close", _is("server saw the close")),
+)
+
+
+async def fault_matrix(names: list[str], only: list[str] | None = None) -> dict[str, dict[str, FaultOutcome]]:
+    """Every scenario (or the ``only`` keys) against every named candidate: {scenario: {candidate: outcome}}."""
+    matrix: dict[str, dict[str, FaultOutcome]] = {}
+    for scenario in SCENARIOS:
+        if only and scenario.key not in only:
+            continue
+        row = matrix[scenario.key] = {}
+        for name in names:
+            try:
+                async with asyncio.timeout(WAIT * 4):
+                    result = await scenario.run(name)
+            except TimeoutError:
+                result = FaultOutcome("the scenario hung")
+            result.correct = scenario.check(result)
+            row[name] = result
+            log.info("  fault %-20s %-13s %s", scenario.key, name, result.cell)
+    return matrix
+
+
+# --- the run ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Options:
+    """How much to measure (from the command line)."""
+
+    rounds: int = 5
+    requests: int = 3000
+    concurrency: tuple[int, ...] = (1, 50)
+    events: int = 2000
+    paced_events: int = 500
+    gap_us: float = 1000.0
+    streams: int = 3
+    gateway_duration: float = 5.0
+    candidates: tuple[str, ...] = tuple(CANDIDATES)
+    gateway: bool = True
+    faults: bool = True
+
+
+@dataclass
+class Results:
+    """Everything one run measured: per metric, candidate -> one Sample per round."""
+
+    samples: dict[str, dict[str, list[Sample]]] = field(default_factory=dict)
+    gateway: dict[str, list[Sample]] = field(default_factory=dict)
+    gateway_note: str = ""
+    faults: dict[str, dict[str, FaultOutcome]] = field(default_factory=dict)
+    unavailable: dict[str, str] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+    load: float = 0.0
+    seconds: float = 0.0
+
+    def add(self, metric: str, name: str, sample: Sample) -> None:
+        self.samples.setdefault(metric, {}).setdefault(name, []).append(sample)
+
+
+def _metrics(opts: Options) -> list[tuple[str, str]]:
+    """(key, label) of every client-side metric, in table order."""
+    rows = [(f"c{c}", f"{c} concurrent task{'s' if c > 1 else ''}") for c in opts.concurrency]
+    return [*rows, ("burst", f"{opts.events} events, back to back"),
+            ("paced", f"{opts.paced_events} events, {opts.gap_us:g} µs apart")]
+
+
+async def _client_round(results: Results, names: list[str], base: str, opts: Options, expected_size: int) -> None:
+    for name in names:
+        for concurrency in opts.concurrency:
+            sample = await throughput(name, base, opts.requests, concurrency, expected_size)
+            results.add(f"c{concurrency}", name, sample)
+            log.info("  %-13s c=%-3d %8.0f req/s  %.3f CPU s/1000  errors %d", name, concurrency, sample.rate,
+                     sample.cpu, sample.errors)
+        for metric, events, gap in (("burst", opts.events, 0.0), ("paced", opts.paced_events, opts.gap_us)):
+            sample = await streaming(name, base, events, gap, opts.streams)
+            results.add(metric, name, sample)
+            log.info("  %-13s %-5s %6.2f CPU µs/event  %.0f reads/stream  errors %d", name, metric, sample.cpu,
+                     sample.reads, sample.errors)
+
+
+def _expected_size(base: str) -> int:
+    """The fake upstream's non-streaming answer size, to check every measured answer against."""
+    async def once() -> int:
+        async with opened("pool") as transport:
+            status, size, _ = await read_all(transport, UpstreamRequest("POST", URL(base + CHAT_PATH), HEADERS,
+                                                                        request_body()))
+        if status != 200:
+            raise Unavailable(f"the fake upstream answered {status}")
+        return size
+    result: int = run_async(once)
+    return result
+
+
+def run(opts: Options) -> Results:
+    """Measure everything ``opts`` asks for (see the module docstring)."""
+    started = time.perf_counter()
+    results = Results(versions=library_versions(), load=os.getloadavg()[0])
+    names = []
+    for name in opts.candidates:
+        reason = unavailable_reason(name)
+        if reason:
+            results.unavailable[name] = reason
+        else:
+            names.append(name)
+    with tempfile.TemporaryDirectory(prefix="bench-transports-") as tmp:
+        scratch = Path(tmp)
+        port = free_port()
+        upstream = Launch([sys.executable, "-m", "bench.transports", "--serve-upstream", str(port)], port)
+        with Service("upstream", upstream, scratch):
+            base = f"http://127.0.0.1:{port}"
+            expected = _expected_size(base)
+            for index in range(opts.rounds):
+                log.info("round %d of %d: client side", index + 1, opts.rounds)
+                order = names[index % len(names):] + names[:index % len(names)]  # who goes first rotates
+                run_async(functools.partial(_client_round, results, order, base, opts, expected))
+            if opts.gateway:
+                _gateway(results, opts, Context(port, scratch, PEERS, scratch))
+        if opts.faults:
+            log.info("fault matrix")
+            results.faults = run_async(lambda: fault_matrix(names))
+    results.seconds = time.perf_counter() - started
+    return results
+
+
+def _gateway(results: Results, opts: Options, ctx: Context) -> None:
+    if not shutil.which("wrk"):
+        results.gateway_note = "not measured: wrk is not installed (apt-get install wrk)"
+        return
+    transports = gateway_transports()
+    env_known = transports != ["pool"]
+    if not env_known:
+        results.gateway_note = (f"only the pool: patchbay does not read {ENV_VAR} yet, so `patchbay serve` "
+                                "cannot be told to forward with curl")
+    for index in range(opts.rounds):
+        for transport in transports[index % len(transports):] + transports[:index % len(transports)]:
+            log.info("round %d of %d: patchbay serve with %s", index + 1, opts.rounds, transport)
+            try:
+                sample = gateway_round(ctx, transport, env_known, opts.gateway_duration)
+            except Unavailable as exc:
+                results.gateway_note = f"not measured: {exc}"
+                return
+            results.gateway.setdefault(transport, []).append(sample)
+            log.info("  patchbay serve (%s): %.0f req/s, %.3f server CPU s/1000, errors %d", transport,
+                     sample.rate, sample.cpu, sample.errors)
+
+
+# --- the report -------------------------------------------------------------------------------------
+
+
+def _median(samples: list[Sample], attr: str) -> float:
+    return statistics.median(getattr(s, attr) for s in samples) if samples else float("nan")
+
+
+def _ratio(by_name: dict[str, list[Sample]], name: str, attr: str) -> float:
+    """The median over rounds of (candidate / pool) for ``attr``, from the same rounds."""
+    pool, mine = by_name.get("pool", []), by_name.get(name, [])
+    ratios = [getattr(m, attr) / getattr(p, attr) for p, m in zip(pool, mine, strict=False) if getattr(p, attr)]
+    return statistics.median(ratios) if ratios else float("nan")
+
+
+def _errors(samples: list[Sample]) -> int:
+    return sum(s.errors for s in samples)
+
+
+def render(results: Results, opts: Options, command: str) -> str:
+    """The "Upstream transports" section of docs/benchmarks.md."""
+    names = [n for n in opts.candidates if n not in results.unavailable]
+    versions = results.versions
+    lines = ["## Upstream transports: the hand-written pool against the libraries", "",
+             f"Command: `{command}` (from the repository root). "
+             f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
+             f"{results.seconds / 60:.1f} minutes. Machine: {os.cpu_count()} cores, "
+             f"{platform.system()} {platform.release()}; load average {results.load:.2f} at the start (the machine is "
+             f"shared: compare the ratios, each the median over {opts.rounds} rounds of the same-round ratio to the "
+             "pool, more than the absolute numbers).", "",
+             "Candidates, each behind patchbay's transport interface (`patchbay/net/transport.py`; the adapters are "
+             "in `bench/transport_candidates.py`) and driven by the same code, on uvloop:", ""]
+    lines += [f"- `{name}`: {DESCRIPTIONS[name]}" for name in opts.candidates]
+    for name, reason in results.unavailable.items():
+        lines.append(f"- `{name}` was not measured: {reason}")
+    lines += ["", "Versions: Python " + platform.python_version() + "; "
+              + "; ".join(f"{k} {v}" for k, v in versions.items()) + ".", ""]
+
+    lines += ["### Client side: one process against the fake upstream", "",
+              f"Non-streaming `POST /v1/chat/completions` (`bench/wrk/post.lua`'s body) to the fake upstream "
+              f"(`bench/upstream.py` in its own process, one worker), {opts.requests} requests per measurement after a "
+              "warm-up on the same kept-alive connections; every answer checked (status and size). CPU is this "
+              "process's (`time.process_time()`: all threads, so rnet's tokio threads count).", "",
+              "| candidate | " + " | ".join(f"req/s, {c} task{'s' if c > 1 else ''}" for c in opts.concurrency)
+              + " | " + " | ".join(f"CPU s per 1,000, {c}" for c in opts.concurrency)
+              + " | upstream connections per 1,000 | errors |",
+              "|---|" + "---:|" * (2 * len(opts.concurrency)) + "---:|---:|"]
+    for name in names:
+        cells = []
+        for attr in ("rate", "cpu"):
+            for c in opts.concurrency:
+                by_name = results.samples.get(f"c{c}", {})
+                value = _median(by_name.get(name, []), attr)
+                text = f"{value:,.0f}" if attr == "rate" else f"{value:.3f}"
+                if name != "pool":
+                    text += f" ({_ratio(by_name, name, attr):.2f}x)"
+                cells.append(text)
+        errors = sum(_errors(results.samples.get(f"c{c}", {}).get(name, [])) for c in opts.concurrency)
+        connections = max(_median(results.samples.get(f"c{c}", {}).get(name, []), "connections")
+                          for c in opts.concurrency)
+        lines.append(f"| `{name}` | " + " | ".join(cells) + f" | {connections:,.1f} | {errors} |")
+
+    lines += ["", "### Per-chunk streaming cost", "",
+              f"One streamed answer of small SSE events (`{len(EVENT)}`-byte `chat.completion.chunk` events, each "
+              "written on its own by the upstream: `POST /bench/stream`, served by `bench/transports.py` next to "
+              f"bench/upstream.py's routes), {opts.streams} sequential streams per measurement after one warm-up; "
+              "CPU of the client process per event; reads = reads that returned data per stream (below the event "
+              "count where the client found several events at once). Burst: written back to back; paced: "
+              f"{opts.gap_us:g} µs apart, so each arrives alone, as tokens from a model do.", "",
+              f"| candidate | burst: CPU µs per event | burst: reads per {opts.events} | paced: CPU µs per event | "
+              f"paced: reads per {opts.paced_events} | errors |", "|---|---:|---:|---:|---:|---:|"]
+    for name in names:
+        cells = []
+        for metric in ("burst", "paced"):
+            by_name = results.samples.get(metric, {})
+            cpu = f"{_median(by_name.get(name, []), 'cpu'):.2f}"
+            if name != "pool":
+                cpu += f" ({_ratio(by_name, name, 'cpu'):.2f}x)"
+            cells += [cpu, f"{_median(by_name.get(name, []), 'reads'):,.0f}"]
+        errors = sum(_errors(results.samples.get(m, {}).get(name, [])) for m in ("burst", "paced"))
+        lines.append(f"| `{name}` | " + " | ".join(cells) + f" | {errors} |")
+
+    lines += ["", "### Forwarding through `patchbay serve`", "",
+              f"`patchbay serve` (one worker) routing `fake` to the fake upstream, loaded with "
+              f"`wrk -t1 -c50 -d{opts.gateway_duration:g}s -s bench/wrk/post.lua` after a 1 s warm-up, started anew "
+              f"for each of {opts.rounds} rounds; server CPU = user + system seconds of its process tree per 1,000 "
+              "requests. aiohttp, rnet and curl_cffi's AsyncSession cannot be put under the gateway without an "
+              "adapter inside patchbay, so they have no row here (the client-side tables measure them).", ""]
+    if results.gateway_note:
+        lines += [f"Note: {results.gateway_note}.", ""]
+    if results.gateway:
+        lines += ["| transport under the gateway | req/s | p50 | p99 | server CPU s per 1,000 | "
+                  "upstream connections per 1,000 | errors |", "|---|---:|---:|---:|---:|---:|---:|"]
+        for name, samples in results.gateway.items():
+            rate, cpu = f"{_median(samples, 'rate'):,.0f}", f"{_median(samples, 'cpu'):.3f}"
+            if name != "pool":
+                rate += f" ({_ratio(results.gateway, name, 'rate'):.2f}x)"
+                cpu += f" ({_ratio(results.gateway, name, 'cpu'):.2f}x)"
+            lines.append(f"| `{name}` | {rate} | {_median(samples, 'p50'):.2f} ms | {_median(samples, 'p99'):.2f} ms "
+                         f"| {cpu} | {_median(samples, 'connections'):,.1f} | {_errors(samples)} |")
+
+    if results.faults:
+        lines += ["", "### Fault matrix", "",
+                  "Each scenario against a fresh instance of each candidate, served by a raw asyncio TCP server on "
+                  "127.0.0.1 that counts the requests it read (\"received once\": how often the request in question "
+                  f"reached it). Limits: connect {F_CONNECT:g} s, first byte {F_FIRST_BYTE:g} s, idle gap "
+                  f"{F_IDLE:g} s (the runner's own, as HTTPSession's). The adapters' first-byte timer runs from the "
+                  "call for the connect plus the first-byte limit (the libraries do not say when the request went "
+                  "out), hence their later first-byte timeouts. The correct outcome is in its own column, and ✓ "
+                  "marks each candidate that had it; the library's own exception, where an adapter translated one, "
+                  "is in parentheses.", "",
+                  "| scenario | correct | " + " | ".join(f"`{n}`" for n in names) + " |",
+                  "|---|---|" + "---|" * len(names)]
+        for scenario in SCENARIOS:
+            row = results.faults.get(scenario.key)
+            if row is None:
+                continue
+            lines.append(f"| {scenario.label} | {scenario.expected} | "
+                         + " | ".join(row[n].cell if n in row else "" for n in names) + " |")
+        correct = {n: sum(row[n].correct for row in results.faults.values() if n in row) for n in names}
+        lines.append("| **correct** | | " + " | ".join(f"**{correct[n]} of {len(results.faults)}**" for n in names)
+                     + " |")
+    lines += ["", "### Conclusion", "", conclusion(results, opts)]
+    return "\n".join(lines)
+
+
+def conclusion(results: Results, opts: Options) -> str:
+    """The decision the numbers support, with the numbers (see the brief of issue "One upstream transport")."""
+    libraries = [n for n in ("aiohttp", "rnet", "curl-session") if n not in results.unavailable]
+    loaded = f"c{max(opts.concurrency)}"
+    parts = []
+    by_rate = results.samples.get(loaded, {})
+    if by_rate and libraries:
+        best = max(libraries, key=lambda n: _ratio(by_rate, n, "rate"))
+        rate_ratio = _ratio(by_rate, best, "rate")
+        cpu_ratio = min(_ratio(by_rate, n, "cpu") for n in libraries)
+        chunk = results.samples.get("paced", {})
+        chunk_ratio = min(_ratio(chunk, n, "cpu") for n in libraries) if chunk else float("nan")
+        pool_faults = sum(row["pool"].correct for row in results.faults.values() if "pool" in row)
+        wins = rate_ratio < 0.8 and cpu_ratio > 1.25
+        parts.append(
+            f"Direct requests: the fastest library, `{best}`, reaches {rate_ratio:.2f}x the pool's requests/s with "
+            f"{max(opts.concurrency)} tasks; the cheapest library needs {cpu_ratio:.2f}x the pool's CPU per request "
+            f"and {chunk_ratio:.2f}x its CPU per streamed chunk (paced); the pool got {pool_faults} of "
+            f"{len(results.faults)} fault scenarios right. "
+            + ("The pool wins clearly on throughput and CPU, so patchbay keeps it for direct requests."
+               if wins else "The pool does not win clearly: use the library for direct requests."))
+    if "curl" in names_measured(results) and "curl-session" in names_measured(results):
+        faults = results.faults
+        curl_ok = sum(row["curl"].correct for row in faults.values() if "curl" in row)
+        session_ok = sum(row["curl-session"].correct for row in faults.values() if "curl-session" in row)
+        parts.append(
+            f"Proxies and impersonation stay on libcurl (curl_cffi: the only candidate whose browser fingerprints "
+            f"patchbay checks, tests/test_tls_hello.py): patchbay's `curl` transport over AsyncCurl got {curl_ok} of "
+            f"{len(faults)} fault scenarios right, curl_cffi's AsyncSession {session_ok}.")
+    return " ".join(parts)
+
+
+def names_measured(results: Results) -> set[str]:
+    return {name for by_name in results.samples.values() for name in by_name}
+
+
+# --- command line -----------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None) -> tuple[Options, argparse.Namespace]:
+    parser = argparse.ArgumentParser(prog="python -m bench.transports", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    defaults = Options()
+    parser.add_argument("--rounds", type=int, default=defaults.rounds, help="rounds of every measurement (median)")
+    parser.add_argument("--requests", type=int, default=defaults.requests, help="requests per throughput measurement")
+    parser.add_argument("--concurrency", default=",".join(map(str, defaults.concurrency)),
+                        help="comma-separated concurrent task counts (default 1,50)")
+    parser.add_argument("--events", type=int, default=defaults.events, help="SSE events of a burst stream")
+    parser.add_argument("--paced-events", type=int, default=defaults.paced_events, help="SSE events of a paced stream")
+    parser.add_argument("--gap-us", type=float, default=defaults.gap_us, help="µs between paced events")
+    parser.add_argument("--streams", type=int, default=defaults.streams, help="streams per streaming measurement")
+    parser.add_argument("--gateway-duration", type=float, default=defaults.gateway_duration,
+                        help="seconds of wrk through patchbay serve per round")
+    parser.add_argument("--only", default="", help=f"comma-separated subset of {','.join(CANDIDATES)} (must include "
+                                                   "pool, the baseline); implies --no-write")
+    parser.add_argument("--no-gateway", action="store_true", help="skip the patchbay serve measurement")
+    parser.add_argument("--no-faults", action="store_true", help="skip the fault matrix")
+    parser.add_argument("--no-write", action="store_true", help="print only; leave docs/ alone")
+    parser.add_argument("--json", type=Path, help="also write the raw results here")
+    parser.add_argument("--serve-upstream", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    candidates = tuple(n.strip() for n in args.only.split(",") if n.strip()) or tuple(CANDIDATES)
+    unknown = set(candidates) - set(CANDIDATES)
+    if unknown or "pool" not in candidates:
+        parser.error(f"--only takes names among {','.join(CANDIDATES)} and must include pool")
+    try:
+        concurrency = tuple(int(c) for c in args.concurrency.split(","))
+    except ValueError:
+        parser.error("--concurrency takes comma-separated integers")
+    if min(args.rounds, args.requests, args.events, args.paced_events, args.streams, *concurrency) < 1 \
+            or args.gap_us < 0 or args.gateway_duration <= 0:
+        parser.error("counts must be positive")
+    opts = Options(args.rounds, args.requests, concurrency, args.events, args.paced_events, args.gap_us,
+                   args.streams, args.gateway_duration, candidates, not args.no_gateway, not args.no_faults)
+    return opts, args
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    opts, args = parse_args(argv)
+    if args.serve_upstream is not None:
+        serve_upstream(args.serve_upstream)
+        return
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    results = run(opts)
+    text = render(results, opts, shlex.join(["python", "-m", "bench.transports", *argv]))
+    print(text)
+    if args.json:
+        args.json.write_text(json.dumps(asdict(results), indent=1, default=str), encoding="utf-8")
+    if args.no_write or args.only:
+        log.info("not writing docs/ (--no-write or --only)")
+    else:
+        write_section(SECTION, text)
+        log.info("wrote the %s section of docs/benchmarks.md", SECTION)
+
+
+if __name__ == "__main__":
+    main()
