@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
-import tempfile
 from pathlib import Path
 
 from patchbay.catalog import config_dir
 from patchbay.errors import InvalidRequest
+from patchbay.secrets import write_private_json
 
 __all__ = ["KEY_NAME", "keys_path", "load_keys", "remove_key", "save_key", "stored_key"]
 
@@ -77,14 +76,4 @@ def stored_key(name: str) -> str | None:
 
 
 def _write(path: Path, keys: dict[str, str]) -> None:
-    """Replace the file atomically; it is created 0600 and never exists with wider permissions."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(prefix=".keys-", suffix=".json", dir=path.parent)  # mode 0600
-    try:
-        with os.fdopen(descriptor, "w", encoding="utf-8") as file:
-            json.dump(keys, file, indent=2, sort_keys=True)
-            file.write("\n")
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    write_private_json(path, keys)  # sorted keys, 0600, replaced atomically

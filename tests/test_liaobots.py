@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 from patchbay.config import Timeout
@@ -26,13 +24,7 @@ HELLO = [{"role": "user", "content": "Hello, how are you?"}]
 FAST = Timeout(connect=2, first_byte=0.5, idle=0.5, total=10)
 
 
-@pytest.fixture(autouse=True)
-def fresh_state() -> Iterator[None]:
-    Liaobots.auth_codes.clear()
-    Liaobots.cookies.clear()
-    yield
-    Liaobots.auth_codes.clear()
-    Liaobots.cookies.clear()
+pytestmark = pytest.mark.usefixtures("clean_liaobots")
 
 
 async def collect(replica: LiaobotsReplica, messages: list[dict[str, str]] = HELLO, **kwargs: object) -> list[str]:

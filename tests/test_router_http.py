@@ -75,15 +75,6 @@ async def test_retry_after_header_is_honoured(openai_fake: OpenAIFake) -> None:
     assert openai_fake.chat_count == 2
 
 
-@pytest.fixture
-def clean_liaobots() -> Iterator[None]:
-    Liaobots.auth_codes.clear()
-    Liaobots.cookies.clear()
-    yield
-    Liaobots.auth_codes.clear()
-    Liaobots.cookies.clear()
-
-
 async def test_credential_bans_are_shared_through_the_state_store(liaobots_replica: LiaobotsReplica,
                                                                   clean_liaobots: None) -> None:
     liaobots_replica.rejected_codes = {"code-a"}

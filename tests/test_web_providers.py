@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -30,13 +29,7 @@ HELLO = [{"role": "user", "content": "hello"}]
 BROWSER_UA = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/152.0.0.0 Safari/537.36"
 
 
-@pytest.fixture(autouse=True)
-def clean_liaobots() -> Iterator[None]:
-    Liaobots.auth_codes.clear()
-    Liaobots.cookies.clear()
-    yield
-    Liaobots.auth_codes.clear()
-    Liaobots.cookies.clear()
+pytestmark = pytest.mark.usefixtures("clean_liaobots")
 
 
 def import_cookies(path: Path, site: str, *extra: str) -> None:

@@ -31,7 +31,7 @@ from curl_cffi.curl import CURL_WRITEFUNC_PAUSE, CURLPAUSE_CONT
 from curl_cffi.requests import BrowserType
 from curl_cffi.requests.impersonate import resolve_latest_browser_type
 
-from patchbay.net.loops import PerLoop
+from patchbay.net.loops import PerLoop, Wakeable
 from patchbay.net.transport import (
     READ_HIGH_WATER,
     ConnectError,
@@ -60,7 +60,7 @@ _MALFORMED = frozenset({CurlECode.WEIRD_SERVER_REPLY, CurlECode.HTTP2, CurlECode
 _INVALID = frozenset({CurlECode.URL_MALFORMAT, CurlECode.BAD_FUNCTION_ARGUMENT})
 
 
-class CurlResponse:
+class CurlResponse(Wakeable):
     """One transfer's response (a :class:`~patchbay.net.transport.Response`), fed by curl's callbacks."""
 
     def __init__(self, transport: CurlTransport, curl: Curl) -> None:
@@ -76,7 +76,6 @@ class CurlResponse:
         self._done = False
         self._head_complete = False
         self.request_sent = asyncio.Event()
-        self._waiter: asyncio.Future[None] | None = None
 
     # -- curl callbacks (run inside AsyncCurl's socket handling, on the loop) -------------------
 
@@ -172,19 +171,6 @@ class CurlResponse:
         return curl
 
     # -- internals ------------------------------------------------------------------------------
-
-    def _wake(self) -> None:
-        waiter, self._waiter = self._waiter, None
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    async def _wait(self) -> None:
-        waiter = self._waiter = asyncio.get_running_loop().create_future()
-        try:
-            await waiter
-        finally:
-            if self._waiter is waiter:
-                self._waiter = None
 
     def __repr__(self) -> str:
         return f"<CurlResponse {self.status}>"

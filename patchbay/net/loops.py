@@ -1,4 +1,4 @@
-"""One transport instance per event loop, closed when its loop shuts down.
+"""Event-loop plumbing of the transports: one instance per loop, and waiting for callbacks.
 
 A connection belongs to the loop that opened it, so each transport keeps one instance per loop
 (the sync bridge's loop in its own thread has its own). :class:`PerLoop` makes the instance on
@@ -16,7 +16,7 @@ import weakref
 from collections.abc import AsyncGenerator, Callable
 from typing import Generic, Protocol, TypeVar
 
-__all__ = ["Closable", "PerLoop"]
+__all__ = ["Closable", "PerLoop", "Wakeable"]
 
 
 class Closable(Protocol):
@@ -59,3 +59,23 @@ async def _close_at_shutdown(instance: Closable) -> AsyncGenerator[None, None]:
     finally:
         if not instance.closed:
             await instance.close()
+
+
+class Wakeable:
+    """One task waits (:meth:`_wait`) until a callback reports a change (:meth:`_wake`): a body
+    chunk, the end of a response, an error. The protocol callbacks of both transports use it."""
+
+    _waiter: asyncio.Future[None] | None = None
+
+    def _wake(self) -> None:
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def _wait(self) -> None:
+        waiter = self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            await waiter
+        finally:
+            if self._waiter is waiter:
+                self._waiter = None

@@ -26,7 +26,7 @@ from typing import cast
 import httptools
 from yarl import URL
 
-from patchbay.net.loops import PerLoop
+from patchbay.net.loops import PerLoop, Wakeable
 from patchbay.net.transport import (
     IDEMPOTENT_METHODS,
     READ_HIGH_WATER,
@@ -62,7 +62,7 @@ class State(enum.Enum):
     CLOSED = "closed"  # the transport is gone
 
 
-class Connection(asyncio.Protocol):
+class Connection(asyncio.Protocol, Wakeable):
     """One HTTP/1.1 connection: sends a request, parses the response, buffers its body.
 
     The ``on_*`` methods are ``httptools.HttpResponseParser`` callbacks. Body chunks wait in a
@@ -91,7 +91,6 @@ class Connection(asyncio.Protocol):
         self._chunks: deque[bytes] = deque()
         self._buffered = 0
         self._paused = False
-        self._waiter: asyncio.Future[None] | None = None
         self.status = 0
         self.headers: Headers | None = None
 
@@ -303,19 +302,6 @@ class Connection(asyncio.Protocol):
         self._keep_alive = False
         self._wake()
         self.abort()
-
-    def _wake(self) -> None:
-        waiter, self._waiter = self._waiter, None
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    async def _wait(self) -> None:
-        waiter = self._waiter = asyncio.get_running_loop().create_future()
-        try:
-            await waiter
-        finally:
-            if self._waiter is waiter:
-                self._waiter = None
 
 
 class PooledResponse:

@@ -8,12 +8,16 @@ records, so a secret that slips into an upstream error body still never reaches 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
+import os
+import tempfile
 import threading
+from pathlib import Path
 
-__all__ = ["RedactingFilter", "fingerprint", "mask", "redact", "redact_json", "register_secret"]
+__all__ = ["RedactingFilter", "fingerprint", "mask", "redact", "redact_json", "register_secret", "write_private_json"]
 
 _MIN_LENGTH = 4  # shorter values are too likely to occur in ordinary text
 _lock = threading.Lock()
@@ -80,3 +84,20 @@ class RedactingFilter(logging.Filter):
         if record.stack_info:
             record.stack_info = redact(record.stack_info)
         return True
+
+
+def write_private_json(path: Path, document: object) -> None:
+    """Write ``document`` as JSON to ``path``, replaced atomically: created 0600 in a 0700
+    directory, it never exists with wider permissions nor half written (stored keys, cookies)."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with contextlib.suppress(OSError):  # a directory made before, by an older version or by hand
+        os.chmod(path.parent, 0o700)
+    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".json", dir=path.parent)  # 0600
+    try:
+        with os.fdopen(descriptor, "w", encoding="utf-8") as file:
+            json.dump(document, file, indent=2, sort_keys=True, ensure_ascii=False)
+            file.write("\n")
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise

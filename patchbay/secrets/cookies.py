@@ -18,9 +18,7 @@ import importlib
 import ipaddress
 import json
 import logging
-import os
 import re
-import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -32,7 +30,7 @@ from urllib.parse import quote, unquote, urlsplit
 
 from patchbay.catalog import config_dir
 from patchbay.errors import InvalidRequest
-from patchbay.secrets import fingerprint, mask, redact, register_secret
+from patchbay.secrets import fingerprint, mask, redact, register_secret, write_private_json
 
 __all__ = [
     "BROWSERS",
@@ -170,21 +168,9 @@ class CookieStore:
     def put(self, entry: SiteCookies) -> Path:
         """Store ``entry``, replacing what its site had (a rejected entry too); returns the file."""
         path = self.path(entry.site)
-        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        with contextlib.suppress(OSError):  # a directory made before, by an older version or by hand
-            os.chmod(self.directory, 0o700)
-        document = {"version": _FORMAT_VERSION, "site": entry.site, "cookies": entry.cookies,
-                    "user_agent": entry.user_agent, "source": entry.source, "imported_at": entry.imported_at,
-                    "rejected": entry.rejected}
-        descriptor, temporary = tempfile.mkstemp(prefix=".cookies-", suffix=".json", dir=self.directory)  # 0600
-        try:
-            with os.fdopen(descriptor, "w", encoding="utf-8") as file:
-                json.dump(document, file, indent=2, ensure_ascii=False)
-                file.write("\n")
-            os.replace(temporary, path)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
+        write_private_json(path, {"version": _FORMAT_VERSION, "site": entry.site, "cookies": entry.cookies,
+                                  "user_agent": entry.user_agent, "source": entry.source,
+                                  "imported_at": entry.imported_at, "rejected": entry.rejected})
         return path
 
     def remove(self, site: str) -> bool:
