@@ -949,40 +949,85 @@ def render(results: Results, opts: Options, command: str) -> str:
     return "\n".join(lines)
 
 
+CLEAR_WIN = 1.25  # a library needing this many times the pool's CPU per request, or more, loses clearly
+
+
+def _misses(results: Results, name: str) -> list[str]:
+    return [key for key, row in results.faults.items() if name in row and not row[name].correct]
+
+
+def _fault_summary(results: Results, name: str) -> str:
+    misses = _misses(results, name)
+    total = sum(name in row for row in results.faults.values())
+    if not misses:
+        return f"{total} of {total} right"
+    return f"{total - len(misses)} of {total} right (wrong: {', '.join(f'`{key}`' for key in misses)})"
+
+
 def conclusion(results: Results, opts: Options) -> str:
-    """The decision the numbers support, with the numbers (see the brief of issue "One upstream transport")."""
-    libraries = [n for n in ("aiohttp", "rnet", "curl-session") if n not in results.unavailable]
+    """The decision the numbers support, stated with them: the pool stays for direct requests only
+    if every library needs clearly more CPU per request (CLEAR_WIN) and none is faster, with a
+    clean fault matrix; proxies and impersonation go to the libcurl candidate with fewer faults."""
+    measured = {name for by_name in results.samples.values() for name in by_name}
+    libraries = [n for n in ("aiohttp", "rnet", "curl-session") if n in measured]
     loaded = f"c{max(opts.concurrency)}"
+    by_load = results.samples.get(loaded, {})
+    paced = results.samples.get("paced", {})
     parts = []
-    by_rate = results.samples.get(loaded, {})
-    if by_rate and libraries:
-        best = max(libraries, key=lambda n: _ratio(by_rate, n, "rate"))
-        rate_ratio = _ratio(by_rate, best, "rate")
-        cpu_ratio = min(_ratio(by_rate, n, "cpu") for n in libraries)
-        chunk = results.samples.get("paced", {})
-        chunk_ratio = min(_ratio(chunk, n, "cpu") for n in libraries) if chunk else float("nan")
-        pool_faults = sum(row["pool"].correct for row in results.faults.values() if "pool" in row)
-        wins = rate_ratio < 0.8 and cpu_ratio > 1.25
-        parts.append(
-            f"Direct requests: the fastest library, `{best}`, reaches {rate_ratio:.2f}x the pool's requests/s with "
-            f"{max(opts.concurrency)} tasks; the cheapest library needs {cpu_ratio:.2f}x the pool's CPU per request "
-            f"and {chunk_ratio:.2f}x its CPU per streamed chunk (paced); the pool got {pool_faults} of "
-            f"{len(results.faults)} fault scenarios right. "
-            + ("The pool wins clearly on throughput and CPU, so patchbay keeps it for direct requests."
-               if wins else "The pool does not win clearly: use the library for direct requests."))
-    if "curl" in names_measured(results) and "curl-session" in names_measured(results):
-        faults = results.faults
-        curl_ok = sum(row["curl"].correct for row in faults.values() if "curl" in row)
-        session_ok = sum(row["curl-session"].correct for row in faults.values() if "curl-session" in row)
-        parts.append(
-            f"Proxies and impersonation stay on libcurl (curl_cffi: the only candidate whose browser fingerprints "
-            f"patchbay checks, tests/test_tls_hello.py): patchbay's `curl` transport over AsyncCurl got {curl_ok} of "
-            f"{len(faults)} fault scenarios right, curl_cffi's AsyncSession {session_ok}.")
-    return " ".join(parts)
-
-
-def names_measured(results: Results) -> set[str]:
-    return {name for by_name in results.samples.values() for name in by_name}
+    if libraries and by_load and "pool" in by_load:
+        cheapest = min(libraries, key=lambda n: _ratio(by_load, n, "cpu"))
+        fastest = max(libraries, key=lambda n: _ratio(by_load, n, "rate"))
+        cpu_ratio, rate_ratio = _ratio(by_load, cheapest, "cpu"), _ratio(by_load, fastest, "rate")
+        chunk_best = min(libraries, key=lambda n: _ratio(paced, n, "cpu")) if paced else cheapest
+        clean = not results.faults or not _misses(results, "pool")
+        wins = cpu_ratio >= CLEAR_WIN and rate_ratio <= 1.0 and clean
+        text = (f"**Direct requests: {'keep the pool' if wins else 'use a library'}.** With "
+                f"{max(opts.concurrency)} tasks the pool needs {_median(by_load['pool'], 'cpu'):.3f} CPU s per "
+                f"1,000 requests; the cheapest library, `{cheapest}`, needs {cpu_ratio:.2f}x that, and the "
+                f"fastest, `{fastest}`, reaches {rate_ratio:.2f}x the pool's {_median(by_load['pool'], 'rate'):,.0f} "
+                "requests/s.")
+        if paced:
+            text += (f" A streamed chunk that arrives alone costs the pool {_median(paced['pool'], 'cpu'):.1f} µs of "
+                     f"CPU; the cheapest library there, `{chunk_best}`, {_ratio(paced, chunk_best, 'cpu'):.2f}x that"
+                     + (f", and rnet {_ratio(paced, 'rnet', 'cpu'):.2f}x" if "rnet" in paced and chunk_best != "rnet"
+                        else "") + ".")
+        gateway = results.gateway
+        if "pool" in gateway and "curl" in gateway:
+            text += (f" Through `patchbay serve` the pool forwards {_median(gateway['pool'], 'rate'):,.0f} req/s, "
+                     f"{1 / _ratio(gateway, 'curl', 'rate'):.2f}x libcurl's, at "
+                     f"{1 / _ratio(gateway, 'curl', 'cpu'):.2f}x less server CPU per request.")
+        if results.faults:
+            text += (f" Fault matrix: the pool {_fault_summary(results, 'pool')}; "
+                     + "; ".join(f"`{n}` {_fault_summary(results, n)}" for n in libraries) + ".")
+        text += (" The hand-written pool wins clearly, so it stays for direct requests." if wins else
+                 " The pool does not win clearly by this benchmark's rule (a library at "
+                 f"{CLEAR_WIN:g}x its CPU per request or better, or faster, or a pool fault): switch direct "
+                 "requests to the library.")
+        parts.append(text)
+    if "curl" in measured and results.faults:
+        others = [n for n in ("curl-session", "rnet") if n in measured]
+        text = (f"**Proxies and browser impersonation: libcurl through patchbay's `curl` transport.** It got "
+                f"{_fault_summary(results, 'curl')}; "
+                + "; ".join(f"`{n}` {_fault_summary(results, n)}" for n in others) + ".")
+        if "curl-session" in by_load:
+            session_cpu = _ratio(by_load, "curl-session", "cpu") / _ratio(by_load, "curl", "cpu")
+            text += (f" On the same libcurl, curl_cffi's AsyncSession needs {session_cpu:.2f}x the CPU per request "
+                     f"of patchbay's `curl` transport with {max(opts.concurrency)} tasks: it keeps POST connections "
+                     "alive")
+            if "warm-post-dropped" in _misses(results, "curl-session"):
+                text += ", which is how it came to send a POST twice above"
+            text += (f", where `curl` opens a fresh connection for each POST "
+                     f"({_median(by_load['curl'], 'connections'):,.0f} upstream connections per 1,000 requests).")
+        if "rnet" in measured:
+            text += (" rnet can use proxies and impersonate browsers too, but its fingerprints are not the ones "
+                     "tests/test_tls_hello.py checks against published browser JA4s (curl_cffi's are)")
+            if paced and "rnet" in paced:
+                text += f", and a chunk arriving alone costs it {_ratio(paced, 'rnet', 'cpu'):.2f}x the pool's CPU"
+                if "curl" in paced:
+                    text += f" (`curl`: {_ratio(paced, 'curl', 'cpu'):.2f}x)"
+            text += "."
+        parts.append(text)
+    return "\n\n".join(parts)
 
 
 # --- command line -----------------------------------------------------------------------------------

@@ -164,13 +164,17 @@ class CurlResponse(Wakeable):
 
     @property
     def curl(self) -> Curl | None:
+        """The easy handle while the transfer is the transport's to manage."""
         return self._curl
+
+    @property
+    def error(self) -> BaseException | None:
+        """Why the transfer failed, once it did."""
+        return self._error
 
     def detach(self) -> Curl | None:
         curl, self._curl = self._curl, None
         return curl
-
-    # -- internals ------------------------------------------------------------------------------
 
     def __repr__(self) -> str:
         return f"<CurlResponse {self.status}>"
@@ -199,6 +203,9 @@ class CurlTransport:
         except CurlError as exc:
             curl.close()
             raise InvalidRequestError(f"curl refused the request: {exc}") from exc
+        except InvalidRequestError:
+            curl.close()
+            raise
         future = self._multi.add_handle(curl)
         self._running.add(response)
         future.add_done_callback(response.on_done)
@@ -208,8 +215,8 @@ class CurlTransport:
                 async with asyncio.timeout(first_byte_timeout):
                     await response.wait_head()
             except TimeoutError as exc:
-                if response._error is not None:
-                    raise response._error from None
+                if response.error is not None:  # libcurl's own failure, as the timer ran out
+                    raise response.error from None
                 raise FirstByteTimeoutError(f"no answer within {first_byte_timeout} s") from exc
         except BaseException:
             self.abort(response)
@@ -219,7 +226,7 @@ class CurlTransport:
     def abort(self, response: CurlResponse) -> None:
         """Stop a running transfer at once; libcurl closes its connection."""
         curl = response.curl
-        if curl is not None and not self._multi_closed:
+        if curl is not None and not self.closed:
             with contextlib.suppress(CurlError):
                 self._multi.remove_handle(curl)  # cancels the future: on_done runs, then finished()
         self.finished(response)
@@ -230,14 +237,10 @@ class CurlTransport:
         if curl is not None:
             asyncio.get_running_loop().call_soon(curl.close)  # after libcurl is done with the callbacks
 
-    @property
-    def _multi_closed(self) -> bool:
-        return self._multi._curlm is None
-
     async def close(self) -> None:
-        self.closed = True
         for response in list(self._running):
             self.abort(response)
+        self.closed = True
         await self._multi.close()
 
 
