@@ -239,6 +239,16 @@ def _rnet_error(exc: BaseException, *, head: bool) -> TransportError:
     return _chained(IncompleteResponse("the transfer ended early"), exc)  # body, request, reset, ...
 
 
+def rnet_profile(name: str) -> Any:
+    """rnet's newest browser profile for a curl_cffi-style name ("chrome" -> Impersonate.Chrome137)."""
+    prefix = name.strip().lower()
+    versions = [(int(member[len(prefix):]), member) for member in dir(rnet.Impersonate)
+                if member.lower().startswith(prefix) and member[len(prefix):].isdigit()]
+    if not versions:
+        raise InvalidRequestError(f"rnet has no browser profile {name!r}")
+    return getattr(rnet.Impersonate, max(versions)[1])
+
+
 class RnetResponse:
     """An rnet Response read through its body Streamer, as a :class:`~patchbay.net.transport.Response`."""
 
@@ -283,20 +293,24 @@ class RnetTransport:
     def __init__(self) -> None:
         if rnet is None:
             raise Unavailable("rnet is not installed (pip install '.[bench]')")
-        self._clients: dict[int | None, Any] = {}
+        self._clients: dict[tuple[int | None, str | None, bool], Any] = {}
         self.closers = _Closers()
         self.closed = False
 
-    def _client(self, connect_timeout: float | None) -> Any:
+    def _client(self, connect_timeout: float | None, request: UpstreamRequest) -> Any:
+        """The client for these settings (rnet sets limits, TLS and impersonation per client)."""
         # rnet takes whole seconds: the connect limit is rounded up (at least 1 s).
         seconds = None if connect_timeout is None else max(1, math.ceil(connect_timeout))
-        client = self._clients.get(seconds)
+        key = (seconds, request.impersonate, request.verify_ssl)
+        client = self._clients.get(key)
         if client is None:
             options: dict[str, Any] = {"allow_redirects": False, "no_proxy": True, "cookie_store": False,
-                                       "pool_idle_timeout": 15}
+                                       "pool_idle_timeout": 15, "verify": request.verify_ssl}
             if seconds is not None:
                 options["connect_timeout"] = seconds
-            client = self._clients[seconds] = rnet.Client(**options)
+            if request.impersonate:
+                options["impersonate"] = rnet_profile(request.impersonate)
+            client = self._clients[key] = rnet.Client(**options)
         return client
 
     async def send(self, request: UpstreamRequest, *, connect_timeout: float | None,
@@ -308,7 +322,7 @@ class RnetTransport:
         options: dict[str, Any] = {"headers": _with_identity(request.headers)}
         if request.body is not None:
             options["body"] = request.body
-        sending = self._client(connect_timeout).request(method, str(request.url), **options)
+        sending = self._client(connect_timeout, request).request(method, str(request.url), **options)
         try:
             response = await _head_within(sending, connect_timeout, first_byte_timeout)
         except RNET_ERRORS as exc:
@@ -389,7 +403,8 @@ class CurlSessionTransport:
         timeout = (connect_timeout if connect_timeout is not None else 300.0, STREAM_READ_LIMIT)
         sending = self._session.request(request.method, str(request.url), data=request.body,
                                         headers=dict(request.headers), stream=True, timeout=timeout,
-                                        accept_encoding=None, verify=request.verify_ssl, default_headers=False)
+                                        accept_encoding=None, verify=request.verify_ssl,
+                                        impersonate=request.impersonate, default_headers=bool(request.impersonate))
         try:
             response = await _head_within(sending, connect_timeout, first_byte_timeout)
         except curl_errors.RequestException as exc:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import functools
 import json
@@ -36,6 +37,7 @@ import shlex
 import shutil
 import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -51,10 +53,10 @@ from yarl import URL
 
 from bench.measure import HEADERS, ROOT, Unavailable, _children, request_body, run_async, run_wrk
 from bench.report import write_section
-from bench.targets import CHAT_PATH, PEERS, Context, Launch, Service, free_port, launch_patchbay
+from bench.targets import CHAT_PATH, NGINX_CONFIG, PEERS, Context, Launch, Service, free_port, launch_patchbay
 from bench.transport_candidates import CANDIDATES, DESCRIPTIONS, library_versions, make_transport, unavailable_reason
 from bench.upstream import DONE_EVENT, SSE_HEADERS, STREAM_EVENTS, make_app
-from patchbay.net.transport import Transport, TransportError, UpstreamRequest
+from patchbay.net.transport import Headers, Transport, TransportError, UpstreamRequest
 
 __all__ = [
     "SCENARIOS", "FaultOutcome", "Options", "Results", "fault_matrix", "gateway_transports", "main", "parse_args",
@@ -131,10 +133,13 @@ def serve_upstream(port: int) -> None:
 
 
 async def read_all(transport: Transport, request: UpstreamRequest, *, connect: float = CONNECT,
-                   first_byte: float = FIRST_BYTE, idle: float = IDLE) -> tuple[int, int, int]:
+                   first_byte: float = FIRST_BYTE, idle: float = IDLE,
+                   seen: Callable[[Headers], None] | None = None) -> tuple[int, int, int]:
     """Send ``request`` and read its body as HTTPSession does (a timer only when nothing is at hand):
-    (status, body bytes, reads that returned data)."""
+    (status, body bytes, reads that returned data). ``seen`` is shown the response headers."""
     response = await transport.send(request, connect_timeout=connect, first_byte_timeout=first_byte)
+    if seen is not None:
+        seen(response.headers)
     size = reads = 0
     try:
         while True:
@@ -168,13 +173,14 @@ class Sample:
     cpu: float = 0.0  # CPU seconds per 1,000 requests, or µs per event
     reads: float = 0.0  # reads that returned data per stream
     errors: int = 0
-    connections: float = 0.0  # upstream connections opened per 1,000 requests (the gateway rows)
+    connections: float = 0.0  # connections opened per 1,000 requests
+    protocol: str = ""  # the HTTP version the server saw (the TLS rows)
     p50: float = 0.0  # ms (the gateway rows)
     p99: float = 0.0
 
 
 async def _requests(transport: Transport, request: UpstreamRequest, count: int, concurrency: int,
-                    expected_size: int) -> int:
+                    expected_size: int, seen: Callable[[Headers], None] | None = None) -> int:
     """``count`` requests over ``concurrency`` tasks; the number that failed or answered wrongly."""
     left = count
     errors = 0
@@ -184,7 +190,7 @@ async def _requests(transport: Transport, request: UpstreamRequest, count: int, 
         while left > 0:
             left -= 1
             try:
-                status, size, _ = await read_all(transport, request)
+                status, size, _ = await read_all(transport, request, seen=seen)
             except (TransportError, TimeoutError):
                 errors += 1
                 continue
@@ -210,6 +216,29 @@ async def throughput(name: str, base: str, requests: int, concurrency: int, expe
         connections = upstream_stats(port)["connections"] - before
     return Sample(rate=requests / wall, cpu=cpu / requests * 1000, errors=errors,
                   connections=connections / requests * 1000)
+
+
+async def tls_throughput(name: str, base: str, requests: int, concurrency: int, expected_size: int,
+                         impersonate: str | None) -> Sample:
+    """As :func:`throughput`, over TLS to the nginx front: the HTTP version and the client
+    connections come from the front's ``X-Proto`` and ``X-Conn`` response headers."""
+    request = UpstreamRequest("POST", URL(base + CHAT_PATH), HEADERS, request_body(), verify_ssl=False,
+                              impersonate=impersonate)
+    protocols: collections.Counter[str] = collections.Counter()
+    connections: set[str] = set()
+
+    def seen(headers: Headers) -> None:
+        protocols[headers.get("x-proto", "?")] += 1
+        connections.add(headers.get("x-conn", "?"))
+
+    async with opened(name) as transport:
+        await _requests(transport, request, max(concurrency * 2, requests // 10), concurrency, expected_size)
+        cpu, wall = time.process_time(), time.perf_counter()
+        errors = await _requests(transport, request, requests, concurrency, expected_size, seen)
+        cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    protocol = protocols.most_common(1)[0][0] if protocols else "?"
+    return Sample(rate=requests / wall, cpu=cpu / requests * 1000, errors=errors,
+                  connections=len(connections) / requests * 1000, protocol=protocol)
 
 
 async def streaming(name: str, base: str, events: int, gap_us: float, streams: int) -> Sample:
@@ -289,6 +318,68 @@ def gateway_round(ctx: Context, transport: str, env_known: bool, duration: float
     return Sample(rate=result.requests_per_second, cpu=cpu * per_1000, errors=result.errors,
                   connections=(after["connections"] - before["connections"]) * per_1000,
                   p50=result.p50, p99=result.p99)
+
+
+# --- TLS, HTTP/2 and browser impersonation, through an nginx front ---------------------------------
+
+#: (row, candidate, browser profile) measured over TLS: every candidate as it is, and the three
+#: that can impersonate a browser doing so.
+TLS_ROWS: tuple[tuple[str, str, str | None], ...] = (
+    ("pool", "pool", None), ("aiohttp", "aiohttp", None), ("curl", "curl", None), ("curl, chrome", "curl", "chrome"),
+    ("curl-session", "curl-session", None), ("curl-session, chrome", "curl-session", "chrome"),
+    ("rnet", "rnet", None), ("rnet, chrome", "rnet", "chrome"),
+)
+_LISTEN = "        listen 127.0.0.1:{port};\n"
+_TLS_LISTEN = ("        listen 127.0.0.1:{tls_port} ssl http2;\n        ssl_certificate {cert};\n"
+               "        ssl_certificate_key {key};\n        add_header X-Proto $server_protocol always;\n"
+               "        add_header X-Conn $connection always;\n")
+
+
+def tls_front(scratch: Path, upstream_port: int) -> tuple[Launch, int]:
+    """bench.targets' nginx (one worker, kept-alive connections to the fake upstream) with a TLS
+    listener offering HTTP/2 and HTTP/1.1 (ALPN) and a self-signed certificate, beside its plain
+    one (which the readiness probe uses). The launch and the TLS port."""
+    if not shutil.which("nginx") or not shutil.which("openssl"):
+        raise Unavailable("nginx and openssl are needed (apt-get install nginx openssl)")
+    if _LISTEN not in NGINX_CONFIG:
+        raise Unavailable("bench.targets.NGINX_CONFIG changed shape; update bench.transports.tls_front")
+    tmp = scratch / "nginx-tls"
+    tmp.mkdir(exist_ok=True)
+    cert, key = tmp / "cert.pem", tmp / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
+                    "/CN=127.0.0.1", "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True,
+                   timeout=60)
+    plain, tls = free_port(), free_port()
+    template = NGINX_CONFIG.replace(_LISTEN, _LISTEN + _TLS_LISTEN).replace(
+        "    access_log off;\n", "    access_log off;\n    keepalive_requests 1000000;\n")
+    config = tmp / "nginx.conf"
+    config.write_text(template.format(tmp=tmp, upstream=upstream_port, port=plain, tls_port=tls, cert=cert, key=key),
+                      encoding="utf-8")
+    return Launch(["nginx", "-c", str(config), "-p", str(tmp), "-e", str(tmp / "error.log")], plain), tls
+
+
+async def _tls_round(results: Results, rows: list[tuple[str, str, str | None]], base: str, opts: Options,
+                     expected_size: int) -> None:
+    for label, name, impersonate in rows:
+        for concurrency in opts.concurrency:
+            sample = await tls_throughput(name, base, opts.tls_requests, concurrency, expected_size, impersonate)
+            results.add(f"tls-c{concurrency}", label, sample)
+            log.info("  %-20s c=%-3d %8.0f req/s  %.3f CPU s/1000  %s  %.1f conn/1000  errors %d", label,
+                     concurrency, sample.rate, sample.cpu, sample.protocol, sample.connections, sample.errors)
+
+
+def _tls(results: Results, names: list[str], opts: Options, ctx: Context) -> None:
+    rows = [row for row in TLS_ROWS if row[1] in names]
+    try:
+        launch, tls_port = tls_front(ctx.scratch, ctx.upstream_port)
+        with Service("nginx-tls", launch, ctx.logs):
+            base = f"https://127.0.0.1:{tls_port}"
+            for index in range(opts.rounds):
+                log.info("round %d of %d: over TLS", index + 1, opts.rounds)
+                order = rows[index % len(rows):] + rows[:index % len(rows)]
+                run_async(functools.partial(_tls_round, results, order, base, opts, results.expected_size))
+    except (Unavailable, OSError, subprocess.SubprocessError) as exc:
+        results.tls_note = f"not measured: {exc}"
 
 
 # --- the fault matrix -------------------------------------------------------------------------------
@@ -715,9 +806,11 @@ class Options:
     gap_us: float = 1000.0
     streams: int = 3
     gateway_duration: float = 5.0
+    tls_requests: int = 1000
     candidates: tuple[str, ...] = tuple(CANDIDATES)
     gateway: bool = True
     faults: bool = True
+    tls: bool = True
 
 
 @dataclass
@@ -727,6 +820,8 @@ class Results:
     samples: dict[str, dict[str, list[Sample]]] = field(default_factory=dict)
     gateway: dict[str, list[Sample]] = field(default_factory=dict)
     gateway_note: str = ""
+    tls_note: str = ""
+    expected_size: int = 0
     faults: dict[str, dict[str, FaultOutcome]] = field(default_factory=dict)
     unavailable: dict[str, str] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
@@ -788,13 +883,16 @@ def run(opts: Options) -> Results:
         upstream = Launch([sys.executable, "-m", "bench.transports", "--serve-upstream", str(port)], port)
         with Service("upstream", upstream, scratch):
             base = f"http://127.0.0.1:{port}"
-            expected = _expected_size(base)
+            expected = results.expected_size = _expected_size(base)
             for index in range(opts.rounds):
                 log.info("round %d of %d: client side", index + 1, opts.rounds)
                 order = names[index % len(names):] + names[:index % len(names)]  # who goes first rotates
                 run_async(functools.partial(_client_round, results, order, base, opts, expected))
+            ctx = Context(port, scratch, PEERS, scratch)
+            if opts.tls:
+                _tls(results, names, opts, ctx)
             if opts.gateway:
-                _gateway(results, opts, Context(port, scratch, PEERS, scratch))
+                _gateway(results, opts, ctx)
         if opts.faults:
             log.info("fault matrix")
             results.faults = run_async(lambda: fault_matrix(names))
@@ -885,6 +983,7 @@ def render(results: Results, opts: Options, command: str) -> str:
                           for c in opts.concurrency)
         lines.append(f"| `{name}` | " + " | ".join(cells) + f" | {connections:,.1f} | {errors} |")
 
+    lines += _tls_table(results, opts)
     lines += ["", "### Per-chunk streaming cost", "",
               f"One streamed answer of small SSE events (`{len(EVENT)}`-byte `chat.completion.chunk` events, each "
               "written on its own by the upstream: `POST /bench/stream`, served by `bench/transports.py` next to "
@@ -964,6 +1063,45 @@ def _fault_summary(results: Results, name: str) -> str:
     return f"{total - len(misses)} of {total} right (wrong: {', '.join(f'`{key}`' for key in misses)})"
 
 
+def _tls_table(results: Results, opts: Options) -> list[str]:
+    lines = ["", "### Over TLS: HTTP/2 and browser impersonation", "",
+             "The same requests over TLS (a self-signed certificate, not verified) to nginx in front of the fake "
+             "upstream (`bench/targets.py`'s nginx, one worker, kept-alive connections to the upstream, plus a TLS "
+             "listener offering HTTP/2 and HTTP/1.1), "
+             f"{opts.tls_requests} requests per measurement. \"chrome\": the candidate impersonating Chrome "
+             "(curl_cffi's and rnet's newest Chrome profile: its TLS hello, HTTP/2 settings and headers). The "
+             "protocol is what nginx saw (`$server_protocol`), the client connections per 1,000 requests count its "
+             f"distinct `$connection` serial numbers (with {max(opts.concurrency)} tasks).", ""]
+    if results.tls_note:
+        return [*lines, f"Note: {results.tls_note}."]
+    keys = [f"tls-c{c}" for c in opts.concurrency]
+    if not any(results.samples.get(key) for key in keys):
+        return []
+    lines += ["| candidate | protocol | "
+              + " | ".join(f"req/s, {c} task{'s' if c > 1 else ''}" for c in opts.concurrency) + " | "
+              + " | ".join(f"CPU s per 1,000, {c}" for c in opts.concurrency)
+              + " | client connections per 1,000 | errors |",
+              "|---|---|" + "---:|" * (2 * len(opts.concurrency)) + "---:|---:|"]
+    loaded = results.samples.get(keys[-1], {})
+    for label, _, _ in TLS_ROWS:
+        if label not in loaded:
+            continue
+        cells = []
+        for attr in ("rate", "cpu"):
+            for key in keys:
+                by_label = results.samples.get(key, {})
+                value = _median(by_label.get(label, []), attr)
+                text = f"{value:,.0f}" if attr == "rate" else f"{value:.3f}"
+                if label != "pool":
+                    text += f" ({_ratio(by_label, label, attr):.2f}x)"
+                cells.append(text)
+        protocol = loaded[label][-1].protocol
+        errors = sum(_errors(results.samples.get(key, {}).get(label, [])) for key in keys)
+        lines.append(f"| `{label}` | {protocol} | " + " | ".join(cells)
+                     + f" | {_median(loaded[label], 'connections'):,.1f} | {errors} |")
+    return lines
+
+
 def conclusion(results: Results, opts: Options) -> str:
     """The decision the numbers support, stated with them: the pool stays for direct requests only
     if every library needs clearly more CPU per request (CLEAR_WIN) and none is faster, with a
@@ -991,11 +1129,19 @@ def conclusion(results: Results, opts: Options) -> str:
                      f"CPU; the cheapest library there, `{chunk_best}`, {_ratio(paced, chunk_best, 'cpu'):.2f}x that"
                      + (f", and rnet {_ratio(paced, 'rnet', 'cpu'):.2f}x" if "rnet" in paced and chunk_best != "rnet"
                         else "") + ".")
+            if _ratio(paced, chunk_best, "cpu") < CLEAR_WIN:
+                text += " (Per chunk arriving alone, the pool's lead is small.)"
+        tls = results.samples.get(f"tls-{loaded}", {})
+        tls_libraries = [n for n in libraries if n in tls]
+        if "pool" in tls and tls_libraries:
+            tls_best = min(tls_libraries, key=lambda n: _ratio(tls, n, "cpu"))
+            text += (f" Over TLS the cheapest library, `{tls_best}`, needs {_ratio(tls, tls_best, 'cpu'):.2f}x the "
+                     f"pool's CPU per request ({_median(tls['pool'], 'cpu'):.3f} s per 1,000), HTTP/2 or not.")
         gateway = results.gateway
         if "pool" in gateway and "curl" in gateway:
             text += (f" Through `patchbay serve` the pool forwards {_median(gateway['pool'], 'rate'):,.0f} req/s, "
-                     f"{1 / _ratio(gateway, 'curl', 'rate'):.2f}x libcurl's, at "
-                     f"{1 / _ratio(gateway, 'curl', 'cpu'):.2f}x less server CPU per request.")
+                     f"{1 / _ratio(gateway, 'curl', 'rate'):.2f}x libcurl's, and libcurl needs "
+                     f"{_ratio(gateway, 'curl', 'cpu'):.2f}x the pool's server CPU per request.")
         if results.faults:
             text += (f" Fault matrix: the pool {_fault_summary(results, 'pool')}; "
                      + "; ".join(f"`{n}` {_fault_summary(results, n)}" for n in libraries) + ".")
@@ -1009,15 +1155,23 @@ def conclusion(results: Results, opts: Options) -> str:
         text = (f"**Proxies and browser impersonation: libcurl through patchbay's `curl` transport.** It got "
                 f"{_fault_summary(results, 'curl')}; "
                 + "; ".join(f"`{n}` {_fault_summary(results, n)}" for n in others) + ".")
-        if "curl-session" in by_load:
+        tls = results.samples.get(f"tls-c{max(opts.concurrency)}", {})
+        mine, theirs = "curl, chrome", [label for label in ("curl-session, chrome", "rnet, chrome") if label in tls]
+        if mine in tls and theirs:
+            cpu = _median(tls[mine], "cpu")
+            text += (f" The price of never sending a POST twice: over TLS, impersonating Chrome with "
+                     f"{max(opts.concurrency)} tasks, `curl` needs {cpu:.3f} CPU s per 1,000 requests, "
+                     + ", ".join(f"{cpu / _median(tls[label], 'cpu'):.2f}x `{label.split(',')[0]}`'s"
+                                 for label in theirs)
+                     + f", because it opens a connection with its own TLS handshake for every POST "
+                     f"({_median(tls[mine], 'connections'):,.0f} per 1,000 requests, where the others multiplex "
+                     "one HTTP/2 connection); on a real network that is also a TCP and a TLS round trip more per "
+                     "chat request.")
+        elif "curl-session" in by_load:
             session_cpu = _ratio(by_load, "curl-session", "cpu") / _ratio(by_load, "curl", "cpu")
-            text += (f" On the same libcurl, curl_cffi's AsyncSession needs {session_cpu:.2f}x the CPU per request "
-                     f"of patchbay's `curl` transport with {max(opts.concurrency)} tasks: it keeps POST connections "
-                     "alive")
-            if "warm-post-dropped" in _misses(results, "curl-session"):
-                text += ", which is how it came to send a POST twice above"
-            text += (f", where `curl` opens a fresh connection for each POST "
-                     f"({_median(by_load['curl'], 'connections'):,.0f} upstream connections per 1,000 requests).")
+            text += (f" curl_cffi's AsyncSession, on the same libcurl, needs {session_cpu:.2f}x the CPU per request "
+                     f"of patchbay's `curl` transport with {max(opts.concurrency)} tasks; `curl` opens a fresh "
+                     f"connection for each POST ({_median(by_load['curl'], 'connections'):,.0f} per 1,000 requests).")
         if "rnet" in measured:
             text += (" rnet can use proxies and impersonate browsers too, but its fingerprints are not the ones "
                      "tests/test_tls_hello.py checks against published browser JA4s (curl_cffi's are)")
@@ -1049,6 +1203,9 @@ def parse_args(argv: list[str] | None) -> tuple[Options, argparse.Namespace]:
                         help="seconds of wrk through patchbay serve per round")
     parser.add_argument("--only", default="", help=f"comma-separated subset of {','.join(CANDIDATES)} (must include "
                                                    "pool, the baseline); implies --no-write")
+    parser.add_argument("--tls-requests", type=int, default=defaults.tls_requests,
+                        help="requests per measurement over TLS")
+    parser.add_argument("--no-tls", action="store_true", help="skip the TLS / HTTP/2 / impersonation measurement")
     parser.add_argument("--no-gateway", action="store_true", help="skip the patchbay serve measurement")
     parser.add_argument("--no-faults", action="store_true", help="skip the fault matrix")
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/ alone")
@@ -1063,11 +1220,13 @@ def parse_args(argv: list[str] | None) -> tuple[Options, argparse.Namespace]:
         concurrency = tuple(int(c) for c in args.concurrency.split(","))
     except ValueError:
         parser.error("--concurrency takes comma-separated integers")
-    if min(args.rounds, args.requests, args.events, args.paced_events, args.streams, *concurrency) < 1 \
+    if min(args.rounds, args.requests, args.tls_requests, args.events, args.paced_events, args.streams,
+           *concurrency) < 1 \
             or args.gap_us < 0 or args.gateway_duration <= 0:
         parser.error("counts must be positive")
     opts = Options(args.rounds, args.requests, concurrency, args.events, args.paced_events, args.gap_us,
-                   args.streams, args.gateway_duration, candidates, not args.no_gateway, not args.no_faults)
+                   args.streams, args.gateway_duration, args.tls_requests, candidates, not args.no_gateway,
+                   not args.no_faults, not args.no_tls)
     return opts, args
 
 

@@ -9,14 +9,15 @@ import shutil
 import pytest
 
 from bench.transport_candidates import CANDIDATES, unavailable_reason
-from bench.transports import SCENARIOS, fault_matrix, gateway_transports, parse_args, render, run
+from bench.transports import SCENARIOS, TLS_ROWS, fault_matrix, gateway_transports, parse_args, render, run
 from patchbay.net.pool import ConnectionPool, PooledResponse
 from patchbay.net.transport import IncompleteResponse, UpstreamRequest
 
 pytestmark = [pytest.mark.process]  # the benchmark starts the fake upstream and patchbay serve
 
-TINY = ["--rounds", "1", "--requests", "20", "--concurrency", "1,4", "--events", "50", "--paced-events", "5",
-        "--gap-us", "200", "--streams", "1", "--gateway-duration", "1", "--no-faults", "--no-write"]
+TINY = ["--rounds", "1", "--requests", "20", "--tls-requests", "10", "--concurrency", "1,4", "--events", "50",
+        "--paced-events", "5", "--gap-us", "200", "--streams", "1", "--gateway-duration", "1", "--no-faults",
+        "--no-write"]
 
 
 def test_every_row_is_measured() -> None:
@@ -37,6 +38,16 @@ def test_every_row_is_measured() -> None:
     # A kept-alive POST opens no new upstream connection; libcurl's transport opens one per POST.
     assert results.samples["c4"]["pool"][0].connections == 0
     assert results.samples["c4"]["curl"][0].connections == pytest.approx(1000, rel=0.05)
+
+    if shutil.which("nginx") and shutil.which("openssl"):  # over TLS: every row, HTTP/2 where offered
+        rows = {label for label, name, _ in TLS_ROWS if name in available}
+        for metric in ("tls-c1", "tls-c4"):
+            assert set(results.samples[metric]) == rows, metric
+            assert all(samples[0].errors == 0 for samples in results.samples[metric].values()), metric
+        assert results.samples["tls-c4"]["pool"][0].protocol == "HTTP/1.1"
+        assert results.samples["tls-c4"]["curl, chrome"][0].protocol == "HTTP/2.0"
+    else:
+        assert "nginx" in results.tls_note
 
     if shutil.which("wrk"):
         assert list(results.gateway) == gateway_transports()
