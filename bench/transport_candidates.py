@@ -7,6 +7,7 @@ same benchmark and fault-matrix code:
 
 - ``aiohttp``: one :class:`aiohttp.ClientSession` with a keep-alive ``TCPConnector``;
 - ``rnet``: rnet's async :class:`rnet.Client` (Rust: hyper/tokio with BoringSSL);
+- ``pyreqwest``: pyreqwest's async Client with streamed requests (Rust: reqwest/hyper on tokio);
 - ``curl-session``: curl_cffi's high-level :class:`curl_cffi.requests.AsyncSession` (libcurl,
   the same library as ``curl``, but with its own connection reuse and streaming).
 
@@ -28,6 +29,7 @@ import importlib
 import importlib.metadata
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import timedelta
 from typing import Any
 
 import aiohttp
@@ -53,7 +55,8 @@ from patchbay.net.transport import (
 )
 
 __all__ = [
-    "AiohttpTransport", "CANDIDATES", "CurlSessionTransport", "DESCRIPTIONS", "RnetTransport", "Unavailable",
+    "AiohttpTransport", "CANDIDATES", "CurlSessionTransport", "DESCRIPTIONS", "PyreqwestTransport", "RnetTransport",
+    "Unavailable",
     "library_versions", "make_transport", "unavailable_reason",
 ]
 
@@ -67,6 +70,8 @@ def _optional(module: str) -> Any:
 
 
 rnet: Any = _optional("rnet")
+pyreqwest_client: Any = _optional("pyreqwest.client")
+pyreqwest_errors: Any = _optional("pyreqwest.exceptions")
 
 class Unavailable(Exception):
     """A candidate whose library is not installed here: reported as such, not measured."""
@@ -335,6 +340,109 @@ class RnetTransport:
         self._clients.clear()
 
 
+# --- pyreqwest -----------------------------------------------------------------------------------
+
+
+def _pyreqwest_error(exc: BaseException, *, head: bool) -> TransportError:
+    """Our transport exception for a pyreqwest one (its classes say what failed)."""
+    errors = pyreqwest_errors
+    if isinstance(exc, errors.ConnectTimeoutError) and not head:
+        return _chained(ConnectTimeoutError("connecting took longer than the limit"), exc)
+    if isinstance(exc, errors.ConnectError) and not head:
+        return _chained(ConnectError("cannot connect"), exc)
+    if isinstance(exc, errors.BuilderError):
+        return _chained(InvalidRequestError("invalid request"), exc)
+    if isinstance(exc, errors.DecodeError) and not isinstance(exc, errors.BodyDecodeError):
+        return _chained(MalformedResponse("malformed response"), exc)  # the head (bodies are not decoded here)
+    return _chained(IncompleteResponse("the transfer ended early"), exc)  # read, write, network, ...
+
+
+class PyreqwestResponse:
+    """A streamed pyreqwest response as a :class:`~patchbay.net.transport.Response`."""
+
+    def __init__(self, transport: PyreqwestTransport, request: Any, response: Any) -> None:
+        self._transport = transport
+        self._request = request  # the StreamRequest context: leaving it ends the transfer
+        self.status = int(response.status)
+        self.headers = Headers([(str(name), str(value)) for name, value in response.headers.items()])
+        self._reader = response.body_reader
+        self._released = False
+        self._ended = False
+
+    async def read_chunk(self) -> bytes:
+        if self._ended:
+            return b""
+        try:
+            chunk = await self._reader.read_chunk()
+        except pyreqwest_errors.PyreqwestError as exc:
+            self.release()
+            raise _pyreqwest_error(exc, head=True) from exc
+        except BaseException:  # a cancellation mid-body
+            self.release()
+            raise
+        if chunk is None:
+            self._ended = True
+            self.release()
+            return b""
+        return bytes(chunk)
+
+    def buffered_chunk(self) -> bytes | None:
+        return b"" if self._ended else None
+
+    def release(self) -> None:
+        if not self._released:
+            self._released = True
+            self._transport.closers.spawn(self._request.__aexit__(None, None, None))
+
+
+class PyreqwestTransport:
+    """pyreqwest's async Client (Rust reqwest/hyper on tokio) behind the transport interface."""
+
+    def __init__(self) -> None:
+        if pyreqwest_client is None:
+            raise Unavailable("pyreqwest is not installed (pip install pyreqwest)")
+        self._clients: dict[tuple[float | None, bool], Any] = {}
+        self.closers = _Closers()
+        self.closed = False
+
+    def _client(self, connect_timeout: float | None, verify: bool) -> Any:
+        client = self._clients.get((connect_timeout, verify))
+        if client is None:
+            builder = (pyreqwest_client.ClientBuilder().follow_redirects(False).no_proxy().gzip(False)
+                       .brotli(False).zstd(False).deflate(False).pool_idle_timeout(timedelta(seconds=15)))
+            if connect_timeout is not None:
+                builder = builder.connect_timeout(timedelta(seconds=connect_timeout))
+            if not verify:
+                builder = builder.danger_accept_invalid_certs(True)
+            client = self._clients[(connect_timeout, verify)] = builder.build()
+        return client
+
+    async def send(self, request: UpstreamRequest, *, connect_timeout: float | None,
+                   first_byte_timeout: float | None) -> Response:
+        if request.impersonate:
+            raise InvalidRequestError("pyreqwest cannot impersonate a browser")
+        try:
+            builder = self._client(connect_timeout, request.verify_ssl).request(request.method, str(request.url))
+            # pyreqwest's default (64 KiB) holds the response back until that much body or its end
+            # arrived: an SSE stream would reach nobody until then. 0: the head as soon as it is in.
+            builder = builder.headers(_with_identity(request.headers)).streamed_read_buffer_limit(0)
+            if request.body is not None:
+                builder = builder.body_bytes(request.body)
+            streamed = builder.build_streamed()
+            response = await _head_within(streamed.__aenter__(), connect_timeout, first_byte_timeout)
+        except pyreqwest_errors.PyreqwestError as exc:
+            raise _pyreqwest_error(exc, head=False) from exc
+        return PyreqwestResponse(self, streamed, response)
+
+    async def close(self) -> None:
+        self.closed = True
+        await self.closers.drain()
+        for client in self._clients.values():
+            with contextlib.suppress(pyreqwest_errors.PyreqwestError):
+                await client.close()
+        self._clients.clear()
+
+
 # --- curl_cffi AsyncSession ----------------------------------------------------------------------
 
 
@@ -426,6 +534,7 @@ CANDIDATES: dict[str, Callable[[], Transport]] = {
     "curl": CurlTransport,
     "aiohttp": AiohttpTransport,
     "rnet": RnetTransport,
+    "pyreqwest": PyreqwestTransport,
     "curl-session": CurlSessionTransport,
 }
 
@@ -433,7 +542,10 @@ DESCRIPTIONS = {
     "pool": "patchbay.net.pool.ConnectionPool (hand-written, httptools)",
     "curl": "patchbay.net.curl.CurlTransport (curl_cffi AsyncCurl, one easy handle per request)",
     "aiohttp": "aiohttp ClientSession, keep-alive TCPConnector (adapter)",
-    "rnet": "rnet async Client (Rust hyper/tokio; adapter)",
+    "rnet": "rnet async Client (Rust: wreq/hyper on tokio, BoringSSL; adapter)",
+    "pyreqwest": "pyreqwest async Client, streamed requests with `streamed_read_buffer_limit(0)` (its default, "
+                 "64 KiB, holds the response back until that much body arrived) (Rust: reqwest/hyper on tokio; "
+                 "adapter)",
     "curl-session": "curl_cffi AsyncSession, stream=True (adapter)",
 }
 
@@ -442,6 +554,8 @@ def unavailable_reason(name: str) -> str:
     """Why the named candidate cannot run here ('' when it can)."""
     if name == "rnet" and rnet is None:
         return "rnet is not installed (pip install '.[bench]')"
+    if name == "pyreqwest" and pyreqwest_client is None:
+        return "pyreqwest is not installed (pip install pyreqwest)"
     return ""
 
 
@@ -457,7 +571,7 @@ def make_transport(name: str) -> Transport:
 def library_versions() -> dict[str, str]:
     """The installed version of every library a candidate rests on, plus libcurl's."""
     found = {}
-    for name in ("patchbay", "httptools", "uvloop", "aiohttp", "curl_cffi", "rnet"):
+    for name in ("patchbay", "httptools", "uvloop", "aiohttp", "curl_cffi", "rnet", "pyreqwest"):
         try:
             found[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:

@@ -327,7 +327,7 @@ def gateway_round(ctx: Context, transport: str, env_known: bool, duration: float
 TLS_ROWS: tuple[tuple[str, str, str | None], ...] = (
     ("pool", "pool", None), ("aiohttp", "aiohttp", None), ("curl", "curl", None), ("curl, chrome", "curl", "chrome"),
     ("curl-session", "curl-session", None), ("curl-session, chrome", "curl-session", "chrome"),
-    ("rnet", "rnet", None), ("rnet, chrome", "rnet", "chrome"),
+    ("rnet", "rnet", None), ("rnet, chrome", "rnet", "chrome"), ("pyreqwest", "pyreqwest", None),
 )
 _LISTEN = "        listen 127.0.0.1:{port};\n"
 _TLS_LISTEN = ("        listen 127.0.0.1:{tls_port} ssl http2;\n        ssl_certificate {cert};\n"
@@ -763,8 +763,7 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario("warm-late-get", "warm connection, GET answered late (past the first-byte limit)", warm_late_get,
              "FirstByteTimeoutError, received once", _is("FirstByteTimeoutError", 1)),
     Scenario("warm-post-dropped", "warm connection dropped by the server after reading a POST", warm_post_dropped,
-             "a transport error, received once (never re-sent)",
-             lambda r: r.sent == 1 and r.outcome not in ("ok",) and not r.outcome.startswith("unmapped")),
+             "IncompleteResponse, received once (never re-sent)", _is("IncompleteResponse", 1)),
     Scenario("idle-closed", "server closed the idle connection before the next request (3 POSTs)", idle_closed,
              "ok, 3 received for 3 requests", _is("ok", 3)),
     Scenario("abandoned", "abandoned stream (client stops reading after one chunk)", abandoned,
@@ -1044,8 +1043,53 @@ def render(results: Results, opts: Options, command: str) -> str:
         correct = {n: sum(row[n].correct for row in results.faults.values() if n in row) for n in names}
         lines.append("| **correct** | | " + " | ".join(f"**{correct[n]} of {len(results.faults)}**" for n in names)
                      + " |")
+        notes = miss_notes(results, names)
+        if notes:
+            lines += ["", "What each ✗ means:", "", *notes]
     lines += ["", "### Conclusion", "", conclusion(results, opts)]
     return "\n".join(lines)
+
+
+def _miss_note(results: Results, key: str, name: str) -> str:
+    """One sentence on what a wrong outcome means for a caller."""
+    result = results.faults[key][name]
+    raised = f"{result.outcome}" + (f" ({result.cause})" if result.cause else "")
+    refused = results.faults.get("refused", {}).get(name)
+    if key == "warm-post-dropped" and result.sent == 1:
+        return (f"reported as {raised} although the server had read the POST: a caller that takes a connect "
+                "failure to mean nothing was sent, and tries again, sends it twice")
+    if key == "warm-post-dropped":
+        return (f"the POST reached the server {times(result.sent or 0)}: the candidate sent it again on a new "
+                "connection after the kept-alive one broke, which may bill a chat request twice")
+    if key == "idle-closed":
+        return (f"{result.outcome}: it wrote a request on a kept-alive connection the server had already closed, "
+                "and that request failed although the server never saw it")
+    if key == "abandoned":
+        return ("the connection stayed open after the client let go of the stream: the upstream is never told, "
+                "and goes on generating an answer nobody reads")
+    if key == "connect-timeout":
+        same = (refused is not None and refused.cause == result.cause and result.cause != "")
+        return (f"a connect timeout is reported as {raised}" + (", the class it raises for a refused connection "
+                "too, so no adapter can tell them apart by type (patchbay would say ConnectionFailed, not "
+                "ConnectTimeout)" if same else ""))
+    if key == "malformed-status":
+        dropped = results.faults.get("warm-post-dropped", {}).get(name)
+        same = dropped is not None and dropped.cause == result.cause and result.cause != ""
+        return (f"a malformed status line is reported as {raised}" + (", the class it raises for a dropped "
+                "connection too, so no adapter can tell them apart by type (patchbay would say ConnectionFailed, "
+                "not ProtocolError)" if same else ""))
+    return result.cell.removeprefix("✗ ")
+
+
+def miss_notes(results: Results, names: list[str]) -> list[str]:
+    """A bullet per candidate that got some fault scenarios wrong: what each wrong outcome means."""
+    notes = []
+    for name in names:
+        misses = _misses(results, name)
+        if misses:
+            notes.append(f"- `{name}`: " + "; ".join(f"`{key}`: {_miss_note(results, key, name)}" for key in misses)
+                         + ".")
+    return notes
 
 
 CLEAR_WIN = 1.25  # a library needing this many times the pool's CPU per request, or more, loses clearly
@@ -1107,7 +1151,7 @@ def conclusion(results: Results, opts: Options) -> str:
     if every library needs clearly more CPU per request (CLEAR_WIN) and none is faster, with a
     clean fault matrix; proxies and impersonation go to the libcurl candidate with fewer faults."""
     measured = {name for by_name in results.samples.values() for name in by_name}
-    libraries = [n for n in ("aiohttp", "rnet", "curl-session") if n in measured]
+    libraries = [n for n in ("aiohttp", "rnet", "pyreqwest", "curl-session") if n in measured]
     loaded = f"c{max(opts.concurrency)}"
     by_load = results.samples.get(loaded, {})
     paced = results.samples.get("paced", {})

@@ -9,7 +9,17 @@ import shutil
 import pytest
 
 from bench.transport_candidates import CANDIDATES, unavailable_reason
-from bench.transports import SCENARIOS, TLS_ROWS, fault_matrix, gateway_transports, parse_args, render, run
+from bench.transports import (
+    SCENARIOS,
+    TLS_ROWS,
+    Results,
+    fault_matrix,
+    gateway_transports,
+    miss_notes,
+    parse_args,
+    render,
+    run,
+)
 from patchbay.net.pool import ConnectionPool, PooledResponse
 from patchbay.net.transport import IncompleteResponse, UpstreamRequest
 
@@ -92,3 +102,5 @@ async def test_the_fault_matrix_catches_a_post_sent_twice(monkeypatch: pytest.Mo
     assert outcome.sent == 2
     assert not outcome.correct
     assert outcome.cell.startswith("✗")
+    [note] = miss_notes(Results(faults=matrix), ["retrying"])
+    assert "twice" in note
