@@ -1179,13 +1179,20 @@ def conclusion(results: Results, opts: Options) -> str:
         tls_libraries = [n for n in libraries if n in tls]
         if "pool" in tls and tls_libraries:
             tls_best = min(tls_libraries, key=lambda n: _ratio(tls, n, "cpu"))
+            tls_fastest = max(tls_libraries, key=lambda n: _ratio(tls, n, "rate"))
             text += (f" Over TLS the cheapest library, `{tls_best}`, needs {_ratio(tls, tls_best, 'cpu'):.2f}x the "
-                     f"pool's CPU per request ({_median(tls['pool'], 'cpu'):.3f} s per 1,000), HTTP/2 or not.")
+                     f"pool's CPU per request ({_median(tls['pool'], 'cpu'):.3f} s per 1,000), and the fastest, "
+                     f"`{tls_fastest}`, reaches {_ratio(tls, tls_fastest, 'rate'):.2f}x its requests/s.")
         gateway = results.gateway
         if "pool" in gateway and "curl" in gateway:
             text += (f" Through `patchbay serve` the pool forwards {_median(gateway['pool'], 'rate'):,.0f} req/s, "
                      f"{1 / _ratio(gateway, 'curl', 'rate'):.2f}x libcurl's, and libcurl needs "
                      f"{_ratio(gateway, 'curl', 'cpu'):.2f}x the pool's server CPU per request.")
+        if "pool" in gateway:
+            extra = _median(by_load[cheapest], "cpu") - _median(by_load["pool"], "cpu")
+            whole = _median(gateway["pool"], "cpu")
+            text += (f" In the gateway, where a forwarded request costs {whole:.3f} CPU s per 1,000 in all, "
+                     f"`{cheapest}`'s extra {extra:.3f} s would be {extra / whole:.0%} more CPU per request.")
         if results.faults:
             text += (f" Fault matrix: the pool {_fault_summary(results, 'pool')}; "
                      + "; ".join(f"`{n}` {_fault_summary(results, n)}" for n in libraries) + ".")
