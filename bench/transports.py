@@ -59,8 +59,9 @@ from bench.upstream import DONE_EVENT, SSE_HEADERS, STREAM_EVENTS, make_app
 from patchbay.net.transport import Headers, Transport, TransportError, UpstreamRequest
 
 __all__ = [
-    "SCENARIOS", "FaultOutcome", "Options", "Results", "fault_matrix", "gateway_transports", "main", "parse_args",
-    "render", "run", "serve_upstream",
+    "SCENARIOS", "TLS_ROWS", "FaultOutcome", "Options", "RawServer", "Results", "Sample", "conclusion",
+    "fault_matrix", "gateway_transports", "main", "miss_notes", "parse_args", "read_all", "render", "run",
+    "serve_upstream", "tls_front",
 ]
 
 log = logging.getLogger("bench.transports")
