@@ -66,7 +66,7 @@ def stream_body() -> bytes:
 # --- peak memory ---------------------------------------------------------------------------------
 
 
-def _children(pid: int) -> list[int]:
+def children_of(pid: int) -> list[int]:
     """Direct children of pid, from /proc/*/stat (no psutil needed)."""
     found = []
     for entry in os.listdir("/proc"):
@@ -127,7 +127,7 @@ class MemoryWatch:
             kib = _hwm_kib(pid)
             if kib is not None:
                 self.peaks[pid] = max(kib, self.peaks.get(pid, 0))
-                pending.extend(child for child in _children(pid) if child not in seen)
+                pending.extend(child for child in children_of(pid) if child not in seen)
 
     @property
     def peak_mib(self) -> float:

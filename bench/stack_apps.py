@@ -14,6 +14,7 @@ import os
 from typing import Any
 
 import msgspec
+from yarl import URL
 
 from bench.upstream import TEXT
 
@@ -76,13 +77,17 @@ async def forward_pool(scope: Any, receive: Any, send: Any) -> None:
     if scope["type"] == "lifespan":
         return await _lifespan(receive, send)
     from patchbay.net.pool import pool_for_loop
+    from patchbay.net.transport import UpstreamRequest
 
     request = msgspec.json.decode(await _body(receive))
-    response = await pool_for_loop().request("POST", f"{UPSTREAM}/v1/chat/completions",
-                                             headers={"content-type": "application/json"},
-                                             body=msgspec.json.encode(request))
+    response = await pool_for_loop().send(UpstreamRequest(
+        "POST", URL(f"{UPSTREAM}/v1/chat/completions"), headers={"content-type": "application/json"},
+        body=msgspec.json.encode(request)))
     try:
-        answer = msgspec.json.decode(await response.content.read())
+        parts = []
+        while chunk := await response.read_chunk():
+            parts.append(chunk)
+        answer = msgspec.json.decode(b"".join(parts))
     finally:
         response.release()
     await _answer(send, msgspec.json.encode(answer))

@@ -37,7 +37,7 @@ from curl_cffi import CurlECode
 from curl_cffi.requests import AsyncSession
 from curl_cffi.requests import exceptions as curl_errors
 
-from patchbay.net.curl import _MALFORMED as CURL_MALFORMED  # libcurl's codes for a malformed answer
+from patchbay.net.curl import MALFORMED_CODES as CURL_MALFORMED
 from patchbay.net.curl import CurlTransport
 from patchbay.net.pool import ConnectionPool
 from patchbay.net.transport import (

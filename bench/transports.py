@@ -51,7 +51,7 @@ from typing import Any
 from aiohttp import web
 from yarl import URL
 
-from bench.measure import HEADERS, ROOT, Unavailable, _children, request_body, run_async, run_wrk
+from bench.measure import HEADERS, ROOT, Unavailable, children_of, request_body, run_async, run_wrk
 from bench.report import write_section
 from bench.targets import CHAT_PATH, NGINX_CONFIG, PEERS, Context, Launch, Service, free_port, launch_patchbay
 from bench.transport_candidates import CANDIDATES, DESCRIPTIONS, library_versions, make_transport, unavailable_reason
@@ -292,7 +292,7 @@ def _tree_cpu(pid: int) -> float:
         except OSError:
             continue
         total += (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
-        pending.extend(child for child in _children(current) if child not in seen)
+        pending.extend(child for child in children_of(current) if child not in seen)
     return total
 
 

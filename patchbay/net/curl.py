@@ -44,7 +44,7 @@ from patchbay.net.transport import (
     UpstreamRequest,
 )
 
-__all__ = ["CurlResponse", "CurlTransport", "browser_profile", "transport_for_loop"]
+__all__ = ["MALFORMED_CODES", "CurlResponse", "CurlTransport", "browser_profile", "transport_for_loop"]
 
 _HEADER_OUT = 2  # CURLINFO_HEADER_OUT: the debug callback's "request head written"
 
@@ -55,7 +55,8 @@ _CONNECT_FAILURES = frozenset({
     CurlECode.SSL_CACERT_BADFILE,
 })
 _PROFILES = frozenset(browser.value for browser in BrowserType)  # curl_cffi's browser profiles
-_MALFORMED = frozenset({CurlECode.WEIRD_SERVER_REPLY, CurlECode.HTTP2, CurlECode.BAD_CONTENT_ENCODING,
+#: curl error codes that mean the server's bytes are not a valid HTTP answer.
+MALFORMED_CODES = frozenset({CurlECode.WEIRD_SERVER_REPLY, CurlECode.HTTP2, CurlECode.BAD_CONTENT_ENCODING,
                         CurlECode.UNSUPPORTED_PROTOCOL})
 _INVALID = frozenset({CurlECode.URL_MALFORMAT, CurlECode.BAD_FUNCTION_ARGUMENT})
 
@@ -309,7 +310,7 @@ def _transport_error(exc: BaseException, *, head_arrived: bool) -> BaseException
         error: BaseException = ConnectTimeoutError(f"connecting took longer than the limit: {message}")
     elif code in _CONNECT_FAILURES and not head_arrived:
         error = ConnectError(f"cannot connect: {message}")
-    elif code in _MALFORMED:
+    elif code in MALFORMED_CODES:
         error = MalformedResponse(f"malformed response: {message}")
     elif code in _INVALID:
         error = InvalidRequestError(f"invalid request: {message}")

@@ -6,8 +6,8 @@ deadline and the idle gap between chunks, turning these exceptions into patchbay
 done once, above the transports, by :class:`~patchbay.net.session.HTTPSession`. Implementations:
 
 - :class:`~patchbay.net.pool.ConnectionPool`: the hand-written keep-alive HTTP/1.1 pool
-  (``httptools``), for direct requests: it forwards at about twice aiohttp's rate and 1.5x
-  curl_cffi's (docs/benchmarks.md, "Upstream transports").
+  (``httptools``), for direct requests: the measured winner against aiohttp, curl_cffi, rnet and
+  pyreqwest (docs/benchmarks.md, "Upstream transports").
 - :class:`~patchbay.net.curl.CurlTransport`: libcurl through ``curl_cffi``, for requests through a
   proxy (http, https, socks4, socks5) and for browser impersonation (TLS and HTTP/2 fingerprint).
 
