@@ -35,7 +35,6 @@ import os
 import platform
 import shlex
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -57,6 +56,7 @@ from bench.targets import CHAT_PATH, NGINX_CONFIG, PEERS, Context, Launch, Servi
 from bench.transport_candidates import CANDIDATES, DESCRIPTIONS, library_versions, make_transport, unavailable_reason
 from bench.upstream import DONE_EVENT, SSE_HEADERS, STREAM_EVENTS, make_app
 from patchbay.net.transport import Headers, Transport, TransportError, UpstreamRequest
+from tests.support.raw_server import OK, RawServer, answer_first_request_only, port_that_never_connects
 
 __all__ = [
     "SCENARIOS", "TLS_ROWS", "FaultOutcome", "Options", "RawServer", "Results", "Sample", "conclusion",
@@ -387,99 +387,15 @@ def _tls(results: Results, names: list[str], opts: Options, ctx: Context) -> Non
 
 WAIT = 3.0  # seconds the raw server (and the client) wait for anything in a fault scenario
 F_CONNECT, F_FIRST_BYTE, F_IDLE = 1.0, 0.3, 0.3  # the limits in the fault scenarios (rnet's connect: whole s)
-OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: text/plain\r\n\r\nok"
 
 
-class RawServer:
-    """A TCP server on 127.0.0.1 answering with whatever bytes its handler writes; it counts
-    connections, requests read (``requests``) and connections the client closed (``hangups``)."""
-
-    def __init__(self, handler: Callable[[RawServer, asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
-                 ) -> None:
-        self.handler = handler
-        self.connections = self.requests = self.hangups = 0
-        self.port = 0
-        self.event = asyncio.Event()  # set by handlers that announce something (a close)
-        self._changed = asyncio.Condition()
-        self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self._writers: set[asyncio.StreamWriter] = set()
-
-    @property
-    def url(self) -> URL:
-        return URL(f"http://127.0.0.1:{self.port}/")
-
-    async def _notify(self) -> None:
-        async with self._changed:
-            self._changed.notify_all()
-
-    async def wait_until(self, predicate: Callable[[], bool], timeout: float = WAIT) -> bool:
-        """Whether ``predicate`` became true within ``timeout`` seconds."""
-        try:
-            async with asyncio.timeout(timeout), self._changed:
-                await self._changed.wait_for(predicate)
-        except TimeoutError:
-            return False
-        return True
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
-        self._writers.add(writer)
-        self.connections += 1
-        try:
-            async with asyncio.timeout(WAIT * 2):
-                await self.handler(self, reader, writer)
-        except (ConnectionError, TimeoutError):
-            pass
-        finally:
-            writer.close()
-            with contextlib.suppress(ConnectionError):
-                await writer.wait_closed()
-            self._tasks.discard(task)
-            self._writers.discard(writer)
-
-    async def read_request(self, reader: asyncio.StreamReader) -> bytes | None:
-        """One request's head and body, or None when the client closed the connection."""
-        try:
-            head = await reader.readuntil(b"\r\n\r\n")
-        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError):
-            return None
-        length = 0
-        for line in head.split(b"\r\n"):
-            name, _, value = line.partition(b":")
-            if name.strip().lower() == b"content-length":
-                length = int(value)
-        body = await reader.readexactly(length) if length else b""
-        self.requests += 1
-        await self._notify()
-        return head + body
-
-    async def wait_for_hangup(self, reader: asyncio.StreamReader) -> None:
-        """Until the client closes the connection (what an abandoned request does), within WAIT."""
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(WAIT):
-                await reader.read()
-                self.hangups += 1
-                await self._notify()
-
-    async def __aenter__(self) -> RawServer:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    async def __aexit__(self, *_: object) -> None:
-        assert self._server is not None
-        self._server.close()
-        for writer in list(self._writers):
-            writer.transport.abort()  # the handlers' reads end, and so do the handlers
-        if self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=WAIT)
-        for task in list(self._tasks):  # a handler that did not end by itself (not expected)
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self._server.wait_closed()
+async def _reached(server: RawServer, predicate: Callable[[], bool], timeout: float | None = None) -> bool:
+    """Whether ``predicate`` came true within ``timeout`` (the server's own bound by default)."""
+    try:
+        await server.wait_until(predicate, timeout)
+    except TimeoutError:
+        return False
+    return True
 
 
 class IdleTimeout(Exception):
@@ -528,14 +444,14 @@ def _classify(exc: BaseException | None) -> tuple[str, str]:
     return f"unmapped {type(exc).__module__.split('.')[0]}.{type(exc).__name__}", ""
 
 
-async def _attempt(transport: Transport, method: str, url: URL, *, body: bytes | None = b"{}",
+async def _attempt(transport: Transport, method: str, url: str, *, body: bytes | None = b"{}",
                    stop_after: int | None = None) -> tuple[BaseException | None, int]:
     """One request with the fault limits, read as HTTPSession reads (idle limit between chunks);
     ``stop_after``: release after that many chunks (an abandoning client). (exception, chunks)."""
     chunks = 0
     try:
         async with asyncio.timeout(WAIT * 2):
-            response = await transport.send(UpstreamRequest(method, url, {"Content-Type": "application/json"},
+            response = await transport.send(UpstreamRequest(method, URL(url), {"Content-Type": "application/json"},
                                                             body if method != "GET" else None),
                                             connect_timeout=F_CONNECT, first_byte_timeout=F_FIRST_BYTE)
             try:
@@ -561,23 +477,9 @@ async def _attempt(transport: Transport, method: str, url: URL, *, body: bytes |
 Handler = Callable[[RawServer, asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
 
-def _answer_first_only(then: str) -> Handler:
-    """Answer the first request (on any connection); later ones: close without a byte ("drop")
-    or hold unanswered until the client leaves ("hold")."""
-    async def handler(server: RawServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while await server.read_request(reader) is not None:
-            if server.requests == 1:
-                writer.write(OK)
-                continue
-            if then == "hold":
-                await server.wait_for_hangup(reader)
-            return
-    return handler
-
-
 async def _one_shot(name: str, handler: Handler, *, method: str = "GET",
                     count_sent: bool = False) -> FaultOutcome:
-    async with RawServer(handler) as server, opened(name) as transport:
+    async with RawServer(handler, wait=WAIT) as server, opened(name) as transport:
         started = time.perf_counter()
         exc, _ = await _attempt(transport, method, server.url)
         seconds = time.perf_counter() - started
@@ -612,32 +514,17 @@ async def refused(name: str) -> FaultOutcome:
     port = free_port()  # nothing listens there (the OS just handed it out and it was closed)
     async with opened(name) as transport:
         started = time.perf_counter()
-        exc, _ = await _attempt(transport, "GET", URL(f"http://127.0.0.1:{port}/"))
+        exc, _ = await _attempt(transport, "GET", f"http://127.0.0.1:{port}/")
         seconds = time.perf_counter() - started
     return FaultOutcome(*_classify(exc), seconds=seconds)
 
 
 async def connect_timeout(name: str) -> FaultOutcome:
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(0)  # never accepted, backlog full: a new connect hangs in the SYN stage
-    port = listener.getsockname()[1]
-    fillers = []
-    try:
-        for _ in range(3):
-            filler = socket.socket()
-            filler.setblocking(False)
-            with contextlib.suppress(BlockingIOError):
-                filler.connect(("127.0.0.1", port))
-            fillers.append(filler)
+    with port_that_never_connects() as port:
         async with opened(name) as transport:
             started = time.perf_counter()
-            exc, _ = await _attempt(transport, "GET", URL(f"http://127.0.0.1:{port}/"))
+            exc, _ = await _attempt(transport, "GET", f"http://127.0.0.1:{port}/")
             seconds = time.perf_counter() - started
-    finally:
-        for filler in fillers:
-            filler.close()
-        listener.close()
     return FaultOutcome(*_classify(exc), seconds=seconds, note=f"after {seconds:.1f} s")
 
 
@@ -660,7 +547,7 @@ async def idle_gap(name: str) -> FaultOutcome:
 
 async def _warm_then(name: str, then: str, method: str) -> FaultOutcome:
     """A GET answered (the connection is warm), then ``method`` on it: the server drops or holds it."""
-    async with RawServer(_answer_first_only(then)) as server, opened(name) as transport:
+    async with RawServer(answer_first_request_only(then), wait=WAIT) as server, opened(name) as transport:
         warm, _ = await _attempt(transport, "GET", server.url)
         if warm is not None:
             return FaultOutcome(f"warm-up failed: {_classify(warm)[0]}")
@@ -668,9 +555,9 @@ async def _warm_then(name: str, then: str, method: str) -> FaultOutcome:
         exc, _ = await _attempt(transport, method, server.url)
         seconds = time.perf_counter() - started
         if then == "hold":
-            await server.wait_until(lambda: server.hangups >= 1, timeout=1.0)
+            await _reached(server, lambda: server.hangups >= 1, timeout=1.0)
         # Anything the candidate sends again comes within a moment: give it that moment.
-        await server.wait_until(lambda: server.requests > 2, timeout=0.5)
+        await _reached(server, lambda: server.requests > 2, timeout=0.5)
     outcome, cause = _classify(exc)
     note = f"after {seconds:.1f} s" if then == "hold" else ""
     return FaultOutcome(outcome, cause, server.requests - 1, seconds, note)
@@ -699,7 +586,7 @@ async def idle_closed(name: str) -> FaultOutcome:
         server.event.set()
 
     ok = 0
-    async with RawServer(handler) as server, opened(name) as transport:
+    async with RawServer(handler, wait=WAIT) as server, opened(name) as transport:
         started = time.perf_counter()
         for _ in range(3):
             server.event.clear()
@@ -721,10 +608,10 @@ async def abandoned(name: str) -> FaultOutcome:
         writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n")
         await server.wait_for_hangup(reader)
 
-    async with RawServer(handler) as server, opened(name) as transport:
+    async with RawServer(handler, wait=WAIT) as server, opened(name) as transport:
         started = time.perf_counter()
         exc, _ = await _attempt(transport, "GET", server.url, stop_after=1)
-        closed = await server.wait_until(lambda: server.hangups >= 1)
+        closed = await _reached(server, lambda: server.hangups >= 1)
         seconds = time.perf_counter() - started
     if exc is not None:
         return FaultOutcome(*_classify(exc), seconds=seconds)

@@ -1,15 +1,14 @@
 """The transports (patchbay.net: the keep-alive pool and libcurl) and HTTPSession over each,
 against real servers on 127.0.0.1: aiohttp ones for well-formed HTTP, and a raw TCP server for
-broken framing and drops. Tests taking ``impl`` run once per transport: the same matrix."""
+broken framing and drops (tests/support/raw_server.py). Tests taking ``impl`` run once per
+transport: the same matrix."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
-import socket
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
 from typing import Any
 
@@ -33,6 +32,7 @@ from patchbay.net.curl import CurlResponse
 from patchbay.net.pool import ConnectionPool, pool_for_loop
 from patchbay.net.session import TRANSPORTS, HTTPSession, parse_retry_after
 from patchbay.net.transport import READ_HIGH_WATER, ConnectError, IncompleteResponse, UpstreamRequest
+from tests.support.raw_server import OK, RawServer, answer_first_request_only, port_that_never_connects
 from tests.tls import self_signed_server_context
 
 WAIT = 5.0  # upper bound of every wait on a condition
@@ -93,80 +93,6 @@ class AppServer(Observed):
         await self._runner.cleanup()
 
 
-RawHandler = Callable[["RawServer", asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
-
-
-class RawServer(Observed):
-    """A TCP server that answers with whatever bytes ``handler`` writes; counts connections,
-    requests read, and connections the client closed (``hangups``)."""
-
-    def __init__(self, handler: RawHandler) -> None:
-        super().__init__()
-        self.handler = handler
-        self.connections = 0
-        self.requests = 0
-        self.hangups = 0
-        self.port = 0
-        self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/"
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
-        self.connections += 1
-        await self.changed()
-        try:
-            await self.handler(self, reader, writer)
-        except ConnectionError:
-            pass
-        finally:
-            writer.close()
-            with contextlib.suppress(ConnectionError):
-                await writer.wait_closed()
-            self._tasks.discard(task)
-
-    async def read_request(self, reader: asyncio.StreamReader) -> bytes | None:
-        """One request's head and body, or None when the client closed the connection."""
-        try:
-            head = await reader.readuntil(b"\r\n\r\n")
-        except asyncio.IncompleteReadError:
-            return None
-        length = 0
-        for line in head.split(b"\r\n"):
-            name, _, value = line.partition(b":")
-            if name.strip().lower() == b"content-length":
-                length = int(value)
-        body = await reader.readexactly(length) if length else b""
-        self.requests += 1
-        await self.changed()
-        return head + body
-
-    async def wait_for_hangup(self, reader: asyncio.StreamReader) -> None:
-        """Block until the client closes the connection (what an abandoned request does)."""
-        await reader.read()
-        self.hangups += 1
-        await self.changed()
-
-    async def __aenter__(self) -> RawServer:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        assert self._server is not None
-        self._server.close()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self._server.wait_closed()
-
-
-OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: text/plain\r\n\r\nok"
 
 
 async def keep_alive_ok(server: RawServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -360,26 +286,11 @@ async def test_connection_refused_is_connection_failed(impl: str, unused_tcp_por
 
 
 async def test_connect_timeout_is_connect_timeout(impl: str) -> None:
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(0)  # no accept() and a full backlog: a new connect hangs in the SYN stage
-    port = listener.getsockname()[1]
-    fillers = []
-    try:
-        for _ in range(3):
-            filler = socket.socket()
-            filler.setblocking(False)
-            with contextlib.suppress(BlockingIOError):
-                filler.connect(("127.0.0.1", port))
-            fillers.append(filler)
+    with port_that_never_connects() as port:
         async with HTTPSession(timeout=Timeout(connect=0.2, first_byte=5, idle=5, total=10), transport=impl) as http:
             with pytest.raises(ConnectTimeout):
                 async with http.request("GET", f"http://127.0.0.1:{port}/"):
                     pass
-    finally:
-        for filler in fillers:
-            filler.close()
-        listener.close()
 
 
 async def test_idle_connection_closed_by_the_server_is_replaced(pool: ConnectionPool) -> None:
@@ -420,24 +331,10 @@ async def test_a_fresh_connection_is_not_retried(pool: ConnectionPool) -> None:
         assert (server.connections, server.requests) == (1, 1)
 
 
-def answer_the_first_request_only(then: str) -> RawHandler:
-    """A server that answers its first request (on any connection) and, for every later one,
-    closes without a byte (``then="drop"``) or holds it unanswered until the client leaves."""
-    async def handler(server: RawServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while await server.read_request(reader) is not None:
-            if server.requests == 1:
-                writer.write(OK)
-                continue
-            if then == "hold":
-                await server.wait_for_hangup(reader)
-            return
-    return handler
-
-
 async def test_a_post_is_never_sent_twice_on_a_dropped_connection(impl: str) -> None:
     """A warm connection the server drops after reading a POST: the POST may have been acted on,
     so it is not sent again (a GET would be: test_stale_connection_is_retried_once...)."""
-    async with RawServer(answer_the_first_request_only("drop")) as server, HTTPSession(transport=impl) as http:
+    async with RawServer(answer_first_request_only("drop")) as server, HTTPSession(transport=impl) as http:
         async with http.request("GET", server.url) as response:
             assert await http.read_body(response) == "ok"  # the connection is warm now
         with pytest.raises(ConnectionFailed):
@@ -452,7 +349,7 @@ async def test_a_late_first_byte_on_a_warm_connection_is_one_request_and_a_timeo
     retry, so a late answer sent the same request twice and waited twice the limit. A timeout is
     never retried, whatever the method."""
     limits = Timeout(connect=1, first_byte=0.3, idle=5, total=10)
-    async with RawServer(answer_the_first_request_only("hold")) as server, \
+    async with RawServer(answer_first_request_only("hold")) as server, \
             HTTPSession(timeout=limits, transport=impl) as http:
         async with http.request("GET", server.url) as response:
             assert await http.read_body(response) == "ok"  # the connection is warm now
