@@ -3,9 +3,11 @@
 The :class:`~patchbay.net.transport.Transport` for direct (no proxy, no impersonation) http and
 https requests. Measured against the libraries (docs/benchmarks.md, "Upstream transports"): 1.5x
 aiohttp's requests per second at 1/1.8 of its CPU per request, the only candidate right in all 12
-fault scenarios besides patchbay's libcurl transport, and 1.9x libcurl's rate through the gateway. Connections are kept per (scheme, host,
-port, TLS verification) and reused most-recent-first; one :class:`ConnectionPool` serves one
-event loop (:func:`pool_for_loop`), because a connection belongs to the loop that opened it.
+fault scenarios besides patchbay's libcurl transport, and 1.9x libcurl's rate through the gateway.
+
+Connections are kept per (scheme, host, port, TLS verification) and reused most-recent-first;
+one :class:`ConnectionPool` serves one event loop (:func:`pool_for_loop`), because a connection
+belongs to the loop that opened it.
 
 A connection goes back to the pool only when its response was complete, did not ask to close,
 and was read to the end; anything else (an abandoned or cancelled body, an error) closes it, which

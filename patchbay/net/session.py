@@ -55,6 +55,8 @@ from patchbay.net.transport import (
 from patchbay.secrets import register_secret
 
 __all__ = [
+    "TRANSPORTS",
+    "TRANSPORT_ENV",
     "TRANSPORT_ERRORS",
     "BROWSER_USER_AGENT",
     "error_for_response",
