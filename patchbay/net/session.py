@@ -52,7 +52,7 @@ from patchbay.net.transport import (
     UpstreamRequest,
     encode_body,
 )
-from patchbay.secrets import register_secret
+from patchbay.secrets import clip, register_secret
 
 __all__ = [
     "TRANSPORTS",
@@ -143,7 +143,7 @@ def error_for_response(status: int, body: str, headers: Mapping[str, str], *, du
         message = inner.get("message") if isinstance(inner, dict) else payload.get("message")
         if isinstance(message, str):
             detail = message
-    detail = detail[:200]
+    detail = clip(detail, 200)  # redacted before the cut: a key straddling it would leak its head
     return error_for_status(status, f"{during}: {detail}" if during else detail,
                             retry_after=parse_retry_after(headers))
 

@@ -28,6 +28,7 @@ from patchbay.net.transport import Response
 from patchbay.providers.base import AsyncGeneratorProvider, Call, ProviderModelMixin
 from patchbay.providers.capabilities import Capabilities
 from patchbay.providers.web import DEFAULT_IMPERSONATE, browser_session
+from patchbay.secrets import clip
 
 __all__ = ["AiChatOnline", "format_prompt"]
 
@@ -123,7 +124,7 @@ def _unique_id(response: Response, text: str) -> str:
     try:
         data = json.loads(text).get("data")
     except (ValueError, AttributeError):
-        raise ProtocolError(f"the unique-id reply is not JSON: {text[:80]!r}") from None
+        raise ProtocolError(f"the unique-id reply is not JSON: {clip(text, 80)!r}") from None
     if not isinstance(data, str) or not data:
         raise ProtocolError("the unique-id reply has no id")
     return data

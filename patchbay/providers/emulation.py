@@ -34,6 +34,7 @@ from referencing.exceptions import Unresolvable
 from patchbay.chat.output import JSON_SCHEMA, AnswerFormat, OutputSpec, answer_description, output_spec, tool_listing
 from patchbay.errors import InvalidRequest, ProtocolError
 from patchbay.events import Finish, StreamEvent, TextDelta, ToolCallDelta, Usage
+from patchbay.secrets import clip
 
 __all__ = ["Run", "emulate", "instructions", "render_history"]
 
@@ -312,16 +313,16 @@ def _schema_problem(validator: Any, param: str, instance: Any, what: str) -> str
 def _describe(error: ValidationError) -> str:
     """Where the instance failed and which rule, e.g. ``at city, "type" must be "string"``."""
     path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path).lstrip(".")
-    at = f"at {path[:80]}" if path else "at the top level"
+    at = f"at {clip(path, 80)}" if path else "at the top level"
     rule, value, instance = error.validator, error.validator_value, error.instance
     if rule == "required" and isinstance(instance, dict) and isinstance(value, list):
         missing = [key for key in value if key not in instance]
-        return f"{at}, the required properties {_compact(missing)[:80]} are missing"
+        return f"{at}, the required properties {clip(_compact(missing), 80)} are missing"
     if rule == "additionalProperties" and isinstance(instance, dict):
         known = error.schema.get("properties", {}) if isinstance(error.schema, dict) else {}
         extra = [key for key in instance if key not in known]
-        return f"{at}, properties the schema does not allow: {_compact(extra)[:80]}"
-    return f"{at}, the schema rule \"{rule}\" requires {_compact(value)[:80]}"
+        return f"{at}, properties the schema does not allow: {clip(_compact(extra), 80)}"
+    return f"{at}, the schema rule \"{rule}\" requires {clip(_compact(value), 80)}"
 
 
 def _read_call(raw: Any, ask: _Ask) -> tuple[str, dict[str, Any]] | str:
@@ -335,7 +336,7 @@ def _read_call(raw: Any, ask: _Ask) -> tuple[str, dict[str, Any]] | str:
     if checker is None:
         if ask.spec.tool(name) is not None:
             return f"only {' or '.join(ask.spec.allowed)} may be called now, not {name}"
-        return f"the tool {name[:64]!r} does not exist (tools: {', '.join(ask.spec.allowed)})"
+        return f"the tool {clip(name, 64)!r} does not exist (tools: {', '.join(ask.spec.allowed)})"
     arguments = raw.get("arguments", raw.get("parameters"))
     if isinstance(arguments, str):
         arguments = _loads(arguments, _NOT_JSON) if arguments.strip() else {}
@@ -451,7 +452,7 @@ def _with_system(history: list[Message], text: str) -> list[Message]:
 
 def _excerpt(text: str) -> str:
     flat = " ".join(text.split())
-    return repr(flat if len(flat) <= _EXCERPT else flat[:_EXCERPT] + "...")
+    return repr(clip(flat, _EXCERPT + 3, marker="..."))
 
 
 def _new_call_id() -> str:

@@ -38,6 +38,7 @@ from patchbay.net.session import BROWSER_USER_AGENT, HTTPSession, error_for_resp
 from patchbay.providers.base import AsyncGeneratorProvider, Call, ProviderModelMixin
 from patchbay.providers.capabilities import Capabilities
 from patchbay.providers.web import DEFAULT_IMPERSONATE, browser_session
+from patchbay.secrets import clip
 
 __all__ = ["Liaobots"]
 
@@ -174,7 +175,7 @@ class Liaobots(AsyncGeneratorProvider, ProviderModelMixin):
             try:
                 code = json.loads(text).get("authCode")
             except (ValueError, AttributeError):
-                raise ProtocolError(f"the auth-code reply is not JSON: {text[:80]!r}") from None
+                raise ProtocolError(f"the auth-code reply is not JSON: {clip(text, 80)!r}") from None
         if not isinstance(code, str) or not code:
             raise AuthError("the service returned an empty auth code")
         cls.auth_codes.add(code)
@@ -210,7 +211,8 @@ class Liaobots(AsyncGeneratorProvider, ProviderModelMixin):
             if not got_text:
                 if head.strip() == b"Error":
                     raise SessionRejected("the service answered `Error` instead of the answer")
-                raise ProtocolError(f"the service sent no answer text (body starts {head[:40]!r})")
+                start = clip(head.decode("utf-8", errors="replace"), 40)
+                raise ProtocolError(f"the service sent no answer text (body starts {start!r})")
 
 
 def _content(data: str) -> str | None:

@@ -38,7 +38,7 @@ from patchbay.net.transport import Response
 from patchbay.presets import get_preset
 from patchbay.providers.base import AsyncGeneratorProvider, Call, ProviderModelMixin
 from patchbay.providers.capabilities import Capabilities
-from patchbay.secrets import mask, redact, register_secret
+from patchbay.secrets import clip, mask, register_secret
 from patchbay.sync import in_event_loop, run_sync
 
 __all__ = ["OpenAICompatible"]
@@ -217,7 +217,7 @@ class OpenAICompatible(AsyncGeneratorProvider, ProviderModelMixin):
             items = payload["data"] if isinstance(payload, dict) else payload
             models = [item["id"] if isinstance(item, dict) else str(item) for item in items]
         except (ValueError, KeyError, TypeError):
-            raise ProtocolError(f"{cls.name}: the model list is not in the OpenAI shape: {text[:80]!r}") from None
+            raise ProtocolError(f"{cls.name}: the model list is not in the OpenAI shape: {clip(text, 80)!r}") from None
         cls._models_cache = (time.monotonic() + MODELS_TTL, models)
         return list(models)
 
@@ -356,16 +356,16 @@ def _error_message(text: str) -> tuple[str, str | None]:
         return _error_fields(payload["error"])
     if stripped[:1] == "<":
         title = _TITLE.search(stripped)
-        return f"an HTML error page ({title.group(1).strip()[:80] if title else 'untitled'})", None
-    return redact(stripped[:500]), None
+        return f"an HTML error page ({clip(title.group(1).strip(), 80) if title else 'untitled'})", None
+    return clip(stripped, 500), None
 
 
 def _error_fields(error: object) -> tuple[str, str | None]:
     """The message (redacted, shortened) and ``param`` of an OpenAI error object."""
     if not isinstance(error, dict):
-        return redact(str(error)[:500]), None
+        return clip(str(error), 500), None
     param = error.get("param")
-    return redact(str(error.get("message") or error.get("type") or "")[:500]), param if isinstance(param, str) else None
+    return clip(str(error.get("message") or error.get("type") or ""), 500), param if isinstance(param, str) else None
 
 
 def _error_from_object(error: object) -> PatchbayError:
@@ -393,9 +393,9 @@ def _parse_json(text: str) -> dict[str, Any]:
     try:
         payload = _decode_json(text)
     except (ValueError, msgspec.DecodeError, RecursionError):  # RecursionError: nested too deeply
-        raise ProtocolError(f"the answer is not valid JSON: {text[:80]!r}") from None
+        raise ProtocolError(f"the answer is not valid JSON: {clip(text, 80)!r}") from None
     if not isinstance(payload, dict):
-        raise ProtocolError(f"the answer is not a JSON object: {text[:80]!r}")
+        raise ProtocolError(f"the answer is not a JSON object: {clip(text, 80)!r}")
     if payload.get("error"):
         raise _error_from_object(payload["error"])
     return payload

@@ -49,6 +49,7 @@ from patchbay.routing.policy import Action, CooldownPolicy, RetryPolicy, decide
 from patchbay.routing.state import Health, MemoryStateStore, StateStore
 from patchbay.routing.strategies import USES_HEALTH, get_strategy
 from patchbay.routing.targets import RouteTable, Target
+from patchbay.secrets import clip
 from patchbay.sync import in_event_loop, run_sync
 
 __all__ = ["MidStream", "RetryProvider", "Router"]
@@ -342,7 +343,7 @@ class Router(AsyncGeneratorProvider):
             log.info("%s refused the request: %s (%s)", key, type(error).__name__, error.message)
             return
         now = cls.clock()
-        failures = await cls.state.record_failure(key, error=f"{type(error).__name__}: {error.message}"[:300],
+        failures = await cls.state.record_failure(key, error=clip(f"{type(error).__name__}: {error.message}", 300),
                                                   window=cls.cooldown.window)
         retry_after = error.retry_after if isinstance(error, RateLimited) else None
         if failures >= cls.cooldown.failures or error.cools_down_at_once:

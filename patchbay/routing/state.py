@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
-from patchbay.secrets import fingerprint, redact
+from patchbay.secrets import clip, fingerprint
 
 __all__ = [
     "EMA_ALPHA",
@@ -116,7 +116,7 @@ def ema(old: float | None, value: float) -> float:
 
 def short_error(error: str) -> str:
     """``error`` redacted (again, to be safe) and cut to :data:`ERROR_MAX_CHARS`."""
-    return redact(error)[:ERROR_MAX_CHARS]
+    return clip(error, ERROR_MAX_CHARS)
 
 
 @dataclass(slots=True)
