@@ -53,6 +53,14 @@ class ServerSettings:
     cors_origins: tuple[str, ...] = ()
     keepalive_interval: float = 15.0  # seconds between SSE keep-alive comments while waiting
     send_timeout: float = 60.0  # seconds a streaming client may leave the answer unread before it is ended
+    # connection limits, enforced before authentication (patchbay/server/protocol.py)
+    max_head_bytes: int = 65536  # request line + headers; beyond: 431 and closed
+    max_headers: int = 100  # header fields per request; beyond: 431
+    max_url_bytes: int = 8192  # request target; beyond: 414
+    head_timeout: float = 10.0  # seconds to receive a whole request head; then 408 and closed
+    body_idle_timeout: float = 30.0  # longest silence while a request body is arriving; then closed
+    keepalive_timeout: float = 5.0  # seconds an idle keep-alive connection stays open
+    max_connections: int = 1000  # open connections per process; beyond: 503 and closed
     log_level: str = "info"
     request_log: bool = True  # record every exchange in the request log (SQLite)
     request_log_path: str = ""  # the log's file; empty: logs.db in the data directory

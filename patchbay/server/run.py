@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+import resource
 import socket
 import sys
 
@@ -76,13 +77,34 @@ def _environment(settings: Settings) -> dict[str, str]:
     return env
 
 
+def _raise_descriptor_limit(connections: int) -> None:
+    """Raise the soft limit on open files towards the hard one so that ``connections`` sockets fit
+    with room to spare: beyond the limit accepting fails and every client waits. Warns when even
+    the hard limit is too small."""
+    wanted = connections + 256  # the app's own files and upstream connections
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+        if soft < wanted:
+            log.warning("the open-file limit (%d) is below max_connections + 256 (%d): lower "
+                        "server.max_connections or raise the limit (ulimit -n)", soft, wanted)
+
+
 def serve(settings: Settings, sock: socket.socket | None = None) -> None:
     """Serve on ``sock`` (bound by :func:`listen` when not given) until interrupted (blocks).
     Exits with status 1 when the server could not start."""
     import uvicorn
     from uvicorn.supervisors import Multiprocess
 
+    from patchbay.server.protocol import LimitedHttpProtocol, Limits
+
     check_bind(settings)
+    LimitedHttpProtocol.limits = Limits.from_settings(settings.server)
     sock = sock if sock is not None else listen(settings)
     os.environ.update(_environment(settings))
     server = settings.server
@@ -95,9 +117,10 @@ def serve(settings: Settings, sock: socket.socket | None = None) -> None:
         loop = "uvloop"
     except ImportError:
         loop = "asyncio"
+    _raise_descriptor_limit(server.max_connections)
     config = uvicorn.Config(
         "patchbay.server.app:create_app", factory=True, host=server.host, port=server.port,
-        workers=server.workers, loop=loop, http="httptools", lifespan="on", access_log=False,
+        workers=server.workers, loop=loop, http=LimitedHttpProtocol, lifespan="on", access_log=False,
         log_level=server.log_level, server_header=False, date_header=False, proxy_headers=False,
         timeout_graceful_shutdown=10,
     )
