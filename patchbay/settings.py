@@ -64,6 +64,10 @@ class ServerSettings:
     log_level: str = "info"
     request_log: bool = True  # record every exchange in the request log (SQLite)
     request_log_path: str = ""  # the log's file; empty: logs.db in the data directory
+    request_log_max_row_bytes: int = 256 * 1024  # texts of one exchange, at most; longer ones are cut (marked)
+    request_log_max_bytes: int = 1024 * 1024 * 1024  # stored text of all exchanges; oldest pruned first (0: no cap)
+    request_log_retention_days: float = 0.0  # exchanges older than this are pruned (0: kept)
+    request_log_backlog_bytes: int = 64 * 1024 * 1024  # records waiting for the writer; beyond: refused, counted
     web_ui: bool = True  # serve the web chat page at /
 
     def api_keys(self, environ: Mapping[str, str] | None = None) -> list[str]:
@@ -79,6 +83,12 @@ class ServerSettings:
         from patchbay.requestlog import log_path
 
         return log_path(self.request_log_path)
+
+    def request_log_options(self) -> dict[str, Any]:
+        """The request log's bounds, as keyword arguments of ``RequestLog``."""
+        return {"max_row_bytes": self.request_log_max_row_bytes, "max_bytes": self.request_log_max_bytes or None,
+                "retention_days": self.request_log_retention_days or None,
+                "backlog_bytes": self.request_log_backlog_bytes}
 
 
 @dataclass(frozen=True)

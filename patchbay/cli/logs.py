@@ -1,8 +1,10 @@
-"""``patchbay logs``: the request log, newest first; ``logs show ID`` for one exchange in full."""
+"""``patchbay logs``: the request log, newest first; ``logs show ID`` for one exchange in full;
+``logs prune`` applies the retention settings (or ``--days``/``--max-bytes``) now."""
 
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -91,6 +93,53 @@ def path(config_path: str | None, verbose: bool) -> None:
     """Print the request log's file."""
     with reported(verbose):
         click.echo(str(load(config_path).server.request_log_file()))
+
+
+_UNITS = {"": 1, "b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3, "kib": 1024, "mib": 1024**2, "gib": 1024**3}
+_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*\Z", re.IGNORECASE)
+
+
+class Size(click.ParamType):
+    """A size in bytes: ``500000``, ``200MB``, ``1GiB``."""
+
+    name = "size"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        found = _SIZE.match(str(value))
+        unit = found.group(2).lower() if found else ""
+        if not found or unit not in _UNITS:
+            self.fail(f"{value!r} is not a size (examples: 500000, 200MB, 1GiB)", param, ctx)
+        return int(float(found.group(1)) * _UNITS[unit])
+
+
+@logs.command()
+@click.option("--days", type=click.FloatRange(min=0, min_open=True), default=None, metavar="N",
+              help="Delete exchanges older than N days (default: request_log_retention_days).")
+@click.option("--max-bytes", type=Size(), default=None, metavar="SIZE",
+              help="Then delete the oldest until the stored text is at most SIZE, e.g. 200MB "
+                   "(default: request_log_max_bytes).")
+@config_option
+@verbose_option
+def prune(days: float | None, max_bytes: int | None, config_path: str | None, verbose: bool) -> None:
+    """Delete old exchanges now: by age and/or total size, oldest first."""
+    from patchbay.requestlog import RequestLog
+
+    with reported(verbose):
+        server = load(config_path).server
+        file: Path = server.request_log_file()
+        if not file.exists():
+            click.echo("No exchanges logged yet.", err=True)
+            return
+        if days is None and max_bytes is None:
+            days, max_bytes = server.request_log_retention_days or None, server.request_log_max_bytes or None
+        if days is None and max_bytes is None:
+            fail("nothing to prune by: give --days or --max-bytes (no retention is configured)")
+        with RequestLog(file) as log:
+            deleted = log.prune(days=days or 0, max_bytes=max_bytes or 0)
+            left, stored = log.count(), log.stored_bytes()
+    click.echo(f"Deleted {deleted} exchanges; {left} left, {stored:,} bytes of text.")
 
 
 def _read(config_path: str | None, query: Any) -> Any:

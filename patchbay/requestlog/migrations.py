@@ -70,6 +70,17 @@ def m002_provider_checks(db: sqlite3.Connection) -> None:
     db.execute("CREATE INDEX provider_checks_provider ON provider_checks (provider, id)")
 
 
+@_migration
+def m003_exchange_size(db: sqlite3.Connection) -> None:
+    """The bytes of each exchange's texts, for retention by size; the index lets retention read
+    the sizes without reading the rows (the texts themselves, in overflow pages)."""
+    db.execute("ALTER TABLE exchanges ADD COLUMN size INTEGER NOT NULL DEFAULT 0")
+    db.execute("UPDATE exchanges SET size = length(CAST(prompt AS BLOB)) + length(CAST(messages AS BLOB)) "
+               "+ length(CAST(options AS BLOB)) + length(CAST(response AS BLOB)) "
+               "+ length(CAST(fallbacks AS BLOB)) + coalesce(length(CAST(error AS BLOB)), 0)")
+    db.execute("CREATE INDEX exchanges_size ON exchanges (id, size)")
+
+
 def applied(db: sqlite3.Connection) -> set[str]:
     """Names of the migrations already applied to ``db``."""
     db.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at REAL NOT NULL)")

@@ -2,9 +2,25 @@
 
 Recording must not slow the request it records. :meth:`RequestLog.record` encodes the record as
 one JSON row (a single call into msgspec, so nothing of the request is kept alive for later) and
-appends it to a bounded in-memory backlog. A daemon thread wakes every ``batch_interval``
-seconds, redacts what gathered and inserts it in one transaction. When the backlog is full a
-record is dropped with one warning, never waited for. The database is in WAL mode: readers
+appends it to a backlog bounded in records (``queue_size``) and in bytes (``backlog_bytes``, the
+encoded rows waiting or being written). A daemon thread wakes every ``batch_interval`` seconds,
+redacts what gathered and inserts it in one transaction. When the backlog is full the *new*
+record is refused (counted in :attr:`RequestLog.dropped_backlog` and :attr:`RequestLog.dropped`,
+one warning per episode), never waited for.
+
+Bounds: every text of a row (message contents, tool arguments, the answer) is cut so the row's
+texts total at most ``max_row_bytes`` (UTF-8), the longest first, each cut ending with a marker
+that says how much was cut; secrets are redacted before the cut. A text far over the cap is cut
+already in :meth:`RequestLog.record`, so a 9 MB prompt never waits in memory. The last user
+message is stored once, in ``messages``: the ``prompt`` column holds a short preview.
+Retention (``retention_days`` and/or ``max_bytes`` of stored text, oldest rows first) runs when
+the writer starts and then every ``prune_interval`` seconds or after a tenth of ``max_bytes`` (at
+least 64 KiB) written, so the stored text exceeds the cap by at most that and one batch; a bounded number
+of rows per run; :meth:`RequestLog.prune` runs it by hand (``patchbay logs prune``). When
+another connection holds the write lock the writer retries with backoff for up to ``lock_wait``
+seconds, then drops the batch and counts it in :attr:`RequestLog.dropped_locked`.
+
+The database is in WAL mode: readers
 (``patchbay logs``) never block the writer, several server processes can share one file, and a
 process killed mid-write leaves the last committed transaction intact, never half a row.
 """
@@ -14,10 +30,13 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import ctypes
 import logging
 import os
+import re
 import sqlite3
 import threading
+import time
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -31,14 +50,26 @@ from patchbay.events import EventStream
 from patchbay.requestlog.migrations import migrate
 from patchbay.secrets import redact, redact_json
 
-__all__ = ["Exchange", "ProviderCheck", "RequestLog", "describe_error"]
+__all__ = ["Exchange", "ProviderCheck", "RequestLog", "describe_error", "prune_database"]
 
 log = logging.getLogger("patchbay.requestlog")
 
 QUEUE_SIZE = 10_000  # records waiting for the writer; beyond this they are dropped
+BACKLOG_BYTES = 64 * 1024 * 1024  # encoded rows waiting for (or being written by) the writer, at most
+MAX_ROW_BYTES = 256 * 1024  # the texts of one row (messages, answer), at most; longer ones are cut
+MAX_BYTES = 1024 * 1024 * 1024  # stored text of all rows, at most (oldest pruned first); None: no cap
+PRUNE_INTERVAL = 60.0  # seconds between retention runs of the writer
+PRUNE_ROWS = 1_000  # rows one retention run deletes at most (the next run goes on)
+LOCK_WAIT = 10.0  # seconds the writer retries a locked database before it drops the batch
 BATCH_SIZE = 500  # records per transaction at most
+BATCH_BYTES = 4 * 1024 * 1024  # encoded bytes per transaction at most (one bigger row goes alone)
+TRIM_BYTES = 1024 * 1024  # after a batch this big, freed memory is given back to the system (glibc)
+PROMPT_PREVIEW = 200  # characters of the last user message kept in the prompt column
+CLIP_MARGIN = 64 * 1024  # characters kept past the cap when record() cuts early (redaction needs them)
 BATCH_INTERVAL = 0.05  # seconds the writer lets records gather once it has caught up
-BUSY_TIMEOUT = 10.0  # seconds a connection waits for another process's write lock
+BUSY_TIMEOUT = 10.0  # seconds a reading connection waits for another process's write lock
+WRITER_BUSY_TIMEOUT = 0.2  # the writer's wait per attempt; it retries up to lock_wait
+_BUSY_CODES = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
 CLOSE_TIMEOUT = 10.0
 
 
@@ -121,7 +152,7 @@ _NESTED = frozenset({7, 8, 17})  # messages, options, fallbacks: stored as JSON 
 #: Rows per INSERT statement. Many rows per statement means one sqlite3_step, and so one release of
 #: the GIL, per chunk: executemany() releases it once per row, and under load each re-acquisition
 #: waits for the event loop's thread to yield (up to the 5 ms switch interval). 50 rows x 18
-#: columns stays under SQLite's oldest variable limit (999).
+#: columns (and size) stays under SQLite's oldest variable limit (999).
 ROWS_PER_STATEMENT = 50
 _encode = msgspec.json.Encoder(enc_hook=repr).encode  # anything unexpected is stored as its repr
 _decode_row = msgspec.json.Decoder(tuple[tuple(msgspec.Raw if i in _NESTED else Any  # type: ignore[misc]
@@ -130,7 +161,8 @@ _decode_row = msgspec.json.Decoder(tuple[tuple(msgspec.Raw if i in _NESTED else 
 
 def _insert(rows: int) -> str:
     one = "(" + ", ".join("?" * len(_ROW_FIELDS)) + ")"
-    return f"INSERT INTO exchanges ({', '.join(_ROW_FIELDS)}) VALUES " + ", ".join([one] * rows)
+    one = "(" + ", ".join("?" * (len(_ROW_FIELDS) + 1)) + ")"
+    return f"INSERT INTO exchanges ({', '.join(_ROW_FIELDS)}, size) VALUES " + ", ".join([one] * rows)
 
 
 _INSERT_CHECK = ("INSERT INTO provider_checks (time, provider, model, ok, ttft, total, error) "
@@ -139,35 +171,88 @@ _COLUMNS = ("id, time, source, conversation_id, requested_model, provider, model
             "response, finish_reason, prompt_tokens, completion_tokens, latency, ttft, status, error, fallbacks")
 
 
-def _connect(path: Path) -> sqlite3.Connection:
-    db = sqlite3.connect(path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False)
+def _connect(path: Path, timeout: float = BUSY_TIMEOUT) -> sqlite3.Connection:
+    db = sqlite3.connect(path, timeout=timeout, isolation_level=None, check_same_thread=False)
     db.execute("PRAGMA synchronous=NORMAL")  # with WAL: safe against a crashed process, much faster
     return db
+
+
+def _load_malloc_trim() -> Any:
+    """glibc's ``malloc_trim``, or None elsewhere (musl, macOS, Windows)."""
+    try:
+        return ctypes.CDLL(None).malloc_trim  # the process's own symbols (no find_library: it runs ldconfig)
+    except (OSError, AttributeError):
+        return None
+
+
+_malloc_trim: Any = None
+_malloc_trim_loaded = False
+
+
+def _trim_memory() -> None:
+    """Give freed heap memory back to the system. Without it glibc keeps the writer thread's arena
+    (and big freed blocks, once its mmap threshold has grown) mapped: the server's RSS stays at its
+    high-water mark after a burst of large requests."""
+    global _malloc_trim, _malloc_trim_loaded
+    if not _malloc_trim_loaded:
+        _malloc_trim, _malloc_trim_loaded = _load_malloc_trim(), True
+    if _malloc_trim is not None:
+        _malloc_trim(0)
+
+
+def _busy(exc: sqlite3.Error) -> bool:
+    """True when ``exc`` says another connection holds the lock (by SQLite's code, not its words)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code is not None and code & 0xFF in _BUSY_CODES
 
 
 class RequestLog:
     """One request-log database file; opening it applies pending migrations.
 
     ``record()`` is safe from any thread or event loop and never blocks. Call :meth:`close` (or
-    leave it to ``atexit``) to write what is still queued.
+    leave it to ``atexit``) to write what is still queued. Counters: ``written``, ``dropped`` (all
+    records lost), of which ``dropped_backlog`` (refused: backlog full), ``dropped_locked`` (the
+    database stayed locked past ``lock_wait``) and ``dropped_error`` (another write error);
+    ``truncated`` (rows whose texts were cut), ``lock_retries``, ``pruned`` (rows deleted by retention).
     """
 
     def __init__(self, path: str | Path, *, queue_size: int = QUEUE_SIZE, batch_size: int = BATCH_SIZE,
-                 batch_interval: float = BATCH_INTERVAL) -> None:
+                 batch_interval: float = BATCH_INTERVAL, backlog_bytes: int = BACKLOG_BYTES,
+                 max_row_bytes: int = MAX_ROW_BYTES, max_bytes: int | None = MAX_BYTES,
+                 retention_days: float | None = None, lock_wait: float = LOCK_WAIT,
+                 prune_interval: float = PRUNE_INTERVAL, prune_rows: int = PRUNE_ROWS) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # Created readable by its owner only: prompts are private. SQLite gives the -wal and -shm
         # files the database file's permissions.
         os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))
         with contextlib.closing(_connect(self.path)) as db:
+            # Only takes effect on a new, empty file: freed pages can then be given back after a prune.
+            db.execute("PRAGMA auto_vacuum=INCREMENTAL")
             db.execute("PRAGMA journal_mode=WAL")
             migrate(db)
         self.batch_size = batch_size
         self.batch_interval = batch_interval
-        self.dropped = 0  # records lost to a full queue or a failed write
+        self.queue_size = queue_size
+        self.backlog_bytes = backlog_bytes
+        self.max_row_bytes = max_row_bytes
+        self.max_bytes = max_bytes or None
+        self.retention_days = retention_days or None
+        self.lock_wait = lock_wait
+        self.prune_interval = prune_interval
+        self.prune_rows = prune_rows
+        self.dropped = 0  # records lost, for any reason (the sum of the three below, plus after close)
+        self.dropped_backlog = 0  # refused because the backlog was full (records or bytes)
+        self.dropped_locked = 0  # dropped because the database stayed locked past lock_wait
+        self.dropped_error = 0  # dropped because of another database error
+        self.truncated = 0  # rows whose texts were cut to max_row_bytes
+        self.lock_retries = 0  # write attempts that found the database locked
+        self.pruned = 0  # rows deleted by retention
         self.written = 0  # records written
         self.transactions = 0  # batches committed
-        self.queue_size = queue_size
+        self.pending_bytes = 0  # encoded bytes recorded and not yet written or dropped
+        self._count_lock = threading.Lock()
+        self._full = False  # in a backlog-full episode (one warning each)
         self._backlog: deque[object] = deque()  # encoded rows, checks and flush/stop markers
         self._wake = threading.Event()  # set by flush() and close(): write now
         self._thread: threading.Thread | None = None
@@ -178,20 +263,33 @@ class RequestLog:
     # -- writing ------------------------------------------------------------------------------------
 
     def record(self, item: Exchange | ProviderCheck) -> None:
-        """Queue ``item`` for writing. Never blocks: a full backlog drops it (one warning per log).
-        After :meth:`close` (a request finishing during shutdown) the record is dropped."""
+        """Queue ``item`` for writing. Never blocks: a full backlog refuses it (counted, one warning
+        per episode). After :meth:`close` (a request finishing during shutdown) the record is dropped."""
         if self._closed:
-            self.dropped += 1
+            with self._count_lock:
+                self.dropped += 1
             return
         if self._thread is None:
             self._start()
-        if len(self._backlog) >= self.queue_size:
-            self.dropped += 1
-            if self.dropped == 1:
-                log.warning("the request log %s cannot keep up: %d records are waiting; dropping new ones "
-                            "until it catches up", self.path, self.queue_size)
-            return
-        self._backlog.append(_encode(_exchange_row(item)) if isinstance(item, Exchange) else item)
+        if isinstance(item, Exchange):
+            entry: object = _encode(_exchange_row(item, self.max_row_bytes + CLIP_MARGIN))
+            size = len(entry)  # type: ignore[arg-type]
+        else:
+            entry, size = item, 256
+        with self._count_lock:
+            if len(self._backlog) >= self.queue_size or self.pending_bytes + size > self.backlog_bytes:
+                self.dropped += 1
+                self.dropped_backlog += 1
+                warn = not self._full
+                self._full = True
+            else:
+                self.pending_bytes += size
+                self._backlog.append(entry)
+                self._full = False
+                return
+        if warn:
+            log.warning("the request log %s cannot keep up: %d records (%d bytes) are waiting; refusing new ones "
+                        "until it catches up", self.path, len(self._backlog), self.pending_bytes)
 
     def flush(self, timeout: float = CLOSE_TIMEOUT) -> bool:
         """Wait until everything recorded so far is written; False if that took over ``timeout``."""
@@ -220,7 +318,8 @@ class RequestLog:
             self._reader.close()
             self._reader = None
         if self.dropped:
-            log.warning("the request log %s dropped %d records", self.path, self.dropped)
+            log.warning("the request log %s dropped %d records (%d backlog full, %d database locked, %d errors)",
+                        self.path, self.dropped, self.dropped_backlog, self.dropped_locked, self.dropped_error)
 
     def __enter__(self) -> RequestLog:
         return self
@@ -242,13 +341,29 @@ class RequestLog:
 
     def _run(self) -> None:
         """The writer thread: every ``batch_interval`` (or at once for a flush or close), one
-        transaction for whatever gathered, written in chunks of :data:`ROWS_PER_STATEMENT`."""
-        db = _connect(self.path)
+        transaction for whatever gathered (at most ``batch_size`` rows or :data:`BATCH_BYTES`),
+        written in chunks of :data:`ROWS_PER_STATEMENT`; retention now and then."""
+        db = _connect(self.path, WRITER_BUSY_TIMEOUT)
+        db.execute("PRAGMA journal_size_limit=33554432")  # the WAL file shrinks back to 32 MiB after a checkpoint
+        last_prune = -float("inf")
+        since_prune = 0
+        prune_bytes = max(64 * 1024, (self.max_bytes or 0) // 10)  # the overshoot allowed between runs
+
+        def maybe_prune() -> None:
+            nonlocal last_prune, since_prune
+            if (self.max_bytes or self.retention_days) and (
+                    time.monotonic() - last_prune >= self.prune_interval or since_prune >= prune_bytes):
+                more = self._prune_bounded(db)
+                last_prune = -float("inf") if more else time.monotonic()
+                since_prune = 0
+
         try:
             while True:
+                maybe_prune()
                 self._wake.wait(self.batch_interval)
                 self._wake.clear()
                 rows: list[bytes] = []
+                batch_bytes = 0
                 checks: list[ProviderCheck] = []
                 waiting: list[threading.Event] = []
                 stop = False
@@ -256,17 +371,20 @@ class RequestLog:
                     item = self._backlog.popleft()
                     if isinstance(item, bytes):
                         rows.append(item)
+                        batch_bytes += len(item)
                     elif isinstance(item, ProviderCheck):
                         checks.append(item)
                     elif isinstance(item, threading.Event):
                         waiting.append(item)
                     elif item is _STOP:
                         stop = True
-                    if len(rows) >= self.batch_size:
-                        self._write(db, rows, checks)
-                        rows, checks = [], []
+                    if len(rows) >= self.batch_size or batch_bytes >= BATCH_BYTES:
+                        since_prune += self._write(db, rows, checks)
+                        rows, checks, batch_bytes = [], [], 0
+                        maybe_prune()
                 if rows or checks:
-                    self._write(db, rows, checks)
+                    since_prune += self._write(db, rows, checks)
+                    maybe_prune()
                 for event in waiting:
                     event.set()
                 if stop:
@@ -274,25 +392,86 @@ class RequestLog:
         finally:
             db.close()
 
-    def _write(self, db: sqlite3.Connection, rows: list[bytes], checks: list[ProviderCheck]) -> None:
-        values = [[bytes(value).decode() if index in _NESTED else value for index, value in enumerate(_decode_row(row))]
-                  for row in _redacted(rows)]
+    def _write(self, db: sqlite3.Connection, rows: list[bytes], checks: list[ProviderCheck]) -> int:
+        """Write one batch (retrying a locked database up to ``lock_wait``); the bytes stored."""
+        encoded = sum(len(row) for row in rows) + 256 * len(checks)
         try:
-            db.execute("BEGIN IMMEDIATE")
-            for start in range(0, len(values), ROWS_PER_STATEMENT):
-                chunk = values[start:start + ROWS_PER_STATEMENT]
-                db.execute(_insert(len(chunk)), [value for row in chunk for value in row])
-            if checks:
-                db.executemany(_INSERT_CHECK, [_check_row(check) for check in checks])
-            db.execute("COMMIT")
-            self.written += len(rows) + len(checks)
-            self.transactions += 1
-        except sqlite3.Error as exc:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            self.dropped += len(rows) + len(checks)
-            log.warning("the request log %s could not write %d records: %s", self.path, len(rows) + len(checks),
-                        exc)
+            return self._write_batch(db, rows, checks)
+        finally:
+            with self._count_lock:
+                self.pending_bytes -= encoded
+            if encoded >= TRIM_BYTES:
+                _trim_memory()
+
+    def _write_batch(self, db: sqlite3.Connection, rows: list[bytes], checks: list[ProviderCheck]) -> int:
+        values: list[list[Any]] = []
+        for row in rows:
+            text = redact_json(row.decode())  # redacted before anything is cut
+            fields = list(_decode_row(text.encode()))
+            del text
+            self.truncated += _clip_row(fields, self.max_row_bytes)
+            fields = [bytes(value).decode() if index in _NESTED and isinstance(value, msgspec.Raw) else value
+                      for index, value in enumerate(fields)]
+            fields.append(_row_size(fields))
+            values.append(fields)
+        del rows[:]  # the encoded rows are no longer needed while the write waits for a lock
+        stored = sum(row[-1] for row in values)
+        count = len(values) + len(checks)
+        deadline = time.monotonic() + self.lock_wait
+        backoff = 0.05
+        while True:
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                for start in range(0, len(values), ROWS_PER_STATEMENT):
+                    chunk = values[start:start + ROWS_PER_STATEMENT]
+                    db.execute(_insert(len(chunk)), [value for row in chunk for value in row])
+                if checks:
+                    db.executemany(_INSERT_CHECK, [_check_row(check) for check in checks])
+                db.execute("COMMIT")
+                self.written += count
+                self.transactions += 1
+                return stored
+            except sqlite3.Error as exc:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                if _busy(exc) and time.monotonic() < deadline:
+                    self.lock_retries += 1
+                    time.sleep(min(backoff, max(0.0, deadline - time.monotonic())))
+                    backoff = min(backoff * 2, 1.0)
+                    continue
+                with self._count_lock:
+                    self.dropped += count
+                    if _busy(exc):
+                        self.dropped_locked += count
+                    else:
+                        self.dropped_error += count
+                log.warning("the request log %s could not write %d records: %s", self.path, count, exc)
+                return 0
+
+    # -- retention ----------------------------------------------------------------------------------
+
+    def _prune_bounded(self, db: sqlite3.Connection) -> bool:
+        """One retention run of the writer; True when it stopped at ``prune_rows`` (more to do)."""
+        try:
+            deleted = prune_database(db, days=self.retention_days, max_bytes=self.max_bytes, limit=self.prune_rows)
+        except sqlite3.Error as exc:  # a locked database: the next run tries again
+            log.warning("the request log %s could not be pruned: %s", self.path, exc)
+            return False
+        self.pruned += deleted
+        return deleted >= self.prune_rows
+
+    def prune(self, *, days: float | None = None, max_bytes: int | None = None, limit: int | None = None) -> int:
+        """Delete exchanges older than ``days`` and, oldest first, those beyond ``max_bytes`` of stored
+        text (both default to this log's settings); at most ``limit`` rows (None: all). The rows deleted."""
+        with contextlib.closing(_connect(self.path)) as db:
+            deleted = prune_database(db, days=self.retention_days if days is None else days,
+                                     max_bytes=self.max_bytes if max_bytes is None else max_bytes, limit=limit)
+        self.pruned += deleted
+        return deleted
+
+    def stored_bytes(self) -> int:
+        """The stored text of every exchange, in bytes (what ``max_bytes`` bounds)."""
+        return int(self._db().execute("SELECT coalesce(sum(size), 0) FROM exchanges").fetchone()[0])
 
     # -- reading ------------------------------------------------------------------------------------
 
@@ -372,22 +551,178 @@ def _prompt_of(messages: Any) -> str:
     return ""
 
 
-def _exchange_row(item: Exchange) -> tuple[Any, ...]:
-    """The row, in :data:`_ROW_FIELDS` order (messages, options and fallbacks as they are)."""
+def _exchange_row(item: Exchange, keep: int) -> tuple[Any, ...]:
+    """The row, in :data:`_ROW_FIELDS` order (messages, options and fallbacks as they are), every
+    text over ``keep`` characters already cut there (the exact cut comes after redaction)."""
+    messages = _preclip_messages(item.messages, keep)
+    prompt = _prompt_of(messages)
     return (item.time, item.source, item.conversation_id, item.requested_model, item.provider, item.model,
-            _prompt_of(item.messages), item.messages, item.options, item.response, item.finish_reason,
+            prompt[:PROMPT_PREVIEW], messages, item.options, _preclip(item.response, keep), item.finish_reason,
             item.prompt_tokens, item.completion_tokens, item.latency, item.ttft, item.status, item.error,
             list(item.fallbacks))
 
 
-def _redacted(rows: list[bytes]) -> list[bytes]:
-    """``rows`` (JSON) with every secret redacted: one scan of the whole batch when none is there
-    (the usual case), row by row when one is."""
-    texts = [row.decode() for row in rows]
-    whole = "\n".join(texts)
-    if redact_json(whole) == whole:
-        return rows
-    return [redact_json(text).encode() for text in texts]
+_MARKER = re.compile(r"…\[request log: (\d+) characters cut\]\Z")
+
+
+def _marker(cut: int) -> str:
+    return f"…[request log: {cut} characters cut]"
+
+
+def _preclip(text: Any, keep: int) -> Any:
+    if not isinstance(text, str) or len(text) <= keep:
+        return text
+    return text[:keep] + _marker(len(text) - keep)
+
+
+def _replace(item: Any, name: str, value: Any) -> Any:
+    if isinstance(item, Mapping):
+        return {**item, name: value}
+    if isinstance(item, msgspec.Struct):
+        return msgspec.structs.replace(item, **{name: value})
+    return item
+
+
+def _preclip_messages(messages: Any, keep: int) -> Any:
+    """``messages`` with every content text over ``keep`` characters cut (copies of the messages
+    changed; the caller's are untouched). Cheap: a walk over the messages, no encoding."""
+    if not isinstance(messages, Sequence) or isinstance(messages, str):
+        return messages
+    out: list[Any] | None = None
+    for index, message in enumerate(messages):
+        content = _field(message, "content")
+        new = content
+        if isinstance(content, str):
+            new = _preclip(content, keep)
+        elif isinstance(content, list):
+            parts = [_replace(part, "text", _preclip(text, keep))
+                     if isinstance(text := _field(part, "text"), str) and len(text) > keep else part
+                     for part in content]
+            new = parts if any(a is not b for a, b in zip(parts, content, strict=True)) else content
+        if new is not content:
+            if out is None:
+                out = list(messages)
+            out[index] = _replace(message, "content", new)
+    return messages if out is None else out
+
+
+def _clip_text(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` UTF-8 bytes plus a marker counting every character cut (also those
+    an earlier cut took)."""
+    earlier = 0
+    found = _MARKER.search(text)
+    if found:
+        earlier = int(found.group(1))
+        text = text[:found.start()]
+    data = text.encode()
+    if len(data) <= limit and not earlier:
+        return text
+    kept = data[:limit].decode(errors="ignore")
+    return kept + _marker(len(text) - len(kept) + earlier)
+
+
+def _strings(value: Any, found: list[int]) -> None:
+    if isinstance(value, str):
+        found.append(len(value.encode()))
+    elif isinstance(value, list):
+        for item in value:
+            _strings(item, found)
+    elif isinstance(value, dict):
+        for item in value.values():
+            _strings(item, found)
+
+
+def _clipped(value: Any, limit: int) -> Any:
+    if isinstance(value, str):
+        return _clip_text(value, limit) if len(value) > limit // 4 and (
+            len(value.encode()) > limit or _MARKER.search(value)) else value
+    if isinstance(value, list):
+        return [_clipped(item, limit) for item in value]
+    if isinstance(value, dict):
+        return {key: _clipped(item, limit) for key, item in value.items()}
+    return value
+
+
+def _fair_limit(sizes: list[int], budget: int) -> int:
+    """The largest L with sum(min(size, L)) <= budget: the longest texts are cut first, evenly."""
+    remaining = budget
+    ordered = sorted(sizes)
+    for position, size in enumerate(ordered):
+        share = remaining // (len(ordered) - position)
+        if size > share:
+            return max(share, 0)
+        remaining -= size
+    return max(ordered, default=0)
+
+
+def _clip_row(fields: list[Any], max_row_bytes: int) -> int:
+    """Cut the texts of a decoded row (messages at 7, response at 9) to ``max_row_bytes`` in all,
+    in place; 1 when something was cut, else 0."""
+    raw = fields[7]
+    response = fields[9] if isinstance(fields[9], str) else ""
+    if len(raw) + len(response.encode()) <= max_row_bytes and "characters cut]" not in response \
+            and b"characters cut]" not in bytes(raw):
+        return 0
+    messages = msgspec.json.decode(bytes(raw))
+    sizes: list[int] = []
+    _strings(messages, sizes)
+    sizes.append(len(response.encode()))
+    limit = _fair_limit(sizes, max_row_bytes)
+    clipped = _clipped(messages, limit)
+    new_response = _clipped(response, limit)
+    if clipped == messages and new_response == response:
+        return 0
+    fields[7] = _encode(clipped).decode()
+    fields[9] = new_response
+    return 1
+
+
+def _row_size(fields: list[Any]) -> int:
+    """The bytes of a row's texts (what retention by size counts)."""
+    return sum(len(value.encode()) for value in fields if isinstance(value, str))
+
+
+def prune_database(db: sqlite3.Connection, *, days: float | None = None, max_bytes: int | None = None,
+                   limit: int | None = None) -> int:
+    """Delete the exchanges (and provider checks) older than ``days``, then, oldest first, the
+    exchanges beyond ``max_bytes`` of stored text; at most ``limit`` exchanges. The rows deleted."""
+    deleted = 0
+    cap = -1 if limit is None else limit
+    if days:
+        cutoff = time.time() - days * 86400
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            deleted += db.execute("DELETE FROM exchanges WHERE id IN (SELECT id FROM exchanges WHERE time < ? "
+                                  "ORDER BY id LIMIT ?)", (cutoff, cap)).rowcount
+            db.execute("DELETE FROM provider_checks WHERE time < ?", (cutoff,))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+    if max_bytes and (limit is None or deleted < limit):
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            total = int(db.execute("SELECT coalesce(sum(size), 0) FROM exchanges").fetchone()[0])
+            excess = total - max_bytes
+            last = None
+            if excess > 0:
+                room = -1 if limit is None else limit - deleted
+                covered = 0
+                for row_id, size in db.execute("SELECT id, size FROM exchanges INDEXED BY exchanges_size "
+                                               "ORDER BY id LIMIT ?", (room,)):
+                    covered += size or 0
+                    last = row_id
+                    if covered >= excess:
+                        break
+            if last is not None:
+                deleted += db.execute("DELETE FROM exchanges WHERE id <= ?", (last,)).rowcount
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+    if deleted:
+        db.execute("PRAGMA incremental_vacuum")  # gives the freed pages back (files created by this version)
+    return deleted
 
 
 def _check_row(item: ProviderCheck) -> tuple[Any, ...]:
@@ -396,10 +731,11 @@ def _check_row(item: ProviderCheck) -> tuple[Any, ...]:
 
 
 def _exchange(row: sqlite3.Row) -> Exchange:
+    messages = msgspec.json.decode(row["messages"])  # the prompt column is a preview; the full text is here
     return Exchange(
         id=row["id"], time=row["time"], source=row["source"], conversation_id=row["conversation_id"],
-        requested_model=row["requested_model"], provider=row["provider"], model=row["model"], prompt=row["prompt"],
-        messages=msgspec.json.decode(row["messages"]), options=msgspec.json.decode(row["options"]),
+        requested_model=row["requested_model"], provider=row["provider"], model=row["model"],
+        prompt=_prompt_of(messages) or row["prompt"], messages=messages, options=msgspec.json.decode(row["options"]),
         response=row["response"], finish_reason=row["finish_reason"], prompt_tokens=row["prompt_tokens"],
         completion_tokens=row["completion_tokens"], latency=row["latency"], ttft=row["ttft"], status=row["status"],
         error=row["error"], fallbacks=msgspec.json.decode(row["fallbacks"]),
