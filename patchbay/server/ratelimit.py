@@ -37,6 +37,16 @@ holding it renews it while the request runs, so a process that dies frees its sl
 time. Redis being unreachable never fails or holds up a request: every call is bounded by
 ``timeout``, and on an error the limiter logs one warning and enforces the limits in this process
 alone (fail open to local limits) until Redis answers again, tried after ``retry_after`` seconds.
+
+While Redis is unreachable each of the ``processes`` sharing it (``[router] instances`` times
+``[server] workers``) enforces its share of every limit: the limit divided by ``processes``,
+rounded down but at least 1, so together they stay within the limit (within ``processes`` for a
+limit smaller than that). These local counts start empty when Redis fails and are dropped when it
+answers again: they are never added to Redis's. A request its local share refuses asks Redis
+first, even inside the ``retry_after`` back-off (at most once every ``probe_interval`` seconds), so
+exhausted local counts stop refusing requests within ``probe_interval`` of Redis being back. A
+window spanning the moment Redis failed may hold both what Redis counted before and the local
+shares.
 Times come from the processes' clocks, so hosts sharing a Redis need synchronised clocks (NTP).
 """
 
@@ -48,22 +58,25 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 from weakref import WeakKeyDictionary
 
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
+from redis.exceptions import RedisError
 from redis.typing import EncodableT
 
-from patchbay.errors import ClientRateLimited
+from patchbay.errors import ClientRateLimited, InvalidRequest
 from patchbay.redis_link import RedisLink
 from patchbay.secrets import fingerprint
 from patchbay.settings import RateLimits, Settings
 
 __all__ = ["ANONYMOUS", "WINDOW", "Admission", "Client", "MemoryRateLimiter", "RateLimiter", "RedisRateLimiter",
-           "clients", "limiter_for", "refusal"]
+           "clients", "limiter_for", "refusal", "share"]
+
+T = TypeVar("T")
 
 logger = logging.getLogger("patchbay.server.ratelimit")
 
@@ -99,7 +112,10 @@ def limiter_for(settings: Settings) -> RateLimiter | None:
     if settings.limits.unlimited and all(limits.unlimited for limits in settings.key_limits.values()):
         return None
     url = settings.router.redis_url()
-    return RedisRateLimiter(url, namespace=settings.router.namespace) if url else MemoryRateLimiter()
+    if not url:
+        return MemoryRateLimiter()
+    return RedisRateLimiter(url, namespace=settings.router.namespace,
+                            processes=settings.router.instances * settings.server.workers)
 
 
 @dataclass(slots=True)
@@ -137,6 +153,12 @@ def refusal(exceeded: list[str], retry_after: float, limits: RateLimits) -> Clie
                              retry_after=max(retry_after, 0.001))
 
 
+def share(limit: int, processes: int) -> int:
+    """One process's part of ``limit`` while Redis is down: ``limit // processes``, at least 1
+    (0, unlimited, stays 0), so ``processes`` of them together stay within the limit."""
+    return max(1, limit // processes) if limit else 0
+
+
 def _wait(buckets: dict[int, int], used: int, limit: int, now: float) -> float:
     """Seconds until the oldest buckets age out far enough that ``used`` is under ``limit``."""
     for second in sorted(buckets):
@@ -165,17 +187,18 @@ class MemoryRateLimiter:
     async def admit(self, client: str, limits: RateLimits) -> Admission:
         return self.admit_now(client, limits)
 
-    def admit_now(self, client: str, limits: RateLimits) -> Admission:
-        """:meth:`admit`, synchronously."""
+    def admit_now(self, client: str, limits: RateLimits, *, processes: int = 1) -> Admission:
+        """:meth:`admit`, synchronously; with ``processes`` above 1, enforcing only this process's
+        :func:`share` of each limit (a refusal still names the configured limits)."""
         now = self._clock()
         exceeded: list[str] = []
         longest = 0.0
         leases = self._leases.setdefault(client, set())
-        if limits.concurrent_requests and len(leases) >= limits.concurrent_requests:
+        if limits.concurrent_requests and len(leases) >= share(limits.concurrent_requests, processes):
             exceeded.append("concurrent_requests")
             longest = CONCURRENCY_RETRY
         for name, counts in (("requests_per_minute", self._requests), ("tokens_per_minute", self._tokens)):
-            limit: int = getattr(limits, name)
+            limit = share(getattr(limits, name), processes)
             if limit:
                 used, buckets = self._used(counts, client, now)
                 if used >= limit:
@@ -287,18 +310,43 @@ return 1
 """
 
 
+_UNAVAILABLE = (RedisError, OSError, TimeoutError)  # as for RedisLink: Redis cannot be used now
+
+
+class _LimitsLink(RedisLink):
+    """A :class:`RedisLink` that can also ask Redis inside its back-off window."""
+
+    async def run_now(self, remote: Callable[[], Awaitable[T]], local: Callable[[], Awaitable[T]]) -> T:
+        """:meth:`run`, trying Redis even within ``retry_after`` of its last failure."""
+        try:
+            async with asyncio.timeout(self.timeout):
+                result = await remote()
+        except _UNAVAILABLE as exc:
+            self._mark_down(exc)
+            return await local()
+        self._mark_up()
+        return result
+
+
 class RedisRateLimiter:
     """Limits shared through Redis by every process using the same server and namespace.
 
-    Redis clients belong to an event loop (the server's); call :meth:`close` in the loop that
-    used the limiter.
+    ``processes`` is how many processes share these limits through Redis: while it is down, each
+    enforces its :func:`share` of every limit. Redis clients belong to an event loop (the
+    server's); call :meth:`close` in the loop that used the limiter.
     """
 
     def __init__(self, url: str = "redis://127.0.0.1:6379/0", *, namespace: str = "default", timeout: float = 0.5,
-                 retry_after: float = 5.0, lease_seconds: float = 60.0, clock: Callable[[], float] = time.time) -> None:
-        self._link = RedisLink(url, timeout=timeout, retry_after=retry_after, logger=logger,
-                               fallback="enforcing rate limits in this process alone",
-                               restored="rate limits shared")
+                 retry_after: float = 5.0, lease_seconds: float = 60.0, processes: int = 1,
+                 probe_interval: float = 1.0, clock: Callable[[], float] = time.time) -> None:
+        if processes < 1:
+            raise InvalidRequest(f"processes must be at least 1, got {processes}", param="processes")
+        self.processes = processes
+        self.probe_interval = probe_interval
+        part = f" (1/{processes} of each limit)" if processes > 1 else ""
+        self._link = _LimitsLink(url, timeout=timeout, retry_after=retry_after, logger=logger,
+                                 fallback=f"enforcing rate limits in this process alone{part}",
+                                 restored="rate limits shared")
         self.url = self._link.url
         self.namespace = namespace
         self.timeout = timeout
@@ -306,7 +354,9 @@ class RedisRateLimiter:
         self.lease_seconds = lease_seconds
         self._clock = clock
         self._scripts: WeakKeyDictionary[Redis, tuple[AsyncScript, AsyncScript]] = WeakKeyDictionary()
-        self._local = MemoryRateLimiter(clock=clock)
+        self._local = MemoryRateLimiter(clock=clock)  # counts while Redis is down, dropped when it is back
+        self._local_used = False
+        self._tried_at = -math.inf  # time.monotonic() of the last call to Redis's ADMIT
         self._held: dict[str, str] = {}  # lease id -> its zset, renewed while the request runs
         self._renewer: asyncio.Task[None] | None = None
 
@@ -329,6 +379,7 @@ class RedisRateLimiter:
 
     async def admit(self, client: str, limits: RateLimits) -> Admission:
         async def remote() -> Admission | ClientRateLimited:
+            self._tried_at = time.monotonic()
             now = self._clock()
             lease = uuid.uuid4().hex if limits.concurrent_requests else None
             args: list[EncodableT] = [repr(now), limits.requests_per_minute, limits.tokens_per_minute,
@@ -339,7 +390,21 @@ class RedisRateLimiter:
                 return refusal(str(result[1]).split(","), float(result[2]), limits)
             return Admission(client, limits, lease)
 
-        outcome = await self._link.run(remote, lambda: self._local.admit(client, limits))
+        async def local() -> Admission | ClientRateLimited:
+            self._local_used = True
+            try:
+                return self._local.admit_now(client, limits, processes=self.processes)
+            except ClientRateLimited as error:
+                return error
+
+        outcome = await self._link.run(remote, local)
+        if (isinstance(outcome, ClientRateLimited) and self._link.degraded
+                and time.monotonic() - self._tried_at >= self.probe_interval):
+            # Refused by the local share: Redis may be back within the back-off, and then it decides.
+            outcome = await self._link.run_now(remote, local)
+        if not self._link.degraded and self._local_used:  # Redis answered: it is the truth again
+            self._local = MemoryRateLimiter(clock=self._clock)
+            self._local_used = False
         if isinstance(outcome, ClientRateLimited):
             raise outcome
         if outcome.lease is not None and not outcome.local:
@@ -349,7 +414,8 @@ class RedisRateLimiter:
 
     async def finish(self, admission: Admission, tokens: int) -> None:
         if admission.local:
-            self._local.finish_now(admission, tokens)
+            if self._link.degraded:  # else its counts were dropped with the rest when Redis came back
+                self._local.finish_now(admission, tokens)
             return
         if admission.lease is not None:
             self._held.pop(admission.lease, None)
@@ -401,4 +467,4 @@ class RedisRateLimiter:
 
     def __repr__(self) -> str:
         state = ", degraded" if self.degraded else ""
-        return f"RedisRateLimiter({self.url!r}, namespace={self.namespace!r}{state})"
+        return f"RedisRateLimiter({self.url!r}, namespace={self.namespace!r}, processes={self.processes}{state})"
