@@ -53,9 +53,21 @@ class ServerSettings:
     cors_origins: tuple[str, ...] = ()
     keepalive_interval: float = 15.0  # seconds between SSE keep-alive comments while waiting
     send_timeout: float = 60.0  # seconds a streaming client may leave the answer unread before it is ended
+    # connection limits, enforced before authentication (patchbay/server/protocol.py)
+    max_head_bytes: int = 65536  # request line + headers; beyond: 431 and closed
+    max_headers: int = 100  # header fields per request; beyond: 431
+    max_url_bytes: int = 8192  # request target; beyond: 414
+    head_timeout: float = 10.0  # seconds to receive a whole request head; then 408 and closed
+    body_idle_timeout: float = 30.0  # longest silence while a request body is arriving; then closed
+    keepalive_timeout: float = 5.0  # seconds an idle keep-alive connection stays open
+    max_connections: int = 1000  # open connections per process; beyond: 503 and closed
     log_level: str = "info"
     request_log: bool = True  # record every exchange in the request log (SQLite)
     request_log_path: str = ""  # the log's file; empty: logs.db in the data directory
+    request_log_max_row_bytes: int = 256 * 1024  # texts of one exchange, at most; longer ones are cut (marked)
+    request_log_max_bytes: int = 1024 * 1024 * 1024  # stored text of all exchanges; oldest pruned first (0: no cap)
+    request_log_retention_days: float = 0.0  # exchanges older than this are pruned (0: kept)
+    request_log_backlog_bytes: int = 64 * 1024 * 1024  # records waiting for the writer; beyond: refused, counted
     web_ui: bool = True  # serve the web chat page at /
 
     def api_keys(self, environ: Mapping[str, str] | None = None) -> list[str]:
@@ -71,6 +83,12 @@ class ServerSettings:
         from patchbay.requestlog import log_path
 
         return log_path(self.request_log_path)
+
+    def request_log_options(self) -> dict[str, Any]:
+        """The request log's bounds, as keyword arguments of ``RequestLog``."""
+        return {"max_row_bytes": self.request_log_max_row_bytes, "max_bytes": self.request_log_max_bytes or None,
+                "retention_days": self.request_log_retention_days or None,
+                "backlog_bytes": self.request_log_backlog_bytes}
 
 
 @dataclass(frozen=True)
