@@ -110,16 +110,21 @@ async def probe(gateway: Gateway, attack: str, expect: tuple[int, ...] = (200,))
     return latency
 
 
-async def send_until_closed(writer: asyncio.StreamWriter, chunks: Iterable[bytes], limit: int) -> int:
-    """Write ``chunks`` until the server stops the connection or ``limit`` bytes went; bytes sent."""
+async def send_until_closed(writer: asyncio.StreamWriter, chunks: Iterable[bytes], limit: int,
+                            under_way: asyncio.Event) -> int:
+    """Write ``chunks`` until the server stops the connection or ``limit`` bytes went; bytes sent.
+    ``under_way`` is set once 1 MB went (or the connection ended)."""
     sent = 0
     with contextlib.suppress(ConnectionError):
         for chunk in chunks:
             writer.write(chunk)
             await asyncio.wait_for(writer.drain(), BOUND)
             sent += len(chunk)
+            if sent >= 1 << 20:
+                under_way.set()
             if sent >= limit or writer.is_closing():
                 break
+    under_way.set()
     return sent
 
 
@@ -146,12 +151,14 @@ async def test_an_oversized_head_is_431_and_closed(gateway: Gateway) -> None:
 async def test_a_flood_of_small_headers_is_cut_off_with_bounded_memory(gateway: Gateway) -> None:
     before = gateway.rss()
     reader, writer = await connect(gateway)
+    under_way = asyncio.Event()
     line = b"X-Flood: " + b"f" * 40 + b"\r\n"
     chunk = line * (65536 // len(line))
     try:
         flood = send_until_closed(writer, [b"GET /health HTTP/1.1\r\nHost: x\r\n", *(chunk for _ in range(1600))],
-                                  100 << 20)
+                                  100 << 20, under_way)
         sending = asyncio.ensure_future(flood)
+        await asyncio.wait_for(under_way.wait(), BOUND)
         await probe(gateway, "100 MB of small headers")
         response = await read_to_eof(reader)
         await asyncio.wait_for(sending, BOUND)  # the rest is drained and dropped, or the connection reset
@@ -173,9 +180,11 @@ async def test_a_long_url_is_414(gateway: Gateway) -> None:
 async def test_an_endless_url_is_cut_off(gateway: Gateway) -> None:
     before = gateway.rss()
     reader, writer = await connect(gateway)
+    under_way = asyncio.Event()
     try:
-        flood = send_until_closed(writer, [b"GET /", *(b"u" * 65536 for _ in range(1600))], 100 << 20)
+        flood = send_until_closed(writer, [b"GET /", *(b"u" * 65536 for _ in range(1600))], 100 << 20, under_way)
         sending = asyncio.ensure_future(flood)
+        await asyncio.wait_for(under_way.wait(), BOUND)
         await probe(gateway, "100 MB URL")
         response = await read_to_eof(reader)
         await asyncio.wait_for(sending, BOUND)

@@ -23,6 +23,8 @@ read).
 from __future__ import annotations
 
 import asyncio
+import logging
+import resource
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -33,8 +35,12 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResp
 from patchbay.errors import InvalidRequest
 from patchbay.settings import ServerSettings, load_settings
 
-__all__ = ["Limits", "LimitedHttpProtocol"]
+__all__ = ["DESCRIPTOR_RESERVE", "Limits", "LimitedHttpProtocol"]
 
+log = logging.getLogger("patchbay.server")
+
+#: Open files kept for the app's own use (its files, upstream connections) beyond the connections.
+DESCRIPTOR_RESERVE = 256
 #: Seconds a rejected connection is drained before it is closed.
 LINGER = 2.0
 LINGER_REFUSED = 0.5
@@ -56,11 +62,21 @@ class Limits:
 
     @classmethod
     def from_settings(cls, server: ServerSettings) -> Limits:
-        """The limits configured in ``[server]``; a limit that is not positive is InvalidRequest."""
+        """The limits configured in ``[server]``; a limit that is not positive is InvalidRequest.
+
+        ``max_connections`` is lowered to what the open-file limit leaves after
+        :data:`DESCRIPTOR_RESERVE`: beyond the limit accepting fails, and then every client
+        waits, which the cap is there to prevent."""
         values = {f.name: getattr(server, f.name) for f in fields(cls)}
         for name, value in values.items():
             if value <= 0:
                 raise InvalidRequest(f"server.{name} must be positive, got {value}")
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft != resource.RLIM_INFINITY and values["max_connections"] > soft - DESCRIPTOR_RESERVE:
+            fitting = max(1, soft - DESCRIPTOR_RESERVE)
+            log.warning("server.max_connections %d does not fit the open-file limit %d: %d are accepted "
+                        "(raise the limit with ulimit -n)", values["max_connections"], soft, fitting)
+            values["max_connections"] = fitting
         return cls(**values)
 
 

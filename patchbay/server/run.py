@@ -9,6 +9,7 @@ every option also has.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
 import os
@@ -77,22 +78,16 @@ def _environment(settings: Settings) -> dict[str, str]:
     return env
 
 
-def _raise_descriptor_limit(connections: int) -> None:
-    """Raise the soft limit on open files towards the hard one so that ``connections`` sockets fit
-    with room to spare: beyond the limit accepting fails and every client waits. Warns when even
-    the hard limit is too small."""
-    wanted = connections + 256  # the app's own files and upstream connections
+def _raise_descriptor_limit(connections: int, reserve: int) -> None:
+    """Raise the soft limit on open files towards the hard one so that ``connections`` sockets
+    and ``reserve`` more fit (workers inherit it); what still does not fit lowers the cap
+    (:meth:`patchbay.server.protocol.Limits.from_settings`)."""
+    wanted = connections + reserve
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft != resource.RLIM_INFINITY and soft < wanted:
         target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
-        try:
+        with contextlib.suppress(ValueError, OSError):
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-            soft = target
-        except (ValueError, OSError):
-            pass
-        if soft < wanted:
-            log.warning("the open-file limit (%d) is below max_connections + 256 (%d): lower "
-                        "server.max_connections or raise the limit (ulimit -n)", soft, wanted)
 
 
 def serve(settings: Settings, sock: socket.socket | None = None) -> None:
@@ -101,9 +96,10 @@ def serve(settings: Settings, sock: socket.socket | None = None) -> None:
     import uvicorn
     from uvicorn.supervisors import Multiprocess
 
-    from patchbay.server.protocol import LimitedHttpProtocol, Limits
+    from patchbay.server.protocol import DESCRIPTOR_RESERVE, LimitedHttpProtocol, Limits
 
     check_bind(settings)
+    _raise_descriptor_limit(settings.server.max_connections, DESCRIPTOR_RESERVE)
     LimitedHttpProtocol.limits = Limits.from_settings(settings.server)
     sock = sock if sock is not None else listen(settings)
     os.environ.update(_environment(settings))
@@ -117,7 +113,6 @@ def serve(settings: Settings, sock: socket.socket | None = None) -> None:
         loop = "uvloop"
     except ImportError:
         loop = "asyncio"
-    _raise_descriptor_limit(server.max_connections)
     config = uvicorn.Config(
         "patchbay.server.app:create_app", factory=True, host=server.host, port=server.port,
         workers=server.workers, loop=loop, http=LimitedHttpProtocol, lifespan="on", access_log=False,
