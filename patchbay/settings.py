@@ -69,6 +69,7 @@ class ServerSettings:
     request_log_retention_days: float = 0.0  # exchanges older than this are pruned (0: kept)
     request_log_backlog_bytes: int = 64 * 1024 * 1024  # records waiting for the writer; beyond: refused, counted
     web_ui: bool = True  # serve the web chat page at /
+    max_label_values: int = 100  # distinct model/provider names in /metrics and /health; beyond: "other"
 
     def api_keys(self, environ: Mapping[str, str] | None = None) -> list[str]:
         """The configured client API keys (read from the ``api_keys_env`` variable)."""
@@ -363,6 +364,8 @@ def _checked(section: Any, where: str) -> Any:
             raise InvalidRequest(f"{where}.keepalive_interval must be positive")
         if section.send_timeout <= 0:
             raise InvalidRequest(f"{where}.send_timeout must be a positive number of seconds")
+        if section.max_label_values < 1:
+            raise InvalidRequest(f"{where}.max_label_values must be at least 1, got {section.max_label_values}")
     if isinstance(section, RouterSettings):
         for name in ("connect_timeout", "first_byte_timeout", "idle_timeout", "timeout"):
             if getattr(section, name) <= 0:

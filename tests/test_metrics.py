@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from patchbay.server.metrics import GatewayMetrics, ScrapeGauge
+from patchbay.server.metrics import OTHER, GatewayMetrics, LabelCap, ScrapeGauge
 
 
 def samples(text: bytes) -> dict[str, float]:
@@ -37,3 +37,15 @@ def test_an_unknown_value_is_left_out_and_outside_a_loop_there_are_no_tasks() ->
     rendered = GatewayMetrics().render().decode()
     assert "# TYPE patchbay_asyncio_tasks gauge" in rendered
     assert "\npatchbay_asyncio_tasks " not in rendered  # no running loop: no sample
+
+
+def test_label_values_beyond_the_cap_count_as_other() -> None:
+    cap = LabelCap(2)
+    assert [cap(name) for name in ("a", "b", "c", "a", "d", "b")] == ["a", "b", OTHER, "a", OTHER, "b"]
+    metrics = GatewayMetrics(max_label_values=3)
+    for index in range(1000):
+        metrics.record("fake", f"model-{index}", 200, 0.01, prompt_tokens=1, completion_tokens=2)
+    assert len(metrics.requests.values) == 4  # three names and "other"
+    assert metrics.requests.values[("fake", OTHER, "200")] == 997
+    assert metrics.tokens.values[("fake", OTHER, "completion")] == 2 * 997
+    assert len(metrics.latency.values) == 4

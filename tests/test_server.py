@@ -292,6 +292,11 @@ async def test_health_ready_and_unknown_paths(gateway: GatewayProcess) -> None:
             assert response.status == 200 and (await response.json())["status"] == "ready"
         async with http.get(f"{gateway.base_url}/health") as response:
             assert (await response.json())["status"] == "ok"
+        async with http.head(f"{gateway.base_url}/health") as response:  # HEAD wherever GET works
+            assert response.status == 200 and await response.read() == b""
+            assert int(response.headers["content-length"]) > 0
+        async with http.post(f"{gateway.base_url}/health") as response:
+            assert response.status == 405 and response.headers["allow"] == "GET, HEAD"
         async with http.get(f"{gateway.base_url}/v2/nothing") as response:
             assert response.status == 404 and (await response.json())["error"]["code"] == "not_found"
         async with http.get(f"{gateway.api_base}/chat/completions") as response:

@@ -3,7 +3,8 @@
 :class:`Gateway` dispatches on the path with one dict lookup, checks the API key, applies CORS
 when an allow-list is configured, and turns every :class:`~patchbay.errors.PatchbayError` into
 the OpenAI error object with the status from the one error table. Anything else is logged and
-answered with a bare 500: never a traceback to the client.
+answered with a bare 500: never a traceback to the client. ``HEAD`` is answered wherever ``GET``
+is, with the same headers and no body.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import hmac
 import logging
 import math
 import sqlite3
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from typing import Any
@@ -34,13 +36,13 @@ from patchbay.requestlog import RequestLog
 from patchbay.secrets import register_secret
 from patchbay.server.asgi import ClientDisconnected, Receive, Scope, Send, error_body, header, read_body, send_bytes
 from patchbay.server.chat import ChatEndpoint
-from patchbay.server.metrics import GatewayMetrics
+from patchbay.server.metrics import OTHER, GatewayMetrics
 from patchbay.server.openapi import openapi_document
 from patchbay.server.ratelimit import ANONYMOUS, Client, clients, limiter_for
 from patchbay.server.webpage import WebPage
 from patchbay.settings import Settings, load_settings
 
-__all__ = ["Gateway", "create_app"]
+__all__ = ["HEALTH_MAX_AGE", "Gateway", "HealthView", "create_app", "target_status"]
 
 log = logging.getLogger("patchbay.server")
 
@@ -49,6 +51,8 @@ Handler = Callable[[Scope, Receive, Send], Awaitable[None]]
 INTERNAL_ERROR = error_body(PatchbayError("internal server error"))
 PUBLIC_PATHS = frozenset({"/health", "/ready", "/openapi.json"})
 CLIENT = "patchbay.client"  # scope key: the Client an authenticated request counts against
+HEALTH_MAX_AGE = 1.0
+"""Seconds one computed ``/health`` answer is reused: a flood of probes costs one computation."""
 
 
 class Gateway:
@@ -61,7 +65,7 @@ class Gateway:
         self.settings = settings or load_settings()
         server = self.settings.server
         self.provider = provider or self.settings.build_router()
-        self.metrics = GatewayMetrics()
+        self.metrics = GatewayMetrics(server.max_label_values)
         self.chat = ChatEndpoint(self.provider, limits=self.settings.router.limits(), metrics=self.metrics,
                                  keepalive_interval=server.keepalive_interval, send_timeout=server.send_timeout)
         keys = server.named_api_keys()
@@ -73,6 +77,8 @@ class Gateway:
         self.limiter = limiter_for(self.settings)
         self.cors_origins = frozenset(origin.encode() for origin in server.cors_origins)
         self.ready = False
+        self.stopping = False  # set by begin_shutdown() or the lifespan shutdown: /ready answers 503
+        self.health = HealthView(self.provider, server.max_label_values)
         self.request_log: RequestLog | None = None  # opened at startup when enabled
         self._openapi = _encode(openapi_document(__version__, auth=bool(self.api_keys)))
         self._routes: dict[str, tuple[str, Handler]] = {
@@ -94,6 +100,8 @@ class Gateway:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
+            if scope["method"] == "HEAD":
+                send = _without_body(send)
             if self.cors_origins:
                 await self._with_cors(scope, receive, send)
             else:
@@ -111,13 +119,13 @@ class Gateway:
                 else:
                     raise EndpointNotFound(f"no endpoint at {path}; see /openapi.json")
             method, handler = route
-            if scope["method"] != method:
-                raise MethodNotAllowed(f"{path} takes {method}, not {scope['method']}")
+            if scope["method"] != method and not (scope["method"] == "HEAD" and method == "GET"):
+                raise MethodNotAllowed(f"{path} takes {_allowed(method)}, not {scope['method']}")
             if self.api_keys and path not in self.public_paths:
                 scope[CLIENT] = self._authenticate(scope)
             await handler(scope, receive, send)
         except PatchbayError as error:
-            headers = [(b"allow", route[0].encode())] if isinstance(error, MethodNotAllowed) and route else []
+            headers = [(b"allow", _allowed(route[0]).encode())] if isinstance(error, MethodNotAllowed) and route else []
             retry_after = getattr(error, "retry_after", None)
             if retry_after is not None:
                 headers.append((b"retry-after", str(max(1, math.ceil(retry_after))).encode()))
@@ -132,17 +140,24 @@ class Gateway:
 
     def _authenticate(self, scope: Scope) -> Client:
         """Bearer key check, constant time per key and over the whole list; the key's client."""
+        matched = self._key_index(scope)
+        if matched is None:
+            raise AuthError("missing API key: send 'Authorization: Bearer <key>'")
+        if matched < 0:
+            raise AuthError("invalid API key")
+        return self.clients[matched]
+
+    def _key_index(self, scope: Scope) -> int | None:
+        """The index of the request's API key: None without one, -1 for a key that is not known."""
         value = header(scope, b"authorization") or b""
         scheme, _, key = value.partition(b" ")
         if scheme.lower() != b"bearer" or not key:
-            raise AuthError("missing API key: send 'Authorization: Bearer <key>'")
+            return None
         matched = -1
         for index, known in enumerate(self.api_keys):
             if hmac.compare_digest(known, key.strip()):
                 matched = index
-        if matched < 0:
-            raise AuthError("invalid API key")
-        return self.clients[matched]
+        return matched
 
     # -- endpoints ----------------------------------------------------------------------------------
 
@@ -172,13 +187,22 @@ class Gateway:
         await send_bytes(send, 200, _encode(await find_model(self.provider, wanted)))
 
     async def _health(self, scope: Scope, receive: Receive, send: Send) -> None:
-        health = getattr(self.provider, "health", None)
-        targets = {key: asdict(value) for key, value in (await health()).items()} if health else {}
-        await send_bytes(send, 200, _encode({"status": "ok", "targets": targets}))
+        """Liveness and each target's status; details (counts, last errors) only with a valid API key
+        (so never when no keys are configured)."""
+        public, detailed = await self.health.bodies()
+        index = self._key_index(scope) if self.api_keys else None
+        await send_bytes(send, 200, detailed if index is not None and index >= 0 else public)
+
+    def begin_shutdown(self) -> None:
+        """Report not ready from now on (``/ready`` answers 503) while requests are still served:
+        for the server's runner to call on the stop signal, before it stops accepting connections."""
+        self.stopping = True
 
     async def _ready(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.stopping:
+            raise ProviderNotWorking("the server is shutting down")
         if not self.ready:
-            raise ProviderNotWorking("the server is starting or stopping")
+            raise ProviderNotWorking("the server is starting")
         models = await model_list(self.provider)
         await send_bytes(send, 200, _encode({"status": "ready", "models": len(models.data)}))
 
@@ -198,7 +222,7 @@ class Gateway:
             return
         allow = [(b"access-control-allow-origin", origin), (b"vary", b"Origin")]
         if scope["method"] == "OPTIONS" and header(scope, b"access-control-request-method"):
-            preflight = [*allow, (b"access-control-allow-methods", b"GET, POST, OPTIONS"),
+            preflight = [*allow, (b"access-control-allow-methods", b"GET, HEAD, POST, OPTIONS"),
                          (b"access-control-allow-headers", b"authorization, content-type"),
                          (b"access-control-max-age", b"600")]
             await send({"type": "http.response.start", "status": 204, "headers": preflight})
@@ -226,6 +250,7 @@ class Gateway:
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 self.ready = False
+                self.stopping = True
                 if self.request_log is not None:  # write what is still queued
                     await asyncio.to_thread(self.request_log.close)
                 if self.limiter is not None:
@@ -238,6 +263,78 @@ class Gateway:
         if server.request_log:
             self.request_log = RequestLog(server.request_log_file())
             self.chat.request_log = self.request_log
+
+
+class HealthView:
+    """The two ``/health`` bodies, public and detailed, computed at most once per ``max_age``.
+
+    Computing them walks the router's state, which grows with every target tried (a ``"*"``
+    route adds one per model name): a request only reads the cached bytes, and concurrent
+    requests wait for one computation. Only the first ``limit`` targets are listed by key; the
+    rest are summed up under ``other``, so the answer's size is bounded too."""
+
+    def __init__(self, provider: type[AsyncGeneratorProvider], limit: int, *, max_age: float = HEALTH_MAX_AGE,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._read = getattr(provider, "health", None)
+        self.limit = limit
+        self.max_age = max_age
+        self._clock = clock
+        self._bodies: tuple[bytes, bytes] | None = None
+        self._expires = 0.0
+        self._lock = asyncio.Lock()
+
+    async def bodies(self) -> tuple[bytes, bytes]:
+        """``(public, detailed)``: liveness and per-target status; with counts and last errors."""
+        if self._bodies is not None and self._clock() < self._expires:
+            return self._bodies
+        async with self._lock:  # the first caller computes; the others find its result
+            if self._bodies is None or self._clock() >= self._expires:
+                self._bodies = await self._compute()
+                self._expires = self._clock() + self.max_age
+            return self._bodies
+
+    async def _compute(self) -> tuple[bytes, bytes]:
+        health = await self._read() if self._read is not None else {}
+        public: dict[str, str] = {}
+        detailed: dict[str, dict[str, Any]] = {}
+        rest: dict[str, int] = {}
+        for key, value in health.items():
+            status = target_status(value)
+            if len(public) < self.limit:
+                public[key] = status
+                detailed[key] = {**asdict(value), "status": status}
+            else:
+                rest[status] = rest.get(status, 0) + 1
+        extra: dict[str, Any] = {OTHER: {"targets": sum(rest.values()), "status": rest}} if rest else {}
+        return (_encode({"status": "ok", "targets": public, **extra}),
+                _encode({"status": "ok", "targets": detailed, **extra}))
+
+
+def target_status(health: Any) -> str:
+    """One word for a target's state: ``cooldown``, ``untried``, ``failing`` (under half of its
+    results were successes) or ``ok``."""
+    if health.cooldown_until is not None:
+        return "cooldown"
+    rate = health.success_rate
+    if rate is None:
+        return "untried"
+    return "failing" if rate < 0.5 else "ok"
+
+
+def _allowed(method: str) -> str:
+    """The ``Allow`` header value for a route taking ``method``."""
+    return "GET, HEAD" if method == "GET" else method
+
+
+def _without_body(send: Send) -> Send:
+    """``send`` for a HEAD request: the GET response's status and headers, no body bytes."""
+
+    async def send_head(message: Any) -> None:
+        if message["type"] == "http.response.body" and message.get("body"):
+            message = {**message, "body": b""}
+        await send(message)
+
+    return send_head
 
 
 async def _send_quietly(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:

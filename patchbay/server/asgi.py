@@ -8,6 +8,7 @@ read in one sitting.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 from collections.abc import Awaitable, Callable, MutableMapping
 from types import TracebackType
@@ -27,6 +28,7 @@ Send = Callable[[Message], Awaitable[None]]
 Headers = list[tuple[bytes, bytes]]
 
 JSON = b"application/json"
+log = logging.getLogger("patchbay.server")
 _encode = msgspec.json.encode
 
 
@@ -139,7 +141,11 @@ class DisconnectWatch:
 
 class SSEWriter:
     """Server-sent events for one response: the headers go out with the first event, so an error
-    before it can still get a proper status; comments keep an idle connection alive."""
+    before it can still get a proper status; comments keep an idle connection alive.
+
+    Every write, the keep-alive comments' too, goes through one lock and checks one flag: once
+    :meth:`end` has begun, nothing more is sent (an ASGI server refuses a message after the
+    response is complete). :meth:`end` first stops the keep-alive task and waits for it."""
 
     def __init__(self, send: Send, headers: Headers | None = None) -> None:
         self._send = send
@@ -150,6 +156,8 @@ class SSEWriter:
         self.writing_since: float | None = None  # loop time the write under way began (it waits while
         # the client's buffers are full)
         self._lock = asyncio.Lock()
+        self.finished = False  # the last message was sent (or attempted): no write may follow
+        self._keepalive: asyncio.Task[None] | None = None
 
     async def start(self, extra: Headers | None = None) -> None:
         if self.started:
@@ -168,6 +176,10 @@ class SSEWriter:
 
     async def _write(self, body: bytes, more: bool = True) -> None:
         async with self._lock:
+            if self.finished:
+                return
+            if not more:
+                self.finished = True
             if not self.started:
                 await self.start()
             self.writing_since = self._loop.time()
@@ -176,7 +188,25 @@ class SSEWriter:
             self.writing_since = None
 
     async def end(self) -> None:
+        """The end of the response: the keep-alive task stopped, then the last (empty) message."""
+        await self.stop_keep_alive()
         await self._write(b"", more=False)
+
+    def start_keep_alive(self, interval: float, send_timeout: float = math.inf,
+                         on_stall: Callable[[], None] | None = None) -> None:
+        """Run :meth:`keep_alive` as a task of this writer, stopped by :meth:`end` or
+        :meth:`stop_keep_alive`."""
+        self._keepalive = asyncio.ensure_future(self.keep_alive(interval, send_timeout, on_stall))
+
+    async def stop_keep_alive(self) -> None:
+        """Cancel the keep-alive task and wait until it is gone (so it cannot write any more)."""
+        task, self._keepalive = self._keepalive, None
+        if task is None:
+            return
+        task.cancel()
+        await asyncio.wait([task])
+        if not task.cancelled() and task.exception() is not None:  # retrieved: a bug, logged once
+            log.error("the keep-alive task failed", exc_info=task.exception())
 
     async def keep_alive(self, interval: float, send_timeout: float = math.inf,
                          on_stall: Callable[[], None] | None = None) -> None:
@@ -189,20 +219,23 @@ class SSEWriter:
         and the guard ends. Watching here costs nothing per event on the hot path."""
         loop = self._loop
         self.sent_at = loop.time()
-        while True:
+        while not self.finished:
             now = loop.time()
             if self.writing_since is not None:  # a write is waiting for the client
                 if now - self.writing_since >= send_timeout:
                     break
                 await asyncio.sleep(min(interval, self.writing_since + send_timeout - now))
             elif now - self.sent_at >= interval:
-                try:
-                    await asyncio.wait_for(self.comment(), send_timeout)
+                try:  # in this task (wait_for would start another one, which a cancel may not stop in time)
+                    async with asyncio.timeout(send_timeout):
+                        await self.comment()
                 except TimeoutError:
                     break
                 except OSError:
                     pass
             else:
                 await asyncio.sleep(self.sent_at + interval - now)
+        else:
+            return  # the response ended: no stall
         if on_stall is not None:
             on_stall()

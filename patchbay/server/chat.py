@@ -89,7 +89,7 @@ class ChatEndpoint:
                         self.send_timeout)
             watch.abandon()
 
-        keepalive = asyncio.ensure_future(writer.keep_alive(self.keepalive_interval, self.send_timeout, stalled))
+        writer.start_keep_alive(self.keepalive_interval, self.send_timeout, stalled)
         chunks = stream_chunks(events, request.model, include_usage=request.include_usage)
         first: float | None = None
         try:
@@ -114,7 +114,7 @@ class ChatEndpoint:
             await self._in_band(writer, UpstreamError(f"internal error: {type(exc).__name__}"))
             return
         finally:
-            keepalive.cancel()
+            await writer.stop_keep_alive()  # also on the error paths: awaited, so it writes nothing later
         self._record(request, events, started, 499 if watch.disconnected else 200, ttft=first)
 
     async def _in_band(self, writer: SSEWriter, error: PatchbayError) -> None:

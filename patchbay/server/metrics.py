@@ -4,6 +4,10 @@ A few counters and histograms keyed by label values, with no client library: rec
 is a handful of dict and list operations on the request path. Each worker process keeps its own
 numbers (scrape every worker, or run one). Process gauges (open file descriptors, resident memory,
 asyncio tasks) are read at scrape time, so they cost nothing between scrapes.
+
+Label values that come from clients (the model name through a ``"*"`` route) are bounded by
+:class:`LabelCap`: the first ``max_label_values`` distinct names keep their own label sets, every
+later one counts as ``other``, so ``/metrics`` stays the same size however many names are sent.
 """
 
 from __future__ import annotations
@@ -13,11 +17,33 @@ import os
 from bisect import bisect_left
 from collections.abc import Callable, Sequence
 
-__all__ = ["Counter", "GatewayMetrics", "Histogram", "ScrapeGauge"]
+__all__ = ["OTHER", "Counter", "GatewayMetrics", "Histogram", "LabelCap", "ScrapeGauge"]
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 
 Labels = tuple[str, ...]
+
+OTHER = "other"
+"""The label value every name beyond the cap is counted as."""
+
+
+class LabelCap:
+    """The first ``limit`` distinct values keep their name; later ones become :data:`OTHER`.
+
+    One set lookup per value on the request path; what was admitted stays admitted, so a name
+    never moves between its own label set and ``other``."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.seen: set[str] = set()
+
+    def __call__(self, value: str) -> str:
+        if value in self.seen:
+            return value
+        if len(self.seen) >= self.limit:
+            return OTHER
+        self.seen.add(value)
+        return value
 
 
 def _escape(value: str) -> str:
@@ -133,7 +159,10 @@ class Histogram:
 class GatewayMetrics:
     """The gateway's metrics: requests, errors, latency, time to first token and tokens."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_label_values: int = 100) -> None:
+        #: Bounds on the provider and model label values (see :class:`LabelCap`).
+        self.providers = LabelCap(max_label_values)
+        self.models = LabelCap(max_label_values)
         by_target = ("provider", "model")
         self.requests = Counter("patchbay_requests_total", "Chat completion requests by outcome.",
                                 (*by_target, "status"))
@@ -157,7 +186,8 @@ class GatewayMetrics:
     def record(self, provider: str, model: str, status: int, duration: float, *, ttft: float | None = None,
                prompt_tokens: int | None = None, completion_tokens: int | None = None,
                error_code: str | None = None) -> None:
-        """Record one finished request."""
+        """Record one finished request (names beyond the label cap count as ``other``)."""
+        provider, model = self.providers(provider), self.models(model)
         target = (provider, model)
         self.requests.inc((provider, model, str(status)))
         self.latency.observe(target, duration)

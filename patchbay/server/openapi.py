@@ -115,7 +115,8 @@ def openapi_document(version: str, *, auth: bool) -> dict[str, Any]:
                 "responses": {"200": {"description": "The model", "content": _json("Model")},
                               **_errors(*auth_errors, 404)},
             }},
-            "/health": {"get": {"operationId": "health", "summary": "Liveness, with the router's target health",
+            "/health": {"get": {"operationId": "health",
+                                "summary": "Liveness and each target's status; counts and last errors with an API key",
                                 "responses": {"200": {"description": "Alive",
                                                       "content": {"application/json": {"schema": {
                                                           "type": "object"}}}}}}},

@@ -1,0 +1,291 @@
+"""What an outsider can do to the gateway in bulk: label sets and ``/health`` stay bounded however
+many model names are sent through a ``"*"`` route, ``/health`` shows details only with a key, a
+finished stream is never written to again, ``HEAD`` works wherever ``GET`` does, and ``/ready``
+says 503 while the server shuts down.
+
+The gateway runs in this process behind a small ASGI client whose ``send`` behaves like uvicorn's:
+a message after the response is complete is an error (recorded, and raised)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+
+from patchbay.errors import InvalidRequest
+from patchbay.server.app import Gateway
+from patchbay.settings import RouterSettings, ServerSettings, Settings, load_settings
+from tests.replicas.openai_fake import OpenAIFake
+
+CAP = 20
+API_KEY = "sk-bounds-test-7d1e"
+HELLO = [{"role": "user", "content": "Hello"}]
+
+
+class Response:
+    def __init__(self, status: int, headers: dict[bytes, bytes], body: bytes) -> None:
+        self.status, self.headers, self.body = status, headers, body
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+class ASGIClient:
+    """Requests to an ASGI app in this process; the response collected as uvicorn would send it."""
+
+    def __init__(self, app: Gateway) -> None:
+        self.app = app
+        self.late_messages: list[dict[str, Any]] = []  # sent after the response was complete
+
+    async def request(self, method: str, path: str, body: bytes = b"",
+                      headers: list[tuple[bytes, bytes]] | None = None) -> Response:
+        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method,
+                 "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
+                 "headers": [(b"host", b"127.0.0.1"), (b"content-type", b"application/json"),
+                             (b"content-length", str(len(body)).encode()), *(headers or [])],
+                 "client": ("127.0.0.1", 40000), "server": ("127.0.0.1", 8000)}
+        answered = asyncio.Event()
+        pending = [{"type": "http.request", "body": body, "more_body": False}]
+
+        async def receive() -> dict[str, Any]:
+            if pending:
+                return pending.pop(0)
+            await answered.wait()  # the client stays until the answer is complete
+            return {"type": "http.disconnect"}
+
+        sent: list[dict[str, Any]] = []
+        complete = False
+
+        async def send(message: Any) -> None:
+            nonlocal complete  # like uvicorn's, it returns without yielding while the buffers have room
+            if complete:
+                self.late_messages.append(dict(message))
+                raise RuntimeError("Unexpected ASGI message sent, after response already completed.")
+            sent.append(dict(message))
+            if message["type"] == "http.response.body" and not message.get("more_body"):
+                complete = True
+                answered.set()
+
+        try:
+            await self.app(scope, receive, send)  # type: ignore[arg-type]
+        finally:
+            answered.set()
+        start = next(m for m in sent if m["type"] == "http.response.start")
+        return Response(start["status"], dict(start.get("headers", [])),
+                        b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body"))
+
+    async def chat(self, model: str, *, stream: bool = False) -> Response:
+        body = json.dumps({"model": model, "messages": HELLO, "stream": stream}).encode()
+        return await self.request("POST", "/v1/chat/completions", body)
+
+
+def settings_for(fake: OpenAIFake, **server: Any) -> Settings:
+    return Settings(server=ServerSettings(web_ui=False, request_log=False, max_label_values=CAP, **server),
+                    router=RouterSettings(retries=1, first_byte_timeout=5.0, idle_timeout=5.0, timeout=20.0),
+                    providers={"fake": {"base_url": fake.api_base, "models": ["fake-small"]}},
+                    routes={"small": ["fake/fake-small"], "*": ["fake"]})
+
+
+@pytest.fixture(autouse=True)
+def no_environment_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    for variable in ("PATCHBAY_API_KEYS", "PATCHBAY_REDIS_URL"):
+        monkeypatch.delenv(variable, raising=False)
+
+
+@pytest_asyncio.fixture
+async def gateway(openai_fake: OpenAIFake) -> AsyncIterator[ASGIClient]:
+    yield ASGIClient(Gateway(settings_for(openai_fake)))
+
+
+def model_labels(metrics: str, family: str) -> set[str]:
+    return set(re.findall(rf'^{family}\{{[^}}]*model="([^"]*)"', metrics, re.MULTILINE))
+
+
+# -- (a) bounded label sets and /health -----------------------------------------------------------
+
+
+async def test_ten_thousand_model_names_keep_metrics_and_health_bounded(openai_fake: OpenAIFake,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATCHBAY_API_KEYS", API_KEY)
+    client = ASGIClient(Gateway(settings_for(openai_fake)))
+    auth = [(b"authorization", f"Bearer {API_KEY}".encode())]
+    names = [f"model-{index}" for index in range(10_000)]
+    for start in range(0, len(names), 100):  # a hundred at a time, as concurrent clients would
+        batch = names[start:start + 100]
+        answers = await asyncio.gather(*(client.request("POST", "/v1/chat/completions", json.dumps(
+            {"model": name, "messages": HELLO}).encode(), auth) for name in batch))
+        assert {answer.status for answer in answers} == {200}
+    assert openai_fake.chat_count == 10_000
+
+    metrics = (await client.request("GET", "/metrics", headers=auth)).body.decode()
+    for family in ("patchbay_requests_total", "patchbay_request_duration_seconds_count"):
+        labels = model_labels(metrics, family)
+        assert len(labels) <= CAP + 1
+        assert "other" in labels
+    assert 'patchbay_requests_total{provider="fake",model="other",status="200"} ' in metrics
+    counted = sum(float(value) for value in re.findall(r'^patchbay_requests_total\{.*\} (\S+)$', metrics,
+                                                       re.MULTILINE))
+    assert counted == 10_000  # nothing was dropped, only folded into "other"
+    assert len(metrics) < 100_000
+
+    public = await client.request("GET", "/health")
+    assert public.status == 200
+    body = public.json()
+    assert body["status"] == "ok"
+    assert len(body["targets"]) <= CAP
+    assert body["other"]["targets"] == 10_000 - len(body["targets"])
+    assert set(body["targets"].values()) <= {"ok", "failing", "cooldown", "untried"}
+    assert len(public.body) < 5_000
+
+    detailed = (await client.request("GET", "/health", headers=auth)).json()
+    assert len(detailed["targets"]) <= CAP
+    assert all(entry["successes"] == 1 for entry in detailed["targets"].values())
+
+
+async def test_public_health_has_no_error_text_and_the_key_shows_it(openai_fake: OpenAIFake,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATCHBAY_API_KEYS", API_KEY)
+    client = ASGIClient(Gateway(settings_for(openai_fake)))
+    openai_fake.scenario = "status_500"
+    answer = await client.request("POST", "/v1/chat/completions", json.dumps(
+        {"model": "small", "messages": HELLO}).encode(), [(b"authorization", f"Bearer {API_KEY}".encode())])
+    assert answer.status == 502
+
+    public = await client.request("GET", "/health")
+    assert public.json()["targets"] == {"fake/fake-small": "failing"}
+    assert b"500" not in public.body and b"error" not in public.body
+    wrong = await client.request("GET", "/health", headers=[(b"authorization", b"Bearer sk-wrong")])
+    assert wrong.status == 200 and wrong.body == public.body  # a wrong key is no error, and no details
+
+    client.app.health._expires = 0.0  # the cached answer is not what is tested here
+    detailed = await client.request("GET", "/health", headers=[(b"authorization", f"Bearer {API_KEY}".encode())])
+    entry = detailed.json()["targets"]["fake/fake-small"]
+    assert entry["failures"] == 1 and entry["status"] == "failing"
+    assert entry["last_error"]
+
+
+async def test_without_configured_keys_health_is_the_public_form(gateway: ASGIClient,
+                                                                 openai_fake: OpenAIFake) -> None:
+    openai_fake.scenario = "status_500"
+    assert (await gateway.chat("small")).status == 502
+    body = (await gateway.request("GET", "/health")).json()
+    assert body["targets"] == {"fake/fake-small": "failing"}
+
+
+async def test_many_health_probes_share_one_computation(gateway: ASGIClient) -> None:
+    reads = 0
+    real = gateway.app.health._read
+    assert real is not None
+
+    async def counting() -> Any:
+        nonlocal reads
+        reads += 1
+        return await real()
+
+    gateway.app.health._read = counting
+    answers = await asyncio.gather(*(gateway.request("GET", "/health") for _ in range(50)))
+    assert {answer.status for answer in answers} == {200}
+    assert reads == 1
+
+
+def test_the_cap_is_configured_and_checked(tmp_path: Path) -> None:
+    assert ServerSettings().max_label_values == 100
+    config = tmp_path / "patchbay.toml"
+    config.write_text("[server]\nmax_label_values = 5\n")
+    assert load_settings(config, environ={}).server.max_label_values == 5
+    config.write_text("[server]\nmax_label_values = 0\n")
+    with pytest.raises(InvalidRequest, match="max_label_values"):
+        load_settings(config, environ={})
+
+
+# -- (b) nothing is written after a stream ended ---------------------------------------------------
+
+
+async def test_keep_alive_never_writes_after_the_stream_ended(openai_fake: OpenAIFake,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    client = ASGIClient(Gateway(settings_for(openai_fake, keepalive_interval=0.0005)))
+    loop = asyncio.get_running_loop()
+    task_errors: list[dict[str, Any]] = []
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _, context: task_errors.append(context))
+    try:
+        with caplog.at_level(logging.WARNING):
+            for _ in range(10):
+                answers = await asyncio.gather(*(client.chat("small", stream=True) for _ in range(30)))
+                assert all(answer.status == 200 and answer.body.endswith(b"data: [DONE]\n\n")
+                           for answer in answers)
+    finally:
+        loop.set_exception_handler(previous)
+    assert client.late_messages == []
+    assert task_errors == []
+    assert "after response already completed" not in caplog.text
+    assert "never retrieved" not in caplog.text
+
+
+async def test_keep_alive_comments_still_arrive_while_waiting(openai_fake: OpenAIFake) -> None:
+    openai_fake.scenario = "slow_first_byte"
+    openai_fake.first_byte_delay = 0.3
+    client = ASGIClient(Gateway(settings_for(openai_fake, keepalive_interval=0.05)))
+    answer = await client.chat("small", stream=True)
+    assert answer.body.startswith(b": keep-alive\n\n")
+    assert answer.body.endswith(b"data: [DONE]\n\n")
+    assert client.late_messages == []
+
+
+# -- (c) HEAD and /ready --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ["/health", "/ready", "/metrics", "/openapi.json", "/v1/models", "/models",
+                                  "/v1/models/small"])
+async def test_head_works_wherever_get_does(gateway: ASGIClient, path: str) -> None:
+    gateway.app.ready = True
+    get = await gateway.request("GET", path)
+    head = await gateway.request("HEAD", path)
+    assert get.status == head.status == 200
+    assert head.body == b""
+    assert head.headers[b"content-type"] == get.headers[b"content-type"]
+    if path != "/metrics":  # the process gauges move between two scrapes
+        assert head.headers[b"content-length"] == get.headers[b"content-length"] == str(len(get.body)).encode()
+
+
+async def test_head_on_a_post_endpoint_is_405_and_allow_names_head(gateway: ASGIClient) -> None:
+    head = await gateway.request("HEAD", "/v1/chat/completions")
+    assert head.status == 405 and head.body == b"" and head.headers[b"allow"] == b"POST"
+    post = await gateway.request("POST", "/health")
+    assert post.status == 405 and post.headers[b"allow"] == b"GET, HEAD"
+    assert (await gateway.request("HEAD", "/nothing")).status == 404
+
+
+async def test_ready_is_503_while_shutting_down(gateway: ASGIClient) -> None:
+    app = gateway.app
+    assert (await gateway.request("GET", "/ready")).status == 503  # not started yet
+    lifespan: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    replies: list[str] = []
+
+    async def send(message: Any) -> None:
+        replies.append(message["type"])
+
+    running = asyncio.ensure_future(app({"type": "lifespan"}, lifespan.get, send))  # type: ignore[arg-type]
+    await lifespan.put({"type": "lifespan.startup"})
+    while not replies:
+        await asyncio.sleep(0)
+    assert replies == ["lifespan.startup.complete"]
+    assert (await gateway.request("GET", "/ready")).status == 200
+
+    app.begin_shutdown()  # what the runner does on the stop signal, before it stops accepting
+    stopping = await gateway.request("GET", "/ready")
+    assert stopping.status == 503 and "shutting down" in stopping.json()["error"]["message"]
+    assert (await gateway.chat("small")).status == 200  # requests are still served meanwhile
+
+    await lifespan.put({"type": "lifespan.shutdown"})
+    await running
+    assert replies[-1] == "lifespan.shutdown.complete"
+    assert (await gateway.request("GET", "/ready")).status == 503
+    assert (await gateway.request("GET", "/health")).status == 200  # alive until the process ends
