@@ -15,6 +15,8 @@ msgspec's exception, which change between its versions.
 from __future__ import annotations
 
 import functools
+import json
+import math
 from typing import Annotated, Any, Literal
 
 import jsonschema
@@ -40,6 +42,8 @@ MAX_STOPS = 4
 INTEGER_FIELDS = ("max_tokens", "max_completion_tokens", "seed", "n", "top_logprobs")
 #: Message for JSON nested deeper than the parser's recursion allows (several hundred levels).
 TOO_DEEP = "the request body is nested too deeply (arrays and objects inside each other)"
+NOT_JSON = "the request body is not valid JSON"
+JSON_SPACE = " \t\n\r"
 
 
 class ChatMessage(msgspec.Struct, omit_defaults=True, kw_only=True):
@@ -159,13 +163,30 @@ _request_decoder = msgspec.json.Decoder(ChatCompletionRequest)
 
 
 def decode_request(body: bytes) -> ChatCompletionRequest:
-    """Parse and check a JSON request body; InvalidRequest names the field that is wrong."""
+    """Parse and check a JSON request body; InvalidRequest names the field that is wrong.
+
+    Every failure of any step is InvalidRequest with a one-line message: a body is never a 500.
+    """
     try:
-        request = _request_decoder.decode(body)
+        request: ChatCompletionRequest | None = _request_decoder.decode(body)
     except (msgspec.MsgspecError, UnicodeDecodeError, RecursionError):
-        return request_from_kwargs(_json_document(body))  # explained in the module docstring
-    _check_messages(request)
+        request = None  # looked at again below, out of the handler (explained in the module docstring)
+    if request is None:
+        return _decode_slowly(body)
+    try:
+        _check_messages(request)
+    except RecursionError:
+        raise InvalidRequest(TOO_DEEP) from None
     return request
+
+
+def _decode_slowly(body: bytes) -> ChatCompletionRequest:
+    """The body the typed decode refused: kept with its unknown fields, or the InvalidRequest."""
+    document = _json_document(body)
+    try:
+        return request_from_kwargs(document)
+    except RecursionError:
+        raise InvalidRequest(TOO_DEEP) from None
 
 
 def request_from_kwargs(kwargs: dict[str, Any]) -> ChatCompletionRequest:
@@ -200,15 +221,126 @@ def _check_messages(request: ChatCompletionRequest) -> None:
 def _json_document(body: bytes) -> Any:
     """``body`` parsed as untyped JSON, or the InvalidRequest that says why it is not JSON."""
     try:
-        body.decode("utf-8")
-    except UnicodeDecodeError:
-        raise InvalidRequest("the request body is not valid JSON: it is not valid UTF-8") from None
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidRequest(f"{NOT_JSON}: it is not valid UTF-8 (byte {exc.start})") from None
     try:
         return msgspec.json.decode(body)
     except RecursionError:
         raise InvalidRequest(TOO_DEEP) from None
-    except msgspec.MsgspecError as exc:
-        raise InvalidRequest(f"the request body is not valid JSON: {exc}") from None
+    except msgspec.MsgspecError:
+        pass  # what is wrong is found out below, out of the handler
+    raise _why_not_json(text)
+
+
+class _Unfit:
+    """A value the standard ``json`` parser reads but JSON (and msgspec) does not take."""
+
+    def __init__(self, problem: str) -> None:
+        self.problem = problem
+
+
+def _float_or_unfit(token: str) -> float | _Unfit:
+    number = float(token)
+    return number if math.isfinite(number) else _Unfit(f"the number {_short(token)} is out of range")
+
+
+def _int_or_unfit(token: str) -> int | _Unfit:
+    try:
+        return int(token)
+    except ValueError:  # more digits than Python converts (sys.get_int_max_str_digits)
+        return _Unfit(f"the integer is too large ({len(token.lstrip('-'))} digits)")
+
+
+def _constant_unfit(token: str) -> _Unfit:
+    return _Unfit(f"{token} is not a JSON number")
+
+
+_explaining_decoder = json.JSONDecoder(parse_float=_float_or_unfit, parse_int=_int_or_unfit,
+                                       parse_constant=_constant_unfit)
+
+
+def _why_not_json(text: str) -> InvalidRequest:
+    """Why msgspec refused ``text`` (UTF-8 already), found with the standard parser, whose
+    hooks mark what JSON does not allow (1e999, NaN, integers too long to read), and a walk
+    that names the field holding it."""
+    start = len(text) - len(text.lstrip(JSON_SPACE))
+    if start == len(text):
+        return InvalidRequest(f"{NOT_JSON}: it is empty")
+    try:
+        document, end = _explaining_decoder.raw_decode(text, start)
+    except RecursionError:
+        return InvalidRequest(TOO_DEEP)
+    except json.JSONDecodeError as exc:
+        at = min(exc.pos, len(text))
+        if not text[at:].strip(JSON_SPACE):
+            return InvalidRequest(f"{NOT_JSON}: it ends before the JSON value does")
+        return InvalidRequest(f"{NOT_JSON}: unexpected {_shown_char(text[at])} at byte {_byte_at(text, at)}")
+    if text[end:].strip(JSON_SPACE):
+        return InvalidRequest(f"{NOT_JSON}: there is more after the JSON value ends (at byte {_byte_at(text, end)})")
+    found = _first_unfit(document)
+    if found is None:
+        return InvalidRequest(NOT_JSON)
+    path, problem = found
+    if not path:
+        return InvalidRequest(f"{NOT_JSON}: {problem}")
+    param = _one_line(_param(path))
+    return InvalidRequest(f"invalid field {param}: {problem}", param=param if path[0] in FIELDS else None)
+
+
+def _first_unfit(document: Any) -> tuple[list[str | int], str] | None:
+    """The path to the first value (or key) of ``document`` JSON does not allow, and why;
+    walked without recursion, since the document may be nested as deep as the parser goes."""
+    pending: list[tuple[list[str | int], Any]] = [([], document)]
+    while pending:
+        path, value = pending.pop()
+        if isinstance(value, _Unfit):
+            return path, value.problem
+        if isinstance(value, str) and not _encodable(value):
+            return path, "a string holds an unpaired surrogate escape (\\ud800-\\udfff)"
+        if isinstance(value, dict):
+            for key in value:
+                if not _encodable(key):
+                    return path, "a key holds an unpaired surrogate escape (\\ud800-\\udfff)"
+            pending.extend(([*path, key], item) for key, item in reversed(value.items()))
+        elif isinstance(value, list):
+            pending.extend(([*path, index], item) for index, item in reversed(list(enumerate(value))))
+    return None
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _param(path: list[str | int]) -> str:
+    """A JSON path the way errors name fields: ``messages[0].content``."""
+    return "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in path).lstrip(".")
+
+
+def _byte_at(text: str, index: int) -> int:
+    return len(text[:index].encode("utf-8", "surrogatepass"))
+
+
+def _shown_char(char: str) -> str:
+    return f"character {char!r}" if char.isprintable() else f"character U+{ord(char):04X}"
+
+
+def _short(token: str) -> str:
+    return token if len(token) <= 24 else f"{token[:20]}...({len(token)} characters)"
+
+
+#: Characters a one-line message must not hold: line breaks, other controls, lone surrogates.
+_ESCAPES = {code: f"\\u{code:04x}" for code in [*range(0x20), *range(0x7F, 0xA0), 0x2028, 0x2029,
+                                                   *range(0xD800, 0xE000)]}
+
+
+def _one_line(text: str) -> str:
+    """``text`` with line breaks, control characters and lone surrogates escaped."""
+    return text.translate(_ESCAPES)
 
 
 def _whole_numbers_as_ints(fields: dict[str, Any]) -> dict[str, Any]:
@@ -233,11 +365,11 @@ def _schema_error(document: Any, exc: msgspec.MsgspecError) -> InvalidRequest:
     except RecursionError:
         return InvalidRequest(TOO_DEEP)
     if error is None:  # msgspec is stricter than the schema here: its own words are all there is
-        return InvalidRequest(f"invalid request: {exc}")
+        return InvalidRequest(_one_line(f"invalid request: {exc}"))
     path = list(error.absolute_path)
     if error.validator == "required" and isinstance(error.instance, dict):
         path += [name for name in error.validator_value if name not in error.instance][:1]
-    param = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in path).lstrip(".")
+    param = _one_line(_param(path))
     if not param:
         return InvalidRequest(f"invalid request: the body {_broken_rule(error)}")
     if error.validator == "required":
