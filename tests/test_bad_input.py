@@ -137,3 +137,29 @@ async def test_whole_numbers_written_as_floats_are_integers(gateway: GatewayProc
                                     b'"max_tokens": 50.0}')
     assert status == 200
     assert openai_fake.last_body["max_tokens"] == 50
+
+
+HELLO_BODY = b'{"model": "small", "messages": [{"role": "user", "content": "hi"}]'
+#: Issue 15's bodies: malformed JSON next to whole floats, numbers JSON cannot hold, nesting.
+MALFORMED_NEAR_VALID = [
+    HELLO_BODY + b', "max_tokens": 2.0}xx',
+    HELLO_BODY + b', "temperature": 1e999}',
+    HELLO_BODY + b', "temperature": -1e999}',
+    HELLO_BODY + b', "max_tokens": 2.0, "temperature": NaN}',
+    HELLO_BODY + b', "max_tokens": ' + b"9" * 5000 + b"}",
+    HELLO_BODY + b', "max_tokens": 2.0, "tools": ' + b"[" * 100_000 + b"}",
+    HELLO_BODY + b', "max_tokens": 2.0, "logit_bias": {"line\\nbreak": 1000}}',
+]
+
+
+async def test_malformed_json_next_to_valid_fields_is_a_one_line_400(gateway: GatewayProcess,
+                                                                     openai_fake: OpenAIFake) -> None:
+    for raw in MALFORMED_NEAR_VALID:
+        status, body = await post(gateway, raw)
+        assert status == 400, (raw[:80], body)
+        message = body["error"]["message"]
+        assert body["error"]["type"] == "invalid_request_error"
+        assert message.splitlines() == [message] and "Traceback" not in message
+    assert openai_fake.chat_count == 0
+    await gateway.stop()
+    assert "Traceback" not in gateway.log_text
