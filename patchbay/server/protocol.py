@@ -309,10 +309,10 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         self._body_timer = None
         if self.transport.is_closing() or self.cycle is None:
             return
-        if self.flow.read_paused:  # the app is not reading: the wait is ours, not the client's
+        cycle = self.cycle
+        if self.flow.read_paused or cycle.waiting_for_100_continue:  # the wait is ours, not the client's
             self._arm_body_timer()
             return
-        cycle = self.cycle
         if not cycle.response_started:
             self._reject(408, "request body not received in time")
         else:
