@@ -239,6 +239,23 @@ async def test_keep_alive_comments_still_arrive_while_waiting(openai_fake: OpenA
     assert client.late_messages == []
 
 
+async def test_a_client_that_stops_reading_at_the_very_end_is_let_go(caplog: pytest.LogCaptureFixture) -> None:
+    from patchbay.server.asgi import SSEWriter
+
+    async def send(message: Any) -> None:
+        if message["type"] == "http.response.body" and not message.get("more_body"):
+            await asyncio.Event().wait()  # the client's buffers stay full
+
+    writer = SSEWriter(send)
+    writer.start_keep_alive(10.0, send_timeout=0.05)
+    await writer.data(b"[DONE]")
+    with caplog.at_level(logging.WARNING, logger="patchbay.server"):
+        async with asyncio.timeout(5):  # far longer than the stall limit: a hang fails here
+            await writer.end()
+    assert writer.finished and "unread" in caplog.text
+    await writer.comment()  # after the end: nothing is sent, nothing raised
+
+
 # -- (c) HEAD and /ready --------------------------------------------------------------------------
 
 

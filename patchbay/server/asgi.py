@@ -158,6 +158,7 @@ class SSEWriter:
         self._lock = asyncio.Lock()
         self.finished = False  # the last message was sent (or attempted): no write may follow
         self._keepalive: asyncio.Task[None] | None = None
+        self._send_timeout = math.inf  # the keep-alive's stall limit, kept for the last message
 
     async def start(self, extra: Headers | None = None) -> None:
         if self.started:
@@ -188,14 +189,20 @@ class SSEWriter:
             self.writing_since = None
 
     async def end(self) -> None:
-        """The end of the response: the keep-alive task stopped, then the last (empty) message."""
+        """The end of the response: the keep-alive task stopped, then the last (empty) message.
+        The keep-alive no longer guards that one, so it gets the same stall limit here."""
         await self.stop_keep_alive()
-        await self._write(b"", more=False)
+        try:
+            async with asyncio.timeout(self._send_timeout):
+                await self._write(b"", more=False)
+        except TimeoutError:
+            log.warning("a client left the end of its stream unread for %g s; letting it go", self._send_timeout)
 
     def start_keep_alive(self, interval: float, send_timeout: float = math.inf,
                          on_stall: Callable[[], None] | None = None) -> None:
         """Run :meth:`keep_alive` as a task of this writer, stopped by :meth:`end` or
         :meth:`stop_keep_alive`."""
+        self._send_timeout = send_timeout
         self._keepalive = asyncio.ensure_future(self.keep_alive(interval, send_timeout, on_stall))
 
     async def stop_keep_alive(self) -> None:
