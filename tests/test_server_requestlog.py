@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import json
 import os
 import signal
@@ -137,3 +138,53 @@ async def test_sigkill_under_load_leaves_a_sound_database(openai_fake: OpenAIFak
         assert all(row[column] is not None for column in REQUIRED), dict(row)
         assert row["response"] == json.loads(row["messages"])[0]["content"].removeprefix("echo:")
         assert row["status"] == 200
+
+
+def rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError(f"no VmRSS for process {pid}")
+
+
+async def test_rss_returns_near_its_baseline_after_120_requests_of_9_mb(openai_fake: OpenAIFake,
+                                                                        tmp_path: Path) -> None:
+    prompt = "y" * (9 * 1024 * 1024)
+    big = json.dumps({"model": "small", "messages": [{"role": "user", "content": prompt}]}).encode()
+    async with GatewayProcess(config_for(openai_fake), tmp_path) as gateway, client() as http:
+        assert gateway.process is not None
+        url = f"{gateway.api_base}/chat/completions"
+
+        async def send(payload: bytes) -> int:
+            async with http.post(url, data=io.BytesIO(payload), headers={"content-type": "application/json"}) \
+                    as response:
+                await response.read()
+                return response.status
+
+        assert await send(json.dumps(body(1)).encode()) == 200
+        baseline = rss_mb(gateway.process.pid)
+        sizes = []
+        semaphore = asyncio.Semaphore(8)
+
+        async def limited() -> int:
+            async with semaphore:
+                return await send(big)
+
+        for _ in range(3):
+            statuses = await asyncio.wait_for(asyncio.gather(*(limited() for _ in range(40))), LOAD_TIMEOUT)
+            # The fake upstream refuses bodies over aiohttp's 1 MiB (the gateway answers 502), and keeps
+            # no 9 MB copies: the gateway still parsed each request and logs each exchange in full.
+            assert len(set(statuses)) == 1 and statuses[0] in (200, 502)
+            sizes.append(rss_mb(gateway.process.pid))
+        deadline = time.monotonic() + 30
+        while len(rows(log_path(tmp_path), "SELECT id FROM exchanges")) < 121:  # the writer catches up
+            assert time.monotonic() < deadline, "the request log did not catch up"
+            await asyncio.sleep(0.1)
+        deadline = time.monotonic() + 15  # RSS returns once the writer, idle, hands freed memory back
+        while (idle := rss_mb(gateway.process.pid)) > 1.5 * baseline and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+        stored = rows(log_path(tmp_path), "SELECT max(length(messages)) AS longest, sum(size) AS total "
+                                          "FROM exchanges")[0]
+    assert stored["longest"] < 300 * 1024 and stored["total"] < 121 * 300 * 1024
+    assert idle <= 1.5 * baseline, f"RSS {baseline:.0f} MB idle, {sizes} after each round, {idle:.0f} MB after"

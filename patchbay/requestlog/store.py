@@ -64,6 +64,7 @@ LOCK_WAIT = 10.0  # seconds the writer retries a locked database before it drops
 BATCH_SIZE = 500  # records per transaction at most
 BATCH_BYTES = 4 * 1024 * 1024  # encoded bytes per transaction at most (one bigger row goes alone)
 TRIM_BYTES = 1024 * 1024  # after a batch this big, freed memory is given back to the system (glibc)
+TRIM_DELAY = 1.0  # seconds after such a batch the idle writer gives it back once more
 PROMPT_PREVIEW = 200  # characters of the last user message kept in the prompt column
 CLIP_MARGIN = 64 * 1024  # characters kept past the cap when record() cuts early (redaction needs them)
 BATCH_INTERVAL = 0.05  # seconds the writer lets records gather once it has caught up
@@ -253,6 +254,7 @@ class RequestLog:
         self.pending_bytes = 0  # encoded bytes recorded and not yet written or dropped
         self._count_lock = threading.Lock()
         self._full = False  # in a backlog-full episode (one warning each)
+        self._trim_at: float | None = None  # when the writer, idle, gives freed memory back once more
         self._backlog: deque[object] = deque()  # encoded rows, checks and flush/stop markers
         self._wake = threading.Event()  # set by flush() and close(): write now
         self._thread: threading.Thread | None = None
@@ -362,6 +364,11 @@ class RequestLog:
                 maybe_prune()
                 self._wake.wait(self.batch_interval)
                 self._wake.clear()
+                if self._trim_at is not None and not self._backlog and time.monotonic() >= self._trim_at:
+                    # Once more when a burst of large records is over: the request handlers free their
+                    # copies after the log has written the rows.
+                    self._trim_at = None
+                    _trim_memory()
                 rows: list[bytes] = []
                 batch_bytes = 0
                 checks: list[ProviderCheck] = []
@@ -402,6 +409,7 @@ class RequestLog:
                 self.pending_bytes -= encoded
             if encoded >= TRIM_BYTES:
                 _trim_memory()
+                self._trim_at = time.monotonic() + TRIM_DELAY
 
     def _write_batch(self, db: sqlite3.Connection, rows: list[bytes], checks: list[ProviderCheck]) -> int:
         values: list[list[Any]] = []
