@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import json
 import re
 import sqlite3
 import time
@@ -15,10 +16,11 @@ from typing import Any
 
 from click.testing import CliRunner
 
+from patchbay.chat.request import decode_request
 from patchbay.cli.logs import logs
 from patchbay.requestlog import Exchange, RequestLog
 from patchbay.requestlog.migrations import migrate
-from patchbay.requestlog.store import BATCH_BYTES, PROMPT_PREVIEW
+from patchbay.requestlog.store import BATCH_BYTES, CLIP_MARGIN, PROMPT_PREVIEW
 from patchbay.secrets import register_secret
 
 MB = 1024 * 1024
@@ -221,3 +223,23 @@ def test_patchbay_logs_prune(tmp_path: Path) -> None:
     assert "Deleted 2 exchanges; 2 left" in result.output
     result = CliRunner().invoke(logs, ["prune", "--max-bytes", "lots", "--config", str(config)])
     assert result.exit_code != 0 and "not a size" in result.output
+
+
+def test_a_huge_prompt_is_cut_before_it_waits_in_the_backlog(tmp_path: Path) -> None:
+    """The server's messages are structs: a 9 MB one costs the backlog about the row cap, not 9 MB."""
+    request = decode_request(json.dumps({"model": "m", "messages": [
+        {"role": "user", "content": "z" * (9 * MB)},
+        {"role": "user", "content": [{"type": "text", "text": "p" * (9 * MB)}]}]}).encode())
+    path = tmp_path / "logs.db"
+    with RequestLog(path, lock_wait=30) as log:
+        with write_lock(path) as other:
+            log.record(Exchange(time=time.time(), source="server", messages=request.messages, response=""))
+            pending = log.pending_bytes  # the writer cannot finish it while the lock is held
+            other.execute("COMMIT")
+        assert log.flush(30)
+        stored = log.latest(1)[0]
+    assert 0 < pending < 4 * (log.max_row_bytes + CLIP_MARGIN)
+    assert request.messages[0].content == "z" * (9 * MB)  # the caller's request is untouched
+    texts = [stored.messages[0]["content"], stored.messages[1]["content"][0]["text"]]
+    assert all(MARKER.search(text) for text in texts)
+    assert sum(len(text.encode()) for text in texts) < log.max_row_bytes + 200
