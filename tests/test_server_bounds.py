@@ -285,14 +285,15 @@ async def test_ready_is_503_while_shutting_down(gateway: ASGIClient) -> None:
     assert (await gateway.request("GET", "/ready")).status == 503  # not started yet
     lifespan: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
     replies: list[str] = []
+    replied = asyncio.Event()
 
     async def send(message: Any) -> None:
         replies.append(message["type"])
+        replied.set()
 
     running = asyncio.ensure_future(app({"type": "lifespan"}, lifespan.get, send))  # type: ignore[arg-type]
     await lifespan.put({"type": "lifespan.startup"})
-    while not replies:
-        await asyncio.sleep(0)
+    await asyncio.wait_for(replied.wait(), 10)
     assert replies == ["lifespan.startup.complete"]
     assert (await gateway.request("GET", "/ready")).status == 200
 
@@ -306,3 +307,19 @@ async def test_ready_is_503_while_shutting_down(gateway: ASGIClient) -> None:
     assert replies[-1] == "lifespan.shutdown.complete"
     assert (await gateway.request("GET", "/ready")).status == 503
     assert (await gateway.request("GET", "/health")).status == 200  # alive until the process ends
+
+
+async def test_metrics_count_what_the_request_log_kept_and_dropped(openai_fake: OpenAIFake, tmp_path: Path) -> None:
+    """/metrics says how many request log records were written, cut and dropped (never silently)."""
+    settings = settings_for(openai_fake)
+    settings = settings.with_server(request_log=True, request_log_path=str(tmp_path / "log.db"))
+    app = Gateway(settings)
+    app._open_request_log()
+    assert app.request_log is not None
+    try:
+        app.request_log.dropped_backlog = 3  # as the writer counts a refused record
+        text = (await ASGIClient(app).request("GET", "/metrics")).body.decode()
+    finally:
+        app.request_log.close()
+    assert 'patchbay_request_log_records_total{outcome="dropped_backlog"} 3' in text
+    assert 'patchbay_request_log_records_total{outcome="written"} 0' in text

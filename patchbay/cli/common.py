@@ -158,4 +158,4 @@ def open_log(settings: Settings, enabled: bool = True) -> RequestLog | None:
         return None
     from patchbay.requestlog import RequestLog
 
-    return RequestLog(settings.server.request_log_file())
+    return RequestLog(settings.server.request_log_file(), **settings.server.request_log_options())

@@ -48,7 +48,7 @@ import msgspec
 from patchbay.errors import PatchbayError
 from patchbay.events import EventStream
 from patchbay.requestlog.migrations import migrate
-from patchbay.secrets import redact, redact_json
+from patchbay.secrets import clip, redact, redact_json
 
 __all__ = ["Exchange", "ProviderCheck", "RequestLog", "describe_error", "prune_database"]
 
@@ -565,7 +565,7 @@ def _exchange_row(item: Exchange, keep: int) -> tuple[Any, ...]:
     messages = _preclip_messages(item.messages, keep)
     prompt = _prompt_of(messages)
     return (item.time, item.source, item.conversation_id, item.requested_model, item.provider, item.model,
-            prompt[:PROMPT_PREVIEW], messages, item.options, _preclip(item.response, keep), item.finish_reason,
+            clip(prompt, PROMPT_PREVIEW), messages, item.options, _preclip(item.response, keep), item.finish_reason,
             item.prompt_tokens, item.completion_tokens, item.latency, item.ttft, item.status, item.error,
             list(item.fallbacks))
 

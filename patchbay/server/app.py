@@ -261,8 +261,11 @@ class Gateway:
     def _open_request_log(self) -> None:
         server = self.settings.server
         if server.request_log:
-            self.request_log = RequestLog(server.request_log_file())
-            self.chat.request_log = self.request_log
+            log = self.request_log = RequestLog(server.request_log_file(), **server.request_log_options())
+            self.chat.request_log = log
+            self.metrics.request_log_counts = lambda: {
+                "written": log.written, "truncated": log.truncated, "dropped_backlog": log.dropped_backlog,
+                "dropped_locked": log.dropped_locked, "dropped_error": log.dropped_error}
 
 
 class HealthView:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import os
 from bisect import bisect_left
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 __all__ = ["OTHER", "Counter", "GatewayMetrics", "Histogram", "LabelCap", "ScrapeGauge"]
 
@@ -99,6 +99,19 @@ class ScrapeGauge:
         return [] if value is None else [f"{self.name} {_number(value)}"]
 
 
+class ScrapeCounter:
+    """A counter per label set whose values are read when scraped (counts kept elsewhere)."""
+
+    kind = "counter"
+
+    def __init__(self, name: str, help_text: str, labels: Sequence[str],
+                 read: Callable[[], Mapping[Labels, float]]) -> None:
+        self.name, self.help, self.labels, self.read = name, help_text, tuple(labels), read
+
+    def samples(self) -> list[str]:
+        return [f"{self.name}{_label_text(self.labels, key)} {_number(value)}" for key, value in self.read().items()]
+
+
 def open_fds() -> int | None:
     """File descriptors this process has open (Linux ``/proc``; None elsewhere)."""
     try:
@@ -180,8 +193,14 @@ class GatewayMetrics:
             ScrapeGauge("process_resident_memory_bytes", "Resident memory size in bytes.", resident_memory),
             ScrapeGauge("patchbay_asyncio_tasks", "Unfinished asyncio tasks of the event loop.", asyncio_tasks),
         )
+        #: What the request log had to drop or cut, by reason (set by the server when the log is on).
+        self.request_log_counts: Callable[[], Mapping[str, float]] = dict
+        self.request_log = ScrapeCounter(
+            "patchbay_request_log_records_total", "Request log records by what happened to them: written, "
+            "truncated, or dropped (backlog full, database locked, write error).", ("outcome",),
+            lambda: {(outcome,): value for outcome, value in self.request_log_counts().items()})
         self.families = (self.requests, self.errors, self.latency, self.ttft, self.tokens, self.in_flight,
-                         self.rate_limited, *self.process)
+                         self.rate_limited, self.request_log, *self.process)
 
     def record(self, provider: str, model: str, status: int, duration: float, *, ttft: float | None = None,
                prompt_tokens: int | None = None, completion_tokens: int | None = None,
