@@ -103,10 +103,11 @@ class RedisLink:
         for loop in [loop for loop in self._clients if loop.is_closed()]:
             del self._clients[loop]
 
-    async def run(self, remote: Callable[[], Awaitable[T]], local: Callable[[], Awaitable[T]]) -> T:
+    async def run(self, remote: Callable[[], Awaitable[T]], local: Callable[[], Awaitable[T]], *,
+                  probe: bool = False) -> T:
         """``remote()`` within the timeout, or ``local()`` when Redis is unavailable (failing now,
-        or within ``retry_after`` of its last failure)."""
-        if self._degraded and time.monotonic() < self._retry_at:
+        or within ``retry_after`` of its last failure; with ``probe``, Redis is tried even then)."""
+        if self._degraded and time.monotonic() < self._retry_at and not probe:
             return await local()
         try:
             async with asyncio.timeout(self.timeout):

@@ -23,6 +23,7 @@ import pytest_asyncio
 from patchbay.chat.request import MAX_MESSAGES
 from tests.gateway_process import GatewayProcess
 from tests.replicas.openai_fake import OpenAIFake
+from tests.test_fuzz_requests import HELLO_BODY, ISSUE_BODIES
 
 pytestmark = [pytest.mark.process]
 
@@ -139,17 +140,8 @@ async def test_whole_numbers_written_as_floats_are_integers(gateway: GatewayProc
     assert openai_fake.last_body["max_tokens"] == 50
 
 
-HELLO_BODY = b'{"model": "small", "messages": [{"role": "user", "content": "hi"}]'
-#: Issue 15's bodies: malformed JSON next to whole floats, numbers JSON cannot hold, nesting.
-MALFORMED_NEAR_VALID = [
-    HELLO_BODY + b', "max_tokens": 2.0}xx',
-    HELLO_BODY + b', "temperature": 1e999}',
-    HELLO_BODY + b', "temperature": -1e999}',
-    HELLO_BODY + b', "max_tokens": 2.0, "temperature": NaN}',
-    HELLO_BODY + b', "max_tokens": ' + b"9" * 5000 + b"}",
-    HELLO_BODY + b', "max_tokens": 2.0, "tools": ' + b"[" * 100_000 + b"}",
-    HELLO_BODY + b', "max_tokens": 2.0, "logit_bias": {"line\\nbreak": 1000}}',
-]
+#: Issue 15's bodies (tests/test_fuzz_requests.py), and a line break in a field name.
+MALFORMED_NEAR_VALID = [*ISSUE_BODIES, HELLO_BODY + b', "max_tokens": 2.0, "logit_bias": {"line\\nbreak": 1000}}']
 
 
 async def test_malformed_json_next_to_valid_fields_is_a_one_line_400(gateway: GatewayProcess,

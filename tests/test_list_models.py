@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import json
 import logging
 from collections.abc import AsyncIterator
 from types import TracebackType
@@ -24,6 +23,7 @@ from patchbay.routing import Router, Target
 from patchbay.routing import router as router_module
 from patchbay.server.app import Gateway
 from patchbay.settings import ServerSettings, Settings
+from tests.support.asgi_client import ASGIClient
 
 SLOW = 3.0  # seconds the slow upstream takes to answer GET /v1/models
 MAX_GAP = 1.0  # seconds the ticker may go without a tick: far above noise, far below the stall
@@ -136,65 +136,19 @@ async def test_async_client_lists_a_slow_upstream_without_blocking(slow: Upstrea
     assert slow.requests == 1
 
 
-class ASGI:
-    """A Gateway driven in this process: lifespan started, GET requests answered."""
-
-    def __init__(self, app: Gateway) -> None:
-        self.app = app
-        self._inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-        self._outbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-        self._lifespan: asyncio.Task[None] | None = None
-
-    async def __aenter__(self) -> ASGI:
-        self._lifespan = asyncio.create_task(
-            self.app({"type": "lifespan"}, self._inbox.get, self._outbox.put))  # type: ignore[arg-type]
-        await self._inbox.put({"type": "lifespan.startup"})
-        assert (await self._outbox.get())["type"] == "lifespan.startup.complete"
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self._inbox.put({"type": "lifespan.shutdown"})
-        assert (await self._outbox.get())["type"] == "lifespan.shutdown.complete"
-        assert self._lifespan is not None
-        await self._lifespan
-
-    async def get(self, path: str) -> tuple[int, Any]:
-        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
-                 "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
-                 "headers": [(b"host", b"127.0.0.1")], "client": ("127.0.0.1", 40000), "server": ("127.0.0.1", 8000)}
-        answered = asyncio.Event()
-        sent: list[dict[str, Any]] = []
-
-        async def receive() -> dict[str, Any]:
-            if not sent and not answered.is_set():
-                return {"type": "http.request", "body": b"", "more_body": False}
-            await answered.wait()
-            return {"type": "http.disconnect"}
-
-        async def send(message: Any) -> None:
-            sent.append(dict(message))
-
-        try:
-            await self.app(scope, receive, send)  # type: ignore[arg-type]
-        finally:
-            answered.set()
-        status = next(m["status"] for m in sent if m["type"] == "http.response.start")
-        return status, json.loads(b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body"))
-
-
 @pytest_asyncio.fixture
-async def gateway(slow: Upstream, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[ASGI]:
+async def gateway(slow: Upstream, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[ASGIClient]:
     """The gateway over a router whose catch-all route passes names through to the slow upstream."""
     for variable in ("PATCHBAY_API_KEYS", "PATCHBAY_REDIS_URL"):
         monkeypatch.delenv(variable, raising=False)
     router = Router.configure({"fixed": [Target(service(slow), "up-small")], "*": [Target(service(slow, "any"))]})
     settings = Settings(server=ServerSettings(web_ui=False, request_log=False))
-    async with ASGI(Gateway(settings, provider=router)) as app:
+    async with ASGIClient(Gateway(settings, provider=router)) as app:
         yield app
 
 
 @pytest.mark.parametrize("path", ["/v1/models", "/ready"])
-async def test_server_lists_a_slow_upstream_without_blocking(gateway: ASGI, slow: Upstream, path: str) -> None:
+async def test_server_lists_a_slow_upstream_without_blocking(gateway: ASGIClient, slow: Upstream, path: str) -> None:
     async with Ticker() as ticker:
         status, body = await gateway.get(path)
     assert_kept_ticking(ticker)

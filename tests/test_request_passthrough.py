@@ -12,7 +12,6 @@ by the fake, whole and streamed.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -28,6 +27,7 @@ from patchbay.server.app import Gateway
 from patchbay.settings import ServerSettings, Settings
 from tests.replicas.base import sse
 from tests.replicas.openai_fake import OpenAIFake
+from tests.support.asgi_client import ASGIClient
 
 FAST = Timeout(connect=2, first_byte=5, idle=5, total=20)
 TOOLS = [{"type": "function", "function": {
@@ -100,40 +100,6 @@ def assert_passed_through(body: dict[str, Any], sent: dict[str, Any]) -> None:
 
 
 # -- the gateway, in-process ----------------------------------------------------------------------
-
-
-class ASGIClient:
-    """POSTs a body to an ASGI app in this process and collects the response."""
-
-    def __init__(self, app: Gateway) -> None:
-        self.app = app
-
-    async def post(self, path: str, body: bytes) -> tuple[int, bytes]:
-        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
-                 "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
-                 "headers": [(b"host", b"127.0.0.1"), (b"content-type", b"application/json"),
-                             (b"content-length", str(len(body)).encode())],
-                 "client": ("127.0.0.1", 40000), "server": ("127.0.0.1", 8000)}
-        answered = asyncio.Event()
-        pending = [{"type": "http.request", "body": body, "more_body": False}]
-
-        async def receive() -> dict[str, Any]:
-            if pending:
-                return pending.pop(0)
-            await answered.wait()  # the client stays until the answer is complete
-            return {"type": "http.disconnect"}
-
-        sent: list[dict[str, Any]] = []
-
-        async def send(message: Any) -> None:
-            sent.append(dict(message))
-
-        try:
-            await self.app(scope, receive, send)  # type: ignore[arg-type]
-        finally:
-            answered.set()
-        status = next(m["status"] for m in sent if m["type"] == "http.response.start")
-        return status, b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
 
 
 @pytest_asyncio.fixture

@@ -23,67 +23,11 @@ from patchbay.errors import InvalidRequest
 from patchbay.server.app import Gateway
 from patchbay.settings import RouterSettings, ServerSettings, Settings, load_settings
 from tests.replicas.openai_fake import OpenAIFake
+from tests.support.asgi_client import ASGIClient
 
 CAP = 20
 API_KEY = "sk-bounds-test-7d1e"
 HELLO = [{"role": "user", "content": "Hello"}]
-
-
-class Response:
-    def __init__(self, status: int, headers: dict[bytes, bytes], body: bytes) -> None:
-        self.status, self.headers, self.body = status, headers, body
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-
-class ASGIClient:
-    """Requests to an ASGI app in this process; the response collected as uvicorn would send it."""
-
-    def __init__(self, app: Gateway) -> None:
-        self.app = app
-        self.late_messages: list[dict[str, Any]] = []  # sent after the response was complete
-
-    async def request(self, method: str, path: str, body: bytes = b"",
-                      headers: list[tuple[bytes, bytes]] | None = None) -> Response:
-        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method,
-                 "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
-                 "headers": [(b"host", b"127.0.0.1"), (b"content-type", b"application/json"),
-                             (b"content-length", str(len(body)).encode()), *(headers or [])],
-                 "client": ("127.0.0.1", 40000), "server": ("127.0.0.1", 8000)}
-        answered = asyncio.Event()
-        pending = [{"type": "http.request", "body": body, "more_body": False}]
-
-        async def receive() -> dict[str, Any]:
-            if pending:
-                return pending.pop(0)
-            await answered.wait()  # the client stays until the answer is complete
-            return {"type": "http.disconnect"}
-
-        sent: list[dict[str, Any]] = []
-        complete = False
-
-        async def send(message: Any) -> None:
-            nonlocal complete  # like uvicorn's, it returns without yielding while the buffers have room
-            if complete:
-                self.late_messages.append(dict(message))
-                raise RuntimeError("Unexpected ASGI message sent, after response already completed.")
-            sent.append(dict(message))
-            if message["type"] == "http.response.body" and not message.get("more_body"):
-                complete = True
-                answered.set()
-
-        try:
-            await self.app(scope, receive, send)  # type: ignore[arg-type]
-        finally:
-            answered.set()
-        start = next(m for m in sent if m["type"] == "http.response.start")
-        return Response(start["status"], dict(start.get("headers", [])),
-                        b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body"))
-
-    async def chat(self, model: str, *, stream: bool = False) -> Response:
-        body = json.dumps({"model": model, "messages": HELLO, "stream": stream}).encode()
-        return await self.request("POST", "/v1/chat/completions", body)
 
 
 def settings_for(fake: OpenAIFake, **server: Any) -> Settings:

@@ -58,7 +58,7 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 from weakref import WeakKeyDictionary
@@ -313,21 +313,6 @@ return 1
 _UNAVAILABLE = (RedisError, OSError, TimeoutError)  # as for RedisLink: Redis cannot be used now
 
 
-class _LimitsLink(RedisLink):
-    """A :class:`RedisLink` that can also ask Redis inside its back-off window."""
-
-    async def run_now(self, remote: Callable[[], Awaitable[T]], local: Callable[[], Awaitable[T]]) -> T:
-        """:meth:`run`, trying Redis even within ``retry_after`` of its last failure."""
-        try:
-            async with asyncio.timeout(self.timeout):
-                result = await remote()
-        except _UNAVAILABLE as exc:
-            self._mark_down(exc)
-            return await local()
-        self._mark_up()
-        return result
-
-
 class RedisRateLimiter:
     """Limits shared through Redis by every process using the same server and namespace.
 
@@ -344,7 +329,7 @@ class RedisRateLimiter:
         self.processes = processes
         self.probe_interval = probe_interval
         part = f" (1/{processes} of each limit)" if processes > 1 else ""
-        self._link = _LimitsLink(url, timeout=timeout, retry_after=retry_after, logger=logger,
+        self._link = RedisLink(url, timeout=timeout, retry_after=retry_after, logger=logger,
                                  fallback=f"enforcing rate limits in this process alone{part}",
                                  restored="rate limits shared")
         self.url = self._link.url
@@ -401,7 +386,7 @@ class RedisRateLimiter:
         if (isinstance(outcome, ClientRateLimited) and self._link.degraded
                 and time.monotonic() - self._tried_at >= self.probe_interval):
             # Refused by the local share: Redis may be back within the back-off, and then it decides.
-            outcome = await self._link.run_now(remote, local)
+            outcome = await self._link.run(remote, local, probe=True)
         if not self._link.degraded and self._local_used:  # Redis answered: it is the truth again
             self._local = MemoryRateLimiter(clock=self._clock)
             self._local_used = False
