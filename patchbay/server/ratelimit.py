@@ -60,12 +60,11 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from typing import Protocol
 from weakref import WeakKeyDictionary
 
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
-from redis.exceptions import RedisError
 from redis.typing import EncodableT
 
 from patchbay.errors import ClientRateLimited, InvalidRequest
@@ -76,7 +75,6 @@ from patchbay.settings import RateLimits, Settings
 __all__ = ["ANONYMOUS", "WINDOW", "Admission", "Client", "MemoryRateLimiter", "RateLimiter", "RedisRateLimiter",
            "clients", "limiter_for", "refusal", "share"]
 
-T = TypeVar("T")
 
 logger = logging.getLogger("patchbay.server.ratelimit")
 
@@ -310,7 +308,6 @@ return 1
 """
 
 
-_UNAVAILABLE = (RedisError, OSError, TimeoutError)  # as for RedisLink: Redis cannot be used now
 
 
 class RedisRateLimiter:
