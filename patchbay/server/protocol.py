@@ -52,13 +52,13 @@ _REASONS = {400: b"Bad Request", 408: b"Request Timeout", 414: b"URI Too Long",
 class Limits:
     """The limits of :class:`LimitedHttpProtocol` (the ``[server]`` options of the same names)."""
 
-    max_head_bytes: int = 65536
-    max_headers: int = 100
-    max_url_bytes: int = 8192
-    head_timeout: float = 10.0
-    body_idle_timeout: float = 30.0
-    keepalive_timeout: float = 5.0
-    max_connections: int = 1000
+    max_head_bytes: int = ServerSettings.max_head_bytes  # the defaults are the settings' own
+    max_headers: int = ServerSettings.max_headers
+    max_url_bytes: int = ServerSettings.max_url_bytes
+    head_timeout: float = ServerSettings.head_timeout
+    body_idle_timeout: float = ServerSettings.body_idle_timeout
+    keepalive_timeout: float = ServerSettings.keepalive_timeout
+    max_connections: int = ServerSettings.max_connections
 
     @classmethod
     def from_settings(cls, server: ServerSettings) -> Limits:
