@@ -61,6 +61,7 @@ class ServerSettings:
     body_idle_timeout: float = 30.0  # longest silence while a request body is arriving; then closed
     keepalive_timeout: float = 5.0  # seconds an idle keep-alive connection stays open
     max_connections: int = 1000  # open connections per process; beyond: 503 and closed
+    shutdown_delay: float = 5.0  # seconds from SIGTERM to closing the socket, /ready answering 503 meanwhile
     log_level: str = "info"
     request_log: bool = True  # record every exchange in the request log (SQLite)
     request_log_path: str = ""  # the log's file; empty: logs.db in the data directory
@@ -364,6 +365,8 @@ def _checked(section: Any, where: str) -> Any:
             raise InvalidRequest(f"{where}.keepalive_interval must be positive")
         if section.send_timeout <= 0:
             raise InvalidRequest(f"{where}.send_timeout must be a positive number of seconds")
+        if section.shutdown_delay < 0:
+            raise InvalidRequest(f"{where}.shutdown_delay must be 0 (stop at once) or more seconds")
         if section.max_label_values < 1:
             raise InvalidRequest(f"{where}.max_label_values must be at least 1, got {section.max_label_values}")
     if isinstance(section, RouterSettings):

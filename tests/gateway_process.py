@@ -57,7 +57,8 @@ class GatewayProcess:
             path.write_text(to_toml(self.config), encoding="utf-8")
             args += ["--config", str(path)]
         inherited = {k: v for k, v in os.environ.items() if not k.startswith("PATCHBAY_")}
-        env = {**inherited, "PATCHBAY_HOME": str(self.tmp_path / "home"), **self.env}
+        # No shutdown delay unless a test asks for one: a stop is then only uvicorn's own.
+        env = {**inherited, "PATCHBAY_HOME": str(self.tmp_path / "home"), "PATCHBAY_SHUTDOWN_DELAY": "0", **self.env}
         self.process = await asyncio.create_subprocess_exec(
             *args, env=env, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT, start_new_session=True,

@@ -3,8 +3,13 @@
 The listening socket is bound here, before anything is announced, so a port in use is one clear
 error and never a "serving on" line followed by uvicorn's complaint. Workers are separate
 processes sharing that socket (uvicorn's supervisor). Each builds its app from the config file and
-environment, which is why command-line flags are handed down as the environment variables that
-every option also has.
+environment (:func:`worker_app`), which is why command-line flags are handed down as the
+environment variables that every option also has.
+
+Stopping: SIGTERM (what an orchestrator sends) first makes ``/ready`` answer 503 for
+``[server] shutdown_delay`` seconds while everything is still served, so a load balancer takes the
+instance out before its socket closes; then uvicorn stops accepting and lets requests in flight
+finish. SIGINT (Ctrl-C) skips the delay.
 """
 
 from __future__ import annotations
@@ -14,14 +19,20 @@ import ipaddress
 import logging
 import os
 import resource
+import signal
 import socket
 import sys
+import threading
+from collections.abc import Callable
+from types import FrameType
+from typing import Any
 
 from patchbay.errors import InvalidRequest
 from patchbay.secrets import RedactingFilter
+from patchbay.server.app import Gateway, create_app
 from patchbay.settings import Settings
 
-__all__ = ["check_bind", "is_loopback", "listen", "serve"]
+__all__ = ["ShutdownDelay", "check_bind", "configure_logging", "is_loopback", "listen", "serve", "worker_app"]
 
 log = logging.getLogger("patchbay.server")
 
@@ -90,6 +101,69 @@ def _raise_descriptor_limit(connections: int, reserve: int) -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
+class ShutdownDelay:
+    """Hold back the process's SIGTERM handling for ``seconds``, calling ``begin`` at once.
+
+    Installed over uvicorn's own handler (which stops the server): the first SIGTERM calls
+    ``begin`` (the gateway then reports not ready) and hands the signal on only when the delay has
+    passed; more SIGTERMs meanwhile change nothing (a supervisor and a process-group kill may each
+    send one). SIGINT hands on at once, ending the delay early.
+    """
+
+    def __init__(self, seconds: float, begin: Callable[[], None]) -> None:
+        self.seconds = seconds
+        self.begin = begin
+        self._stop: Any = None  # the handler that stops the server
+        self._timer: threading.Timer | None = None
+
+    def install(self) -> bool:
+        """Wrap the current SIGTERM and SIGINT handlers; False (nothing changed) when they are
+        not functions, i.e. nobody would stop the server on them anyway."""
+        stop, interrupt = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+        if not callable(stop) or not callable(interrupt):
+            return False
+        self._stop = stop
+
+        def on_interrupt(sig: int, frame: FrameType | None) -> None:
+            if self._timer is not None:
+                self._timer.cancel()
+            interrupt(sig, frame)
+
+        signal.signal(signal.SIGTERM, self._on_term)
+        signal.signal(signal.SIGINT, on_interrupt)
+        return True
+
+    def _on_term(self, sig: int, frame: FrameType | None) -> None:
+        if self._timer is not None:
+            return
+        self.begin()
+        log.info("stopping in %g s; /ready answers 503 until then", self.seconds)
+        self._timer = threading.Timer(self.seconds, self._stop, (sig, None))
+        self._timer.daemon = True
+        self._timer.start()
+
+
+def configure_logging(level: str) -> None:
+    """patchbay's log lines at ``level`` on stderr, with secrets redacted (once per process: the
+    supervisor and each worker process)."""
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        for handler in root.handlers:
+            handler.addFilter(RedactingFilter())
+
+
+def worker_app() -> Gateway:
+    """The app of one server process (uvicorn's factory), with the :class:`ShutdownDelay` of its
+    settings installed. uvicorn calls this once its signal handlers are in place."""
+    app = create_app()
+    configure_logging(app.settings.server.log_level)
+    delay = app.settings.server.shutdown_delay
+    if delay > 0 and threading.current_thread() is threading.main_thread():
+        ShutdownDelay(delay, app.begin_shutdown).install()
+    return app
+
+
 def serve(settings: Settings, sock: socket.socket | None = None) -> None:
     """Serve on ``sock`` (bound by :func:`listen` when not given) until interrupted (blocks).
     Exits with status 1 when the server could not start."""
@@ -104,9 +178,7 @@ def serve(settings: Settings, sock: socket.socket | None = None) -> None:
     sock = sock if sock is not None else listen(settings)
     os.environ.update(_environment(settings))
     server = settings.server
-    logging.basicConfig(level=server.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(RedactingFilter())
+    configure_logging(server.log_level)
     try:
         import uvloop  # noqa: F401
 
@@ -114,7 +186,7 @@ def serve(settings: Settings, sock: socket.socket | None = None) -> None:
     except ImportError:
         loop = "asyncio"
     config = uvicorn.Config(
-        "patchbay.server.app:create_app", factory=True, host=server.host, port=server.port,
+        "patchbay.server.run:worker_app", factory=True, host=server.host, port=server.port,
         workers=server.workers, loop=loop, http=LimitedHttpProtocol, lifespan="on", access_log=False,
         log_level=server.log_level, server_header=False, date_header=False, proxy_headers=False,
         timeout_graceful_shutdown=10,
