@@ -2,18 +2,31 @@
 
 Layout, under ``patchbay:{namespace}:``:
 
-    keys                 set     every target key seen (for :meth:`RedisStateStore.all_health`)
+    recent               zset    target keys, scored by their last write (for
+                                 :meth:`RedisStateStore.all_health`); at most ``max_targets``
+                                 members, none older than ``state_ttl``
     health:{key}         hash    successes, failures, latency, ttft, last_error, last_error_at,
-                                 in_flight
+                                 in_flight; expires ``state_ttl`` after its last write (PX)
     failures:{key}       zset    one member per failure, scored by its time
     cooldown:{key}       string  the end of the cooldown, expiring with it (PX)
     bans:{pool}          hash    credential fingerprint -> end of its ban
     counter:{name}       string  a named counter
 
 Times come from the store's clock and are compared on read, so the Redis expiries are only
-housekeeping. The moving averages are read, computed here and written back: two processes
-recording a success at the same moment may each miss the other's sample, which shifts an average
-a little and is accepted. An in-flight count taken below zero is raised back by exactly the
+housekeeping.
+
+Target keys come from request content, so the state is bounded by the rule of
+:mod:`patchbay.routing.state`, as far as Redis allows: every write to a target refreshes its place in
+``recent`` and the expiry of its ``health`` hash (in the write's own transaction), and writes and
+:meth:`~RedisStateStore.all_health` drop from ``recent`` the members last written more than
+``state_ttl`` ago and all but the ``max_targets`` most recent. A target dropped from ``recent`` is
+only left out of ``all_health``; its hash (with an in-flight count that may still be needed) lives
+on until it expires. Deployments before this layout kept an ever-growing ``keys`` set; it is no
+longer read or written (a new key name, so its type never clashes) and can be deleted.
+
+The moving averages are read, computed here and written back: two processes recording a success
+at the same moment may each miss the other's sample, which shifts an average a little and is
+accepted. An in-flight count taken below zero is raised back by exactly the
 amount this call overshot (a second command, so others' concurrent changes are kept), and expired
 bans are deleted under WATCH. Everything else is one atomic command or a MULTI transaction.
 
@@ -33,15 +46,20 @@ from collections.abc import Callable
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 from redis.exceptions import WatchError
 from redis.typing import EncodableT, FieldT
 
+from patchbay.errors import InvalidRequest
 from patchbay.redis_link import RedisLink
-from patchbay.routing.state import Health, MemoryStateStore, ema, short_error
+from patchbay.routing.state import MAX_TARGETS, Health, MemoryStateStore, ema, short_error
 
-__all__ = ["RedisStateStore"]
+__all__ = ["STATE_TTL", "RedisStateStore"]
 
 logger = logging.getLogger("patchbay.routing.state")
+
+STATE_TTL = 86_400.0
+"""Seconds after its last write that a target's shared state is forgotten, by default."""
 
 
 def _float(value: Any) -> float | None:
@@ -77,8 +95,13 @@ class RedisStateStore:
         namespace: str = "default",
         timeout: float = 0.5,
         retry_after: float = 5.0,
+        max_targets: int = MAX_TARGETS,
+        state_ttl: float = STATE_TTL,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        if isinstance(state_ttl, bool) or not isinstance(state_ttl, int | float) or not 0 < state_ttl < float("inf"):
+            raise InvalidRequest(f"state_ttl must be a positive number of seconds, got {state_ttl!r}")
+        self._local = MemoryStateStore(max_targets=max_targets, clock=clock)  # checks max_targets
         self._link = RedisLink(url, timeout=timeout, retry_after=retry_after, logger=logger,
                                fallback="using local state", restored="using shared state")
         self.url = self._link.url
@@ -86,8 +109,9 @@ class RedisStateStore:
         self.timeout = timeout
         self.retry_after = retry_after
         self._clock = clock
+        self.max_targets = max_targets
+        self.state_ttl = float(state_ttl)
         self._prefix = f"patchbay:{namespace}:"
-        self._local = MemoryStateStore(clock=clock)
 
     @property
     def degraded(self) -> bool:
@@ -102,6 +126,22 @@ class RedisStateStore:
     def _key(self, kind: str, name: str = "") -> str:
         return f"{self._prefix}{kind}:{name}" if name else f"{self._prefix}{kind}"
 
+    def _trim(self, pipe: Pipeline, now: float) -> None:
+        """Queue dropping the ``recent`` members that are stale or beyond the newest ``max_targets``."""
+        recent = self._key("recent")
+        pipe.zremrangebyscore(recent, "-inf", f"({now - self.state_ttl!r}")
+        pipe.zremrangebyrank(recent, 0, -self.max_targets - 1)
+
+    def _touch(self, pipe: Pipeline, key: str) -> None:
+        """Queue the bookkeeping of a write to ``key``: its expiry, its place in ``recent``, the trim."""
+        now = self._clock()
+        ttl_ms = max(1, int(self.state_ttl * 1000))
+        recent = self._key("recent")
+        pipe.pexpire(self._key("health", key), ttl_ms)
+        pipe.zadd(recent, {key: now})
+        self._trim(pipe, now)
+        pipe.pexpire(recent, ttl_ms)
+
     # -- the StateStore protocol ------------------------------------------------------------
 
     async def record_success(self, key: str, *, latency: float, ttft: float | None) -> None:
@@ -114,7 +154,7 @@ class RedisStateStore:
             pipe = self._client.pipeline(transaction=True)
             pipe.hincrby(health, "successes", 1)
             pipe.hset(health, mapping=values)
-            pipe.sadd(self._key("keys"), key)
+            self._touch(pipe, key)
             await pipe.execute()
 
         await self._link.run(remote, lambda: self._local.record_success(key, latency=latency, ttft=ttft))
@@ -133,7 +173,7 @@ class RedisStateStore:
             pipe.pexpire(failures, max(1, int(window * 1000) + 1000))
             pipe.hincrby(health, "failures", 1)
             pipe.hset(health, mapping={"last_error": message, "last_error_at": repr(now)})
-            pipe.sadd(self._key("keys"), key)
+            self._touch(pipe, key)
             results = await pipe.execute()
             return int(results[2])
 
@@ -148,7 +188,7 @@ class RedisStateStore:
                 pipe.set(cooldown, repr(until), px=remaining_ms + 1)
             else:
                 pipe.delete(cooldown)
-            pipe.sadd(self._key("keys"), key)
+            self._touch(pipe, key)
             await pipe.execute()
 
         await self._link.run(remote, lambda: self._local.set_cooldown(key, until))
@@ -168,7 +208,7 @@ class RedisStateStore:
             health = self._key("health", key)
             pipe = self._client.pipeline(transaction=True)
             pipe.hincrby(health, "in_flight", delta)
-            pipe.sadd(self._key("keys"), key)
+            self._touch(pipe, key)
             count = int((await pipe.execute())[0])
             if count < 0 and delta < 0:
                 # Add back only what this call took below zero (not "set 0"), so increments and
@@ -206,7 +246,10 @@ class RedisStateStore:
 
     async def all_health(self) -> dict[str, Health]:
         async def remote() -> dict[str, Health]:
-            keys = sorted(_text(member) for member in await self._client.smembers(self._key("keys")))
+            pipe = self._client.pipeline(transaction=True)
+            self._trim(pipe, self._clock())
+            pipe.zrange(self._key("recent"), 0, -1)
+            keys = sorted(_text(member) for member in (await pipe.execute())[-1])
             return await self._fetch_health(keys) if keys else {}
 
         return await self._link.run(remote, lambda: self._local.all_health())

@@ -9,22 +9,30 @@ processes (or hosts) see each other's cooldowns and credential bans.
 Times are wall-clock ``time.time()`` floats, because they are compared across processes. Every
 store takes a ``clock`` so tests can move time without sleeping. Credentials are never stored,
 only their :func:`fingerprint`.
+
+Target keys come from request content (the ``"*"`` route passes the caller's model name through),
+so the state must not grow with it. The rule, for both stores: a store remembers at most
+``max_targets`` targets (:data:`MAX_TARGETS` by default) and forgets the least recently used one
+first, never one with requests in flight. Every read or write of a target's record counts as a use.
+A forgotten target reads as a fresh :class:`Health`.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
+from patchbay.errors import InvalidRequest
 from patchbay.secrets import clip, fingerprint
 
 __all__ = [
     "EMA_ALPHA",
     "ERROR_MAX_CHARS",
+    "MAX_TARGETS",
     "Health",
     "MemoryStateStore",
     "StateStore",
@@ -38,6 +46,9 @@ EMA_ALPHA = 0.3
 
 ERROR_MAX_CHARS = 300
 """``last_error`` is cut to this many characters."""
+
+MAX_TARGETS = 10_000
+"""How many targets a store remembers by default (see the module docstring for the rule)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,19 +148,43 @@ class MemoryStateStore:
 
     A lock guards every change (and is never held across an ``await``), so one store can be
     shared by several event loops or threads.
+
+    At most ``max_targets`` target records are kept: creating one more forgets the least recently
+    used record that has nothing in flight. Records with requests in flight are never forgotten
+    (their counts must stay right), so when every record has some the store grows past the cap
+    until they finish. Idle and busy records live in separate dictionaries so that every access,
+    eviction included, is O(1).
     """
 
-    def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, *, max_targets: int = MAX_TARGETS, clock: Callable[[], float] = time.time) -> None:
+        if isinstance(max_targets, bool) or not isinstance(max_targets, int) or max_targets < 1:
+            raise InvalidRequest(f"max_targets must be a whole number of at least 1, got {max_targets!r}")
+        self.max_targets = max_targets
         self._clock = clock
         self._lock = threading.Lock()
-        self._targets: dict[str, _Target] = {}
+        # Nothing in flight, least recently used first: the records that may be forgotten.
+        self._idle: OrderedDict[str, _Target] = OrderedDict()
+        # Requests in flight: never forgotten, moved back to the idle end when the count is 0.
+        self._busy: dict[str, _Target] = {}
         self._bans: dict[str, dict[str, float]] = {}
         self._counters: dict[str, int] = {}
 
-    def _target(self, key: str) -> _Target:
-        target = self._targets.get(key)
+    def _find(self, key: str) -> _Target | None:
+        """The record of ``key`` (marked most recently used), or ``None``; call under the lock."""
+        target = self._busy.get(key)
         if target is None:
-            target = self._targets[key] = _Target()
+            target = self._idle.get(key)
+            if target is not None:
+                self._idle.move_to_end(key)
+        return target
+
+    def _target(self, key: str) -> _Target:
+        """The record of ``key``, created (forgetting the least recently used) when new."""
+        target = self._find(key)
+        if target is None:
+            while self._idle and len(self._idle) + len(self._busy) >= self.max_targets:
+                self._idle.popitem(last=False)
+            target = self._idle[key] = _Target()
         return target
 
     def _snapshot(self, target: _Target, now: float) -> Health:
@@ -194,7 +229,7 @@ class MemoryStateStore:
 
     async def cooldown_until(self, key: str) -> float | None:
         with self._lock:
-            target = self._targets.get(key)
+            target = self._find(key)
             if target is None or target.cooldown_until is None:
                 return None
             if target.cooldown_until <= self._clock():
@@ -204,19 +239,28 @@ class MemoryStateStore:
 
     async def add_in_flight(self, key: str, delta: int) -> int:
         with self._lock:
+            target = self._busy.get(key)
+            if target is not None:
+                target.in_flight = max(0, target.in_flight + delta)
+                if not target.in_flight:
+                    self._idle[key] = self._busy.pop(key)  # at the most recently used end
+                return target.in_flight
             target = self._target(key)
             target.in_flight = max(0, target.in_flight + delta)
+            if target.in_flight:
+                self._busy[key] = self._idle.pop(key)
             return target.in_flight
 
     async def health(self, key: str) -> Health:
         with self._lock:
-            target = self._targets.get(key)
+            target = self._find(key)
             return Health() if target is None else self._snapshot(target, self._clock())
 
     async def all_health(self) -> dict[str, Health]:
         with self._lock:
             now = self._clock()
-            return {key: self._snapshot(target, now) for key, target in self._targets.items()}
+            return {key: self._snapshot(target, now)
+                    for records in (self._idle, self._busy) for key, target in records.items()}
 
     async def ban_credential(self, pool: str, fingerprint: str, until: float) -> None:
         with self._lock:
@@ -241,4 +285,4 @@ class MemoryStateStore:
         """Nothing to release."""
 
     def __repr__(self) -> str:
-        return f"MemoryStateStore({len(self._targets)} targets)"
+        return f"MemoryStateStore({len(self._idle) + len(self._busy)} targets, max {self.max_targets})"
