@@ -18,7 +18,7 @@ import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 
@@ -34,8 +34,18 @@ from patchbay.errors import (
 from patchbay.providers.base import AsyncGeneratorProvider
 from patchbay.requestlog import RequestLog
 from patchbay.secrets import register_secret
-from patchbay.server.asgi import ClientDisconnected, Receive, Scope, Send, error_body, header, read_body, send_bytes
-from patchbay.server.chat import ChatEndpoint
+from patchbay.server.asgi import (
+    ClientDisconnected,
+    Headers,
+    Receive,
+    Scope,
+    Send,
+    error_body,
+    header,
+    read_body,
+    send_bytes,
+)
+from patchbay.server.chat import ChatCompletions, ChatEndpoint, Dialect
 from patchbay.server.metrics import OTHER, GatewayMetrics
 from patchbay.server.openapi import openapi_document
 from patchbay.server.ratelimit import ANONYMOUS, Client, clients, limiter_for
@@ -48,6 +58,17 @@ log = logging.getLogger("patchbay.server")
 
 _encode = msgspec.json.encode
 Handler = Callable[[Scope, Receive, Send], Awaitable[None]]
+ErrorBody = Callable[[PatchbayError], bytes]
+
+
+class Route(NamedTuple):
+    """One endpoint: the method it takes, its handler, and how its errors are written (the
+    envelope of the API it speaks)."""
+
+    method: str
+    handler: Handler
+    error_body: ErrorBody = error_body
+
 INTERNAL_ERROR = error_body(PatchbayError("internal server error"))
 PUBLIC_PATHS = frozenset({"/health", "/ready", "/openapi.json"})
 CLIENT = "patchbay.client"  # scope key: the Client an authenticated request counts against
@@ -66,8 +87,8 @@ class Gateway:
         server = self.settings.server
         self.provider = provider or self.settings.build_router()
         self.metrics = GatewayMetrics(server.max_label_values)
-        self.chat = ChatEndpoint(self.provider, limits=self.settings.router.limits(), metrics=self.metrics,
-                                 keepalive_interval=server.keepalive_interval, send_timeout=server.send_timeout)
+        self._chat_endpoints: list[ChatEndpoint] = []  # each gets the request log at startup
+        self.chat = self._endpoint(ChatCompletions())
         keys = server.named_api_keys()
         for _, key in keys:
             register_secret(key)
@@ -81,20 +102,20 @@ class Gateway:
         self.health = HealthView(self.provider, server.max_label_values)
         self.request_log: RequestLog | None = None  # opened at startup when enabled
         self._openapi = _encode(openapi_document(__version__, auth=bool(self.api_keys)))
-        self._routes: dict[str, tuple[str, Handler]] = {
-            "/v1/chat/completions": ("POST", self._chat),
-            "/v1/models": ("GET", self._models),
-            "/health": ("GET", self._health),
-            "/ready": ("GET", self._ready),
-            "/metrics": ("GET", self._metrics),
-            "/openapi.json": ("GET", self._openapi_json),
+        self._routes: dict[str, Route] = {
+            "/v1/chat/completions": Route("POST", self._chatting(self.chat)),
+            "/v1/models": Route("GET", self._models),
+            "/health": Route("GET", self._health),
+            "/ready": Route("GET", self._ready),
+            "/metrics": Route("GET", self._metrics),
+            "/openapi.json": Route("GET", self._openapi_json),
         }
         for path in ("/chat/completions", "/models"):  # clients whose base URL has no /v1
             self._routes[path] = self._routes["/v1" + path]
         self.public_paths = PUBLIC_PATHS
         if server.web_ui:  # the page itself is public; the API calls it makes carry the key
             page = WebPage()
-            self._routes.update((path, ("GET", page)) for path in page.paths)
+            self._routes.update((path, Route("GET", page)) for path in page.paths)
             self.public_paths = PUBLIC_PATHS | frozenset(page.paths)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -111,48 +132,55 @@ class Gateway:
 
     async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope["path"]
+        route: Route | None = None
         try:
             route = self._routes.get(path)
             if route is None:
                 if path.startswith(("/v1/models/", "/models/")):
-                    route = ("GET", self._model)
+                    route = Route("GET", self._model)
                 else:
                     raise EndpointNotFound(f"no endpoint at {path}; see /openapi.json")
-            method, handler = route
-            if scope["method"] != method and not (scope["method"] == "HEAD" and method == "GET"):
-                raise MethodNotAllowed(f"{path} takes {_allowed(method)}, not {scope['method']}")
+            if scope["method"] != route.method and not (scope["method"] == "HEAD" and route.method == "GET"):
+                raise MethodNotAllowed(f"{path} takes {_allowed(route.method)}, not {scope['method']}")
             if self.api_keys and path not in self.public_paths:
                 scope[CLIENT] = self._authenticate(scope)
-            await handler(scope, receive, send)
+            await route.handler(scope, receive, send)
         except PatchbayError as error:
-            headers = [(b"allow", _allowed(route[0]).encode())] if isinstance(error, MethodNotAllowed) and route else []
+            headers: Headers = []
+            if isinstance(error, MethodNotAllowed) and route is not None:
+                headers.append((b"allow", _allowed(route.method).encode()))
             retry_after = getattr(error, "retry_after", None)
             if retry_after is not None:
                 headers.append((b"retry-after", str(max(1, math.ceil(retry_after))).encode()))
-            await _send_quietly(send, error.status, error_body(error), headers)
+            body = route.error_body(error) if route is not None else error_body(error)
+            await _send_quietly(send, error.status, body, headers)
         except ClientDisconnected:
             return
         except asyncio.CancelledError:
             raise
         except Exception:
             log.exception("unhandled error serving %s %s", scope["method"], path)
-            await _send_quietly(send, 500, INTERNAL_ERROR, [])
+            body = route.error_body(PatchbayError("internal server error")) if route is not None else INTERNAL_ERROR
+            await _send_quietly(send, 500, body, [])
 
     def _authenticate(self, scope: Scope) -> Client:
-        """Bearer key check, constant time per key and over the whole list; the key's client."""
+        """The API key check (constant time per key and over the whole list); the key's client."""
         matched = self._key_index(scope)
         if matched is None:
-            raise AuthError("missing API key: send 'Authorization: Bearer <key>'")
+            raise AuthError("missing API key: send 'Authorization: Bearer <key>' (or 'x-api-key: <key>')")
         if matched < 0:
             raise AuthError("invalid API key")
         return self.clients[matched]
 
     def _key_index(self, scope: Scope) -> int | None:
-        """The index of the request's API key: None without one, -1 for a key that is not known."""
+        """The index of the request's API key: None without one, -1 for a key that is not known.
+        The key is a bearer token, or an ``x-api-key`` header as Anthropic's clients send it."""
         value = header(scope, b"authorization") or b""
         scheme, _, key = value.partition(b" ")
         if scheme.lower() != b"bearer" or not key:
-            return None
+            key = header(scope, b"x-api-key") or b""
+            if not key:
+                return None
         matched = -1
         for index, known in enumerate(self.api_keys):
             if hmac.compare_digest(known, key.strip()):
@@ -161,23 +189,36 @@ class Gateway:
 
     # -- endpoints ----------------------------------------------------------------------------------
 
-    async def _chat(self, scope: Scope, receive: Receive, send: Send) -> None:
-        client: Client = scope.get(CLIENT, self.anonymous)
-        if self.limiter is None or client.limits.unlimited:
-            body = await read_body(scope, receive, self.settings.server.max_body_bytes)
-            await self.chat(body, receive, send)
-            return
-        try:  # before the body is read: a refused request costs nothing more
-            admission = await self.limiter.admit(client.id, client.limits)
-        except ClientRateLimited as error:
-            self.metrics.rate_limited.inc((client.name, error.limit))
-            raise
-        tokens = 0
-        try:
-            body = await read_body(scope, receive, self.settings.server.max_body_bytes)
-            tokens = await self.chat(body, receive, send)
-        finally:
-            await asyncio.shield(self.limiter.finish(admission, tokens))  # also when cancelled
+    def _endpoint(self, dialect: Dialect) -> ChatEndpoint:
+        """A chat-answering endpoint for ``dialect``, sharing the router, metrics and limits."""
+        server = self.settings.server
+        return ChatEndpoint(self.provider, limits=self.settings.router.limits(), metrics=self.metrics,
+                            keepalive_interval=server.keepalive_interval, send_timeout=server.send_timeout,
+                            dialect=dialect)
+
+    def _chatting(self, endpoint: ChatEndpoint) -> Handler:
+        """The handler of a chat-answering endpoint: the client's rate limits around ``endpoint``."""
+
+        async def handle(scope: Scope, receive: Receive, send: Send) -> None:
+            client: Client = scope.get(CLIENT, self.anonymous)
+            if self.limiter is None or client.limits.unlimited:
+                body = await read_body(scope, receive, self.settings.server.max_body_bytes)
+                await endpoint(body, receive, send)
+                return
+            try:  # before the body is read: a refused request costs nothing more
+                admission = await self.limiter.admit(client.id, client.limits)
+            except ClientRateLimited as error:
+                self.metrics.rate_limited.inc((client.name, error.limit))
+                raise
+            tokens = 0
+            try:
+                body = await read_body(scope, receive, self.settings.server.max_body_bytes)
+                tokens = await endpoint(body, receive, send)
+            finally:
+                await asyncio.shield(self.limiter.finish(admission, tokens))  # also when cancelled
+
+        self._chat_endpoints.append(endpoint)
+        return handle
 
     async def _models(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send_bytes(send, 200, _encode(await model_list(self.provider)))
@@ -262,7 +303,8 @@ class Gateway:
         server = self.settings.server
         if server.request_log:
             log = self.request_log = RequestLog(server.request_log_file(), **server.request_log_options())
-            self.chat.request_log = log
+            for endpoint in self._chat_endpoints:
+                endpoint.request_log = log
             self.metrics.request_log_counts = lambda: {
                 "written": log.written, "truncated": log.truncated, "dropped_backlog": log.dropped_backlog,
                 "dropped_locked": log.dropped_locked, "dropped_error": log.dropped_error}

@@ -172,6 +172,13 @@ class SSEWriter:
         """One ``data:`` event (``payload`` is a single line of JSON or ``[DONE]``)."""
         await self._write(b"data: " + payload + b"\n\n")
 
+    async def event(self, name: bytes | None, payload: bytes) -> None:
+        """One event: ``event: name`` (when named) and its ``data:`` line."""
+        if name is None:
+            await self._write(b"data: " + payload + b"\n\n")
+        else:
+            await self._write(b"event: " + name + b"\ndata: " + payload + b"\n\n")
+
     async def comment(self, text: bytes = b"keep-alive") -> None:
         await self._write(b": " + text + b"\n\n")
 

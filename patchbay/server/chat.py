@@ -1,9 +1,15 @@
-"""``POST /v1/chat/completions``: one request through the router, whole or streamed.
+"""Every endpoint that answers with a chat: one request through the router, whole or streamed,
+in the wire format of the API the client speaks (a :class:`Dialect`).
 
-Streaming follows three rules. The response headers go out only with the first chunk of the
-answer, so a failure before any text still gets its proper status code. A failure after that is
-sent in-band as an ``error`` event, and the stream ends. A client that disconnects cancels the
-handler, which closes the router's stream and with it the upstream request.
+``/v1/chat/completions``, ``/v1/messages``, ``/v1/responses`` and ``/v1/completions`` differ only
+in how the body is read and the answer written; routing, rate limits, metrics, the request log
+and the streaming rules below are this one code path for all of them.
+
+Streaming follows three rules. The response headers go out only with the first visible piece
+of the answer, so a failure before any text still gets its proper status code. A failure after
+that is sent in-band, in the dialect's own error event, and the stream ends. A client that
+disconnects cancels the handler, which closes the router's stream and with it the upstream
+request.
 """
 
 from __future__ import annotations
@@ -12,8 +18,9 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import aclosing
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 
@@ -22,53 +29,172 @@ from patchbay.completions import complete, open_stream, stream_chunks
 from patchbay.config import Timeout
 from patchbay.context import CHARS_PER_TOKEN, estimate_tokens
 from patchbay.errors import AllProvidersFailed, PatchbayError, UpstreamError
-from patchbay.events import EventStream
+from patchbay.events import EventStream, StreamEvent
 from patchbay.providers.base import AsyncGeneratorProvider
 from patchbay.requestlog import Exchange, RequestLog
 from patchbay.server.asgi import DisconnectWatch, Receive, Send, SSEWriter, error_body, send_bytes
 from patchbay.server.metrics import GatewayMetrics
 
-__all__ = ["ChatEndpoint"]
+__all__ = ["ChatCompletions", "ChatEndpoint", "Dialect", "Frame", "RenderedTurn", "Rendering", "Turn"]
 
 log = logging.getLogger("patchbay.server")
 
 _encode = msgspec.json.encode
 NO_PROVIDER = "none"
 
+#: One server-sent event: its name (None: a plain ``data:`` event) and its encoded data.
+Frame = tuple[bytes | None, bytes]
+
+
+class Turn(Protocol):
+    """One request in one API's wire format: the chat request it makes, and how its answer is written."""
+
+    request: ChatCompletionRequest
+
+    async def whole(self, events: EventStream) -> bytes:
+        """Read ``events`` to the end; the whole answer's JSON body."""
+        ...
+
+    def frames(self, events: EventStream) -> AsyncGenerator[Frame, None]:
+        """The answer as server-sent events, the closing ones included."""
+        ...
+
+    def error_frame(self, error: PatchbayError) -> Frame:
+        """``error`` as an event, for a failure after the stream started."""
+        ...
+
+
+class Dialect(Protocol):
+    """One API's wire format over the chat pipeline."""
+
+    async def begin(self, body: bytes) -> Turn:
+        """Read a request body (InvalidRequest naming what is wrong)."""
+        ...
+
+    def error_body(self, error: PatchbayError) -> bytes:
+        """The JSON body of an error response in this API's envelope."""
+        ...
+
+
+class Rendering(Protocol):
+    """A state machine that writes provider events in one API's format: the same one makes the
+    stream and the whole answer, so they cannot disagree."""
+
+    def feed(self, event: StreamEvent) -> list[tuple[str | None, Any]]:
+        """The events (name, JSON-able payload) that ``event`` produces."""
+        ...
+
+    def finish(self) -> list[tuple[str | None, Any]]:
+        """The closing events, after the last provider event."""
+        ...
+
+    def error_frame(self, error: PatchbayError) -> tuple[str | None, Any]:
+        ...
+
+
+class RenderedTurn:
+    """A :class:`Turn` written by a :class:`Rendering`; ``result`` gives the whole answer after
+    ``finish``, ``done`` (when given) runs once an answer is complete (e.g. to store it)."""
+
+    def __init__(self, request: ChatCompletionRequest, rendering: Rendering, result: Callable[[], Any],
+                 done: Callable[[], Awaitable[None]] | None = None) -> None:
+        self.request = request
+        self.rendering = rendering
+        self.result = result
+        self.done = done
+
+    async def whole(self, events: EventStream) -> bytes:
+        feed = self.rendering.feed
+        async with aclosing(events):
+            async for event in events:
+                feed(event)
+        self.rendering.finish()
+        if self.done is not None:
+            await self.done()
+        return _encode(self.result())
+
+    async def frames(self, events: EventStream) -> AsyncGenerator[Frame, None]:
+        feed = self.rendering.feed
+        async with aclosing(events):
+            async for event in events:
+                for name, payload in feed(event):
+                    yield _frame(name, payload)
+        for name, payload in self.rendering.finish():
+            yield _frame(name, payload)
+        if self.done is not None:
+            await self.done()
+
+    def error_frame(self, error: PatchbayError) -> Frame:
+        return _frame(*self.rendering.error_frame(error))
+
+
+def _frame(name: str | None, payload: Any) -> Frame:
+    return (None if name is None else name.encode(), _encode(payload))
+
+
+class ChatCompletions:
+    """``/v1/chat/completions``: OpenAI's chat format, chunks and ``[DONE]``."""
+
+    async def begin(self, body: bytes) -> Turn:
+        return _ChatTurn(decode_request(body))
+
+    def error_body(self, error: PatchbayError) -> bytes:
+        return error_body(error)
+
+
+class _ChatTurn:
+    def __init__(self, request: ChatCompletionRequest) -> None:
+        self.request = request
+
+    async def whole(self, events: EventStream) -> bytes:
+        return _encode(await complete(events, self.request.model))
+
+    async def frames(self, events: EventStream) -> AsyncGenerator[Frame, None]:
+        chunks = stream_chunks(events, self.request.model, include_usage=self.request.include_usage)
+        async with aclosing(chunks):
+            async for chunk in chunks:
+                yield None, _encode(chunk)
+        yield None, b"[DONE]"
+
+    def error_frame(self, error: PatchbayError) -> Frame:
+        return None, error_body(error)
+
 
 class ChatEndpoint:
-    """Serves chat completions from one provider class (normally a Router)."""
+    """Serves one :class:`Dialect` from one provider class (normally a Router)."""
 
     def __init__(self, provider: type[AsyncGeneratorProvider], *, limits: Timeout, metrics: GatewayMetrics,
-                 keepalive_interval: float, send_timeout: float = 60.0) -> None:
+                 keepalive_interval: float, send_timeout: float = 60.0, dialect: Dialect | None = None) -> None:
         self.provider = provider
         self.limits = limits
         self.metrics = metrics
         self.keepalive_interval = keepalive_interval
         self.send_timeout = send_timeout
+        self.dialect: Dialect = dialect if dialect is not None else ChatCompletions()
         #: Set by the Gateway at startup when the request log is on.
         self.request_log: RequestLog | None = None
 
     async def __call__(self, body: bytes, receive: Receive, send: Send) -> int:
         """Serve one request; returns the tokens it used (0 when it failed before an answer)."""
-        request = decode_request(body)
+        turn = await self.dialect.begin(body)
+        request = turn.request
         started = time.perf_counter()
         events = open_stream(self.provider, request, timeout=self.limits)  # unknown model: 404 here, at once
         self.metrics.in_flight.inc()
         try:
             if request.stream:
-                await self._stream(request, events, receive, send, started)
+                await self._stream(turn, events, receive, send, started)
             else:
-                await self._whole(request, events, receive, send, started)
+                await self._whole(turn, events, receive, send, started)
         finally:
             self.metrics.in_flight.dec()
         return tokens_used(request, events)
 
-    async def _whole(self, request: ChatCompletionRequest, events: EventStream, receive: Receive, send: Send,
-                     started: float) -> None:
+    async def _whole(self, turn: Turn, events: EventStream, receive: Receive, send: Send, started: float) -> None:
+        request = turn.request
         try:
             async with DisconnectWatch(receive) as watch:
-                completion = await complete(events, request.model)
+                body = await turn.whole(events)
         except PatchbayError as error:
             self._record(request, events, started, error.status, error=error)
             raise
@@ -76,11 +202,10 @@ class ChatEndpoint:
             self._record(request, events, started, 499, error=None)
             return
         self._record(request, events, started, 200)
-        provider = (completion.provider or NO_PROVIDER).encode()
-        await send_bytes(send, 200, _encode(completion), headers=[(b"x-patchbay-provider", provider)])
+        await send_bytes(send, 200, body, headers=[(b"x-patchbay-provider", _provider_header(events))])
 
-    async def _stream(self, request: ChatCompletionRequest, events: EventStream, receive: Receive, send: Send,
-                      started: float) -> None:
+    async def _stream(self, turn: Turn, events: EventStream, receive: Receive, send: Send, started: float) -> None:
+        request = turn.request
         writer = SSEWriter(send)
         watch = DisconnectWatch(receive)
 
@@ -90,39 +215,49 @@ class ChatEndpoint:
             watch.abandon()
 
         writer.start_keep_alive(self.keepalive_interval, self.send_timeout, stalled)
-        chunks = stream_chunks(events, request.model, include_usage=request.include_usage)
+        frames = turn.frames(events)
+        held: list[Frame] = []  # events before the first visible piece wait for it (see the rules above)
         first: float | None = None
         try:
-            async with watch, aclosing(chunks):
-                async for chunk in chunks:
+            async with watch, aclosing(frames):
+                async for frame in frames:
                     if first is None:
+                        if not events.transcript.delivered:
+                            held.append(frame)
+                            continue
                         first = time.perf_counter()
-                        await writer.start([(b"x-patchbay-provider", (chunk.provider or NO_PROVIDER).encode())])
-                    await writer.data(_encode(chunk))
-                await writer.data(b"[DONE]")
+                        await writer.start([(b"x-patchbay-provider", _provider_header(events))])
+                        for early in held:
+                            await writer.event(*early)
+                        held.clear()
+                    await writer.event(*frame)
+                if held:  # an answer with nothing visible (an empty text) is still an answer
+                    await writer.start([(b"x-patchbay-provider", _provider_header(events))])
+                    for early in held:
+                        await writer.event(*early)
                 await writer.end()
         except PatchbayError as error:
             self._record(request, events, started, error.status, ttft=first, error=error)
             if not writer.started:
                 raise  # the app answers with the error's own status
-            await self._in_band(writer, error)
+            await self._in_band(writer, turn.error_frame(error))
             return
         except Exception as exc:  # a bug must not leave the client hanging on an open stream
             if not writer.started:
                 raise
             log.exception("streaming failed after the response started")
-            await self._in_band(writer, UpstreamError(f"internal error: {type(exc).__name__}"))
+            await self._in_band(writer, turn.error_frame(UpstreamError(f"internal error: {type(exc).__name__}")))
             return
         finally:
             await writer.stop_keep_alive()  # also on the error paths: awaited, so it writes nothing later
         self._record(request, events, started, 499 if watch.disconnected else 200, ttft=first)
 
-    async def _in_band(self, writer: SSEWriter, error: PatchbayError) -> None:
+    async def _in_band(self, writer: SSEWriter, frame: Frame) -> None:
         """After the headers: the error as an event, then the end of the stream (the client may be
         gone too, or have stopped reading)."""
         with contextlib.suppress(OSError, TimeoutError):
             async with asyncio.timeout(self.send_timeout):
-                await writer.data(error_body(error))
+                await writer.event(*frame)
                 await writer.end()
 
     def _record(self, request: ChatCompletionRequest, events: EventStream, started: float, status: int, *,
@@ -144,6 +279,11 @@ class ChatEndpoint:
                 completion_tokens=usage.completion_tokens if usage else None, latency=latency, ttft=first,
                 status=status, error=f"{type(error).__name__}: {error.message}" if error else None,
                 fallbacks=events.fallbacks, options=request.options()))
+
+
+def _provider_header(events: EventStream) -> bytes:
+    info = events.provider_info
+    return (info.provider if info is not None else NO_PROVIDER).encode()
 
 
 def tokens_used(request: ChatCompletionRequest, events: EventStream) -> int:
