@@ -108,6 +108,8 @@ class RouterSettings:
     namespace: str = "default"
     instances: int = 1  # `patchbay serve` instances sharing that Redis: while it is down, each process
     #                     enforces 1/(instances * workers) of every rate limit
+    max_targets: int = 10_000  # target states kept (a "*" route makes one per model name); least recent forgotten
+    state_ttl: float = 86_400.0  # seconds a target's state lives in Redis after its last change
 
     def limits(self) -> Timeout:
         return Timeout(connect=self.connect_timeout, first_byte=self.first_byte_timeout, idle=self.idle_timeout,
@@ -211,14 +213,17 @@ class Settings:
 
     def build_router(self) -> type[Router]:
         """The Router class these settings describe (shared state through Redis when configured)."""
-        from patchbay.routing import RedisStateStore, RetryPolicy, Router, RouteTable
+        from patchbay.routing import MemoryStateStore, RedisStateStore, RetryPolicy, Router, RouteTable
 
         try:
             table = RouteTable.from_config(self.route_table(), providers=self.provider_classes())
         except InvalidRequest as error:
             raise InvalidRequest(f"{self._where()}{error.message}") from None
         redis_url = self.router.redis_url()
-        state = RedisStateStore(redis_url, namespace=self.router.namespace) if redis_url else None
+        router = self.router
+        state = (RedisStateStore(redis_url, namespace=router.namespace, max_targets=router.max_targets,
+                                 state_ttl=router.state_ttl)
+                 if redis_url else MemoryStateStore(max_targets=router.max_targets))
         return Router.configure(table, strategy=self.router.strategy, mid_stream=self.router.mid_stream,  # type: ignore[arg-type]
                                 retry=RetryPolicy(attempts=self.router.retries), state=state)
 
