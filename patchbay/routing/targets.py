@@ -5,10 +5,17 @@ weighted strategy). A :class:`RouteTable` maps public names to targets; the name
 catch-all whose targets receive the requested model name unchanged. In any other route a target
 given without a model (a bare provider name, ``Target(Local)``) asks for that provider's default
 model: the route's public name means nothing to the provider.
+
+A name with glob characters (``"claude-*"``, ``"gpt-4?"``, ``"[ab]*"``) is a pattern: it serves
+every model name it matches (``fnmatch``, case-sensitive) that no route names exactly, the first
+matching pattern in the table's order winning, before the catch-all. Agents send fixed model
+names; a pattern sends them all to the targets of one's choosing. Patterns are not listed as
+models.
 """
 
 from __future__ import annotations
 
+import fnmatch
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -17,9 +24,15 @@ from patchbay.catalog import catalog
 from patchbay.errors import InvalidRequest, ModelNotSupported, PatchbayError
 from patchbay.providers.base import AsyncGeneratorProvider
 
-__all__ = ["WILDCARD", "RouteTable", "Target", "default_model", "target_from_config"]
+__all__ = ["WILDCARD", "RouteTable", "Target", "default_model", "is_pattern", "target_from_config"]
 
 WILDCARD = "*"
+_GLOB = frozenset("*?[")
+
+
+def is_pattern(name: str) -> bool:
+    """Whether route name ``name`` is a glob pattern (the catch-all ``"*"`` is not one)."""
+    return name != WILDCARD and not _GLOB.isdisjoint(name)
 ProviderType = type[AsyncGeneratorProvider]
 
 
@@ -66,6 +79,7 @@ class RouteTable:
                 raise InvalidRequest(f"route {name!r} has no targets")
         self._routes = {name: list(targets) if name == WILDCARD else [_with_default(t, name) for t in targets]
                         for name, targets in routes.items()}
+        self._patterns = [(name, targets) for name, targets in self._routes.items() if is_pattern(name)]
 
     @classmethod
     def from_config(cls, routes: Mapping[str, Iterable[Any]],
@@ -78,16 +92,22 @@ class RouteTable:
                     for name, entries in routes.items()})
 
     def names(self) -> list[str]:
-        return [name for name in self._routes if name != WILDCARD]
+        """The model names routes name exactly (not the patterns, not the catch-all)."""
+        return [name for name in self._routes if name != WILDCARD and not is_pattern(name)]
 
     def targets_for(self, model: str | None) -> list[Target]:
-        """The targets of ``model``'s route, else the catch-all's; unknown -> ModelNotSupported."""
-        if model and model in self._routes:
+        """The targets of ``model``'s route, else of the first pattern it matches, else the
+        catch-all's; unknown -> ModelNotSupported."""
+        if model and model in self._routes and not is_pattern(model):
             return list(self._routes[model])
+        if model:
+            for pattern, targets in self._patterns:
+                if fnmatch.fnmatchcase(model, pattern):
+                    return list(targets)
         if WILDCARD in self._routes:
             return list(self._routes[WILDCARD])
         raise ModelNotSupported(
-            f"no route for model {model!r}; routes: {', '.join(self.names()) or '(none)'}", model=model,
+            f"no route for model {model!r}; routes: {', '.join(n for n in self._routes) or '(none)'}", model=model,
             param="model",
         )
 
