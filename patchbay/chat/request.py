@@ -105,6 +105,10 @@ class ChatCompletionRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=
     modalities: list[str] | None = None
     prediction: dict[str, Any] | None = None
     audio: dict[str, Any] | None = None
+    prompt: Annotated[str, msgspec.Meta(
+        description="Set by POST /v1/completions (legacy): a raw prompt, completed without a chat template, in "
+                    "place of the messages (which are then empty). A chat request leaves it out."
+    )] | None = None
     extra_body: Annotated[dict[str, Any], msgspec.Meta(
         description="Fields for the upstream that patchbay does not name; other unknown fields land here too."
     )] | None = None
@@ -213,7 +217,12 @@ def request_from_kwargs(kwargs: dict[str, Any]) -> ChatCompletionRequest:
 
 def _check_messages(request: ChatCompletionRequest) -> None:
     """The rules a schema does not state (a tool message's tool_call_id, content parts...), by
-    :func:`~patchbay.messages.validate_messages`; plain text turns, the usual case, need none."""
+    :func:`~patchbay.messages.validate_messages`; plain text turns, the usual case, need none.
+    A request has either messages or a raw ``prompt`` (legacy completions), never both."""
+    if request.prompt is not None:
+        if request.messages:
+            raise InvalidRequest("a request has either messages or a prompt, not both", param="prompt")
+        return
     if any(m.role == "tool" or not isinstance(m.content, str) for m in request.messages):
         validate_messages(request.message_dicts())
 

@@ -13,6 +13,7 @@ as :class:`~patchbay.errors.StreamInterrupted` carrying exactly the delivered te
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from patchbay.catalog import ModelRecord, catalog
+from patchbay.chat.embeddings import EmbeddingRequest, EmbeddingResult
 from patchbay.chat.request import ChatCompletionRequest, request_from_kwargs
 from patchbay.config import UNSET, Timeout, TimeoutTypes
 from patchbay.context import estimate_tokens, fit_messages
@@ -146,7 +148,42 @@ class AsyncGeneratorProvider:
         raise NotImplementedError
         yield  # pragma: no cover - makes this an async generator
 
+    @classmethod
+    async def embed(cls, request: EmbeddingRequest, call: Call) -> EmbeddingResult:
+        """The embedding vectors for ``request``, one per input (``call.model`` is resolved). A
+        provider that makes embeddings overrides this and states the ``embeddings`` capability."""
+        raise UnsupportedFeature(f"{cls.name} does not make embeddings", param="model", provider=cls.name)
+
     # -- what callers use ---------------------------------------------------------------------
+
+    @classmethod
+    async def create_embedding(
+        cls,
+        request: EmbeddingRequest,
+        *,
+        model: str | None = None,
+        proxy: str | None = None,
+        base_url: str | None = None,
+        timeout: TimeoutTypes = UNSET,
+        api_key: str | None = None,
+    ) -> EmbeddingResult:
+        """The embeddings for ``request`` (``model``: the name to resolve, default the request's),
+        the way :meth:`open` runs a chat: a provider without the ``embeddings`` capability refuses
+        at once (UnsupportedFeature, 400, naming ``model``), errors carry the provider and model,
+        and a transport failure becomes its patchbay error. The result names who answered."""
+        resolved = cls.resolve_model(request.model if model is None else model)
+        if not cls.delegates and not cls.capabilities().accepts("embeddings"):
+            raise UnsupportedFeature(f"{cls.name} does not accept embeddings", param="model", provider=cls.name,
+                                     model=resolved)
+        call = Call(resolved, Timeout.of(timeout), Transcript(), proxy, base_url, None, api_key)
+        try:
+            result = await cls.embed(request, call)
+        except PatchbayError as exc:
+            exc.with_context(provider=cls.name, model=resolved)
+            raise
+        except _TRANSPORT_EXCEPTIONS as exc:
+            raise map_transport_error(exc, provider=cls.name).with_context(provider=cls.name, model=resolved) from exc
+        return result if result.provider is not None else dataclasses.replace(result, provider=cls.name)
 
     @classmethod
     def capabilities(cls) -> Capabilities:

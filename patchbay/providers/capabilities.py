@@ -4,7 +4,9 @@ Each provider states, per feature, :attr:`Support.NATIVE` (the service does it),
 :attr:`Support.EMULATED` (patchbay does it on top: prompt and parse, or constrained decoding) or
 :attr:`Support.NONE`. :func:`needs` reads a request and lists the features it asks for, each with
 the field that asks; the router skips a target whose support for one of them is ``NONE``, so a
-request is never answered by a target that would drop part of it.
+request is never answered by a target that would drop part of it. Two features are whole
+endpoints rather than parts of a chat: ``text_completion`` (a raw prompt, ``POST /v1/completions``)
+and ``embeddings`` (``POST /v1/embeddings``); both are ``NONE`` unless a provider states them.
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ FEATURES: dict[str, str] = {
     "n": "n > 1",
     "system_message": "system messages",
     "prefill": "a trailing assistant message (prefill)",
+    "text_completion": "a raw prompt (legacy completions)",
+    "embeddings": "embeddings",
 }
 
 _N, _E, _X = Support.NATIVE, Support.EMULATED, Support.NONE
@@ -57,6 +61,8 @@ class Capabilities:
     n: Support = _X
     system_message: Support = _N
     prefill: Support = _X
+    text_completion: Support = _X  #: completes a raw prompt, no chat template (POST /v1/completions)
+    embeddings: Support = _X  #: answers POST /v1/embeddings (AsyncGeneratorProvider.embed)
 
     @classmethod
     def all_native(cls) -> Capabilities:
@@ -128,6 +134,9 @@ def needs(request: ChatCompletionRequest) -> tuple[Need, ...]:
         found.append(Need("system_message", f"messages[{system}]"))
     # A trailing assistant message is not a need: a target without prefill answers a new turn,
     # as OpenAI does. The router uses the prefill capability to continue an interrupted answer.
+    if request.prompt is not None:
+        found.append(Need("text_completion", "prompt"))
+    # "embeddings" is never a need of a chat request: Router.embed asks for it by itself.
     return tuple(found)
 
 

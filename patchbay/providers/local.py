@@ -18,6 +18,11 @@ in whole chunks that were evaluated that way (the previous prompt's, never the t
 answer, which were evaluated one at a time): each token then comes out of the same batch
 whether the prompt was evaluated afresh or after another one.
 
+A request with a raw ``prompt`` (legacy completions) runs the same generation loop on the
+prompt's own tokens, with no chat template. Embeddings come from a second ``Llama`` on the same
+GGUF file in embedding mode (mean-pooled, normalized), loaded on first use and run on a thread
+of its own, so they neither wait for nor disturb the chat model's KV cache.
+
 The default sampling (:class:`Sampling`) was chosen by ``python -m bench.local_sampling``
 (docs/benchmarks.md, "Embedded model sampling"). A :class:`RepeatGuard` ends an answer that
 has fallen into repeating one phrase, which a small model does at low temperature.
@@ -38,9 +43,10 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from patchbay.catalog import ModelRecord
+from patchbay.chat.embeddings import EmbeddingRequest, EmbeddingResult, normalized
 from patchbay.chat.request import ChatCompletionRequest
 from patchbay.context import fit_messages
-from patchbay.errors import InvalidRequest, ModelNotSupported, ProviderNotWorking
+from patchbay.errors import ContextTooLong, InvalidRequest, ModelNotSupported, ProviderNotWorking
 from patchbay.events import Finish, Logprobs, StreamEvent, TextDelta, Usage
 from patchbay.messages import Messages, content_text
 from patchbay.providers.base import AsyncGeneratorProvider, Call, ProviderModelMixin
@@ -58,6 +64,7 @@ DEFAULT_MAX_TOKENS = 512
 MAX_CONTEXT = 8192  # cap on the KV cache, whatever the model was trained on
 PROMPT_CHUNK = 16  # prompts are evaluated in batches starting at multiples of this (see the module docstring)
 MAX_CHOICES = 128  # most answers (n) one request may ask for (as the API); generated one after another
+EMBED_CONTEXT = 2048  # tokens of one embedding input at most (evaluated as one batch)
 
 
 def default_model_path() -> Path:
@@ -169,6 +176,10 @@ class LocalModel:
         self.loops_ended = 0
         #: How many leading tokens of the KV cache were evaluated in whole PROMPT_CHUNK chunks.
         self._chunked = 0
+        #: The embedding-mode Llama on the same file, loaded by the first embedding request.
+        self._embedder: Any = None
+        self._embed_lock = threading.Lock()
+        self._embed_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="patchbay-embed")
 
     @classmethod
     def get(cls, path: Path, n_threads: int | None = None) -> LocalModel:
@@ -226,8 +237,20 @@ class LocalModel:
         """Prompt tokens for ``messages`` by the model's own tokenizer (worker thread only)."""
         return len(self._tokens(messages))
 
+    def _raw_tokens(self, prompt: str, budget: int) -> list[int]:
+        """A raw prompt's tokens (the model's BOS when its vocabulary asks for one; special-token
+        text is read as plain text), within ``budget``; an empty prompt is the BOS token alone."""
+        tokens = list(self._llama.tokenize(prompt.encode("utf-8"), add_bos=True, special=False))
+        if not tokens:
+            tokens = [self._llama.token_bos()]
+        if len(tokens) > budget:
+            raise ContextTooLong(f"the prompt has {len(tokens)} tokens, over the {budget} the model's context of "
+                                 f"{self.n_ctx} leaves beside max_tokens", param="prompt", limit=budget,
+                                 size=len(tokens))
+        return tokens
+
     def _generate(self, messages: Messages, sampling: Sampling, cancel: threading.Event,
-                  emit: Callable[[object], None]) -> None:
+                  emit: Callable[[object], None], prompt_text: str | None = None) -> None:
         try:
             self._load()
             budget = self.n_ctx - sampling.max_tokens
@@ -239,8 +262,10 @@ class LocalModel:
             if sampling.top_logprobs is not None and not 0 <= sampling.top_logprobs <= 20:
                 raise InvalidRequest(f"top_logprobs must be between 0 and 20, got {sampling.top_logprobs!r}",
                                      param="top_logprobs")
-            fitted = fit_messages(messages, budget, self.count_tokens)
-            prompt = self._tokens(fitted)
+            if prompt_text is not None:
+                prompt = self._raw_tokens(prompt_text, budget)
+            else:
+                prompt = self._tokens(fit_messages(messages, budget, self.count_tokens))
             completion = 0
             for choice in range(sampling.n):
                 seed = None if sampling.seed is None else sampling.seed + choice
@@ -417,8 +442,64 @@ class LocalModel:
 
     # -- the async side -------------------------------------------------------------------------
 
-    async def stream(self, messages: Messages, sampling: Sampling) -> AsyncIterator[StreamEvent]:
-        """Generate on the worker thread and yield its events here; closing stops the worker."""
+    # -- embeddings: their own Llama and thread --------------------------------------------------
+
+    def _load_embedder(self) -> Any:
+        with self._embed_lock:
+            if self._embedder is None:
+                try:
+                    import llama_cpp
+                except ImportError as exc:
+                    raise ProviderNotWorking("llama-cpp-python is not installed: pip install 'patchbay[local]'",
+                                             provider="Local") from exc
+                self._embedder = llama_cpp.Llama(
+                    model_path=str(self.path), embedding=True, n_ctx=EMBED_CONTEXT, n_batch=EMBED_CONTEXT,
+                    n_ubatch=EMBED_CONTEXT, pooling_type=llama_cpp.LLAMA_POOLING_TYPE_MEAN,
+                    n_threads=self.n_threads, verbose=False)
+                log.info("loaded %s for embeddings (%d dimensions)", self.path.name, self._embedder.n_embd())
+            return self._embedder
+
+    def _embed(self, inputs: Sequence[str | Sequence[int]], dimensions: int | None) -> tuple[list[list[float]], int]:
+        """The normalized mean-pooled vector of each input (worker thread), and the tokens read.
+        Each input is evaluated alone, so its vector depends on it only; token ids are read
+        back as text first (the same tokens, for text this tokenizer wrote)."""
+        embedder = self._load_embedder()
+        size = int(embedder.n_embd())
+        if dimensions is not None and dimensions != size:
+            raise InvalidRequest(f"the embedded model makes {size}-dimensional embeddings; dimensions must be {size} "
+                                 "or left out", param="dimensions")
+        vocabulary = int(embedder.n_vocab())
+        vectors: list[list[float]] = []
+        tokens_read = 0
+        for index, item in enumerate(inputs):
+            if isinstance(item, str):
+                text = item
+            else:
+                bad = next((position for position, token in enumerate(item) if token >= vocabulary), None)
+                if bad is not None:
+                    raise InvalidRequest(f"input[{index}][{bad}] is not a token id of the embedded model (its "
+                                         f"vocabulary has {vocabulary})", param=f"input[{index}][{bad}]")
+                text = embedder.detokenize(list(item)).decode("utf-8", errors="replace")
+            count = len(embedder.tokenize(text.encode("utf-8")))
+            if count > EMBED_CONTEXT:
+                raise ContextTooLong(f"input[{index}] has {count} tokens, over the embedded model's limit of "
+                                     f"{EMBED_CONTEXT}", param=f"input[{index}]", limit=EMBED_CONTEXT, size=count)
+            vector, counted = embedder.embed(text, truncate=False, return_count=True)
+            vectors.append(normalized([float(x) for x in vector]))
+            tokens_read += int(counted)
+        return vectors, tokens_read
+
+    async def embed(self, inputs: Sequence[str | Sequence[int]], dimensions: int | None = None
+                    ) -> tuple[list[list[float]], int]:
+        """The embeddings of ``inputs`` (texts or token id lists) and the tokens read, computed on
+        the embedding thread (the embedding model is loaded by the first call)."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._embed_executor, self._embed, inputs, dimensions)
+
+    async def stream(self, messages: Messages, sampling: Sampling, *, prompt: str | None = None
+                     ) -> AsyncIterator[StreamEvent]:
+        """Generate on the worker thread and yield its events here; closing stops the worker.
+        ``prompt``: complete this raw text instead of the messages (no chat template)."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[object] = asyncio.Queue()
         cancel = threading.Event()
@@ -431,7 +512,7 @@ class LocalModel:
             except RuntimeError:  # the consumer's loop is gone: stop generating
                 cancel.set()
 
-        job = loop.run_in_executor(self._executor, self._generate, messages, sampling, cancel, emit)
+        job = loop.run_in_executor(self._executor, self._generate, messages, sampling, cancel, emit, prompt)
         try:
             while True:
                 item = await queue.get()
@@ -462,7 +543,8 @@ class Local(AsyncGeneratorProvider, ProviderModelMixin):
     #: Tools and JSON output by grammar-constrained decoding; no images (no vision projector).
     features = Capabilities(tools=Support.EMULATED, tool_choice=Support.EMULATED,
                             parallel_tool_calls=Support.EMULATED, json_object=Support.EMULATED,
-                            json_schema=Support.EMULATED, logprobs=Support.NATIVE, n=Support.NATIVE)
+                            json_schema=Support.EMULATED, logprobs=Support.NATIVE, n=Support.NATIVE,
+                            text_completion=Support.NATIVE, embeddings=Support.NATIVE)
 
     @classmethod
     def model_records(cls) -> list[ModelRecord]:
@@ -491,6 +573,10 @@ class Local(AsyncGeneratorProvider, ProviderModelMixin):
         grammar (:mod:`patchbay.providers.local_grammar`), so they always parse and follow
         their schemas."""
         extra = request.extra_body or {}
+        if request.prompt is not None:
+            async for event in cls._complete_raw(request, call, extra):
+                yield event
+            return
         plan = output_plan(request.tools, request.tool_choice, request.response_format, request.parallel_tool_calls)
         base = _sampling(request.max_output_tokens, request.temperature, request.top_p, request.stop,
                          request.seed, extra.get("min_p"), extra.get("repeat_penalty"))
@@ -500,6 +586,30 @@ class Local(AsyncGeneratorProvider, ProviderModelMixin):
         messages = with_instructions(request.message_dicts(), plan)
         async for event in shape_stream(plan, cls.model_for(call.model).stream(messages, sampling)):
             yield event
+
+
+    @classmethod
+    async def _complete_raw(cls, request: ChatCompletionRequest, call: Call, extra: dict[str, Any]
+                            ) -> AsyncIterator[StreamEvent]:
+        """A legacy text completion: the prompt's own tokens, no chat template, the same sampling
+        and loop as a chat (stops, max_tokens, seed, n, cancellation within a token)."""
+        if extra.get("suffix") is not None:
+            raise InvalidRequest("the embedded model does not take suffix (insertion)", param="suffix")
+        base = _sampling(request.max_output_tokens, request.temperature, request.top_p, request.stop,
+                         request.seed, extra.get("min_p"), extra.get("repeat_penalty"))
+        sampling = replace(base, n=request.n or 1,
+                           top_logprobs=(request.top_logprobs or 0) if request.logprobs else None)
+        async for event in cls.model_for(call.model).stream([], sampling, prompt=request.prompt):
+            yield event
+
+    @classmethod
+    async def embed(cls, request: EmbeddingRequest, call: Call) -> EmbeddingResult:
+        """Normalized mean-pooled embeddings from the same GGUF file. ``dimensions`` must be the
+        model's own size (576 for SmolLM2-135M) or left out: its vectors are not trained to be
+        cut shorter, as OpenAI's text-embedding-3 are, so truncating would answer with
+        something worse than asked for."""
+        vectors, tokens = await cls.model_for(call.model).embed(request.inputs, request.dimensions)
+        return EmbeddingResult(vectors, call.model, tokens)
 
 
 def _sampling(max_tokens: int | None, temperature: float | None, top_p: float | None,

@@ -1,5 +1,9 @@
 """Any OpenAI-compatible Chat Completions API (docs/protocols.md#openai-compatible-chat-completions).
 
+Besides chat, it passes on the legacy text completions (a request with a raw ``prompt`` goes to
+``{base}/completions`` and its ``text_completion`` answer is read into the same events) and
+embeddings (``{base}/embeddings``, :meth:`OpenAICompatible.embed`).
+
 Providers are classes, so a service is configured by making a subclass (:meth:`~OpenAICompatible.configure`,
 :meth:`~OpenAICompatible.from_preset`). Keys live in a per-class CredentialPool; with several keys, one
 the service rejects is banned and the next tried, but only before any output was delivered.
@@ -19,6 +23,7 @@ from typing import Any, ClassVar, ParamSpec, TypeVar
 
 import msgspec
 
+from patchbay.chat.embeddings import EmbeddingRequest, EmbeddingResult, decode_base64_vector
 from patchbay.chat.request import ChatCompletionRequest
 from patchbay.config import Timeout
 from patchbay.credentials import CredentialPool
@@ -28,6 +33,7 @@ from patchbay.errors import (
     PatchbayError,
     PermissionDenied,
     ProtocolError,
+    UnsupportedFeature,
     UpstreamError,
     error_for_status,
 )
@@ -53,7 +59,11 @@ MAX_BODY = 16 * 1024 * 1024  # bytes of a non-streamed answer read at most
 MAX_CHOICES = 128  # as the request's n allows
 #: The request fields sent upstream as given (model, stream and extra_body are set apart).
 BODY_FIELDS = tuple(name for name in ChatCompletionRequest.__struct_fields__
-                    if name not in ("model", "stream", "stream_options", "extra_body"))
+                    if name not in ("model", "stream", "stream_options", "extra_body", "prompt"))
+#: The request fields a legacy ``/completions`` request takes (its own, such as ``suffix``, come
+#: in ``extra_body``); ``max_tokens`` is the request's :attr:`max_output_tokens`.
+COMPLETION_FIELDS = ("temperature", "top_p", "stop", "seed", "presence_penalty", "frequency_penalty", "n",
+                     "logit_bias", "user")
 #: The errors that mean "this key is no good": with several keys, ban it and try the next
 #: (docs/protocols.md#openai-api-keys).
 KEY_REJECTED = (AuthError, PermissionDenied)
@@ -239,8 +249,10 @@ class OpenAICompatible(AsyncGeneratorProvider, ProviderModelMixin):
         """Stream the answer: every field of the request goes upstream as the client sent it, and
         ``extra_body`` (the fields patchbay does not name) is merged into the JSON as-is."""
         register_secret(call.api_key)
-        url = f"{cls._base(call.base_url)}/chat/completions"
-        body = upstream_body(request, call.model, cls.extra_body)
+        raw = request.prompt is not None  # a legacy text completion
+        url = f"{cls._base(call.base_url)}/{'completions' if raw else 'chat/completions'}"
+        body = completion_body(request, call.model, cls.extra_body) if raw else \
+            upstream_body(request, call.model, cls.extra_body)
         cls.credentials.load_env()
         async with HTTPSession(
             timeout=call.timeout, proxy=call.proxy, verify_ssl=cls.verify_ssl, headers=cls.headers,
@@ -252,23 +264,62 @@ class OpenAICompatible(AsyncGeneratorProvider, ProviderModelMixin):
                     raise cls._no_key()
                 mark = call.transcript.mark()
                 try:
-                    async with aclosing(cls._chat(http, url, body, key)) as events:
+                    async with aclosing(cls._chat(http, url, body, key, text=raw)) as events:
                         async for event in events:
                             yield event
                     return
                 except KEY_REJECTED as exc:
-                    if call.transcript.since(mark) or call.api_key or key is None or len(cls.credentials) < 2:
+                    if call.transcript.since(mark):
                         raise
-                    cls.credentials.ban(key)
-                    log.info("%s: API key %s was rejected (%s); trying the next one", cls.name, mask(key), exc.code)
-                    if cls.credentials.current() is None:
-                        raise AuthError(f"all {len(cls.credentials)} API keys were rejected: {exc.message}") from exc
+                    cls._next_key(exc, key, call)
             raise cls._no_key()  # other requests banned the remaining keys meanwhile
+
+    # -- embeddings ----------------------------------------------------------------------------
+
+    @classmethod
+    async def embed(cls, request: EmbeddingRequest, call: Call) -> EmbeddingResult:
+        """The vectors from ``POST {base}/embeddings``: the client's fields as given (``dimensions``
+        too), floats asked for; a service that answers another number of dimensions than asked
+        is UnsupportedFeature naming ``dimensions``. Keys rotate as for chat."""
+        register_secret(call.api_key)
+        url = f"{cls._base(call.base_url)}/embeddings"
+        body = request.upstream_body(call.model)
+        cls.credentials.load_env()
+        async with HTTPSession(
+            timeout=call.timeout, proxy=call.proxy, verify_ssl=cls.verify_ssl, headers=cls.headers,
+            provider=cls.name,
+        ) as http:
+            for _ in range(max(1, len(cls.credentials))):  # at most one attempt per key
+                key = call.api_key or cls.credentials.current()
+                if key is None and (cls.needs_auth or len(cls.credentials)):
+                    raise cls._no_key()
+                try:
+                    async with http.request("POST", url, json=body, headers=_auth(key)) as response:
+                        if response.status >= 300:
+                            raise await cls._status_error(http, response)
+                        payload = _parse_json(await http.read_body(response, MAX_BODY, whole=True))
+                except KEY_REJECTED as exc:
+                    cls._next_key(exc, key, call)
+                    continue
+                return _embedding_result(payload, request, call.model, cls.name)
+            raise cls._no_key()
+
+    @classmethod
+    def _next_key(cls, exc: PatchbayError, key: str | None, call: Call) -> None:
+        """After ``key`` was rejected: ban it so that the next one is tried, or raise ``exc`` when
+        there is no other (a per-call key, a single key, or every key banned)."""
+        if call.api_key or key is None or len(cls.credentials) < 2:
+            raise exc
+        cls.credentials.ban(key)
+        log.info("%s: API key %s was rejected (%s); trying the next one", cls.name, mask(key), exc.code)
+        if cls.credentials.current() is None:
+            raise AuthError(f"all {len(cls.credentials)} API keys were rejected: {exc.message}") from exc
 
     @classmethod
     async def _chat(
-        cls, http: HTTPSession, url: str, body: dict[str, Any], key: str | None
+        cls, http: HTTPSession, url: str, body: dict[str, Any], key: str | None, *, text: bool = False
     ) -> AsyncGenerator[StreamEvent, None]:
+        """The events of one chat (or, ``text``, legacy text completion) request."""
         headers = _auth(key)
         if body.get("stream"):
             headers["Accept"] = "text/event-stream"
@@ -279,7 +330,8 @@ class OpenAICompatible(AsyncGeneratorProvider, ProviderModelMixin):
             if "html" in content_type:
                 raise ProtocolError(f"the service answered with an HTML page ({content_type}) instead of an answer")
             if "json" in content_type or not body.get("stream"):  # a whole answer, asked for or not
-                for event in _completion_events(_parse_json(await http.read_body(response, MAX_BODY, whole=True))):
+                payload = _parse_json(await http.read_body(response, MAX_BODY, whole=True))
+                for event in _completion_events(payload, "text" if text else "message"):
                     yield event
                 return
             # Held back so that Finish comes last, after the usage chunk (docs/protocols.md#openai-streaming).
@@ -289,7 +341,7 @@ class OpenAICompatible(AsyncGeneratorProvider, ProviderModelMixin):
                 async for item in sse:
                     if item.data.strip() == "[DONE]":
                         break
-                    for event in _chunk_events(_parse_json(item.data), finishes):
+                    for event in _chunk_events(_parse_json(item.data), finishes, "text" if text else "delta"):
                         yield event
                 else:
                     if not finishes:
@@ -331,6 +383,24 @@ def upstream_body(request: ChatCompletionRequest, model: str, extra_body: dict[s
     model name; a stream also asks for the usage chunk (docs/protocols.md#openai-usage-chunk)."""
     body = {name: value for name in BODY_FIELDS if (value := getattr(request, name)) is not None}
     body["model"] = model
+    body["stream"] = request.stream
+    if request.stream:
+        options = msgspec.to_builtins(request.stream_options) if request.stream_options else {}
+        body["stream_options"] = {**options, "include_usage": True}
+    body.update(extra_body)
+    if request.extra_body:
+        body.update(request.extra_body)
+    return body
+
+
+def completion_body(request: ChatCompletionRequest, model: str, extra_body: dict[str, Any]) -> dict[str, Any]:
+    """The JSON body of a legacy ``/completions`` request for ``request`` (its ``prompt`` set):
+    the prompt and the options that API takes, under the target's model name; a stream asks for
+    the usage chunk, as a chat stream does."""
+    body: dict[str, Any] = {"model": model, "prompt": request.prompt}
+    if request.max_output_tokens is not None:
+        body["max_tokens"] = request.max_output_tokens
+    body.update({name: value for name in COMPLETION_FIELDS if (value := getattr(request, name)) is not None})
     body["stream"] = request.stream
     if request.stream:
         options = msgspec.to_builtins(request.stream_options) if request.stream_options else {}
@@ -415,35 +485,44 @@ def _shape_checked(parse: Callable[P, R]) -> Callable[P, R]:
 
 
 @_shape_checked
-def _completion_events(payload: dict[str, Any]) -> list[StreamEvent]:
-    """The events of a whole (non-streamed) ``chat.completion``, every choice."""
+def _completion_events(payload: dict[str, Any], field: str = "message") -> list[StreamEvent]:
+    """The events of a whole (non-streamed) ``chat.completion`` (``field`` "text": a
+    ``text_completion``), every choice."""
     choices = payload.get("choices")
     if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
         raise ProtocolError("the answer has no choices")
     events: list[StreamEvent] = []
     finishes: dict[int, str] = {}
     for position, choice in enumerate(choices):
-        events.extend(_choice_events(choice, "message", position, finishes))
+        events.extend(_choice_events(choice, field, position, finishes))
     return events + _usage(payload) + [Finish(reason, index) for index, reason in finishes.items()]
 
 
 @_shape_checked
-def _chunk_events(payload: dict[str, Any], finishes: dict[int, str]) -> list[StreamEvent]:
-    """The events of one ``chat.completion.chunk``; finish reasons go into ``finishes`` (sent last)."""
+def _chunk_events(payload: dict[str, Any], finishes: dict[int, str], field: str = "delta") -> list[StreamEvent]:
+    """The events of one ``chat.completion.chunk`` (``field`` "text": of a streamed
+    ``text_completion``); finish reasons go into ``finishes`` (sent last)."""
     events: list[StreamEvent] = []
     for position, choice in enumerate(payload.get("choices") or []):
         if isinstance(choice, dict):
-            events.extend(_choice_events(choice, "delta", position, finishes))
+            events.extend(_choice_events(choice, field, position, finishes))
     if "usage" in payload:
         events.extend(_usage(payload))
     return events
 
 
 def _choice_events(choice: dict[str, Any], field: str, position: int, finishes: dict[int, str]) -> list[StreamEvent]:
-    """The events of one choice (its ``message`` or ``delta``); its finish reason goes into ``finishes``."""
+    """The events of one choice (its ``message`` or ``delta``, or the ``text`` of a text
+    completion); its finish reason goes into ``finishes``."""
     index = _choice_index(choice, position)
-    part = choice.get(field) or {}
     events: list[StreamEvent] = []
+    if field == "text":  # a text completion: its logprobs have another shape, and are not read
+        if text := _string(choice.get("text"), "text"):
+            events.append(TextDelta(text, index))
+        if finish := _string(choice.get("finish_reason"), "finish_reason"):
+            finishes[index] = finish
+        return events
+    part = choice.get(field) or {}
     if isinstance(part.get("content"), str) and part["content"]:
         events.append(TextDelta(part["content"], index))
     for call_position, call in enumerate(part.get("tool_calls") or []):
@@ -483,6 +562,49 @@ def _string(value: object, what: str) -> str | None:
     if value is None or isinstance(value, str):
         return value
     raise TypeError(f"{what} is a {type(value).__name__}, not a string")
+
+
+@_shape_checked
+def _embedding_result(payload: dict[str, Any], request: EmbeddingRequest, model: str, provider: str
+                      ) -> EmbeddingResult:
+    """The vectors of an embeddings answer, in input order (by ``index``), checked: one per input,
+    every number finite, ``dimensions`` honoured when asked for."""
+    data = payload.get("data")
+    wanted = len(request.inputs)
+    if not isinstance(data, list) or len(data) != wanted:
+        count = len(data) if isinstance(data, list) else "no"
+        raise ProtocolError(f"the embeddings answer has {count} vectors for {wanted} inputs")
+    vectors: list[list[float] | None] = [None] * wanted
+    for position, item in enumerate(data):
+        index = item.get("index", position)
+        if type(index) is not int or not 0 <= index < wanted or vectors[index] is not None:
+            raise ProtocolError(f"the embeddings answer has a wrong or repeated index {index!r}")
+        vectors[index] = _vector(item.get("embedding"))
+    done = [vector for vector in vectors if vector is not None]
+    if request.dimensions is not None and any(len(vector) != request.dimensions for vector in done):
+        raise UnsupportedFeature(f"{provider} does not honour dimensions: asked for {request.dimensions}, it answered "
+                                 f"{len(done[0])}", param="dimensions", provider=provider)
+    usage = payload.get("usage")
+    tokens = _count(usage.get("prompt_tokens")) if isinstance(usage, dict) else 0
+    answered = payload.get("model")
+    return EmbeddingResult(done, answered if isinstance(answered, str) and answered else model, tokens)
+
+
+def _vector(value: object) -> list[float]:
+    """One embedding: a list of finite numbers, or base64 float32 (some services send it unasked)."""
+    if isinstance(value, str):
+        try:
+            value = decode_base64_vector(value)
+        except ValueError as exc:
+            raise ProtocolError(f"an embedding is a string but not base64 float32 ({exc})") from None
+    if not isinstance(value, list) or not value:
+        raise ProtocolError("an embedding is not a non-empty list of numbers")
+    vector = []
+    for number in value:
+        if isinstance(number, bool) or not isinstance(number, int | float) or not math.isfinite(number):
+            raise ProtocolError(f"an embedding holds {clip(repr(number), 40)}, not a finite number")
+        vector.append(float(number))
+    return vector
 
 
 def _usage(payload: dict[str, Any]) -> list[StreamEvent]:

@@ -15,6 +15,10 @@ subclass) and has the same interface, so it composes with everything else. Per r
 
 Cooldowns, health and credential bans live in a :class:`~.state.StateStore`, in memory or in
 Redis (shared across processes and hosts).
+
+Embeddings (:meth:`Router.embed`) are not a stream: the route's targets that make them are tried
+in the same order, with the same retries, cooldowns and health records, and since an embedding
+request has no partial output and is idempotent, any failure may move on to the next target.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, 
 from contextlib import aclosing
 from typing import Any, ClassVar, Literal, TypeVar
 
+from patchbay.chat.embeddings import EmbeddingRequest, EmbeddingResult
 from patchbay.chat.request import ChatCompletionRequest, ChatMessage
 from patchbay.credentials import CredentialPool
 from patchbay.errors import (
@@ -242,7 +247,7 @@ class Router(AsyncGeneratorProvider):
                     return
                 except PatchbayError as error:
                     action = decide(error)
-                    await cls._record_failure(target, state, error)
+                    await cls._record_failure(target, state.model, state.attempts, error)
                     if action is Action.FAIL:
                         raise cls._final(state, error, decisive=True) from error
                     if state.delivered:
@@ -307,7 +312,9 @@ class Router(AsyncGeneratorProvider):
         pool = _pool_of(target.provider)
         shared_bans = await cls._load_bans(pool)
         request = state.request
-        if state.delivered:
+        if state.delivered and request.prompt is not None:  # a raw completion continues its prompt
+            request = request.replace(prompt=request.prompt + state.text)
+        elif state.delivered:
             request = request.with_messages([*request.messages, ChatMessage(role="assistant", content=state.text)])
         remaining = state.remaining()
         limits = state.timeout if remaining is None else state.timeout.with_total(max(remaining, 0.001))
@@ -332,13 +339,14 @@ class Router(AsyncGeneratorProvider):
                                        ttft=None if first_output is None else first_output - started)
 
     @classmethod
-    async def _record_failure(cls, target: Target, request: _Request, error: PatchbayError) -> None:
+    async def _record_failure(cls, target: Target, requested: str | None, attempts: list[Attempt],
+                              error: PatchbayError) -> None:
         """Note the failure: the attempt, the target's health, and a cooldown when it is due. A
         request the client got wrong (InvalidRequest, except ContextTooLong) says nothing about
         the target's health: it is only noted as an attempt."""
-        key = target.key(request.model)
-        model = target.model_for(request.model) or ""
-        request.attempts.append(Attempt.of(error, target.provider.name, model))
+        key = target.key(requested)
+        model = target.model_for(requested) or ""
+        attempts.append(Attempt.of(error, target.provider.name, model))
         if isinstance(error, InvalidRequest) and not isinstance(error, ContextTooLong):
             log.info("%s refused the request: %s (%s)", key, type(error).__name__, error.message)
             return
@@ -351,6 +359,84 @@ class Router(AsyncGeneratorProvider):
         elif retry_after is not None and retry_after > cls.retry.max_retry_after:
             await cls.state.set_cooldown(key, now + retry_after)  # it told us when to come back
         log.info("%s failed: %s (%s)", key, type(error).__name__, error.message)
+
+    # -- embeddings -------------------------------------------------------------------------------
+
+    @classmethod
+    async def embed(cls, request: EmbeddingRequest, call: Call) -> EmbeddingResult:
+        """Embeddings from the route's targets that make them (see the module docstring); when none
+        of them does, UnsupportedFeature (400) naming ``model``."""
+        attempts: list[Attempt] = []
+        capable: list[Target] = []
+        for target in cls._table().targets_for(request.model):
+            if target.provider.capabilities().accepts("embeddings"):
+                capable.append(target)
+                continue
+            skipped = UnsupportedFeature("it does not make embeddings", param="model")
+            attempts.append(Attempt.of(skipped, target.provider.name, target.model_for(request.model) or "",
+                                       skipped=True))
+        if not capable:
+            raise UnsupportedFeature(f"no target of route {request.model!r} makes embeddings", param="model",
+                                     model=request.model)
+        started = time.monotonic()
+        tried_any = False
+        last_error: PatchbayError | None = None
+        for target in await cls._ordered(capable, request.model):
+            for retry in range(cls.retry.attempts):
+                remaining = None if call.timeout.total is None else call.timeout.total - (time.monotonic() - started)
+                if remaining is not None and remaining <= 0:
+                    raise DeadlineExceeded(f"the request ran past its total deadline of {call.timeout.total:g} s")
+                tried_any = True
+                try:
+                    return await cls._embed_with(target, request, call, remaining)
+                except PatchbayError as error:
+                    last_error = error
+                    # A target that cannot honour a field (dimensions) leaves the others to try.
+                    action = Action.NEXT if isinstance(error, UnsupportedFeature) else decide(error)
+                    await cls._record_failure(target, request.model, attempts, error)
+                    if action is Action.FAIL:
+                        if len(attempts) > 1:
+                            failed = AllProvidersFailed(attempts, model=request.model, status=error.status)
+                            failed.param = error.param
+                            raise failed from error
+                        raise
+                    if action is Action.RETRY and retry + 1 < cls.retry.attempts:
+                        retry_after = error.retry_after if isinstance(error, RateLimited) else None
+                        delay = cls.retry.delay(retry, retry_after, cls.rng)
+                        left = None if remaining is None else remaining - (time.monotonic() - started)
+                        if delay is not None and (left is None or delay < left):
+                            await cls.sleep(delay)
+                            continue
+                    break
+        tried = [attempt for attempt in attempts if not attempt.skipped]
+        if tried and all(attempt.error == UnsupportedFeature.__name__ for attempt in tried):
+            if len(attempts) == 1 and last_error is not None:
+                raise last_error  # one target, and the field it cannot honour: its own 400
+            failed = AllProvidersFailed(attempts, model=request.model, status=400)
+            failed.param = last_error.param if last_error is not None else "model"
+            raise failed
+        note = "" if tried_any else " (every target is cooling down or unavailable)"
+        raise AllProvidersFailed(attempts, model=request.model, note=note)
+
+    @classmethod
+    async def _embed_with(cls, target: Target, request: EmbeddingRequest, call: Call, remaining: float | None
+                          ) -> EmbeddingResult:
+        """One target's embeddings, counted in its in-flight requests and health as a chat is."""
+        key = target.key(request.model)
+        pool = _pool_of(target.provider)
+        shared_bans = await cls._load_bans(pool)
+        limits = call.timeout if remaining is None else call.timeout.with_total(max(remaining, 0.001))
+        await cls.state.add_in_flight(key, 1)
+        started = time.monotonic()
+        try:
+            result = await target.provider.create_embedding(
+                request, model=target.model_for(request.model), proxy=call.proxy,
+                base_url=target.base_url or call.base_url, timeout=limits, api_key=call.api_key)
+        finally:
+            await cls.state.add_in_flight(key, -1)
+            await cls._publish_bans(pool, shared_bans)
+        await cls.state.record_success(key, latency=time.monotonic() - started, ttft=None)
+        return result
 
     # -- ordering, credentials, errors ----------------------------------------------------------
 
