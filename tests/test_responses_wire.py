@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx2
 import openai
+import pydantic
 import pytest
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import best_match
@@ -414,6 +415,20 @@ def test_text_after_a_tool_call_is_a_new_message() -> None:
     assert [item["type"] for item in whole["output"]] == ["function_call", "message"]
 
 
+def test_a_fragment_of_a_closed_call_is_dropped_from_stream_and_whole_alike() -> None:
+    rendering, frames = render([ToolCallDelta(0, "c1", "get_weather", '{"city":"A"}'),
+                                ToolCallDelta(1, "c2", "get_weather", '{"city":"B"}'),
+                                ToolCallDelta(0, arguments="junk"), Finish("tool_calls")])
+    whole = check_frames(rendering, frames)
+    assert [item["arguments"] for item in whole["output"]] == ['{"city":"A"}', '{"city":"B"}']
+
+
+def test_nothing_after_the_end() -> None:
+    rendering, frames = render([TextDelta("x")])
+    assert rendering.feed(TextDelta("late")) == [] and rendering.finish() == []
+    assert check_frames(rendering, frames)["output"][0]["content"][0]["text"] == "x"
+
+
 def test_the_response_echoes_the_request() -> None:
     schema = {"type": "object", "properties": {}}
     request = decode(input="hi", instructions="Be kind.", tools=[WEATHER], tool_choice="required",
@@ -491,6 +506,25 @@ def test_sdk_responses_create_reads_the_whole_response() -> None:
     response = sdk_client(answer).responses.create(model="route", input="Hello", instructions="French.")
     assert response.output_text == "Bonjour" and response.status == "completed"
     assert response.usage is not None and response.usage.total_tokens == 5
+
+
+def test_sdk_responses_parse_sends_a_json_schema_and_reads_the_answer() -> None:
+    class Reply(pydantic.BaseModel):
+        city: str
+        degrees: int
+
+    seen: list[dict[str, Any]] = []
+
+    def answer(body: dict[str, Any]) -> httpx2.Response:
+        request = decode_responses_request(json.dumps(body).encode())
+        seen.append(request.chat(None).response_format or {})
+        rendering, _ = render([TextDelta('{"city": "Oslo", '), TextDelta('"degrees": 3}'), Finish("stop")], request)
+        return httpx2.Response(200, json=rendering.response())
+
+    response = sdk_client(answer).responses.parse(model="route", input="Weather?", text_format=Reply)
+    assert response.output_parsed == Reply(city="Oslo", degrees=3)
+    assert seen[0]["type"] == "json_schema" and seen[0]["json_schema"]["name"] == "Reply"
+    assert seen[0]["json_schema"]["schema"]["properties"].keys() == {"city", "degrees"}
 
 
 def _streaming(events: list[StreamEvent], error: PatchbayError | None = None

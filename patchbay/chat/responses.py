@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from patchbay.chat.output import output_spec
-from patchbay.chat.request import ChatCompletionRequest, _json_document, request_from_kwargs
+from patchbay.chat.request import ChatCompletionRequest, _json_document, _one_line, request_from_kwargs
 from patchbay.errors import InvalidRequest, PatchbayError, RateLimited
 from patchbay.events import Finish, ProviderInfo, StreamEvent, TextDelta, ToolCallDelta, Usage
 
@@ -207,7 +207,8 @@ def _metadata(value: Any) -> dict[str, str]:
         raise InvalidRequest("metadata must be an object of string values", param="metadata")
     for key, item in value.items():
         if not isinstance(item, str):
-            raise InvalidRequest(f"metadata.{key} must be a string", param=f"metadata.{key}")
+            param = _one_line(f"metadata.{key}")
+            raise InvalidRequest(f"{param} must be a string", param=param)
     return dict(value)
 
 
@@ -487,6 +488,9 @@ class ResponseRendering:
     Only choice 0 is rendered (a Response has one answer); logprobs and fallbacks are ignored.
     A tool-call fragment for a call that was already closed (an upstream that interleaves calls)
     is dropped from both, with a warning, so the stream and the whole object stay equal.
+
+    A whole (not streamed) answer goes through the same steps: feed every event and :meth:`finish`,
+    dropping the frames, then take :meth:`response`.
     """
 
     def __init__(self, request: ResponsesRequest, response_id: str, created_at: int, *,
@@ -525,7 +529,10 @@ class ResponseRendering:
                 self._frame("response.in_progress", response=self.response())]
 
     def feed(self, event: StreamEvent) -> list[Frame]:
-        """The frames ``event`` makes (the first call also opens the Response)."""
+        """The frames ``event`` makes (the first call also opens the Response; after :meth:`finish`
+        or :meth:`error_frame`, none)."""
+        if self.status != "in_progress":
+            return []
         if isinstance(event, ProviderInfo) and not self._started:
             self.model = event.model  # before response.created, so it names who answers
         frames = self._begin()
@@ -618,7 +625,9 @@ class ResponseRendering:
 
     def finish(self) -> list[Frame]:
         """Close what is open and end the Response: ``response.completed``, or ``response.incomplete``
-        when the answer was cut (finish reason ``length`` or ``content_filter``)."""
+        when the answer was cut (finish reason ``length`` or ``content_filter``). Once only."""
+        if self.status != "in_progress":
+            return []
         frames = self._begin()
         for index in sorted(self._pending):  # calls whose name never came: shown with an empty name
             frames += self._start_call(self._pending.pop(index))
