@@ -603,6 +603,30 @@ def test_the_sdk_reads_the_whole_message(scenario: str) -> None:
     assert [block.type for block in answer.content] == [block["type"] for block in message["content"]]
 
 
+async def test_the_async_sdk_streams_and_reads_the_same_message() -> None:
+    frames, message = rendered(TEXT_THEN_TWO_CALLS, tools=[WEATHER])
+    sent: list[bytes] = []
+
+    def answer(request: httpx2.Request) -> httpx2.Response:
+        sent.append(request.read())
+        streaming = json.loads(sent[-1]).get("stream") is True
+        return httpx2.Response(200, content=sse(frames) if streaming else json.dumps(message).encode(),
+                               headers={"content-type": "text/event-stream" if streaming else "application/json"})
+
+    client = anthropic.AsyncAnthropic(api_key="sk-test", base_url="http://127.0.0.1:9", max_retries=0,
+                                      http_client=httpx2.AsyncClient(transport=httpx2.MockTransport(answer)),
+                                      _strict_response_validation=True)
+    async with client:
+        params: dict[str, Any] = {"model": MODEL, "max_tokens": 64, "messages": [{"role": "user", "content": "x"}],
+                                  "tools": [WEATHER]}
+        async with client.messages.stream(**params) as stream:
+            streamed = await stream.get_final_message()
+        whole = await client.messages.create(**params)
+    assert streamed.to_dict(exclude_none=True) == whole.to_dict(exclude_none=True)
+    assert [block.type for block in whole.content] == ["text", "tool_use", "tool_use"]
+    assert decode_messages_request(sent[0]).stream and not decode_messages_request(sent[1]).stream
+
+
 def test_an_in_band_error_reaches_the_sdk_as_an_error() -> None:
     machine = rendering()
     frames = machine.feed(TextDelta("partial"))
@@ -693,6 +717,15 @@ def test_count_tokens_needs_no_max_tokens_and_counts_system_and_tools() -> None:
     assert count(max_tokens=..., tools=[WEATHER, READ]) > plain + 20
     assert count(max_tokens=..., tools=[WEATHER], messages=claude_code_turns()) > count(
         max_tokens=..., tools=[WEATHER], messages=claude_code_turns()[:1])
+
+
+def test_count_tokens_answer_is_what_the_sdk_reads() -> None:
+    answer = count_tokens_body(body(max_tokens=...))
+    recorder = Recorder(answer=json.dumps(answer).encode())
+    with sdk(recorder) as client:
+        counted = client.messages.count_tokens(model=MODEL, messages=[{"role": "user", "content": "hi"}])
+    assert counted.input_tokens == answer["input_tokens"]
+    assert recorder.sent is not None and count_tokens_body(recorder.sent[0]) == answer
 
 
 def test_count_tokens_checks_the_body() -> None:
