@@ -1,7 +1,9 @@
 """Candidate server stacks for ``bench/server_stack.py``: the smallest ASGI apps that isolate
 one choice each (the ASGI server, the upstream HTTP client).
 
-- ``static``: reads the body, parses it, answers a fixed JSON body (the server's own cost);
+- ``static``: reads the body, parses it, answers a fixed JSON body (the server's own cost); on
+  ``GET /stream`` it answers :data:`STREAM_PARTS` in pieces without a length instead, the
+  response an HTTP/1.0 client must get close-delimited (the server stack's attack matrix);
 - ``forward_aiohttp``: forwards to the upstream with one shared aiohttp ClientSession;
 - ``forward_pool``: forwards with patchbay's keep-alive pool (:mod:`patchbay.net.pool`).
 
@@ -18,11 +20,12 @@ from yarl import URL
 
 from bench.upstream import TEXT
 
-__all__ = ["forward_aiohttp", "forward_pool", "static"]
+__all__ = ["STREAM_PARTS", "forward_aiohttp", "forward_pool", "static"]
 
 UPSTREAM = os.environ.get("STACK_UPSTREAM", "http://127.0.0.1:9100")
 ANSWER = msgspec.json.encode({"id": "x", "object": "chat.completion", "choices": [
     {"index": 0, "message": {"role": "assistant", "content": TEXT}, "finish_reason": "stop"}]})
+STREAM_PARTS = (b"one\n", b"two\n", b"three\n")
 _session: Any = None
 
 
@@ -51,9 +54,18 @@ async def _answer(send: Any, body: bytes) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+async def _stream(send: Any) -> None:
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+    for part in STREAM_PARTS:
+        await send({"type": "http.response.body", "body": part, "more_body": True})
+    await send({"type": "http.response.body", "body": b""})
+
+
 async def static(scope: Any, receive: Any, send: Any) -> None:
     if scope["type"] == "lifespan":
         return await _lifespan(receive, send)
+    if scope["path"] == "/stream":
+        return await _stream(send)
     msgspec.json.decode(await _body(receive))
     await _answer(send, ANSWER)
 
