@@ -475,6 +475,30 @@ def test_error_frame_mid_stream() -> None:
     Response.model_validate(whole)
 
 
+def test_fail_ends_the_stream_as_openai_does() -> None:
+    request = decode(input="hi", tools=[WEATHER])
+    request.chat(None)
+    rendering = ResponseRendering(request, response_id(), 1)
+    frames = rendering.feed(ToolCallDelta(0, "c1", "get_weather", '{"ci'))
+    frames += rendering.fail(UpstreamError("the upstream went away"))
+    assert [kind for kind, _ in frames[-2:]] == ["error", "response.failed"]
+    assert [payload["sequence_number"] for _, payload in frames] == list(range(len(frames)))
+    for kind, payload in frames:
+        assert_conforms("ResponseStreamEvent", payload)
+        assert_sdk_parses(kind, payload)
+    failed = frames[-1][1]["response"]
+    assert failed == rendering.response() and failed["status"] == "failed"
+    assert failed["output"][0]["arguments"] == '{"ci' and failed["output"][0]["status"] == "incomplete"
+    assert rendering.fail(UpstreamError("again")) == [] and rendering.finish() == []
+
+
+def test_fail_before_anything_was_sent_opens_the_response_first() -> None:
+    rendering = ResponseRendering(decode(input="hi"), response_id(), 1)
+    frames = rendering.fail(RateLimited("slow down"))
+    assert [kind for kind, _ in frames] == ["response.created", "response.in_progress", "error", "response.failed"]
+    assert frames[2][1]["error"]["type"] == "rate_limit_error"
+
+
 @pytest.mark.parametrize(("error", "code"), [(RateLimited("slow down"), "rate_limit_exceeded"),
                                              (InvalidRequest("bad"), "invalid_prompt"),
                                              (PatchbayError("boom"), "server_error")])
@@ -535,7 +559,7 @@ def _streaming(events: list[StreamEvent], error: PatchbayError | None = None
         request.chat(None)
         rendering = ResponseRendering(request, response_id(), 1)
         frames = [frame for event in events for frame in rendering.feed(event)]
-        frames += [rendering.error_frame(error)] if error else rendering.finish()
+        frames += rendering.fail(error) if error else rendering.finish()
         return httpx2.Response(200, content=sse(frames), headers={"content-type": "text/event-stream"})
     return answer
 

@@ -643,23 +643,35 @@ class ResponseRendering:
         return frames
 
     def error_frame(self, error: PatchbayError) -> Frame:
-        """The in-band failure after the stream began: an ``error`` event.
+        """The in-band failure after the stream began, as one frame: the ``error`` event. It marks
+        the Response failed (with its ``error``) for the store and ``GET``. :meth:`fail` is the whole
+        ending (``error`` then ``response.failed``, as OpenAI sends it); prefer it.
 
-        Why ``error`` and not ``response.failed``: the openai SDK's stream (``responses.create(stream=
-        True)`` and ``responses.stream``) raises :class:`openai.APIError` with our message and body as
-        soon as a frame holds an ``error`` object, so the caller's loop ends with the real reason;
-        ``response.failed`` is passed on as one more event, and ``get_final_response()`` then fails with
-        "Didn't receive a `response.completed` event". The payload has the schema's fields (``code``,
-        ``message``, ``param``) and the same as an ``error`` object (``type``, ``code``, ``message``,
-        ``param``), which is what OpenAI sends and what the SDK reads. The Response itself (for the
-        store and ``GET``) is marked failed with its ``error``.
+        Why ``error`` first and not only ``response.failed``: the openai SDK's streams
+        (``responses.create(stream=True)``, ``responses.stream``) raise :class:`openai.APIError` with
+        our message and body as soon as a frame holds an ``error`` object, so the caller's loop ends
+        with the real reason; ``response.failed`` alone is passed on as one more event, and
+        ``get_final_response()`` then fails with "Didn't receive a `response.completed` event". The
+        payload has the published schema's fields (``code``, ``message``, ``param``) and the same as
+        an ``error`` object (``type``, ``code``, ``message``, ``param``), which is what OpenAI really
+        sends and what the openai SDK and the Vercel AI SDK read.
         """
         self.status = "failed"
         if self._open is not None:
             self._open.status, self._open = "incomplete", None
         self._error = {"code": _failed_code(error), "message": str(error)}
-        body = error.to_dict()
-        return self._frame("error", code=error.code, message=str(error), param=error.param, error=body)
+        return self._frame("error", code=error.code, message=str(error), param=error.param, error=error.to_dict())
+
+    def fail(self, error: PatchbayError) -> list[Frame]:
+        """End the stream with ``error``: ``response.created``/``in_progress`` when nothing was sent
+        yet, the ``error`` event (:meth:`error_frame`), then ``response.failed`` with the Response.
+        Clients that read only one of the two (Codex reads ``response.failed``) see the failure."""
+        if self.status != "in_progress":
+            return []
+        frames = self._begin()
+        frames.append(self.error_frame(error))
+        frames.append(self._frame("response.failed", response=self.response()))
+        return frames
 
     # -- the whole --
 
