@@ -310,6 +310,47 @@ def test_what_needs_anthropic_servers_is_refused_as_unsupported(fields: dict[str
     assert isinstance(error, UnsupportedFeature) and error.param == param
 
 
+ODD_VALUES: list[Any] = [None, 0, -1, 1.5, True, "", "x", [], [1], {}, {"type": []}, {"type": "text"}]
+
+
+def paths(value: Any, path: tuple[str | int, ...] = ()) -> Iterator[tuple[str | int, ...]]:
+    """Every path into ``value`` (keys of objects, indexes of arrays)."""
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        yield (*path, key)
+        yield from paths(item, (*path, key))
+
+
+def replaced(document: Any, path: tuple[str | int, ...], value: Any) -> Any:
+    copy = json.loads(json.dumps(document))
+    target = copy
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = value
+    return copy
+
+
+def test_any_value_anywhere_is_taken_or_one_invalid_request() -> None:
+    """Each value of a Claude-Code-like request replaced by odd values of every JSON type: the
+    decode succeeds or raises InvalidRequest (never TypeError, KeyError...), for both endpoints."""
+    image = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": PNG}}
+    document = {"model": MODEL, "max_tokens": 100, "system": [{"type": "text", "text": "s"}], "tools": [WEATHER],
+                "tool_choice": {"type": "auto"}, "metadata": {"user_id": "u"}, "stop_sequences": ["x"],
+                "messages": [*claude_code_turns(), {"role": "assistant", "content": "ok"},
+                             {"role": "user", "content": [image]}]}
+    tried = 0
+    for path in paths(document):
+        for value in ODD_VALUES:
+            raw = json.dumps(replaced(document, path, value)).encode()
+            for decoder in (decode_messages_request, count_tokens_body):
+                try:
+                    decoder(raw)
+                except InvalidRequest as error:
+                    assert "\n" not in error.message
+                tried += 1
+    assert tried > 1000
+
+
 @pytest.mark.parametrize("raw", [b"", b"{", b"[1]", b"\xff\xfe", b'"text"'])
 def test_a_body_that_is_not_an_object_is_refused(raw: bytes) -> None:
     error = refused(raw)

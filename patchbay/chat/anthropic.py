@@ -364,12 +364,14 @@ def _block_type(block: Any, where: str) -> str:
     if not isinstance(block, dict):
         raise _invalid(where, "must be of type object", block)
     kind = _required(block, "type", f"{where}.type")
+    if not isinstance(kind, str):
+        raise _invalid(f"{where}.type", "must be of type string", kind)
     if kind in _SERVER_BLOCKS:
         raise UnsupportedFeature(f"{where}.type: {kind} blocks need Anthropic's own servers; patchbay does not "
                                  "take them", param=f"{where}.type")
     if kind not in _BLOCK_TYPES:
         raise _invalid(f"{where}.type", "must be one of " + ", ".join(_BLOCK_TYPES), kind)
-    return str(kind)
+    return kind
 
 
 def _part(block: dict[str, Any], kind: str, where: str) -> dict[str, Any]:
