@@ -29,6 +29,7 @@ from patchbay.chat.anthropic import (
     count_tokens_body,
     decode_messages_request,
     error_envelope,
+    frame_bytes,
 )
 from patchbay.errors import (
     ERROR_TABLE,
@@ -591,7 +592,24 @@ def test_message_before_finish_is_a_programming_error() -> None:
 
 
 def sse(frames: list[Frame]) -> bytes:
-    return b"".join(f"event: {name}\ndata: {json.dumps(payload)}\n\n".encode() for name, payload in frames)
+    return b"".join(frame_bytes(frame) for frame in frames)
+
+
+def test_frame_bytes_is_one_server_sent_event() -> None:
+    raw = frame_bytes(("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                               "delta": {"type": "text_delta", "text": "a\nb"}}))
+    event, data, end, after = raw.split(b"\n")
+    assert event == b"event: content_block_delta" and (end, after) == (b"", b"")
+    assert json.loads(data.removeprefix(b"data: "))["delta"]["text"] == "a\nb"
+
+
+def test_start_sends_message_start_once_with_the_model_known_so_far() -> None:
+    machine = rendering()
+    machine.feed(ProviderInfo("p", "served-model"))
+    (start,) = machine.start()
+    assert start[0] == "message_start" and start[1]["message"]["model"] == "served-model"
+    assert machine.start() == [] and names(machine.feed(TextDelta("x")))[0] == "content_block_start"
+    assert names(machine.finish()) == ["content_block_stop", "message_delta", "message_stop"]
 
 
 _stream_event = pydantic.TypeAdapter(RawMessageStreamEvent)

@@ -59,6 +59,7 @@ __all__ = [
     "count_tokens_body",
     "decode_messages_request",
     "error_envelope",
+    "frame_bytes",
 ]
 
 #: One server-sent event: its name and its JSON payload.
@@ -78,6 +79,12 @@ _SERVER_BLOCKS = frozenset({"search_result", "server_tool_use", "web_search_tool
                             "text_editor_code_execution_tool_result", "tool_search_tool_result",
                             "container_upload", "mcp_tool_use", "mcp_tool_result", "tool_reference"})
 _IMAGE_TYPES = ("image/jpeg", "image/png", "image/gif", "image/webp")
+
+
+def frame_bytes(frame: Frame) -> bytes:
+    """One frame as a server-sent event: ``event: <name>`` and its JSON on one ``data:`` line."""
+    name, payload = frame
+    return b"event: " + name.encode() + b"\ndata: " + msgspec.json.encode(payload) + b"\n\n"
 
 
 # -- the request ------------------------------------------------------------------------------------
@@ -658,6 +665,12 @@ class MessageRendering:
         elif isinstance(event, ProviderInfo) and self._snapshot is None:
             self._model = event.model
         return []
+
+    def start(self) -> list[Frame]:
+        """``message_start`` now, if not sent yet (for an endpoint that wants bytes on the wire before
+        the first content: it then names the model known so far). :meth:`feed` and :meth:`finish`
+        send it when needed, so calling this is optional."""
+        return [] if self._finished else self._start()
 
     def finish(self) -> list[Frame]:
         """The last frames: the open block closed, ``message_delta`` and ``message_stop``."""
