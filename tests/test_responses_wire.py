@@ -164,8 +164,9 @@ def test_a_string_input_with_instructions_is_a_system_then_a_user_message() -> N
                      service_tier="flex", prompt_cache_key="abc")
     chat = request.chat(None)
     assert [(m.role, m.content) for m in chat.messages] == [("system", "Answer in French."), ("user", "Hello")]
-    assert (chat.model, chat.max_tokens, chat.temperature, chat.top_p, chat.user, chat.metadata) == \
-        ("route", 50, 0.5, 0.9, "u-1", {"k": "v"})
+    assert (chat.model, chat.max_tokens, chat.temperature, chat.top_p, chat.user) == ("route", 50, 0.5, 0.9, "u-1")
+    # metadata is the Response's (echoed and stored): OpenAI's Chat Completions refuses it without store
+    assert chat.metadata is None and request.metadata == {"k": "v"}
     assert chat.extra_body is None and chat.reasoning_effort is None and chat.service_tier is None
     assert chat.store is None  # the Responses store is patchbay's, not asked of the upstream
     assert (request.store, request.stream, request.truncation) == (False, False, "auto")

@@ -18,6 +18,8 @@ The mapping, where the two APIs differ:
   (as OpenAI documents): :meth:`ResponseRendering.conversation` stores only the turns;
 - ``tools`` of type ``function`` become chat tools; other tool types are refused by name;
 - ``text.format`` becomes ``response_format``, ``max_output_tokens`` becomes ``max_tokens``;
+- ``metadata`` is kept with the Response (echoed, stored) and not sent upstream: OpenAI's Chat
+  Completions refuses ``metadata`` without ``store`` (400), and ``store`` here is patchbay's;
 - ``reasoning``, ``truncation``, ``include``, ``service_tier`` and any other field (OpenAI adds
   them often) are accepted and ignored; ``background``, ``conversation`` and
   ``prompt`` (which need state patchbay does not keep) are refused.
@@ -157,8 +159,7 @@ def decode_responses_request(body: bytes) -> ResponsesRequest:
                                "response_format": response_format,
                                "parallel_tool_calls": document.get("parallel_tool_calls"),
                                "max_tokens": request.max_output_tokens, "temperature": request.temperature,
-                               "top_p": request.top_p, "user": request.user,
-                               "metadata": request.metadata or None}
+                               "top_p": request.top_p, "user": request.user}
     request.options = {name: value for name, value in options.items() if value is not None}
     return request
 
