@@ -30,14 +30,30 @@ last message is a tool result, the answer is text, as a model that read the resu
 ``n`` > 1 gives that many choices (the same answer in each), and ``logprobs`` a ``logprobs``
 object per choice (one item per word of the answer, with ``top_logprobs`` alternatives).
 
+``POST /v1/completions`` (legacy text completions, streamed and not; ``prompt`` a string or a
+list of strings, ``n`` choices per prompt, ``max_tokens`` cuts the answer to that many words with
+finish reason "length") answers the text after an ``echo:`` prefix of the prompt, else
+``answer``; the status scenarios, ``fail_next`` and ``mid_stream_error`` apply. Bodies are kept
+in ``completion_bodies``.
+
+``POST /v1/embeddings`` answers a deterministic unit vector per input (from a hash of its
+text, or of its token ids), ``embedding_dims`` long, or ``dimensions`` long when the request
+asks and ``honours_dimensions`` is true; ``encoding_format`` "base64" is honoured; the status
+scenarios and ``fail_next`` apply. Bodies are kept in ``embedding_bodies``;
+:meth:`OpenAIFake.vector` is the vector of one input.
+
 Connection refused needs no fake: use :func:`tests.replicas.base.refused_url`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import json
+import math
 import secrets
+import struct
 import time
 from typing import Any, ClassVar
 
@@ -144,6 +160,10 @@ class OpenAIFake(ReplicaServer):
         self.chat_count = 0
         self.enormous_size = 4 * 1024 * 1024
         self.endless_interval = 0.005
+        self.completion_bodies: list[dict[str, Any]] = []
+        self.embedding_bodies: list[dict[str, Any]] = []
+        self.embedding_dims = 8
+        self.honours_dimensions = True
 
     @property
     def api_base(self) -> str:
@@ -161,7 +181,8 @@ class OpenAIFake(ReplicaServer):
         return self.answer + (ENORMOUS_FILLER * repeat)[: self.enormous_size]
 
     def routes(self) -> list[web.RouteDef]:
-        return [web.get("/v1/models", self.list_models), web.post("/v1/chat/completions", self.completions)]
+        return [web.get("/v1/models", self.list_models), web.post("/v1/chat/completions", self.completions),
+                web.post("/v1/completions", self.text_completions), web.post("/v1/embeddings", self.embeddings)]
 
     # ----------------------------------------------------------------- helpers
 
@@ -433,6 +454,118 @@ class OpenAIFake(ReplicaServer):
         if self.scenario == "wrong_content_type":
             content_type = "application/json"
         return await self.send(request, events, content_type=content_type, headers=headers)
+
+    # ----------------------------------------------------------------- legacy completions
+
+    def _failure(self, request: web.Request) -> web.StreamResponse | None:
+        """The error answer this request gets (auth, ``fail_next``, a status scenario), if any."""
+        if not self.authorized(request):
+            return self.error_response(401)
+        if self.fail_next > 0:
+            self.fail_next -= 1
+            return self.error_response(self.fail_status)
+        if self.scenario in STATUS_SCENARIOS:
+            return self.error_response(STATUS_SCENARIOS[self.scenario])
+        return None
+
+    async def text_completions(self, request: web.Request) -> web.StreamResponse:
+        """``text_completion`` objects, streamed (SSE) or whole (see the module docstring)."""
+        body = self.json_body(request)
+        self.completion_bodies.append(body)
+        self.check(isinstance(body.get("model"), str) and body["model"], "model must be a non-empty string")
+        self.check("messages" not in body, "a completions request has no messages")
+        prompt = body.get("prompt")
+        prompts = [prompt] if isinstance(prompt, str) else prompt
+        self.check(isinstance(prompts, list) and prompts and all(isinstance(p, str) for p in prompts),
+                   f"prompt must be a string or a list of strings: {prompt!r}")
+        failure = self._failure(request)
+        if failure is not None:
+            return failure
+        completion_id = f"cmpl-{secrets.token_hex(12)}"
+        created = int(time.time())
+        n = self.choice_count(body)
+        answers = []
+        for text in prompts:
+            answer = text.removeprefix("echo:") if text.startswith("echo:") else self.answer
+            words = answer.split(" ")
+            limit = body.get("max_tokens")
+            if isinstance(limit, int) and 0 < limit < len(words):
+                answers.append((" ".join(words[:limit]), "length"))
+            else:
+                answers.append((answer, "stop"))
+        prompt_tokens = sum(len(p.split()) or 1 for p in prompts)
+        completion_tokens = sum(len(a.split()) or 1 for a, _ in answers) * n
+        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                 "total_tokens": prompt_tokens + completion_tokens}
+        head = {"id": completion_id, "object": "text_completion", "created": created, "model": body["model"]}
+
+        def choice(index: int, text: str, finish: str | None) -> dict[str, Any]:
+            return {"text": text, "index": index, "logprobs": None, "finish_reason": finish}
+
+        if not body.get("stream"):
+            choices = [choice(p * n + j, text, finish) for p, (text, finish) in enumerate(answers) for j in range(n)]
+            return web.json_response({**head, "choices": choices, "usage": usage})
+        events: list[bytes] = []
+        for p, (text, finish) in enumerate(answers):
+            for j in range(n):
+                for delta in split_deltas(text, 5):
+                    events.append(sse({**head, "choices": [choice(p * n + j, delta, None)]}))
+                events.append(sse({**head, "choices": [choice(p * n + j, "", finish)]}))
+        if (body.get("stream_options") or {}).get("include_usage"):
+            events.append(sse({**head, "choices": [], "usage": usage}))
+        events.append(b"data: [DONE]\n\n")
+        if self.scenario == "mid_stream_error":
+            events = [*events[:2], sse(error_object(500, "The server had an error while streaming."))]
+        return await self.send(request, events, content_type="text/event-stream; charset=utf-8",
+                               headers={"Cache-Control": "no-cache"})
+
+    # ----------------------------------------------------------------- embeddings
+
+    @staticmethod
+    def vector(item: str | list[int], dims: int) -> list[float]:
+        """The fake's unit vector for one input (a text or token ids), ``dims`` long."""
+        seed = item if isinstance(item, str) else " ".join(map(str, item))
+        raw: list[float] = []
+        counter = 0
+        while len(raw) < dims:
+            digest = hashlib.sha256(f"{counter}:{seed}".encode()).digest()
+            raw.extend((byte - 127.5) / 127.5 for byte in digest)
+            counter += 1
+        raw = raw[:dims]
+        norm = math.sqrt(sum(x * x for x in raw))
+        # float32 values, so that the base64 form holds exactly the numbers of the float form
+        return [struct.unpack("<f", struct.pack("<f", x / norm))[0] for x in raw]
+
+    async def embeddings(self, request: web.Request) -> web.StreamResponse:
+        """An OpenAI ``CreateEmbeddingResponse`` (see the module docstring)."""
+        body = self.json_body(request)
+        self.embedding_bodies.append(body)
+        self.check(isinstance(body.get("model"), str) and body["model"], "model must be a non-empty string")
+        given = body.get("input")
+        if isinstance(given, str) or (isinstance(given, list) and given and isinstance(given[0], int)):
+            inputs: list[Any] = [given]
+        else:
+            inputs = given if isinstance(given, list) else []
+        self.check(bool(inputs) and all(isinstance(i, str | list) and bool(i) for i in inputs),
+                   f"input must be a string, strings, token ids or lists of token ids: {given!r}")
+        dimensions = body.get("dimensions")
+        self.check(dimensions is None or (isinstance(dimensions, int) and dimensions > 0), "bad dimensions")
+        encoding = body.get("encoding_format", "float")
+        self.check(encoding in ("float", "base64"), f"bad encoding_format {encoding!r}")
+        failure = self._failure(request)
+        if failure is not None:
+            return failure
+        dims = dimensions if dimensions is not None and self.honours_dimensions else self.embedding_dims
+        data = []
+        for index, item in enumerate(inputs):
+            vector = self.vector(item, dims)
+            embedding: Any = vector
+            if encoding == "base64":
+                embedding = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+            data.append({"object": "embedding", "index": index, "embedding": embedding})
+        tokens = sum(len(i.split()) if isinstance(i, str) else len(i) for i in inputs)
+        return web.json_response({"object": "list", "data": data, "model": body["model"],
+                                  "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
 
     async def break_after(self, request: web.Request, events: list[bytes]) -> web.StreamResponse:
         """Stream ``events``, then drop the connection without ``[DONE]`` (counted in ``dropped``)."""
