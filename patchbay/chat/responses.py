@@ -491,7 +491,8 @@ class ResponseRendering:
     is dropped from both, with a warning, so the stream and the whole object stay equal.
 
     A whole (not streamed) answer goes through the same steps: feed every event and :meth:`finish`,
-    dropping the frames, then take :meth:`response`.
+    dropping the frames, then take :meth:`response`. Build it after ``request.chat(history)`` (or
+    pass ``history=``): :meth:`conversation` starts from that history.
     """
 
     def __init__(self, request: ResponsesRequest, response_id: str, created_at: int, *,
