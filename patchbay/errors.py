@@ -11,6 +11,7 @@ the class hierarchy), so the server, the CLI and the router all agree on what an
     │   ├── UnsupportedFeature      400  no target can honour a feature asked for (images, tools...)
     │   ├── PayloadTooLarge         413  a request body over the server's limit
     │   ├── EndpointNotFound        404  no such path on the server
+    │   ├── ResourceNotFound        404  no such object (a stored response...) at a valid path
     │   └── MethodNotAllowed        405  the path exists, the method does not
     ├── AuthError                   401  credentials missing, invalid or rejected
     │   └── SessionRejected         401  the service answered with a captcha or an error page
@@ -60,6 +61,7 @@ __all__ = [
     "UnsupportedFeature",
     "DeadlineExceeded",
     "EndpointNotFound",
+    "ResourceNotFound",
     "ErrorInfo",
     "FirstByteTimeout",
     "IdleTimeout",
@@ -166,6 +168,10 @@ class PayloadTooLarge(InvalidRequest):
 
 class EndpointNotFound(InvalidRequest):
     """The server has no endpoint at that path."""
+
+
+class ResourceNotFound(InvalidRequest):
+    """The path is valid, the object it names (a stored response...) does not exist."""
 
 
 class MethodNotAllowed(InvalidRequest):
@@ -346,6 +352,7 @@ ERROR_TABLE: dict[type[PatchbayError], ErrorInfo] = {
     UnsupportedFeature: ErrorInfo(400, "invalid_request_error", "unsupported_feature"),
     PayloadTooLarge: ErrorInfo(413, "invalid_request_error", "payload_too_large"),
     EndpointNotFound: ErrorInfo(404, "invalid_request_error", "not_found"),
+    ResourceNotFound: ErrorInfo(404, "invalid_request_error", "not_found"),
     MethodNotAllowed: ErrorInfo(405, "invalid_request_error", "method_not_allowed"),
     AuthError: ErrorInfo(401, "authentication_error", "invalid_api_key"),
     SessionRejected: ErrorInfo(401, "authentication_error", "session_rejected"),

@@ -70,6 +70,7 @@ class ServerSettings:
     request_log_retention_days: float = 0.0  # exchanges older than this are pruned (0: kept)
     request_log_backlog_bytes: int = 64 * 1024 * 1024  # records waiting for the writer; beyond: refused, counted
     web_ui: bool = True  # serve the web chat page at /
+    responses_ttl: float = 30 * 86_400.0  # seconds a stored /v1/responses answer can be continued or read
     max_label_values: int = 100  # distinct model/provider names in /metrics and /health; beyond: "other"
 
     def api_keys(self, environ: Mapping[str, str] | None = None) -> list[str]:
@@ -370,6 +371,8 @@ def _checked(section: Any, where: str) -> Any:
             raise InvalidRequest(f"{where}.keepalive_interval must be positive")
         if section.send_timeout <= 0:
             raise InvalidRequest(f"{where}.send_timeout must be a positive number of seconds")
+        if section.responses_ttl <= 0:
+            raise InvalidRequest(f"{where}.responses_ttl must be a positive number of seconds")
         if section.shutdown_delay < 0:
             raise InvalidRequest(f"{where}.shutdown_delay must be 0 (stop at once) or more seconds")
         if section.max_label_values < 1:

@@ -33,6 +33,7 @@ from patchbay.errors import (
 )
 from patchbay.providers.base import AsyncGeneratorProvider
 from patchbay.requestlog import RequestLog
+from patchbay.requestlog.responses import MemoryResponseStore, SQLiteResponseStore
 from patchbay.secrets import register_secret
 from patchbay.server.asgi import (
     ClientDisconnected,
@@ -46,9 +47,11 @@ from patchbay.server.asgi import (
     send_bytes,
 )
 from patchbay.server.chat import ChatCompletions, ChatEndpoint, Dialect
+from patchbay.server.messages import AnthropicMessages, anthropic_error_body, count_tokens
 from patchbay.server.metrics import OTHER, GatewayMetrics
 from patchbay.server.openapi import openapi_document
 from patchbay.server.ratelimit import ANONYMOUS, Client, clients, limiter_for
+from patchbay.server.responses import RESPONSES_PREFIX, OpenAIResponses
 from patchbay.server.webpage import WebPage
 from patchbay.settings import Settings, load_settings
 
@@ -89,6 +92,9 @@ class Gateway:
         self.metrics = GatewayMetrics(server.max_label_values)
         self._chat_endpoints: list[ChatEndpoint] = []  # each gets the request log at startup
         self.chat = self._endpoint(ChatCompletions())
+        #: Stored responses: in memory until startup picks the shared store (Redis, the log's file).
+        self.responses = OpenAIResponses(MemoryResponseStore(), server.responses_ttl)
+        self._response_file: SQLiteResponseStore | None = None
         keys = server.named_api_keys()
         for _, key in keys:
             register_secret(key)
@@ -104,6 +110,9 @@ class Gateway:
         self._openapi = _encode(openapi_document(__version__, auth=bool(self.api_keys)))
         self._routes: dict[str, Route] = {
             "/v1/chat/completions": Route("POST", self._chatting(self.chat)),
+            "/v1/messages": Route("POST", self._chatting(self._endpoint(AnthropicMessages())), anthropic_error_body),
+            "/v1/messages/count_tokens": Route("POST", count_tokens(server.max_body_bytes), anthropic_error_body),
+            "/v1/responses": Route("POST", self._chatting(self._endpoint(self.responses))),
             "/v1/models": Route("GET", self._models),
             "/health": Route("GET", self._health),
             "/ready": Route("GET", self._ready),
@@ -138,6 +147,8 @@ class Gateway:
             if route is None:
                 if path.startswith(("/v1/models/", "/models/")):
                     route = Route("GET", self._model)
+                elif path.startswith(RESPONSES_PREFIX):
+                    route = Route("GET", self.responses.show)
                 else:
                     raise EndpointNotFound(f"no endpoint at {path}; see /openapi.json")
             if scope["method"] != route.method and not (scope["method"] == "HEAD" and route.method == "GET"):
@@ -294,6 +305,8 @@ class Gateway:
                 self.stopping = True
                 if self.request_log is not None:  # write what is still queued
                     await asyncio.to_thread(self.request_log.close)
+                if self._response_file is not None:
+                    self._response_file.close()
                 if self.limiter is not None:
                     await self.limiter.close()
                 await send({"type": "lifespan.shutdown.complete"})
@@ -305,6 +318,8 @@ class Gateway:
             log = self.request_log = RequestLog(server.request_log_file(), **server.request_log_options())
             for endpoint in self._chat_endpoints:
                 endpoint.request_log = log
+            self._response_file = SQLiteResponseStore(server.request_log_file())  # a table of its own
+            self.responses.store = self._response_file
             self.metrics.request_log_counts = lambda: {
                 "written": log.written, "truncated": log.truncated, "dropped_backlog": log.dropped_backlog,
                 "dropped_locked": log.dropped_locked, "dropped_error": log.dropped_error}

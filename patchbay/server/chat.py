@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from contextlib import aclosing
 from typing import Any, Protocol
 
@@ -59,8 +59,8 @@ class Turn(Protocol):
         """The answer as server-sent events, the closing ones included."""
         ...
 
-    def error_frame(self, error: PatchbayError) -> Frame:
-        """``error`` as an event, for a failure after the stream started."""
+    def error_frames(self, error: PatchbayError) -> Sequence[Frame]:
+        """``error`` as events, for a failure after the stream started."""
         ...
 
 
@@ -80,11 +80,11 @@ class Rendering(Protocol):
     """A state machine that writes provider events in one API's format: the same one makes the
     stream and the whole answer, so they cannot disagree."""
 
-    def feed(self, event: StreamEvent) -> list[tuple[str | None, Any]]:
+    def feed(self, event: StreamEvent) -> Sequence[tuple[str | None, Any]]:
         """The events (name, JSON-able payload) that ``event`` produces."""
         ...
 
-    def finish(self) -> list[tuple[str | None, Any]]:
+    def finish(self) -> Sequence[tuple[str | None, Any]]:
         """The closing events, after the last provider event."""
         ...
 
@@ -94,14 +94,17 @@ class Rendering(Protocol):
 
 class RenderedTurn:
     """A :class:`Turn` written by a :class:`Rendering`; ``result`` gives the whole answer after
-    ``finish``, ``done`` (when given) runs once an answer is complete (e.g. to store it)."""
+    ``finish``, ``done`` (when given) runs once an answer is complete (e.g. to store it), ``fail``
+    (when given) writes a failure after the stream started as several events."""
 
-    def __init__(self, request: ChatCompletionRequest, rendering: Rendering, result: Callable[[], Any],
-                 done: Callable[[], Awaitable[None]] | None = None) -> None:
+    def __init__(self, request: ChatCompletionRequest, rendering: Rendering, result: Callable[[], Any], *,
+                 done: Callable[[], Awaitable[None]] | None = None,
+                 fail: Callable[[PatchbayError], Sequence[tuple[str | None, Any]]] | None = None) -> None:
         self.request = request
         self.rendering = rendering
         self.result = result
         self.done = done
+        self.fail = fail
 
     async def whole(self, events: EventStream) -> bytes:
         feed = self.rendering.feed
@@ -124,8 +127,10 @@ class RenderedTurn:
         if self.done is not None:
             await self.done()
 
-    def error_frame(self, error: PatchbayError) -> Frame:
-        return _frame(*self.rendering.error_frame(error))
+    def error_frames(self, error: PatchbayError) -> list[Frame]:
+        if self.fail is not None:
+            return [_frame(name, payload) for name, payload in self.fail(error)]
+        return [_frame(*self.rendering.error_frame(error))]
 
 
 def _frame(name: str | None, payload: Any) -> Frame:
@@ -156,8 +161,8 @@ class _ChatTurn:
                 yield None, _encode(chunk)
         yield None, b"[DONE]"
 
-    def error_frame(self, error: PatchbayError) -> Frame:
-        return None, error_body(error)
+    def error_frames(self, error: PatchbayError) -> list[Frame]:
+        return [(None, error_body(error))]
 
 
 class ChatEndpoint:
@@ -240,24 +245,25 @@ class ChatEndpoint:
             self._record(request, events, started, error.status, ttft=first, error=error)
             if not writer.started:
                 raise  # the app answers with the error's own status
-            await self._in_band(writer, turn.error_frame(error))
+            await self._in_band(writer, turn.error_frames(error))
             return
         except Exception as exc:  # a bug must not leave the client hanging on an open stream
             if not writer.started:
                 raise
             log.exception("streaming failed after the response started")
-            await self._in_band(writer, turn.error_frame(UpstreamError(f"internal error: {type(exc).__name__}")))
+            await self._in_band(writer, turn.error_frames(UpstreamError(f"internal error: {type(exc).__name__}")))
             return
         finally:
             await writer.stop_keep_alive()  # also on the error paths: awaited, so it writes nothing later
         self._record(request, events, started, 499 if watch.disconnected else 200, ttft=first)
 
-    async def _in_band(self, writer: SSEWriter, frame: Frame) -> None:
-        """After the headers: the error as an event, then the end of the stream (the client may be
+    async def _in_band(self, writer: SSEWriter, frames: Sequence[Frame]) -> None:
+        """After the headers: the error as events, then the end of the stream (the client may be
         gone too, or have stopped reading)."""
         with contextlib.suppress(OSError, TimeoutError):
             async with asyncio.timeout(self.send_timeout):
-                await writer.event(*frame)
+                for frame in frames:
+                    await writer.event(*frame)
                 await writer.end()
 
     def _record(self, request: ChatCompletionRequest, events: EventStream, started: float, status: int, *,
