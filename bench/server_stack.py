@@ -629,6 +629,12 @@ def _name(row: StackRow) -> str:
     return f"{row.candidate.label} ({row.version})" if row.version else row.candidate.label
 
 
+def spread_of(row: StackRow) -> float:
+    """How far apart a candidate's wrk rounds were: best over worst req/s, minus one (0 for one round)."""
+    rates = [run.requests_per_second for run in row.runs]
+    return max(rates) / min(rates) - 1 if len(rates) > 1 and min(rates) > 0 else 0.0
+
+
 def chosen(rows: list[StackRow]) -> str:
     """The "Chosen:" sentences for the server, derived from the rows: which candidates pass every
     attack, the fastest of them, and how the shipped stack compares with it and with stock uvicorn."""
@@ -661,6 +667,10 @@ def chosen(rows: list[StackRow]) -> str:
                              f"({shipped.wrk.requests_per_second:,.0f} against "
                              f"{stock.wrk.requests_per_second:,.0f} req/s)")
             sentences[-1] += "."
+        spread = max((spread_of(row) for row in measured), default=0.0)
+        if spread > 0:
+            sentences.append(f"That figure is one run's on a shared 2-core machine: the two rounds of one "
+                             f"candidate differed by up to {spread:.0%} here.")
         best = max(passing, key=lambda row: row.wrk.requests_per_second if row.wrk else 0.0, default=None)
         if shipped in passing and best is shipped:
             which = "the only stack" if len(passing) == 1 else "the fastest stack"
@@ -688,7 +698,8 @@ def report(rows: list[StackRow], forward_rows: list[tuple[str, float, float]], j
         "## Server stack: how it was chosen", "",
         f"Command: `python -m bench.server_stack --duration {duration:g}`. Each candidate runs alone, one "
         f"worker, serving `bench.stack_apps:static`; wrk `-t1 -c50 -d{duration:g}s` (req/s and p50: the better of two "
-        "rounds, each in a fresh process, the second in reverse order), then the attacks of issue "
+        "rounds, each in a fresh process, the second in reverse order; the other round's req/s in brackets), "
+        "then the attacks of issue "
         "15 with raw sockets on 127.0.0.1: (a) one request head of 1 MiB in about 11,000 headers of 95 bytes, rejected "
         f"(4xx or closed) with server RSS (VmRSS, whole process tree) growing at most {HEAD_RSS_BOUND_MB:g} MB; "
         f"(b) {SLOW_CONNECTIONS} connections sending a request line, then one header byte per second, all closed "
@@ -706,7 +717,9 @@ def report(rows: list[StackRow], forward_rows: list[tuple[str, float, float]], j
             lines.append(f"| {_name(row)} | {row.unavailable or 'not measured'} |" + " |" * (len(header) - 2))
             continue
         cells = [row.attacks[key].cell() if key in row.attacks else "-" for key, _ in ATTACKS]
-        lines.append(f"| {_name(row)} | {row.wrk.requests_per_second:,.0f} | {row.wrk.p50:.2f} ms | "
+        others = ", ".join(f"{run.requests_per_second:,.0f}" for run in row.runs if run is not row.wrk)
+        rate = f"{row.wrk.requests_per_second:,.0f}" + (f" ({others})" if others else "")
+        lines.append(f"| {_name(row)} | {rate} | {row.wrk.p50:.2f} ms | "
                      + " | ".join(cells) + f" | {row.probe.cell()} |")
     lines += ["", "Options given to each candidate (patchbay's defaults where it has an equivalent):", ""]
     lines += [f"- {row.candidate.label}: {row.candidate.options}" for row in rows]

@@ -129,3 +129,11 @@ def test_report_has_one_row_per_candidate_and_marks_missing_ones() -> None:
     assert "**fail**: observed" in shipped and "27,000" in shipped
     assert "not installed" in absent
     assert "Chosen: " in text and "| fake upstream, direct | 16,000 | 2.00 ms |" in text
+
+
+def test_report_shows_the_other_round_and_chosen_the_spread() -> None:
+    row = _row(SHIPPED, 27_000)
+    row.runs.append(WrkResult(50, 100_000, 20_000.0, {50: 2.0, 99: 4.0}))
+    line = next(line for line in report([row], [], [], 5.0).splitlines() if line.startswith(f"| {SHIPPED}"))
+    assert "| 27,000 (20,000) | 1.50 ms |" in line
+    assert "35%" in chosen([row, _row(STOCK, 30_000, failing=("head",))])
