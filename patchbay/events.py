@@ -78,10 +78,12 @@ class Usage:
 
 @dataclass(frozen=True, slots=True)
 class Finish:
-    """Why the answer ended: ``stop``, ``length``, ``tool_calls`` or ``content_filter``."""
+    """Why the answer ended: ``stop``, ``length``, ``tool_calls`` or ``content_filter``;
+    ``stop_sequence`` is the stop string that ended it, when patchbay cut the text there."""
 
     reason: str
     choice: int = 0
+    stop_sequence: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,6 +23,7 @@ class StopSequenceFilter:
         self.stops = [s for s in (stops or []) if s]
         self._held = ""
         self.stopped = False
+        self.matched: str | None = None  # the stop string that ended the text
 
     def feed(self, text: str) -> str:
         """The part of ``held + text`` that can be delivered now; sets ``stopped`` on a match."""
@@ -31,8 +32,9 @@ class StopSequenceFilter:
         if not self.stops:
             return text
         buffer = self._held + text
-        cut = min((i for i in (buffer.find(s) for s in self.stops) if i >= 0), default=-1)
-        if cut >= 0:
+        found = [(at, stop) for stop in self.stops if (at := buffer.find(stop)) >= 0]
+        if found:
+            cut, self.matched = min(found, key=lambda hit: hit[0])
             self.stopped = True
             self._held = ""
             return buffer[:cut]
@@ -57,7 +59,7 @@ class StopSequenceFilter:
 
 
 async def cut_at_stops(events: AsyncIterator[StreamEvent], stops: Sequence[str]) -> AsyncIterator[StreamEvent]:
-    """``events`` with the text cut at the first stop string (then a ``Finish("stop")``)."""
+    """``events`` with the text cut at the first stop string (then a ``Finish("stop")`` naming it)."""
     text_filter = StopSequenceFilter(stops)
     try:
         async for event in events:
@@ -66,7 +68,7 @@ async def cut_at_stops(events: AsyncIterator[StreamEvent], stops: Sequence[str])
                 if text:
                     yield TextDelta(text)
                 if text_filter.stopped:
-                    yield Finish("stop")
+                    yield Finish("stop", stop_sequence=text_filter.matched)
                     return
             elif isinstance(event, Finish):
                 if tail := text_filter.flush():

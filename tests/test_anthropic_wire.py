@@ -9,7 +9,7 @@ envelopes. No network: the SDK's HTTP client runs on a mock transport.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,6 +51,7 @@ from patchbay.errors import (
     UpstreamError,
 )
 from patchbay.events import Fallback, Finish, Logprobs, ProviderInfo, StreamEvent, TextDelta, ToolCallDelta, Usage
+from patchbay.stops import cut_at_stops
 
 MODEL = "claude-sonnet-4-5"
 WEATHER_SCHEMA = {"$schema": "http://json-schema.org/draft-07/schema#", "type": "object",
@@ -791,3 +792,20 @@ def test_count_tokens_checks_the_body() -> None:
     with pytest.raises(InvalidRequest) as caught:
         count_tokens_body(body(messages=[{"role": "user", "content": [{"type": "video"}]}]))
     assert caught.value.param == "messages[0].content[0].type"
+
+
+async def test_a_stop_sequence_patchbay_cut_at_is_reported() -> None:
+    async def source() -> AsyncIterator[StreamEvent]:
+        for piece in ("one, two", ", ST", "OP three"):
+            yield TextDelta(piece)
+
+    request = decode_messages_request(json.dumps({
+        "model": "m", "max_tokens": 50, "stop_sequences": ["never", "STOP"],
+        "messages": [{"role": "user", "content": "count"}]}).encode())
+    rendering = MessageRendering(request, "msg_1")
+    async for event in cut_at_stops(source(), request.chat.stops):
+        rendering.feed(event)
+    rendering.finish()
+    message = rendering.message()
+    assert message["content"][0]["text"] == "one, two, "
+    assert (message["stop_reason"], message["stop_sequence"]) == ("stop_sequence", "STOP")

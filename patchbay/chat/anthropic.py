@@ -808,8 +808,7 @@ class MessageRendering:
         where patchbay's stop cutter reports it)."""
         if self._finish is None or self._finish.reason != "stop":
             return None
-        matched = getattr(self._finish, "stop_sequence", None)
-        return matched if isinstance(matched, str) and matched else None
+        return self._finish.stop_sequence or None
 
     # -- the fold ------------------------------------------------------------------------------------
 
