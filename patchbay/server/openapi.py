@@ -38,7 +38,7 @@ def _json(name: str) -> dict[str, Any]:
 
 def _errors(*statuses: int) -> dict[str, Any]:
     described = {400: "Invalid JSON or a field that breaks the schema", 401: "Missing or wrong API key",
-                 404: "Unknown model", 413: "Request body over the limit", 429: "Rate limited",
+                 404: "Unknown model (or stored object)", 413: "Request body over the limit", 429: "Rate limited",
                  502: "Upstream failure", 503: "No provider could be tried", 504: "Upstream timeout"}
     return {str(status): {"description": described[status], "content": _json("ErrorResponse")} for status in statuses}
 
@@ -77,6 +77,107 @@ def _with_message_rules(message: dict[str, Any]) -> dict[str, Any]:
          "required": ["content", "tool_call_id"]},
     ]
     return message
+
+
+#: The Anthropic and Responses bodies are read by hand-written decoders that follow those APIs'
+#: own references (patchbay/chat/anthropic.py, patchbay/chat/responses.py); the document names
+#: what they require and points there for the rest.
+ANTHROPIC_REFERENCE = "https://docs.anthropic.com/en/api/messages"
+RESPONSES_REFERENCE = "https://platform.openai.com/docs/api-reference/responses"
+_OBJECT: dict[str, Any] = {"type": "object"}
+
+
+def _anthropic_schemas() -> dict[str, Any]:
+    message_param = {"type": "object", "required": ["role", "content"], "properties": {
+        "role": {"enum": ["user", "assistant"]},
+        "content": {"anyOf": [{"type": "string"}, {"type": "array", "items": _OBJECT}]}}}
+    return {
+        "MessagesRequest": {
+            "type": "object", "required": ["model", "messages", "max_tokens"],
+            "description": f"An Anthropic Messages request ({ANTHROPIC_REFERENCE}): system, content blocks "
+                           "text / image / tool_use / tool_result, tools, tool_choice, stop_sequences, temperature, "
+                           "top_p, metadata, stream; other fields (thinking...) are accepted and ignored.",
+            "properties": {"model": {"type": "string"}, "max_tokens": {"type": "integer", "minimum": 1},
+                           "messages": {"type": "array", "items": message_param},
+                           "system": {"anyOf": [{"type": "string"}, {"type": "array", "items": _OBJECT}]},
+                           "stream": {"type": "boolean"}}},
+        "CountTokensRequest": {"type": "object", "required": ["model", "messages"],
+                               "description": "A Messages request without max_tokens."},
+        "Message": {"type": "object", "required": ["id", "type", "role", "content", "model", "stop_reason", "usage"],
+                    "description": "An Anthropic Message."},
+        "TokenCount": {"type": "object", "required": ["input_tokens"],
+                       "properties": {"input_tokens": {"type": "integer"}}},
+        "AnthropicError": {"type": "object", "required": ["type", "error"], "properties": {
+            "type": {"const": "error"},
+            "error": {"type": "object", "required": ["type", "message"],
+                      "properties": {"type": {"type": "string"}, "message": {"type": "string"}}}}},
+    }
+
+
+def _responses_schemas() -> dict[str, Any]:
+    return {
+        "ResponsesRequest": {
+            "type": "object", "required": ["model"],
+            "description": f"An OpenAI Responses request ({RESPONSES_REFERENCE}): input (a string or items: "
+                           "messages, function_call, function_call_output), instructions, function tools, "
+                           "tool_choice, text.format, max_output_tokens, previous_response_id, store, stream.",
+            "properties": {"model": {"type": "string"},
+                           "input": {"anyOf": [{"type": "string"}, {"type": "array", "items": _OBJECT}]},
+                           "previous_response_id": {"type": "string"}, "store": {"type": "boolean"},
+                           "stream": {"type": "boolean"}}},
+        "Response": {"type": "object", "required": ["id", "object", "created_at", "status", "model", "output"],
+                     "description": "An OpenAI Responses response."},
+    }
+
+
+def _anthropic_errors(*statuses: int) -> dict[str, Any]:
+    return {status: {**body, "content": _json("AnthropicError")} for status, body in _errors(*statuses).items()}
+
+
+def _stream(description: str) -> dict[str, Any]:
+    """A streamed answer of named events (``event: <type>`` then ``data: <JSON>``)."""
+    item = {"type": "object", "required": ["event", "data"],
+            "properties": {"event": {"type": "string"},
+                           "data": {"type": "string", "contentMediaType": "application/json"}}}
+    return {"text/event-stream": {"itemSchema": item, "description": description}}
+
+
+def _api_paths(secured: dict[str, Any], auth_errors: tuple[int, ...]) -> dict[str, Any]:
+    """The Anthropic Messages and OpenAI Responses operations."""
+    statuses = (400, *auth_errors, 404, 413, 429, 502, 503, 504)
+    return {
+        "/v1/messages": {"post": {
+            "operationId": "createMessage", "summary": "Create a message (Anthropic Messages API)", **secured,
+            "description": "The key may also be sent as `x-api-key`. Streamed: message_start, content_block_start, "
+                           "ping, content_block_delta, content_block_stop, message_delta, message_stop; a failure "
+                           "after the first event is an `error` event.",
+            "requestBody": {"required": True, "content": _json("MessagesRequest")},
+            "responses": {"200": {"description": "The message; with `stream`, server-sent events",
+                                  "content": {**_json("Message"), **_stream("Anthropic stream events")}},
+                          **_anthropic_errors(*statuses)},
+        }},
+        "/v1/messages/count_tokens": {"post": {
+            "operationId": "countMessageTokens", "summary": "Estimate a Messages request's input tokens", **secured,
+            "requestBody": {"required": True, "content": _json("CountTokensRequest")},
+            "responses": {"200": {"description": "The estimate", "content": _json("TokenCount")},
+                          **_anthropic_errors(400, *auth_errors, 413)},
+        }},
+        "/v1/responses": {"post": {
+            "operationId": "createResponse", "summary": "Create a response (OpenAI Responses API)", **secured,
+            "requestBody": {"required": True, "content": _json("ResponsesRequest")},
+            "responses": {"200": {"description": "The response; with `stream`, server-sent events "
+                                                 "(response.created ... response.completed; on a failure after the "
+                                                 "start, `error` then `response.failed`)",
+                                  "content": {**_json("Response"), **_stream("Responses stream events")}},
+                          **_errors(*statuses)},
+        }},
+        "/v1/responses/{response_id}": {"get": {
+            "operationId": "retrieveResponse", "summary": "A stored response", **secured,
+            "parameters": [{"name": "response_id", "in": "path", "required": True, "schema": {"type": "string"}}],
+            "responses": {"200": {"description": "The response", "content": _json("Response")},
+                          **_errors(*auth_errors, 404)},
+        }},
+    }
 
 
 def openapi_document(version: str, *, auth: bool) -> dict[str, Any]:
@@ -130,8 +231,9 @@ def openapi_document(version: str, *, auth: bool) -> dict[str, Any]:
                                                        "content": {"text/plain": {"schema": {"type": "string"}}}},
                                                **_errors(*auth_errors)}}},
         },
-        "components": {"schemas": components},
+        "components": {"schemas": {**components, **_anthropic_schemas(), **_responses_schemas()}},
     }
+    document["paths"].update(_api_paths(secured, auth_errors))
     if auth:
         document["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
     return document
