@@ -24,18 +24,19 @@ from typing import Any, Protocol
 
 import msgspec
 
+from patchbay.chat.rendering import Rendering, rendered_events, rendered_whole
 from patchbay.chat.request import ChatCompletionRequest, decode_request
 from patchbay.completions import complete, open_stream, stream_chunks
 from patchbay.config import Timeout
 from patchbay.context import CHARS_PER_TOKEN, estimate_tokens
 from patchbay.errors import AllProvidersFailed, PatchbayError, UpstreamError
-from patchbay.events import EventStream, StreamEvent
+from patchbay.events import EventStream
 from patchbay.providers.base import AsyncGeneratorProvider
 from patchbay.requestlog import Exchange, RequestLog
 from patchbay.server.asgi import DisconnectWatch, Receive, Send, SSEWriter, error_body, send_bytes
 from patchbay.server.metrics import GatewayMetrics
 
-__all__ = ["ChatCompletions", "ChatEndpoint", "Dialect", "Frame", "RenderedTurn", "Rendering", "Turn"]
+__all__ = ["ChatCompletions", "ChatEndpoint", "Dialect", "Frame", "RenderedTurn", "Turn"]
 
 log = logging.getLogger("patchbay.server")
 
@@ -76,22 +77,6 @@ class Dialect(Protocol):
         ...
 
 
-class Rendering(Protocol):
-    """A state machine that writes provider events in one API's format: the same one makes the
-    stream and the whole answer, so they cannot disagree."""
-
-    def feed(self, event: StreamEvent) -> Sequence[tuple[str | None, Any]]:
-        """The events (name, JSON-able payload) that ``event`` produces."""
-        ...
-
-    def finish(self) -> Sequence[tuple[str | None, Any]]:
-        """The closing events, after the last provider event."""
-        ...
-
-    def error_frame(self, error: PatchbayError) -> tuple[str | None, Any]:
-        ...
-
-
 class RenderedTurn:
     """A :class:`Turn` written by a :class:`Rendering`; ``result`` gives the whole answer after
     ``finish``, ``done`` (when given) runs once an answer is complete (e.g. to store it), ``fail``
@@ -107,23 +92,16 @@ class RenderedTurn:
         self.fail = fail
 
     async def whole(self, events: EventStream) -> bytes:
-        feed = self.rendering.feed
-        async with aclosing(events):
-            async for event in events:
-                feed(event)
-        self.rendering.finish()
+        body = _encode(await rendered_whole(self.rendering, events, self.result))
         if self.done is not None:
             await self.done()
-        return _encode(self.result())
+        return body
 
     async def frames(self, events: EventStream) -> AsyncGenerator[Frame, None]:
-        feed = self.rendering.feed
-        async with aclosing(events):
-            async for event in events:
-                for name, payload in feed(event):
-                    yield _frame(name, payload)
-        for name, payload in self.rendering.finish():
-            yield _frame(name, payload)
+        rendered = rendered_events(self.rendering, events)
+        async with aclosing(rendered):
+            async for name, payload in rendered:
+                yield _frame(name, payload)
         if self.done is not None:
             await self.done()
 
