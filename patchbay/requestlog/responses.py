@@ -24,16 +24,19 @@ import sqlite3
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import msgspec
 
-from patchbay.errors import PatchbayError
+from patchbay.chat.request import ChatCompletionRequest
+from patchbay.chat.responses import ResponseRendering, decode_responses_request, response_id
+from patchbay.errors import InvalidRequest, PatchbayError
 
-__all__ = ["MemoryResponseStore", "ResponseStore", "SQLiteResponseStore", "StoredResponse"]
+__all__ = ["MemoryResponseStore", "ResponseStore", "ResponseTurn", "SQLiteResponseStore", "StoredResponse",
+           "begin_response"]
 
 log = logging.getLogger("patchbay.requestlog.responses")
 
@@ -44,6 +47,7 @@ PRUNE_ROWS = 1_000  # expired rows one write deletes at most (the next write goe
 
 _encode = msgspec.json.encode
 _decode = msgspec.json.decode
+_KEPT = ("completed", "incomplete")  # a finished answer's status; a failed one is not kept
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,3 +241,35 @@ class SQLiteResponseStore:
                 with contextlib.suppress(sqlite3.Error):
                     self._connection.close()
                 self._connection = None
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseTurn:
+    """One ``/v1/responses`` request, ready to run: the chat request (with the stored history of
+    ``previous_response_id`` before its input), the rendering that writes the answer, and
+    ``keep``, to call once the answer is complete (it stores it when the request asked)."""
+
+    chat: ChatCompletionRequest
+    rendering: ResponseRendering
+    keep: Callable[[], Awaitable[None]]
+
+
+async def begin_response(body: bytes, store: ResponseStore, ttl: float) -> ResponseTurn:
+    """Read a Responses request and find its history in ``store`` (InvalidRequest naming
+    ``previous_response_id`` when it is not there)."""
+    request = decode_responses_request(body)
+    history = None
+    if request.previous_response_id is not None:
+        stored = await store.get(request.previous_response_id)
+        if stored is None:
+            raise InvalidRequest(f"previous response {request.previous_response_id!r} not found: it was made "
+                                 f"without store, more than {ttl:g} s ago, or elsewhere", param="previous_response_id")
+        history = stored.conversation
+    chat = request.chat(history)
+    rendering = ResponseRendering(request, response_id(), int(time.time()), history=history)
+
+    async def keep() -> None:
+        if request.store and rendering.status in _KEPT:
+            await store.put(rendering.id, rendering.response(), rendering.conversation(), ttl)
+
+    return ResponseTurn(chat, rendering, keep)

@@ -9,13 +9,10 @@ sees it), else the request log's SQLite file, else this process's memory.
 
 from __future__ import annotations
 
-import time
-
 import msgspec
 
-from patchbay.chat.responses import ResponseRendering, decode_responses_request, response_id
-from patchbay.errors import InvalidRequest, PatchbayError, ResourceNotFound
-from patchbay.requestlog.responses import ResponseStore
+from patchbay.errors import PatchbayError, ResourceNotFound
+from patchbay.requestlog.responses import ResponseStore, begin_response
 from patchbay.server.asgi import Receive, Scope, Send, error_body, send_bytes
 from patchbay.server.chat import RenderedTurn, Turn
 
@@ -23,7 +20,6 @@ __all__ = ["OpenAIResponses", "RESPONSES_PREFIX"]
 
 RESPONSES_PREFIX = "/v1/responses/"
 _encode = msgspec.json.encode
-_KEPT = ("completed", "incomplete")  # what a finished answer's status is; a failed one is not kept
 
 
 class OpenAIResponses:
@@ -35,23 +31,9 @@ class OpenAIResponses:
         self.ttl = ttl
 
     async def begin(self, body: bytes) -> Turn:
-        request = decode_responses_request(body)
-        history = None
-        if request.previous_response_id is not None:
-            stored = await self.store.get(request.previous_response_id)
-            if stored is None:
-                raise InvalidRequest(f"previous response {request.previous_response_id!r} not found: it was made "
-                                     f"without store, or more than {self.ttl:g} s ago, or elsewhere",
-                                     param="previous_response_id")
-            history = stored.conversation
-        chat = request.chat(history)
-        rendering = ResponseRendering(request, response_id(), int(time.time()), history=history)
-
-        async def keep() -> None:
-            if request.store and rendering.status in _KEPT:
-                await self.store.put(rendering.id, rendering.response(), rendering.conversation(), self.ttl)
-
-        return RenderedTurn(chat, rendering, rendering.response, done=keep, fail=rendering.fail)
+        turn = await begin_response(body, self.store, self.ttl)
+        return RenderedTurn(turn.chat, turn.rendering, turn.rendering.response, done=turn.keep,
+                            fail=turn.rendering.fail)
 
     def error_body(self, error: PatchbayError) -> bytes:
         return error_body(error)
