@@ -28,7 +28,7 @@ from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-from patchbay.chat.request import ChatCompletionRequest, decode_request
+from patchbay.chat.request import ChatCompletionRequest, TextCompletionRequest, decode_request
 from patchbay.chat.text_completion import (
     CompletionRendering,
     chain_prompts,
@@ -69,7 +69,7 @@ def validate(document: Any, *, chunk: bool = False) -> None:
     assert not errors, errors
 
 
-def completion(body: dict[str, Any]) -> tuple[ChatCompletionRequest, bool, list[str]]:
+def completion(body: dict[str, Any]) -> tuple[TextCompletionRequest, bool, list[str]]:
     return decode_completion_request(json.dumps({"model": "m", **body}).encode())
 
 
@@ -167,12 +167,12 @@ def test_accepted_options_that_change_nothing() -> None:
     assert request.extra_body is None
 
 
-def test_a_chat_request_has_messages_or_a_prompt_not_both() -> None:
-    with pytest.raises(InvalidRequest) as caught:
-        decode_request(json.dumps({"model": "m", "prompt": "x", "messages": [{"role": "user", "content": "hi"}]})
-                       .encode())
-    assert caught.value.param == "prompt"
-    with pytest.raises(InvalidRequest) as missing:  # a chat body never turns into a raw completion
+def test_a_chat_body_never_turns_into_a_raw_completion() -> None:
+    chat = decode_request(json.dumps({"model": "m", "prompt": "x", "messages": [{"role": "user", "content": "hi"}]})
+                          .encode())
+    assert chat.prompt is None and chat.extra_body == {"prompt": "x"}  # passed on, as any unknown field
+    assert not isinstance(chat, TextCompletionRequest) and needs(chat) == ()
+    with pytest.raises(InvalidRequest) as missing:
         decode_request(b'{"model": "m", "prompt": "x"}')
     assert missing.value.param == "messages"
     with pytest.raises(InvalidRequest):

@@ -31,6 +31,7 @@ __all__ = [
     "ChatCompletionRequest",
     "ChatMessage",
     "StreamOptions",
+    "TextCompletionRequest",
     "decode_request",
     "request_from_kwargs",
     "request_schema",
@@ -105,10 +106,6 @@ class ChatCompletionRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=
     modalities: list[str] | None = None
     prediction: dict[str, Any] | None = None
     audio: dict[str, Any] | None = None
-    prompt: Annotated[str, msgspec.Meta(
-        description="Set by POST /v1/completions (legacy): a raw prompt, completed without a chat template, in "
-                    "place of the messages (which are then empty). A chat request leaves it out."
-    )] | None = None
     extra_body: Annotated[dict[str, Any], msgspec.Meta(
         description="Fields for the upstream that patchbay does not name; other unknown fields land here too."
     )] | None = None
@@ -149,6 +146,27 @@ class ChatCompletionRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=
         for name in ("model", "messages", "stream"):
             fields.pop(name)
         return {name: msgspec.to_builtins(value) for name, value in fields.items() if value is not None}
+
+    @property
+    def prompt(self) -> str | None:
+        """A raw prompt completed in place of the messages: only a :class:`TextCompletionRequest`
+        (legacy completions) has one; a chat request's is None."""
+        return None
+
+
+class TextCompletionRequest(ChatCompletionRequest, kw_only=True, forbid_unknown_fields=True):
+    """A legacy text completion (``POST /v1/completions``) as the one request type: the chat
+    request's options and a raw ``prompt``, completed without a chat template, in place of the
+    messages (which are empty). A subclass, so that the chat request's schema (and what a chat
+    body may hold) stays as it is; built by :mod:`patchbay.chat.text_completion`, never decoded."""
+
+    prompt: str  # type: ignore[assignment]  # the field that the base class's property stands in for
+
+    @classmethod
+    def of(cls, request: ChatCompletionRequest, prompt: str) -> TextCompletionRequest:
+        """``request``'s options with ``prompt`` and no messages."""
+        fields = {name: getattr(request, name) for name in request.__struct_fields__}
+        return cls(**{**fields, "messages": [], "prompt": prompt})
 
 
 FIELDS = frozenset(ChatCompletionRequest.__struct_fields__)
@@ -217,12 +235,7 @@ def request_from_kwargs(kwargs: dict[str, Any]) -> ChatCompletionRequest:
 
 def _check_messages(request: ChatCompletionRequest) -> None:
     """The rules a schema does not state (a tool message's tool_call_id, content parts...), by
-    :func:`~patchbay.messages.validate_messages`; plain text turns, the usual case, need none.
-    A request has either messages or a raw ``prompt`` (legacy completions), never both."""
-    if request.prompt is not None:
-        if request.messages:
-            raise InvalidRequest("a request has either messages or a prompt, not both", param="prompt")
-        return
+    :func:`~patchbay.messages.validate_messages`; plain text turns, the usual case, need none."""
     if any(m.role == "tool" or not isinstance(m.content, str) for m in request.messages):
         validate_messages(request.message_dicts())
 

@@ -1,7 +1,8 @@
 """Legacy text completions (``POST /v1/completions``) over the chat pipeline.
 
-A legacy request is read into the one chat request with its ``prompt`` set and no messages
-(:func:`decode_completion_request`), so the router, its capability check (``text_completion``:
+A legacy request is read into the one chat request type, as a
+:class:`~patchbay.chat.request.TextCompletionRequest` (its ``prompt`` set, no messages;
+:func:`decode_completion_request`), so the router, its capability check (``text_completion``:
 web chats are skipped), fallback and exactly-once streaming serve it unchanged; the embedded
 model completes the raw prompt without a chat template, OpenAI-compatible targets get it at
 their own ``/completions``. A list of prompts is one request per prompt, one after another
@@ -22,7 +23,9 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from contextlib import aclosing
 from typing import Any
 
-from patchbay.chat.request import ChatCompletionRequest, _json_document, request_from_kwargs
+import msgspec
+
+from patchbay.chat.request import ChatCompletionRequest, TextCompletionRequest, _json_document, request_from_kwargs
 from patchbay.errors import InvalidRequest, PatchbayError, UnsupportedFeature
 from patchbay.events import Finish, Logprobs, StreamEvent, TextDelta, ToolCallDelta, Usage
 
@@ -53,13 +56,13 @@ def completion_id() -> str:
     return f"cmpl-{secrets.token_hex(12)}"
 
 
-def decode_completion_request(body: bytes) -> tuple[ChatCompletionRequest, bool, list[str]]:
+def decode_completion_request(body: bytes) -> tuple[TextCompletionRequest, bool, list[str]]:
     """A ``/v1/completions`` body as (the chat request for its first prompt, echo, every
     prompt); InvalidRequest (or UnsupportedFeature) names the field that is wrong."""
     return completion_request_from_dict(_json_document(body))
 
 
-def completion_request_from_dict(document: Any) -> tuple[ChatCompletionRequest, bool, list[str]]:
+def completion_request_from_dict(document: Any) -> tuple[TextCompletionRequest, bool, list[str]]:
     """:func:`decode_completion_request` for a body already parsed (or a client's arguments)."""
     if not isinstance(document, dict):
         raise InvalidRequest("invalid request: the body must be of type object")
@@ -93,7 +96,7 @@ def completion_request_from_dict(document: Any) -> tuple[ChatCompletionRequest, 
     if len(prompts) * (checked.n or 1) > MAX_CHOICES:
         raise InvalidRequest(f"prompts times n must be at most {MAX_CHOICES}, got {len(prompts)} x {checked.n}",
                              param="prompt")
-    return checked.replace(messages=[], prompt=prompts[0]), bool(echo), prompts
+    return TextCompletionRequest.of(checked, prompts[0]), bool(echo), prompts
 
 
 def _prompts(value: Any, given: bool) -> list[str]:
@@ -113,8 +116,8 @@ def _prompts(value: Any, given: bool) -> list[str]:
     return list(value)
 
 
-async def chain_prompts(request: ChatCompletionRequest, prompts: Sequence[str],
-                        open_one: Callable[[ChatCompletionRequest], AsyncIterator[StreamEvent]]
+async def chain_prompts(request: TextCompletionRequest, prompts: Sequence[str],
+                        open_one: Callable[[TextCompletionRequest], AsyncIterator[StreamEvent]]
                         ) -> AsyncGenerator[StreamEvent, None]:
     """The events of one request per prompt (``open_one`` runs each), one after another: prompt
     ``i``'s choice ``j`` becomes choice ``i * n + j``, and the usages are summed into one
@@ -125,7 +128,7 @@ async def chain_prompts(request: ChatCompletionRequest, prompts: Sequence[str],
     for position, prompt in enumerate(prompts):
         offset = position * n
         usage: Usage | None = None
-        async with aclosing(_closing(open_one(request.replace(prompt=prompt)))) as events:
+        async with aclosing(_closing(open_one(msgspec.structs.replace(request, prompt=prompt)))) as events:
             async for event in events:
                 if isinstance(event, Usage):
                     usage = event
