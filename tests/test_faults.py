@@ -14,9 +14,16 @@ or the exact answer); and afterwards the gateway is back to its baseline: open f
 upstream, no response the fakes are still writing. Idle keep-alive connections are legitimate, so
 the fakes close theirs after :data:`UPSTREAM_KEEPALIVE` seconds, as real servers do (later).
 
+The matrix runs on each API the gateway speaks (:data:`APIS`): ``/v1/chat/completions``,
+``/v1/messages`` (Anthropic's envelope ``{"type": "error", "error": {...}}`` and its stream events,
+an in-band ``event: error``) and ``/v1/responses`` (OpenAI's envelope; an in-band ``error`` event,
+then ``response.failed``). One error table gives all three the same statuses, so the outcomes are
+the same (:data:`API_OVERRIDES` would hold a case that differs for a reason); each API's client
+below reads its own format into the same :class:`Result`, so one :func:`check` judges them all.
+
 Beyond the matrix: faults after some text on a route whose second target continues the answer
-(the client gets the delivered text once, then the rest); the whole matrix at once; and a client
-that leaves in the middle of a fault (the upstream request is closed).
+(the client gets the delivered text once, then the rest; on each API); the whole matrix at once
+(on each API); and a client that leaves in the middle of a fault (the upstream request is closed).
 
 Decisions the matrix pins down: invalid UTF-8 from an upstream reaches the client as U+FFFD
 (lenient, as the decoders document); one SSE event larger than the decoders' line limit
@@ -29,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import time
 from collections.abc import AsyncIterator
@@ -126,6 +134,18 @@ MATRIX: dict[str, tuple[Outcome, Outcome]] = {
     "wrong_content_type": (fails(502, "ProtocolError"), ok(ANSWER)),
     "html_200": (fails(502, "HTML"), fails(502, "HTML")),
 }
+
+#: The APIs the matrix runs on: ``/v1/chat/completions``, ``/v1/messages``, ``/v1/responses``.
+APIS = ("chat", "messages", "responses")
+#: (api, case) -> (streamed, whole) where an API's outcome differs from :data:`MATRIX`'s, with the
+#: reason next to each row. None: the statuses come from one table for every API.
+API_OVERRIDES: dict[tuple[str, str], tuple[Outcome, Outcome]] = {}
+
+
+def outcome(api: str, scenario: str, stream: bool) -> Outcome:
+    """What ``scenario`` must give on ``api``, streamed or whole."""
+    return API_OVERRIDES.get((api, scenario), MATRIX[scenario])[0 if stream else 1]
+
 
 #: Faults after some text, on a route whose second target continues the answer (assistant prefill,
 #: ``mid_stream = "continue"``): the client gets the delivered text once, then the continuation.
@@ -225,7 +245,8 @@ def config_for(fakes: dict[str, OpenAIFake], refused: str) -> dict[str, Any]:
     """Route ``<case>``: the case's fake alone; route ``continue-<case>``: the case's fake, then
     the normal one, both able to continue a prefilled answer (under other provider names, so
     their health is their own)."""
-    providers = {f"p_{name}": {"base_url": fake.api_base, "models": ["m"]} for name, fake in fakes.items()}
+    providers: dict[str, dict[str, Any]] = {f"p_{name}": {"base_url": fake.api_base, "models": ["m"]}
+                                            for name, fake in fakes.items()}
     providers["p_refused"] = {"base_url": f"{refused}/v1", "models": ["m"]}
     for name in [*CONTINUED, "normal"]:
         providers[f"c_{name}"] = {"base_url": fakes[name].api_base, "models": ["m"], "prefill": True}
@@ -251,8 +272,9 @@ async def harness(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Har
         async with GatewayProcess(config, tmp_path_factory.mktemp("faults")) as gateway:
             harness = Harness(gateway, fakes)
             # Warm up (imports, the pool, the request log), then take the baseline once all is idle.
-            for stream in (False, True):
-                await request(gateway, "normal", stream)
+            for api in APIS:
+                for stream in (False, True):
+                    await request(gateway, "normal", stream, api)
             harness.baseline = Snapshot(10**6, 10**6, 0, 0)
             harness.baseline = await harness.settle()
             yield harness
@@ -274,10 +296,10 @@ class Result:
     done: bool = False
 
 
-async def request(gateway: GatewayProcess, model: str, stream: bool) -> Result:
-    if stream:
-        return await stream_request(gateway, model)
-    return await whole_request(gateway, model)
+async def request(gateway: GatewayProcess, model: str, stream: bool, api: str = "chat") -> Result:
+    """One request for ``model`` on ``api`` (see :data:`APIS`), read into a :class:`Result`."""
+    whole, streamed = REQUESTS[api]
+    return await (streamed if stream else whole)(gateway, model)
 
 
 async def whole_request(gateway: GatewayProcess, model: str) -> Result:
@@ -322,15 +344,163 @@ async def stream_request(gateway: GatewayProcess, model: str) -> Result:
     return result
 
 
-CASES = [pytest.param(name, stream, id=f"{name}-{'stream' if stream else 'whole'}")
-         for name in MATRIX for stream in (True, False)]
+async def post(gateway: GatewayProcess, path: str, body: dict[str, Any]) -> tuple[aiohttp.ClientResponse, bytes]:
+    """A raw POST to ``/v1<path>``: the response (closed) and its whole body."""
+    timeout = aiohttp.ClientTimeout(total=CLIENT_TIMEOUT)
+    async with aiohttp.ClientSession(timeout=timeout) as http, \
+            http.post(f"{gateway.api_base}{path}", json=body) as response:
+        raw = await response.read()
+    return response, raw
 
 
-@pytest.mark.parametrize(("scenario", "stream"), CASES)
-async def test_fault(harness: Harness, scenario: str, stream: bool) -> None:
-    expected = MATRIX[scenario][0 if stream else 1]
+def lower_headers(response: aiohttp.ClientResponse) -> dict[str, str]:
+    return {name.lower(): value for name, value in response.headers.items()}
+
+
+def sse_events(raw: bytes) -> list[tuple[str | None, dict[str, Any]]]:
+    """The named server-sent events of a stream: (``event:`` name or None, the JSON of its data)."""
+    events = []
+    for block in raw.decode().split("\n\n"):
+        name: str | None = None
+        data = []
+        for line in block.split("\n"):
+            if line.startswith("event:"):
+                name = line[6:].strip()
+            elif line.startswith("data:"):
+                data.append(line[5:].removeprefix(" "))
+        if data:
+            events.append((name, json.loads("\n".join(data))))
+    return events
+
+
+#: Anthropic's ``error.type`` for the statuses of the matrix (https://docs.claude.com/en/api/errors).
+ANTHROPIC_ERROR_TYPES = {429: "rate_limit_error", 502: "api_error", 504: "timeout_error"}
+#: The event names of an Anthropic Messages stream (an ``error`` only after a failure).
+MESSAGE_EVENTS = frozenset({"message_start", "content_block_start", "ping", "content_block_delta",
+                            "content_block_stop", "message_delta", "message_stop", "error"})
+
+
+def anthropic_failure(response: aiohttp.ClientResponse, raw: bytes) -> Result:
+    """An error response of ``/v1/messages``: Anthropic's envelope, typed by its status."""
+    body = json.loads(raw)
+    assert body["type"] == "error", body
+    error = body["error"]
+    assert error["type"] == ANTHROPIC_ERROR_TYPES.get(response.status, error["type"]), (response.status, error)
+    return Result(response.status, "", error, lower_headers(response))
+
+
+async def messages_whole(gateway: GatewayProcess, model: str) -> Result:
+    """A whole answer of ``/v1/messages``: the text of its text blocks."""
+    response, raw = await post(gateway, "/messages", {"model": model, "max_tokens": 256, "messages": HELLO})
+    if response.status != 200:
+        return anthropic_failure(response, raw)
+    message = json.loads(raw)
+    assert message["type"] == "message" and message["role"] == "assistant", message
+    text = "".join(block["text"] for block in message["content"] if block["type"] == "text")
+    return Result(200, text, None, done=True)
+
+
+async def messages_stream(gateway: GatewayProcess, model: str) -> Result:
+    """A streamed answer of ``/v1/messages``: the text deltas; ``message_stop`` ends it, an
+    ``error`` event ends it failed."""
+    body = {"model": model, "max_tokens": 256, "messages": HELLO, "stream": True}
+    response, raw = await post(gateway, "/messages", body)
+    if response.status != 200:
+        return anthropic_failure(response, raw)
+    assert response.content_type == "text/event-stream"
+    events = sse_events(raw)
+    names = [name for name, _ in events]
+    assert names and names[0] == "message_start", names
+    assert set(names) <= MESSAGE_EVENTS, names
+    result = Result(200, "", None)
+    for name, payload in events:
+        assert payload["type"] == name, (name, payload)
+        if result.error is not None or result.done:
+            result.events_after_error += 1
+        elif name == "error":
+            result.error = payload["error"]
+            assert result.error["type"] in ("api_error", "timeout_error", "overloaded_error"), result.error
+        elif name == "message_stop":
+            result.done = True
+        elif name == "content_block_delta" and payload["delta"]["type"] == "text_delta":
+            result.text += payload["delta"]["text"]
+    return result
+
+
+#: The event types of an OpenAI Responses stream of text.
+RESPONSE_EVENTS = frozenset({
+    "response.created", "response.in_progress", "response.output_item.added", "response.content_part.added",
+    "response.output_text.delta", "response.output_text.done", "response.content_part.done",
+    "response.output_item.done", "response.completed", "response.incomplete", "response.failed", "error"})
+
+
+def output_text(response: dict[str, Any]) -> str:
+    """The text of a Response: its message items' ``output_text`` parts."""
+    return "".join(part["text"] for item in response["output"] if item["type"] == "message"
+                   for part in item["content"] if part["type"] == "output_text")
+
+
+async def responses_whole(gateway: GatewayProcess, model: str) -> Result:
+    """A whole answer of ``/v1/responses``: the Response's output text; errors in OpenAI's envelope."""
+    response, raw = await post(gateway, "/responses", {"model": model, "input": "Hello"})
+    body = json.loads(raw)
+    if response.status != 200:
+        return Result(response.status, "", body["error"], lower_headers(response))
+    assert body["object"] == "response" and body["status"] in ("completed", "incomplete"), body
+    return Result(200, output_text(body), None, done=True)
+
+
+async def responses_stream(gateway: GatewayProcess, model: str) -> Result:
+    """A streamed answer of ``/v1/responses``: the text deltas; ``response.completed`` (or
+    ``.incomplete``) ends it; an ``error`` event ends it failed, with the ``response.failed`` that
+    belongs to it (anything after that counts as an event after the error)."""
+    response, raw = await post(gateway, "/responses", {"model": model, "input": "Hello", "stream": True})
+    if response.status != 200:
+        return Result(response.status, "", json.loads(raw)["error"], lower_headers(response))
+    assert response.content_type == "text/event-stream"
+    events = sse_events(raw)
+    names = [name for name, _ in events]
+    assert names and names[0] == "response.created", names
+    assert set(names) <= RESPONSE_EVENTS, names
+    numbers = [payload["sequence_number"] for _, payload in events]
+    assert all(a < b for a, b in itertools.pairwise(numbers)), numbers
+    result = Result(200, "", None)
+    failing = False  # an error event came: its response.failed is next
+    for name, payload in events:
+        assert payload["type"] == name, (name, payload)
+        if failing and name == "response.failed":
+            failing = False
+            assert payload["response"]["status"] == "failed", payload
+            assert result.error is not None and payload["response"]["error"]["message"] == result.error["message"]
+        elif result.error is not None or result.done:
+            result.events_after_error += 1
+        elif name == "error":
+            result.error, failing = payload.get("error") or payload, True
+        elif name in ("response.completed", "response.incomplete"):
+            result.done = True
+            assert output_text(payload["response"]) == result.text  # the final Response says the same
+        elif name == "response.output_text.delta":
+            result.text += payload["delta"]
+    assert not failing, "an error event without the response.failed that ends the Response"
+    return result
+
+
+#: api -> (whole, streamed) request functions.
+REQUESTS = {
+    "chat": (whole_request, stream_request),
+    "messages": (messages_whole, messages_stream),
+    "responses": (responses_whole, responses_stream),
+}
+
+CASES = [pytest.param(name, stream, api, id=f"{name}-{'stream' if stream else 'whole'}-{api}")
+         for api in APIS for name in MATRIX for stream in (True, False)]
+
+
+@pytest.mark.parametrize(("scenario", "stream", "api"), CASES)
+async def test_fault(harness: Harness, scenario: str, stream: bool, api: str) -> None:
+    expected = outcome(api, scenario, stream)
     started = time.monotonic()
-    result = await request(harness.gateway, scenario, stream)
+    result = await request(harness.gateway, scenario, stream, api)
     elapsed = time.monotonic() - started
 
     assert elapsed < DEADLINE + MARGIN, f"took {elapsed:.1f} s"
@@ -362,13 +532,14 @@ def check(scenario: str, expected: Outcome, result: Result) -> None:
             assert result.text == ""
 
 
+@pytest.mark.parametrize("api", APIS)
 @pytest.mark.parametrize("stream", [True, False], ids=["stream", "whole"])
 @pytest.mark.parametrize("scenario", CONTINUED)
-async def test_fault_after_text_is_continued_without_repeating(harness: Harness, scenario: str, stream: bool
-                                                               ) -> None:
+async def test_fault_after_text_is_continued_without_repeating(harness: Harness, scenario: str, stream: bool,
+                                                               api: str) -> None:
     continuer = harness.fakes["normal"]
     prefills = len(continuer.prefills)
-    result = await request(harness.gateway, f"continue-{scenario}", stream)
+    result = await request(harness.gateway, f"continue-{scenario}", stream, api)
     assert result.status == 200 and result.error is None and result.done, result
     if stream:  # some text came before the fault: the second target continues exactly that
         delivered = result.text.removesuffix(CONTINUATION)
@@ -380,18 +551,20 @@ async def test_fault_after_text_is_continued_without_repeating(harness: Harness,
     await harness.settle()
 
 
-async def test_every_fault_at_once(harness: Harness) -> None:
-    """The whole matrix concurrently: no case disturbs another, and all is released after.
+@pytest.mark.parametrize("api", APIS)
+async def test_every_fault_at_once(harness: Harness, api: str) -> None:
+    """The whole matrix concurrently (on one API at a time): no case disturbs another, and all is
+    released after.
 
     Not the enormous answers: making them keeps the fakes' event loop (this process's) busy for
     long enough that the others' first bytes can run past their limit."""
     cases = [(name, stream) for name in MATRIX if not name.startswith("enormous") for stream in (True, False)]
     started = time.monotonic()
-    results = await asyncio.gather(*(request(harness.gateway, name, stream) for name, stream in cases))
+    results = await asyncio.gather(*(request(harness.gateway, name, stream, api) for name, stream in cases))
     elapsed = time.monotonic() - started
     assert elapsed < DEADLINE + MARGIN, f"took {elapsed:.1f} s"
     for (name, stream), result in zip(cases, results, strict=True):
-        check(name, MATRIX[name][0 if stream else 1], result)
+        check(name, outcome(api, name, stream), result)
     await harness.settle()
 
 
