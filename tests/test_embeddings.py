@@ -34,6 +34,7 @@ from patchbay.chat.embeddings import (
     decode_base64_vector,
     decode_embedding_request,
     embedding_request_from_dict,
+    embedding_request_schema,
     to_response,
 )
 from patchbay.chat.request import ChatCompletionRequest
@@ -124,7 +125,7 @@ def test_unknown_fields_are_kept_for_the_upstream() -> None:
                                            "priority": 1}
 
 
-@pytest.mark.parametrize("body, param", [
+MISTAKES: list[tuple[dict[str, Any], str]] = [
     ({"input": "x"}, "model"),
     ({"model": "", "input": "x"}, "model"),
     ({"model": "m"}, "input"),
@@ -143,11 +144,23 @@ def test_unknown_fields_are_kept_for_the_upstream() -> None:
     ({"model": "m", "input": "x", "dimensions": "8"}, "dimensions"),
     ({"model": "m", "input": "x", "user": 7}, "user"),
     ({"model": "m", "input": "x", "extra_body": []}, "extra_body"),
-])
+]
+
+
+@pytest.mark.parametrize("body, param", MISTAKES)
 def test_every_mistake_names_its_field(body: dict[str, Any], param: str) -> None:
     with pytest.raises(InvalidRequest) as caught:
         decode_embedding_request(json.dumps(body).encode())
     assert caught.value.param == param and caught.value.status == 400
+
+
+def test_the_published_schema_refuses_those_mistakes_and_takes_what_is_accepted() -> None:
+    validator = Draft202012Validator(embedding_request_schema())
+    assert [body for body, _ in MISTAKES if validator.is_valid(body)] == []
+    for given in ("x", ["a", "b"], [0, 5], [[1], [2, 3]]):
+        body = {"model": "m", "input": given, "encoding_format": "base64", "dimensions": 3, "user": "u", "k": 1}
+        assert validator.is_valid(body)
+        embedding_request_from_dict(body)  # and the decoder takes it
 
 
 @pytest.mark.parametrize("body", [b"", b"{", b"[1]", b"\xff"])

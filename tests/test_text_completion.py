@@ -34,6 +34,7 @@ from patchbay.chat.text_completion import (
     chain_prompts,
     completion_id,
     completion_request_from_dict,
+    completion_request_schema,
     decode_completion_request,
 )
 from patchbay.errors import InvalidRequest, StreamInterrupted, UnsupportedFeature, UpstreamError
@@ -138,7 +139,7 @@ def test_a_list_of_prompts() -> None:
     assert prompts == ["a", "b", ""] and request.prompt == "a" and request.max_tokens == 50 and not echo
 
 
-@pytest.mark.parametrize("body, param, error", [
+MISTAKES: list[tuple[dict[str, Any], str, type[InvalidRequest]]] = [
     ({}, "prompt", InvalidRequest),
     ({"prompt": []}, "prompt", InvalidRequest),
     ({"prompt": 7}, "prompt", InvalidRequest),
@@ -153,13 +154,27 @@ def test_a_list_of_prompts() -> None:
     ({"prompt": "x", "temperature": 3}, "temperature", InvalidRequest),
     ({"prompt": "x", "max_tokens": 0}, "max_tokens", InvalidRequest),
     ({"prompt": "x", "stop": ["a", "b", "c", "d", "e"]}, "stop", InvalidRequest),
-    ({"prompt": ["x"] * 65, "n": 2}, "prompt", InvalidRequest),
+    ({"prompt": ["x"] * 33}, "prompt", InvalidRequest),
     ({"prompt": "x", "extra_body": 3}, "extra_body", InvalidRequest),
-])
+]
+
+
+@pytest.mark.parametrize("body, param, error", MISTAKES)
 def test_every_mistake_names_its_field(body: dict[str, Any], param: str, error: type[InvalidRequest]) -> None:
     with pytest.raises(error) as caught:
         completion(body)
     assert caught.value.param == param and caught.value.status == 400
+
+
+def test_the_published_schema_refuses_those_mistakes_and_takes_what_is_accepted() -> None:
+    validator = Draft202012Validator(completion_request_schema())
+    mistakes = [body for body, param, _ in MISTAKES if param != "messages"]  # unknown fields go upstream
+    assert [body for body in mistakes if validator.is_valid({"model": "m", **body})] == []
+    for body in ({"prompt": ""}, {"prompt": ["a", "b"], "n": 3, "echo": True, "best_of": 1, "logprobs": 0},
+                 {"prompt": "x", "stream": True, "stream_options": {"include_usage": True}, "suffix": "y",
+                  "max_tokens": 3, "stop": "z", "top_k": 4}):
+        assert validator.is_valid({"model": "m", **body})
+        completion(body)  # and the decoder takes it
 
 
 def test_accepted_options_that_change_nothing() -> None:

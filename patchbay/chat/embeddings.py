@@ -32,6 +32,7 @@ __all__ = [
     "decode_base64_vector",
     "decode_embedding_request",
     "embedding_request_from_dict",
+    "embedding_request_schema",
     "encode_base64_vector",
     "normalized",
     "to_response",
@@ -41,7 +42,10 @@ MAX_INPUTS = 2048  #: items in one request's ``input`` at most, as OpenAI allows
 MAX_TOKEN_ID = 2**31 - 1
 FIELDS = ("model", "input", "encoding_format", "dimensions", "user", "extra_body")
 
-EmbeddingInput = str | list[str] | list[int] | list[list[int]]
+#: What ``input`` holds once checked: str | list[str] | list[int] | list[list[int]] (msgspec takes
+#: one list type in a union, so the field says ``list[Any]``; :func:`embedding_request_schema`
+#: states the four shapes).
+EmbeddingInput = str | list[Any]
 
 
 class EmbeddingRequest(msgspec.Struct, kw_only=True, frozen=True):
@@ -89,6 +93,27 @@ class EmbeddingResult:
     model: str
     prompt_tokens: int = 0
     provider: str | None = None  #: who answered (set by the caller's entry point)
+
+
+def embedding_request_schema() -> dict[str, Any]:
+    """The request's JSON Schema, for the OpenAPI document: the four input shapes, and unknown
+    fields allowed (they go upstream)."""
+    text = {"type": "string", "minLength": 1}
+    tokens = {"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": MAX_TOKEN_ID}, "minItems": 1}
+    return {
+        "title": "EmbeddingRequest", "type": "object", "required": ["model", "input"],
+        "properties": {
+            "model": {"type": "string", "minLength": 1, "maxLength": 256},
+            "input": {"anyOf": [text, {"type": "array", "items": text, "minItems": 1, "maxItems": MAX_INPUTS},
+                                tokens,
+                                {"type": "array", "items": tokens, "minItems": 1, "maxItems": MAX_INPUTS}],
+                      "description": "A text, texts, a text as token ids, or texts as token ids."},
+            "encoding_format": {"enum": ["float", "base64"], "default": "float"},
+            "dimensions": {"type": "integer", "minimum": 1, "maximum": 65536},
+            "user": {"type": "string"},
+            "extra_body": {"type": "object", "description": "Fields for the upstream that patchbay does not name."},
+        },
+    }
 
 
 def decode_embedding_request(body: bytes) -> EmbeddingRequest:

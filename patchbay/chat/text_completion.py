@@ -25,22 +25,29 @@ from typing import Any
 
 import msgspec
 
-from patchbay.chat.request import ChatCompletionRequest, TextCompletionRequest, _json_document, request_from_kwargs
+from patchbay.chat.request import (
+    ChatCompletionRequest,
+    TextCompletionRequest,
+    _json_document,
+    request_from_kwargs,
+    request_schema,
+)
 from patchbay.errors import InvalidRequest, PatchbayError, UnsupportedFeature
 from patchbay.events import Finish, Logprobs, StreamEvent, TextDelta, ToolCallDelta, Usage
 
 __all__ = [
     "DEFAULT_MAX_TOKENS",
-    "MAX_CHOICES",
+    "MAX_PROMPTS",
     "CompletionRendering",
     "chain_prompts",
     "completion_id",
     "completion_request_from_dict",
+    "completion_request_schema",
     "decode_completion_request",
 ]
 
 DEFAULT_MAX_TOKENS = 16  #: as OpenAI's /v1/completions
-MAX_CHOICES = 128  #: prompts times n, at most
+MAX_PROMPTS = 32  #: prompts in one request at most (LangChain sends up to 20 at a time)
 #: The fields of OpenAI's CreateCompletionRequest that the chat request has under the same name.
 SHARED = frozenset({"model", "stream", "stream_options", "max_tokens", "temperature", "top_p", "stop", "seed",
                     "presence_penalty", "frequency_penalty", "n", "logit_bias", "user", "extra_body"})
@@ -93,9 +100,6 @@ def completion_request_from_dict(document: Any) -> tuple[TextCompletionRequest, 
         fields["extra_body"] = {**passed, **(extra or {})}
     fields.setdefault("max_tokens", DEFAULT_MAX_TOKENS)
     checked = request_from_kwargs({**fields, "messages": _PLACEHOLDER})
-    if len(prompts) * (checked.n or 1) > MAX_CHOICES:
-        raise InvalidRequest(f"prompts times n must be at most {MAX_CHOICES}, got {len(prompts)} x {checked.n}",
-                             param="prompt")
     return TextCompletionRequest.of(checked, prompts[0]), bool(echo), prompts
 
 
@@ -108,12 +112,49 @@ def _prompts(value: Any, given: bool) -> list[str]:
     if not isinstance(value, list) or not value:
         raise InvalidRequest("invalid field prompt: must be a string or a non-empty array of strings",
                              param="prompt")
+    if len(value) > MAX_PROMPTS:
+        raise InvalidRequest(f"invalid field prompt: must have at most {MAX_PROMPTS} items", param="prompt")
     for index, item in enumerate(value):
         if isinstance(item, int | list) and not isinstance(item, bool):
             raise UnsupportedFeature("prompts as token ids are not supported: send the text", param="prompt")
         if not isinstance(item, str):
             raise InvalidRequest(f"invalid field prompt[{index}]: must be of type string", param=f"prompt[{index}]")
     return list(value)
+
+
+def completion_request_schema() -> dict[str, Any]:
+    """The request's JSON Schema, for the OpenAPI document (self-contained: no references): the
+    chat request's rules for the fields the two share, and this endpoint's own; unknown fields
+    are allowed (they go upstream)."""
+    chat = request_schema()
+    definitions = chat["$defs"]
+    shared = definitions["ChatCompletionRequest"]["properties"]
+    properties = {name: _inlined(shared[name], definitions) for name in sorted(SHARED) if name in shared}
+    properties["max_tokens"] = {**properties["max_tokens"], "default": DEFAULT_MAX_TOKENS}
+    text = {"type": "string"}
+    properties.update({
+        "prompt": {"anyOf": [text, {"type": "array", "items": text, "minItems": 1, "maxItems": MAX_PROMPTS}],
+                   "description": "The text to complete, or several (one answer each, n choices per prompt)."},
+        "echo": {"type": "boolean", "default": False, "description": "Write the prompt before each answer."},
+        "suffix": {"type": "string", "description": "Text after the completion (OpenAI-compatible targets)."},
+        "best_of": {"type": "integer", "minimum": 1, "maximum": 1, "description": "Only 1 (or equal to n)."},
+        "logprobs": {"anyOf": [{"type": "integer", "minimum": 0, "maximum": 0}, {"type": "null"}],
+                     "description": "Not available here: only 0 or null."},
+    })
+    return {"title": "CompletionRequest", "type": "object", "required": ["model", "prompt"],
+            "properties": properties}
+
+
+def _inlined(schema: Any, definitions: dict[str, Any]) -> Any:
+    """``schema`` with every ``#/$defs/`` reference replaced by its definition."""
+    if isinstance(schema, dict):
+        reference = schema.get("$ref")
+        if isinstance(reference, str) and reference.startswith("#/$defs/"):
+            return _inlined(definitions[reference.removeprefix("#/$defs/")], definitions)
+        return {key: _inlined(value, definitions) for key, value in schema.items()}
+    if isinstance(schema, list):
+        return [_inlined(item, definitions) for item in schema]
+    return schema
 
 
 async def chain_prompts(request: TextCompletionRequest, prompts: Sequence[str],
