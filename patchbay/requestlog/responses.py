@@ -34,9 +34,10 @@ import msgspec
 from patchbay.chat.request import ChatCompletionRequest
 from patchbay.chat.responses import ResponseRendering, decode_responses_request, response_id
 from patchbay.errors import InvalidRequest, PatchbayError
+from patchbay.redis_link import RedisLink
 
-__all__ = ["MemoryResponseStore", "ResponseStore", "ResponseTurn", "SQLiteResponseStore", "StoredResponse",
-           "begin_response"]
+__all__ = ["MemoryResponseStore", "RedisResponseStore", "ResponseStore", "ResponseTurn", "SQLiteResponseStore",
+           "StoredResponse", "begin_response"]
 
 log = logging.getLogger("patchbay.requestlog.responses")
 
@@ -241,6 +242,47 @@ class SQLiteResponseStore:
                 with contextlib.suppress(sqlite3.Error):
                     self._connection.close()
                 self._connection = None
+
+
+class RedisResponseStore:
+    """Responses in Redis, shared by every worker and host: one JSON string per response under
+    ``patchbay:{namespace}:response:{id}``, expiring with its TTL (so Redis does the pruning).
+
+    While Redis is unreachable the store uses a :class:`MemoryResponseStore` of this process (a
+    warning says so): answers go on, and chaining works for what this process stored meanwhile.
+    """
+
+    def __init__(self, url: str, *, namespace: str = "default", timeout: float = 0.5, retry_after: float = 5.0,
+                 local: MemoryResponseStore | None = None) -> None:
+        self._link = RedisLink(url, timeout=timeout, retry_after=retry_after, logger=log,
+                               fallback="keeping responses in this process", restored="keeping responses in Redis")
+        self._prefix = f"patchbay:{namespace}:response:"
+        self._local = local if local is not None else MemoryResponseStore()
+
+    async def put(self, response_id: str, response: dict[str, Any], conversation: list[dict[str, Any]],
+                  ttl: float) -> None:
+        now = time.time()
+        record = _encode({"response": response, "conversation": conversation, "created": now, "expires": now + ttl})
+
+        async def remote() -> None:
+            await self._link.client().set(self._prefix + response_id, record, px=max(1, int(ttl * 1000)))
+
+        await self._link.run(remote, lambda: self._local.put(response_id, response, conversation, ttl))
+
+    async def get(self, response_id: str) -> StoredResponse | None:
+        async def remote() -> StoredResponse | None:
+            value = await self._link.client().get(self._prefix + response_id)
+            if value is None:
+                return await self._local.get(response_id)  # stored here while Redis was down
+            data = _decode(value)
+            return StoredResponse(response_id, data["response"], data["conversation"], data["created"],
+                                  data["expires"])
+
+        return await self._link.run(remote, lambda: self._local.get(response_id))
+
+    async def close(self) -> None:
+        """Close this event loop's Redis connections."""
+        await self._link.close()
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,7 +33,8 @@ from patchbay.errors import (
 )
 from patchbay.providers.base import AsyncGeneratorProvider
 from patchbay.requestlog import RequestLog
-from patchbay.requestlog.responses import MemoryResponseStore, SQLiteResponseStore
+from patchbay.requestlog.responses import MemoryResponseStore, RedisResponseStore, SQLiteResponseStore
+from patchbay.routing import Router
 from patchbay.secrets import register_secret
 from patchbay.server.asgi import (
     ClientDisconnected,
@@ -92,8 +93,11 @@ class Gateway:
         self.metrics = GatewayMetrics(server.max_label_values)
         self._chat_endpoints: list[ChatEndpoint] = []  # each gets the request log at startup
         self.chat = self._endpoint(ChatCompletions())
-        #: Stored responses: in memory until startup picks the shared store (Redis, the log's file).
-        self.responses = OpenAIResponses(MemoryResponseStore(), server.responses_ttl)
+        #: Stored responses: in Redis when configured; else in memory until startup opens the log's file.
+        redis_url = self.settings.router.redis_url()
+        self._response_redis = (RedisResponseStore(redis_url, namespace=self.settings.router.namespace)
+                                if redis_url else None)
+        self.responses = OpenAIResponses(self._response_redis or MemoryResponseStore(), server.responses_ttl)
         self._response_file: SQLiteResponseStore | None = None
         keys = server.named_api_keys()
         for _, key in keys:
@@ -307,6 +311,10 @@ class Gateway:
                     await asyncio.to_thread(self.request_log.close)
                 if self._response_file is not None:
                     self._response_file.close()
+                if self._response_redis is not None:
+                    await self._response_redis.close()
+                if issubclass(self.provider, Router):  # its shared state's Redis connections
+                    await self.provider.state.close()
                 if self.limiter is not None:
                     await self.limiter.close()
                 await send({"type": "lifespan.shutdown.complete"})
@@ -318,8 +326,9 @@ class Gateway:
             log = self.request_log = RequestLog(server.request_log_file(), **server.request_log_options())
             for endpoint in self._chat_endpoints:
                 endpoint.request_log = log
-            self._response_file = SQLiteResponseStore(server.request_log_file())  # a table of its own
-            self.responses.store = self._response_file
+            if self._response_redis is None:
+                self._response_file = SQLiteResponseStore(server.request_log_file())  # a table of its own
+                self.responses.store = self._response_file
             self.metrics.request_log_counts = lambda: {
                 "written": log.written, "truncated": log.truncated, "dropped_backlog": log.dropped_backlog,
                 "dropped_locked": log.dropped_locked, "dropped_error": log.dropped_error}
