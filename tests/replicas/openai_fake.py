@@ -475,8 +475,8 @@ class OpenAIFake(ReplicaServer):
         self.check(isinstance(body.get("model"), str) and body["model"], "model must be a non-empty string")
         self.check("messages" not in body, "a completions request has no messages")
         prompt = body.get("prompt")
-        prompts = [prompt] if isinstance(prompt, str) else prompt
-        self.check(isinstance(prompts, list) and prompts and all(isinstance(p, str) for p in prompts),
+        prompts: list[str] = [prompt] if isinstance(prompt, str) else prompt if isinstance(prompt, list) else []
+        self.check(bool(prompts) and all(isinstance(p, str) for p in prompts),
                    f"prompt must be a string or a list of strings: {prompt!r}")
         failure = self._failure(request)
         if failure is not None:
@@ -493,8 +493,8 @@ class OpenAIFake(ReplicaServer):
                 answers.append((" ".join(words[:limit]), "length"))
             else:
                 answers.append((answer, "stop"))
-        prompt_tokens = sum(len(p.split()) or 1 for p in prompts)
-        completion_tokens = sum(len(a.split()) or 1 for a, _ in answers) * n
+        prompt_tokens = sum(max(len(p.split()), 1) for p in prompts)
+        completion_tokens = sum(max(len(a.split()), 1) for a, _ in answers) * n
         usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                  "total_tokens": prompt_tokens + completion_tokens}
         head = {"id": completion_id, "object": "text_completion", "created": created, "model": body["model"]}
