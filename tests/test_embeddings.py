@@ -339,6 +339,14 @@ async def test_configuration_can_say_a_service_does_not_embed(openai_fake: OpenA
     assert openai_fake.embedding_bodies == []
 
 
+async def test_a_router_serves_as_a_target_of_another_under_the_name_it_is_given(openai_fake: OpenAIFake) -> None:
+    inner = Router.configure({"inner-emb": [Target(fake_provider(openai_fake), "fake-embed")]}, name="Inner",
+                             state=MemoryStateStore())
+    outer = router(Target(inner, "inner-emb"))
+    result = await outer.create_embedding(embedding_request_from_dict({"model": "emb", "input": "x"}))
+    assert result.provider == "Fake" and openai_fake.embedding_bodies[-1]["model"] == "fake-embed"
+
+
 async def test_an_unknown_route_is_model_not_supported() -> None:
     r = router(Target(WebChat, "web"))
     with pytest.raises(ModelNotSupported):

@@ -365,38 +365,40 @@ class Router(AsyncGeneratorProvider):
     @classmethod
     async def embed(cls, request: EmbeddingRequest, call: Call) -> EmbeddingResult:
         """Embeddings from the route's targets that make them (see the module docstring); when none
-        of them does, UnsupportedFeature (400) naming ``model``."""
+        of them does, UnsupportedFeature (400) naming ``model``. The route is ``call.model`` (the
+        name this router was asked for, which a router above it may have chosen)."""
+        route = call.model or request.model
         attempts: list[Attempt] = []
         capable: list[Target] = []
-        for target in cls._table().targets_for(request.model):
+        for target in cls._table().targets_for(route):
             if target.provider.capabilities().accepts("embeddings"):
                 capable.append(target)
                 continue
             skipped = UnsupportedFeature("it does not make embeddings", param="model")
-            attempts.append(Attempt.of(skipped, target.provider.name, target.model_for(request.model) or "",
+            attempts.append(Attempt.of(skipped, target.provider.name, target.model_for(route) or "",
                                        skipped=True))
         if not capable:
-            raise UnsupportedFeature(f"no target of route {request.model!r} makes embeddings", param="model",
-                                     model=request.model)
+            raise UnsupportedFeature(f"no target of route {route!r} makes embeddings", param="model",
+                                     model=route)
         started = time.monotonic()
         tried_any = False
         last_error: PatchbayError | None = None
-        for target in await cls._ordered(capable, request.model):
+        for target in await cls._ordered(capable, route):
             for retry in range(cls.retry.attempts):
                 remaining = None if call.timeout.total is None else call.timeout.total - (time.monotonic() - started)
                 if remaining is not None and remaining <= 0:
                     raise DeadlineExceeded(f"the request ran past its total deadline of {call.timeout.total:g} s")
                 tried_any = True
                 try:
-                    return await cls._embed_with(target, request, call, remaining)
+                    return await cls._embed_with(target, request, call, remaining, route)
                 except PatchbayError as error:
                     last_error = error
                     # A target that cannot honour a field (dimensions) leaves the others to try.
                     action = Action.NEXT if isinstance(error, UnsupportedFeature) else decide(error)
-                    await cls._record_failure(target, request.model, attempts, error)
+                    await cls._record_failure(target, route, attempts, error)
                     if action is Action.FAIL:
                         if len(attempts) > 1:
-                            failed = AllProvidersFailed(attempts, model=request.model, status=error.status)
+                            failed = AllProvidersFailed(attempts, model=route, status=error.status)
                             failed.param = error.param
                             raise failed from error
                         raise
@@ -412,17 +414,17 @@ class Router(AsyncGeneratorProvider):
         if tried and all(attempt.error == UnsupportedFeature.__name__ for attempt in tried):
             if len(attempts) == 1 and last_error is not None:
                 raise last_error  # one target, and the field it cannot honour: its own 400
-            failed = AllProvidersFailed(attempts, model=request.model, status=400)
+            failed = AllProvidersFailed(attempts, model=route, status=400)
             failed.param = last_error.param if last_error is not None else "model"
             raise failed
         note = "" if tried_any else " (every target is cooling down or unavailable)"
-        raise AllProvidersFailed(attempts, model=request.model, note=note)
+        raise AllProvidersFailed(attempts, model=route, note=note)
 
     @classmethod
-    async def _embed_with(cls, target: Target, request: EmbeddingRequest, call: Call, remaining: float | None
-                          ) -> EmbeddingResult:
+    async def _embed_with(cls, target: Target, request: EmbeddingRequest, call: Call, remaining: float | None,
+                          route: str) -> EmbeddingResult:
         """One target's embeddings, counted in its in-flight requests and health as a chat is."""
-        key = target.key(request.model)
+        key = target.key(route)
         pool = _pool_of(target.provider)
         shared_bans = await cls._load_bans(pool)
         limits = call.timeout if remaining is None else call.timeout.with_total(max(remaining, 0.001))
@@ -430,7 +432,7 @@ class Router(AsyncGeneratorProvider):
         started = time.monotonic()
         try:
             result = await target.provider.create_embedding(
-                request, model=target.model_for(request.model), proxy=call.proxy,
+                request, model=target.model_for(route), proxy=call.proxy,
                 base_url=target.base_url or call.base_url, timeout=limits, api_key=call.api_key)
         finally:
             await cls.state.add_in_flight(key, -1)
