@@ -255,6 +255,18 @@ def test_tool_choice_names_the_tool(client: anthropic.Anthropic, stack: Services
     assert stack.tools.bodies[-1]["tool_choice"] == {"type": "function", "function": {"name": "get_time"}}
 
 
+async def test_async_stream_of_a_tool_use(stack: Services) -> None:
+    async with anthropic.AsyncAnthropic(base_url=stack.gateway.base_url, api_key=API_KEY, max_retries=0,
+                                        timeout=CLIENT_TIMEOUT) as sdk, \
+            sdk.messages.stream(model="tools", max_tokens=128, tools=TOOLS, messages=ASK_WEATHER,
+                                tool_choice={"type": "any"}) as stream:
+        final = await stream.get_final_message()
+    [call] = tool_uses(final)
+    assert call.name == "get_weather" and call.input == stack.tools.tool_arguments
+    assert final.stop_reason == "tool_use"
+    assert stack.tools.bodies[-1]["tool_choice"] == "required"
+
+
 def test_claude_code_style_follow_up_with_the_tool_result(client: anthropic.Anthropic, stack: Services) -> None:
     system: Any = [
         {"type": "text", "text": "You are Claude Code, an agent."},
@@ -285,6 +297,52 @@ def test_claude_code_style_follow_up_with_the_tool_result(client: anthropic.Anth
     assert "18 degrees, sunny" in json.dumps(sent[-1]["content"])
 
 
+def test_claude_code_request_shape(client: anthropic.Anthropic, stack: Services) -> None:
+    """What Claude Code sends: the beta endpoint (``?beta=true``, ``anthropic-beta``), thinking, a
+    metadata user id; the answer is a plain text message and the user id goes upstream."""
+    common: Any = {"model": "claude-sonnet-4-5", "max_tokens": 64, "messages": HELLO,
+                   "betas": ["interleaved-thinking-2025-05-14"], "thinking": {"type": "enabled", "budget_tokens": 1024},
+                   "metadata": {"user_id": "user_0123_account_4567_session_89ab"}}
+    message = client.beta.messages.create(**common)
+    assert texts(message) == stack.plain.answer
+    sent = stack.plain.bodies[-1]
+    assert sent["user"] == "user_0123_account_4567_session_89ab"
+    assert "thinking" not in sent and "metadata" not in sent  # not sent on to an OpenAI-compatible service
+    with client.beta.messages.stream(**common) as stream:
+        assert "".join(stream.text_stream) == stack.plain.answer
+        assert stream.get_final_message().stop_reason == "end_turn"
+    raw = httpx.post(f"{stack.gateway.base_url}/v1/messages?beta=true", timeout=CLIENT_TIMEOUT,
+                     json={"model": "small", "max_tokens": 64, "messages": HELLO},
+                     headers={"x-api-key": API_KEY, "anthropic-version": "2023-06-01",
+                              "anthropic-beta": "interleaved-thinking-2025-05-14"})
+    assert raw.status_code == 200 and raw.json()["content"][0]["text"] == stack.plain.answer
+
+
+def test_an_assistant_prefill_is_continued(client: anthropic.Anthropic, stack: Services) -> None:
+    messages: Any = [*HELLO, {"role": "assistant", "content": "Sure, here it is"}]
+    message = client.messages.create(model="small", max_tokens=64, messages=messages)
+    assert texts(message) == stack.plain.continuation  # only what follows the prefill, as Anthropic answers
+    assert stack.plain.bodies[-1]["messages"][-1] == {"role": "assistant", "content": "Sure, here it is"}
+
+
+#: A 1x1 PNG, as a client sends a screenshot inline.
+PNG_1X1 = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
+
+
+def test_an_image_block_reaches_the_upstream_as_a_data_url(client: anthropic.Anthropic, stack: Services) -> None:
+    messages: Any = [{"role": "user", "content": [
+        {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": PNG_1X1}},
+        {"type": "text", "text": "What is in this picture?"},
+    ]}]
+    message = client.messages.create(model="small", max_tokens=64, messages=messages)
+    assert texts(message) == stack.plain.answer
+    parts = stack.plain.bodies[-1]["messages"][-1]["content"]
+    assert {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PNG_1X1}"}} in parts or any(
+        part.get("type") == "image_url" and part["image_url"]["url"] == f"data:image/png;base64,{PNG_1X1}"
+        for part in parts)
+    assert {"type": "text", "text": "What is in this picture?"} in parts
+
+
 # -- count_tokens ---------------------------------------------------------------------------------------
 
 
@@ -295,6 +353,16 @@ def test_count_tokens_grows_with_the_prompt(client: anthropic.Anthropic) -> None
     assert short.input_tokens > 0
     assert long.input_tokens > short.input_tokens
     assert with_tools.input_tokens > short.input_tokens
+
+
+def test_count_tokens_needs_the_key_and_a_valid_body(stack: Services, client: anthropic.Anthropic) -> None:
+    with anthropic.Anthropic(base_url=stack.gateway.base_url, api_key="wrong", max_retries=0,
+                             timeout=CLIENT_TIMEOUT) as sdk, pytest.raises(anthropic.AuthenticationError) as info:
+        sdk.messages.count_tokens(model="small", messages=HELLO)
+    assert_envelope(info.value.body, "authentication_error")
+    with pytest.raises(anthropic.BadRequestError) as bad:
+        client.post("/v1/messages/count_tokens", body={"model": "small"}, cast_to=httpx.Response)
+    assert "messages" in assert_envelope(bad.value.body, "invalid_request_error")["message"]
 
 
 # -- errors -----------------------------------------------------------------------------------------------
@@ -343,6 +411,12 @@ def test_a_bad_block_is_bad_request_naming_its_place(client: anthropic.Anthropic
     with pytest.raises(anthropic.BadRequestError) as info:
         client.messages.create(model="small", max_tokens=64, messages=messages)
     assert "messages[0].content[1].type" in assert_envelope(info.value.body, "invalid_request_error")["message"]
+
+
+def test_a_wrong_method_gets_the_anthropic_envelope(stack: Services) -> None:
+    raw = httpx.get(f"{stack.gateway.base_url}/v1/messages", headers={"x-api-key": API_KEY}, timeout=CLIENT_TIMEOUT)
+    assert raw.status_code == 405 and raw.headers["allow"] == "POST"
+    assert_envelope(raw.json(), "invalid_request_error")
 
 
 def test_unknown_model_is_not_found(client: anthropic.Anthropic) -> None:
@@ -406,6 +480,32 @@ def test_a_whole_answer_cut_short_is_502(client: anthropic.Anthropic) -> None:
         client.messages.create(model="cut", max_tokens=64, messages=HELLO)
     assert info.value.status_code == 502
     assert_envelope(info.value.body, "api_error")
+
+
+def test_timeout_is_504_and_a_large_body_413(stack: Services, tmp_path: Path) -> None:
+    config = gateway_config(stack.fakes)
+    config["router"] = {"retries": 1, "first_byte_timeout": 1.0, "idle_timeout": 1.0, "timeout": 10.0}
+    config["server"] = {"max_body_bytes": 4096}
+    slow = stack.fakes["plain"]
+    gateway = stack.start_gateway(config, tmp_path, {"PATCHBAY_API_KEYS": API_KEY})
+    try:
+        with anthropic.Anthropic(base_url=gateway.base_url, api_key=API_KEY, max_retries=0,
+                                 timeout=CLIENT_TIMEOUT) as sdk:
+            with pytest.raises(anthropic.ContentTooLargeError) as large:
+                sdk.messages.create(model="small", max_tokens=64, messages=[{"role": "user", "content": "x" * 8000}])
+            assert large.value.status_code == 413
+            assert_envelope(large.value.body, "request_too_large")
+            slow.scenario = "slow_first_byte"
+            slow.first_byte_delay = 5.0  # the gateway waits 1 s for a first byte
+            try:
+                with pytest.raises(anthropic.GatewayTimeoutError) as late:
+                    sdk.messages.create(model="small", max_tokens=64, messages=HELLO)
+            finally:
+                slow.scenario = "normal"
+            assert late.value.status_code == 504
+            assert_envelope(late.value.body, "timeout_error")
+    finally:
+        stack.stop_gateway(gateway)
 
 
 # -- limits, metrics, request log ----------------------------------------------------------------------
