@@ -226,6 +226,13 @@ def test_retrieve_returns_the_stored_response(client: openai.OpenAI, stack: Serv
     assert client.responses.retrieve(streamed.id).output_text == stack.plain.answer  # streamed ones too
 
 
+def test_retrieve_needs_the_key(client: openai.OpenAI, stack: Services) -> None:
+    created = client.responses.create(model="small", input="Hello")
+    with openai.OpenAI(base_url=stack.gateway.api_base, api_key="wrong", max_retries=0,
+                       timeout=CLIENT_TIMEOUT) as sdk, pytest.raises(openai.AuthenticationError):
+        sdk.responses.retrieve(created.id)
+
+
 def test_retrieve_of_an_unknown_id_is_not_found(client: openai.OpenAI) -> None:
     with pytest.raises(openai.NotFoundError) as info:
         client.responses.retrieve("resp_" + "0" * 48)
@@ -289,6 +296,22 @@ def test_stateless_tool_loop_with_the_whole_input(client: openai.OpenAI, stack: 
     assert stack.tools.bodies[-1]["messages"][-1]["role"] == "tool"
 
 
+#: A 1x1 PNG, as a client sends an image inline.
+PNG_1X1 = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
+
+
+def test_an_input_image_reaches_the_upstream(client: openai.OpenAI, stack: Services) -> None:
+    url = f"data:image/png;base64,{PNG_1X1}"
+    content: Any = [{"role": "user", "content": [{"type": "input_text", "text": "What is this?"},
+                                                 {"type": "input_image", "image_url": url, "detail": "low"}]}]
+    response = client.responses.create(model="small", input=content)
+    assert response.output_text == stack.plain.answer
+    parts = stack.plain.bodies[-1]["messages"][-1]["content"]
+    assert {"type": "text", "text": "What is this?"} in parts
+    [image] = [part for part in parts if part["type"] == "image_url"]
+    assert image["image_url"]["url"] == url and image["image_url"].get("detail") == "low"
+
+
 def test_json_schema_text_format_passes_through(client: openai.OpenAI, stack: Services) -> None:
     schema = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"],
               "additionalProperties": False}
@@ -339,6 +362,8 @@ def test_upstream_rate_limit_is_rate_limit_error(client: openai.OpenAI) -> None:
         client.responses.create(model="limited", input="Hello")
     assert info.value.status_code == 429
     assert int(info.value.response.headers["retry-after"]) >= 1
+    with pytest.raises(openai.RateLimitError), client.responses.stream(model="limited", input="Hello") as stream:
+        list(stream)  # failed before any event: a status, not a failed stream
 
 
 @pytest.mark.parametrize("route", ["midstream", "cut"])
@@ -368,6 +393,26 @@ def test_a_failed_stream_is_not_stored(client: openai.OpenAI, stack: Services) -
     assert events[-1]["type"] == "response.failed"
     with pytest.raises(openai.NotFoundError):
         client.responses.retrieve(failed[0]["response"]["id"])
+
+
+def test_stored_responses_are_shared_by_the_workers(stack: Services, tmp_path: Path) -> None:
+    """With ``--workers 2`` each request may reach either process: a response one stored is found by
+    the other (the request log's SQLite file holds them). Every request opens a new connection."""
+    gateway = GatewayProcess(gateway_config(stack.fakes), tmp_path, env={"PATCHBAY_API_KEYS": API_KEY},
+                             args=["--workers", "2"])
+    stack.background.run(gateway.__aenter__())
+    try:
+        assert len(gateway.children()) >= 2
+        with openai.OpenAI(base_url=gateway.api_base, api_key=API_KEY, max_retries=0, timeout=CLIENT_TIMEOUT,
+                           default_headers={"Connection": "close"}) as sdk:
+            previous: str | None = None
+            for turn in range(8):
+                response = sdk.responses.create(model="small", input=f"turn {turn}", previous_response_id=previous)
+                assert sdk.responses.retrieve(response.id).output_text == stack.plain.answer
+                previous = response.id
+        assert [m["role"] for m in stack.plain.bodies[-1]["messages"]] == ["user", "assistant"] * 7 + ["user"]
+    finally:
+        stack.background.run(gateway.stop())
 
 
 # -- limits and the request log --------------------------------------------------------------------------
