@@ -147,6 +147,13 @@ def outcome(api: str, scenario: str, stream: bool) -> Outcome:
     return API_OVERRIDES.get((api, scenario), MATRIX[scenario])[0 if stream else 1]
 
 
+#: Tool calls, with the tool of :data:`TOOL_FIELDS` (the answer is a call, no text): a whole call,
+#: and one whose stream breaks after its first arguments fragment (a whole answer: cut mid-object).
+TOOL_MATRIX: dict[str, tuple[Outcome, Outcome]] = {
+    "tool_call": (ok(""), ok("")),
+    "tool_call_then_fail": (in_band("connection"), fails(502, "ProtocolError")),
+}
+
 #: Faults after some text, on a route whose second target continues the answer (assistant prefill,
 #: ``mid_stream = "continue"``): the client gets the delivered text once, then the continuation.
 CONTINUED = ["disconnect", "stall", "truncated_chunked", "malformed_stream", "mid_stream_error"]
@@ -250,7 +257,7 @@ def config_for(fakes: dict[str, OpenAIFake], refused: str) -> dict[str, Any]:
     providers["p_refused"] = {"base_url": f"{refused}/v1", "models": ["m"]}
     for name in [*CONTINUED, "normal"]:
         providers[f"c_{name}"] = {"base_url": fakes[name].api_base, "models": ["m"], "prefill": True}
-    routes = {name: [f"p_{name}/m"] for name in MATRIX}
+    routes = {name: [f"p_{name}/m"] for name in [*MATRIX, *TOOL_MATRIX]}
     routes.update({f"continue-{name}": [f"c_{name}/m", "c_normal/m"] for name in CONTINUED})
     return {
         "server": {"keepalive_interval": 30.0},  # no keep-alive comment starts a response before an error
@@ -263,7 +270,7 @@ def config_for(fakes: dict[str, OpenAIFake], refused: str) -> dict[str, Any]:
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def harness(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Harness]:
     fakes: dict[str, OpenAIFake] = {}
-    for name in dict.fromkeys([*MATRIX, *CONTINUED]):
+    for name in dict.fromkeys([*MATRIX, *CONTINUED, *TOOL_MATRIX]):
         if name != "refused":
             fakes[name] = fake = make_fake(name)
             await fake.start()
@@ -287,6 +294,14 @@ async def harness(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Har
 
 
 @dataclass
+class Call:
+    """A tool call as the client got it: its name and its input's fragments, in order."""
+
+    name: str
+    fragments: list[str] = field(default_factory=list)
+
+
+@dataclass
 class Result:
     status: int
     text: str
@@ -294,30 +309,70 @@ class Result:
     headers: dict[str, str] = field(default_factory=dict)
     events_after_error: int = 0
     done: bool = False
+    calls: list[Call] = field(default_factory=list)
 
 
-async def request(gateway: GatewayProcess, model: str, stream: bool, api: str = "chat") -> Result:
-    """One request for ``model`` on ``api`` (see :data:`APIS`), read into a :class:`Result`."""
+class Calls:
+    """The tool calls of a stream, by the stream's own index for each: a call that starts again
+    shows as a second :class:`Call`."""
+
+    def __init__(self, result: Result) -> None:
+        self.result = result
+        self.by_index: dict[int, Call] = {}
+
+    def start(self, index: int, name: str) -> None:
+        self.by_index[index] = call = Call(name)
+        self.result.calls.append(call)
+
+    def add(self, index: int, fragment: str) -> None:
+        if index not in self.by_index:
+            self.start(index, "")
+        if fragment:
+            self.by_index[index].fragments.append(fragment)
+
+
+#: The tool of the tool-call cases, in each API's request fields (a call is required).
+WEATHER_PARAMETERS = {"type": "object", "properties": {"city": {"type": "string"}, "unit": {"type": "string"}},
+                      "required": ["city"]}
+TOOL_FIELDS: dict[str, dict[str, Any]] = {
+    "chat": {"tools": [{"type": "function", "function": {"name": "get_weather", "description": "The weather.",
+                                                          "parameters": WEATHER_PARAMETERS}}],
+             "tool_choice": "required"},
+    "messages": {"tools": [{"name": "get_weather", "description": "The weather.",
+                            "input_schema": WEATHER_PARAMETERS}], "tool_choice": {"type": "any"}},
+    "responses": {"tools": [{"type": "function", "name": "get_weather", "description": "The weather.",
+                             "parameters": WEATHER_PARAMETERS}], "tool_choice": "required"},
+}
+
+
+async def request(gateway: GatewayProcess, model: str, stream: bool, api: str = "chat", *,
+                  tools: bool = False) -> Result:
+    """One request for ``model`` on ``api`` (see :data:`APIS`), read into a :class:`Result`;
+    ``tools``: with the tool of :data:`TOOL_FIELDS`, which must be called."""
     whole, streamed = REQUESTS[api]
-    return await (streamed if stream else whole)(gateway, model)
+    return await (streamed if stream else whole)(gateway, model, tools)
 
 
-async def whole_request(gateway: GatewayProcess, model: str) -> Result:
+async def whole_request(gateway: GatewayProcess, model: str, tools: bool = False) -> Result:
     """A non-streamed request through the openai SDK."""
+    fields = TOOL_FIELDS["chat"] if tools else {}
     async with openai.AsyncOpenAI(base_url=gateway.api_base, api_key="unused", max_retries=0,
                                   timeout=CLIENT_TIMEOUT) as sdk:
         try:
-            answer = await sdk.chat.completions.create(model=model, messages=HELLO)  # type: ignore[arg-type]
+            answer = await sdk.chat.completions.create(model=model, messages=HELLO, **fields)  # type: ignore[arg-type]
         except openai.APIStatusError as error:
             body = error.body if isinstance(error.body, dict) else {}
             return Result(error.status_code, "", body.get("error", body) or {"message": error.message},
                           {k.lower(): v for k, v in error.response.headers.items()})
-    return Result(200, answer.choices[0].message.content or "", None, done=True)
+    message = answer.choices[0].message
+    calls = [Call(call.function.name, [call.function.arguments]) for call in message.tool_calls or []
+             if call.type == "function"]
+    return Result(200, message.content or "", None, done=True, calls=calls)
 
 
-async def stream_request(gateway: GatewayProcess, model: str) -> Result:
+async def stream_request(gateway: GatewayProcess, model: str, tools: bool = False) -> Result:
     """A streamed request, raw: the SDK would hide what follows an error event."""
-    body = {"model": model, "messages": HELLO, "stream": True}
+    body = {"model": model, "messages": HELLO, "stream": True, **(TOOL_FIELDS["chat"] if tools else {})}
     timeout = aiohttp.ClientTimeout(total=CLIENT_TIMEOUT)
     async with aiohttp.ClientSession(timeout=timeout) as http, \
             http.post(f"{gateway.api_base}/chat/completions", json=body) as response:
@@ -327,6 +382,7 @@ async def stream_request(gateway: GatewayProcess, model: str) -> Result:
         return Result(response.status, "", json.loads(raw)["error"], headers)
     assert response.content_type == "text/event-stream"
     result = Result(200, "", None)
+    calls = Calls(result)
     for block in raw.decode().split("\n\n"):
         data = [line[6:] for line in block.split("\n") if line.startswith("data: ")]
         if not data:
@@ -341,6 +397,12 @@ async def stream_request(gateway: GatewayProcess, model: str) -> Result:
                 result.error = payload["error"]
             else:
                 result.text += "".join(choice["delta"].get("content") or "" for choice in payload["choices"])
+                for choice in payload["choices"]:
+                    for delta in choice["delta"].get("tool_calls") or []:
+                        function = delta.get("function") or {}
+                        if delta.get("id") or function.get("name"):
+                            calls.start(delta["index"], function.get("name") or "")
+                        calls.add(delta["index"], function.get("arguments") or "")
     return result
 
 
@@ -389,21 +451,28 @@ def anthropic_failure(response: aiohttp.ClientResponse, raw: bytes) -> Result:
     return Result(response.status, "", error, lower_headers(response))
 
 
-async def messages_whole(gateway: GatewayProcess, model: str) -> Result:
-    """A whole answer of ``/v1/messages``: the text of its text blocks."""
-    response, raw = await post(gateway, "/messages", {"model": model, "max_tokens": 256, "messages": HELLO})
+def messages_body(model: str, tools: bool, **more: Any) -> dict[str, Any]:
+    return {"model": model, "max_tokens": 256, "messages": HELLO, **(TOOL_FIELDS["messages"] if tools else {}),
+            **more}
+
+
+async def messages_whole(gateway: GatewayProcess, model: str, tools: bool = False) -> Result:
+    """A whole answer of ``/v1/messages``: the text of its text blocks, its ``tool_use`` blocks."""
+    response, raw = await post(gateway, "/messages", messages_body(model, tools))
     if response.status != 200:
         return anthropic_failure(response, raw)
     message = json.loads(raw)
     assert message["type"] == "message" and message["role"] == "assistant", message
     text = "".join(block["text"] for block in message["content"] if block["type"] == "text")
-    return Result(200, text, None, done=True)
+    calls = [Call(block["name"], [json.dumps(block["input"])]) for block in message["content"]
+             if block["type"] == "tool_use"]
+    return Result(200, text, None, done=True, calls=calls)
 
 
-async def messages_stream(gateway: GatewayProcess, model: str) -> Result:
-    """A streamed answer of ``/v1/messages``: the text deltas; ``message_stop`` ends it, an
-    ``error`` event ends it failed."""
-    body = {"model": model, "max_tokens": 256, "messages": HELLO, "stream": True}
+async def messages_stream(gateway: GatewayProcess, model: str, tools: bool = False) -> Result:
+    """A streamed answer of ``/v1/messages``: the text deltas, the ``tool_use`` blocks and their
+    input deltas; ``message_stop`` ends it, an ``error`` event ends it failed."""
+    body = messages_body(model, tools, stream=True)
     response, raw = await post(gateway, "/messages", body)
     if response.status != 200:
         return anthropic_failure(response, raw)
@@ -413,6 +482,7 @@ async def messages_stream(gateway: GatewayProcess, model: str) -> Result:
     assert names and names[0] == "message_start", names
     assert set(names) <= MESSAGE_EVENTS, names
     result = Result(200, "", None)
+    calls = Calls(result)
     for name, payload in events:
         assert payload["type"] == name, (name, payload)
         if result.error is not None or result.done:
@@ -422,8 +492,12 @@ async def messages_stream(gateway: GatewayProcess, model: str) -> Result:
             assert result.error["type"] in ("api_error", "timeout_error", "overloaded_error"), result.error
         elif name == "message_stop":
             result.done = True
+        elif name == "content_block_start" and payload["content_block"]["type"] == "tool_use":
+            calls.start(payload["index"], payload["content_block"]["name"])
         elif name == "content_block_delta" and payload["delta"]["type"] == "text_delta":
             result.text += payload["delta"]["text"]
+        elif name == "content_block_delta" and payload["delta"]["type"] == "input_json_delta":
+            calls.add(payload["index"], payload["delta"]["partial_json"])
     return result
 
 
@@ -431,7 +505,8 @@ async def messages_stream(gateway: GatewayProcess, model: str) -> Result:
 RESPONSE_EVENTS = frozenset({
     "response.created", "response.in_progress", "response.output_item.added", "response.content_part.added",
     "response.output_text.delta", "response.output_text.done", "response.content_part.done",
-    "response.output_item.done", "response.completed", "response.incomplete", "response.failed", "error"})
+    "response.output_item.done", "response.function_call_arguments.delta", "response.function_call_arguments.done",
+    "response.completed", "response.incomplete", "response.failed", "error"})
 
 
 def output_text(response: dict[str, Any]) -> str:
@@ -440,21 +515,32 @@ def output_text(response: dict[str, Any]) -> str:
                    for part in item["content"] if part["type"] == "output_text")
 
 
-async def responses_whole(gateway: GatewayProcess, model: str) -> Result:
-    """A whole answer of ``/v1/responses``: the Response's output text; errors in OpenAI's envelope."""
-    response, raw = await post(gateway, "/responses", {"model": model, "input": "Hello"})
+def function_calls(response: dict[str, Any]) -> list[Call]:
+    """The ``function_call`` items of a Response."""
+    return [Call(item["name"], [item["arguments"]]) for item in response["output"] if item["type"] == "function_call"]
+
+
+def responses_body(model: str, tools: bool, **more: Any) -> dict[str, Any]:
+    return {"model": model, "input": "Hello", **(TOOL_FIELDS["responses"] if tools else {}), **more}
+
+
+async def responses_whole(gateway: GatewayProcess, model: str, tools: bool = False) -> Result:
+    """A whole answer of ``/v1/responses``: the Response's output text and function calls; errors
+    in OpenAI's envelope."""
+    response, raw = await post(gateway, "/responses", responses_body(model, tools))
     body = json.loads(raw)
     if response.status != 200:
         return Result(response.status, "", body["error"], lower_headers(response))
     assert body["object"] == "response" and body["status"] in ("completed", "incomplete"), body
-    return Result(200, output_text(body), None, done=True)
+    return Result(200, output_text(body), None, done=True, calls=function_calls(body))
 
 
-async def responses_stream(gateway: GatewayProcess, model: str) -> Result:
-    """A streamed answer of ``/v1/responses``: the text deltas; ``response.completed`` (or
-    ``.incomplete``) ends it; an ``error`` event ends it failed, with the ``response.failed`` that
-    belongs to it (anything after that counts as an event after the error)."""
-    response, raw = await post(gateway, "/responses", {"model": model, "input": "Hello", "stream": True})
+async def responses_stream(gateway: GatewayProcess, model: str, tools: bool = False) -> Result:
+    """A streamed answer of ``/v1/responses``: the text deltas and the function calls' argument
+    deltas; ``response.completed`` (or ``.incomplete``) ends it; an ``error`` event ends it failed,
+    with the ``response.failed`` that belongs to it (anything after that counts as an event after
+    the error)."""
+    response, raw = await post(gateway, "/responses", responses_body(model, tools, stream=True))
     if response.status != 200:
         return Result(response.status, "", json.loads(raw)["error"], lower_headers(response))
     assert response.content_type == "text/event-stream"
@@ -465,6 +551,7 @@ async def responses_stream(gateway: GatewayProcess, model: str) -> Result:
     numbers = [payload["sequence_number"] for _, payload in events]
     assert all(a < b for a, b in itertools.pairwise(numbers)), numbers
     result = Result(200, "", None)
+    calls = Calls(result)
     failing = False  # an error event came: its response.failed is next
     for name, payload in events:
         assert payload["type"] == name, (name, payload)
@@ -478,9 +565,16 @@ async def responses_stream(gateway: GatewayProcess, model: str) -> Result:
             result.error, failing = payload.get("error") or payload, True
         elif name in ("response.completed", "response.incomplete"):
             result.done = True
-            assert output_text(payload["response"]) == result.text  # the final Response says the same
+            final = payload["response"]  # the final Response says the same as the deltas
+            assert output_text(final) == result.text, final
+            assert [(c.name, c.fragments) for c in function_calls(final)] == [
+                (c.name, ["".join(c.fragments)]) for c in result.calls], final
         elif name == "response.output_text.delta":
             result.text += payload["delta"]
+        elif name == "response.output_item.added" and payload["item"]["type"] == "function_call":
+            calls.start(payload["output_index"], payload["item"]["name"])
+        elif name == "response.function_call_arguments.delta":
+            calls.add(payload["output_index"], payload["delta"])
     assert not failing, "an error event without the response.failed that ends the Response"
     return result
 
@@ -548,6 +642,33 @@ async def test_fault_after_text_is_continued_without_repeating(harness: Harness,
     else:  # nothing reached the client before the fault: the second target answers from scratch
         assert result.text == ANSWER
         assert continuer.prefills[prefills:] == []
+    await harness.settle()
+
+
+@pytest.mark.parametrize("api", APIS)
+@pytest.mark.parametrize("stream", [True, False], ids=["stream", "whole"])
+@pytest.mark.parametrize("scenario", TOOL_MATRIX)
+async def test_tool_call_fault_never_repeats_the_input(harness: Harness, scenario: str, stream: bool,
+                                                       api: str) -> None:
+    """A tool call reaches the client once, whole; one cut after its first fragment is that
+    fragment once, then the error (or, before anything was sent, the status)."""
+    fake = harness.fakes[scenario]
+    expected = TOOL_MATRIX[scenario][0 if stream else 1]
+    result = await request(harness.gateway, scenario, stream, api, tools=True)
+    assert result.status == expected.status and result.text == "", result
+    assert result.events_after_error == 0, "the stream went on after its end or its error event"
+    if expected.text is not None:
+        assert result.error is None and result.done, result
+        assert [(call.name, json.loads("".join(call.fragments))) for call in result.calls] == [
+            ("get_weather", fake.tool_arguments)], result.calls
+    else:
+        assert result.error is not None and not result.done, result
+        assert expected.cause.lower() in result.error.get("message", "").lower(), result.error
+        if expected.partial:  # what the client got, once
+            assert [(call.name, "".join(call.fragments)) for call in result.calls] == [
+                ("get_weather", fake.tool_call_fragments()[0])], result.calls
+        else:
+            assert result.calls == [], result.calls
     await harness.settle()
 
 
