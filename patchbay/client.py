@@ -2,7 +2,10 @@
 
 ``client.chat.completions.create(model=..., messages=..., stream=...)`` and
 ``client.models.list()`` behave like the openai SDK's, and answer with objects of the same shape
-(:mod:`patchbay.completions`). Behind them is any provider class: by default the router described
+(:mod:`patchbay.completions`). ``client.messages.create(...)`` (Anthropic's Messages API) and
+``client.responses.create(...)`` (OpenAI's Responses API) take those APIs' own fields and answer
+with their JSON as plain dicts: the whole message or response, or with ``stream=True`` its events
+(each a dict with its ``type``). Behind them is any provider class: by default the router described
 by the config file (see :mod:`patchbay.settings`), which with no file is the embedded model.
 
     client = patchbay.Client()
@@ -17,11 +20,15 @@ every exchange is recorded there, whole answers and streams alike.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from patchbay import requestlog
+from patchbay.chat.anthropic import MessageRendering, decode_messages_request, message_id
+from patchbay.chat.rendering import Rendering, rendered_events, rendered_whole
 from patchbay.chat.request import ChatCompletionRequest, request_from_kwargs
 from patchbay.completions import (
     ChatCompletion,
@@ -35,16 +42,19 @@ from patchbay.completions import (
     stream_chunks,
 )
 from patchbay.config import UNSET, TimeoutTypes
-from patchbay.errors import InvalidRequest
+from patchbay.errors import InvalidRequest, ResourceNotFound
 from patchbay.events import EventStream
 from patchbay.providers.base import AsyncGeneratorProvider
+from patchbay.requestlog.responses import MemoryResponseStore, begin_response
 from patchbay.sync import BlockingStream, run_sync
 
-__all__ = ["AsyncChunkStream", "AsyncClient", "ChunkStream", "Client"]
+__all__ = ["AsyncChunkStream", "AsyncClient", "ChunkStream", "Client", "EventDicts"]
 
 ProviderType = type[AsyncGeneratorProvider]
 #: Options of the openai SDK's ``create()`` that shape its HTTP request, not the chat request.
 SDK_ONLY = ("extra_headers", "extra_query")
+#: Seconds the client keeps a stored response for ``previous_response_id`` (as the server's default).
+RESPONSES_TTL = 30 * 86_400.0
 
 
 def _provider_for(provider: ProviderType | None, routes: Mapping[str, Sequence[Any]] | None,
@@ -69,6 +79,8 @@ class _Base:
         self.provider = _provider_for(provider, routes, config)
         self.timeout = timeout
         self.proxy = proxy
+        #: Responses made with ``store`` (the default), for ``previous_response_id``: this client's own.
+        self.response_store = MemoryResponseStore()
         self._attach()
 
     def _attach(self) -> None:
@@ -82,9 +94,24 @@ class _Base:
             if name in kwargs:
                 raise InvalidRequest(f"{name} is an HTTP option of the openai SDK; patchbay's client has no HTTP "
                                      "request to add it to (use extra_body for upstream fields)", param=name)
-        transport = {"timeout": kwargs.pop("timeout", self.timeout), "proxy": kwargs.pop("proxy", self.proxy),
-                     "auth": kwargs.pop("auth", None), "api_key": kwargs.pop("api_key", None)}
+        transport = self._transport(kwargs)
         return request_from_kwargs(kwargs), transport
+
+    def _transport(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """The call's own options, taken out of ``kwargs``."""
+        return {"timeout": kwargs.pop("timeout", self.timeout), "proxy": kwargs.pop("proxy", self.proxy),
+                "auth": kwargs.pop("auth", None), "api_key": kwargs.pop("api_key", None)}
+
+    async def _rendered(self, api: str, kwargs: dict[str, Any]) -> _RenderedCall:
+        """A Messages (``api="messages"``) or Responses call: its fields read as that API reads them."""
+        transport = self._transport(kwargs)
+        body = msgspec.json.encode(kwargs)
+        if api == "messages":
+            decoded = decode_messages_request(body)
+            message = MessageRendering(decoded, message_id())
+            return _RenderedCall(decoded.chat, message, message.message, transport)
+        turn = await begin_response(body, self.response_store, RESPONSES_TTL)
+        return _RenderedCall(turn.chat, turn.rendering, turn.rendering.response, transport, turn.keep)
 
 
 # -- the request log (when enabled: patchbay.requestlog.enable() or PATCHBAY_REQUEST_LOG=1) --------------
@@ -140,6 +167,88 @@ async def _recorded(chunks: AsyncIterator[ChatCompletionChunk], recording: _Reco
     finally:
         await chunks.aclose()  # type: ignore[attr-defined]
         recording.finish(error)
+
+
+# -- the Messages and Responses APIs ---------------------------------------------------------------
+
+
+class _RenderedCall:
+    """One Messages or Responses call, ready to run on the client's provider."""
+
+    def __init__(self, request: ChatCompletionRequest, rendering: Rendering, result: Callable[[], dict[str, Any]],
+                 transport: dict[str, Any], keep: Callable[[], Any] | None = None) -> None:
+        self.request, self.rendering, self.result = request, rendering, result
+        self.transport, self.keep = transport, keep
+
+    async def whole(self, provider: ProviderType) -> dict[str, Any]:
+        events = open_stream(provider, self.request, **self.transport)
+        recording = _recording(self.request, events)
+        try:
+            answer: dict[str, Any] = await rendered_whole(self.rendering, events, self.result)
+        except BaseException as exc:
+            if recording is not None:
+                recording.finish(exc)
+            raise
+        if recording is not None:
+            recording.finish()
+        if self.keep is not None:
+            await self.keep()
+        return answer
+
+    async def events(self, provider: ProviderType) -> AsyncGenerator[dict[str, Any], None]:
+        events = open_stream(provider, self.request, **self.transport)
+        recording = _recording(self.request, events)
+        error: BaseException | None = None
+        try:
+            async for _, payload in rendered_events(self.rendering, events):
+                if recording is not None and recording.first is None:
+                    recording.first = time.perf_counter()
+                yield payload
+        except BaseException as exc:  # recorded, then re-raised
+            error = exc
+            raise
+        finally:
+            if recording is not None:
+                recording.finish(error)
+        if self.keep is not None:
+            await self.keep()
+
+
+def _recording(request: ChatCompletionRequest, events: EventStream) -> _Recording | None:
+    log = requestlog.active()
+    return None if log is None else _Recording(log, request, events)
+
+
+class EventDicts(BlockingStream[dict[str, Any]]):
+    """The events of a streamed Messages or Responses answer, as dicts (``for event in stream``,
+    or ``async for``)."""
+
+
+class _AsyncRenderedAPI:
+    def __init__(self, client: AsyncClient, api: str) -> None:
+        self._client = client
+        self._api = api
+
+    async def create(self, **kwargs: Any) -> dict[str, Any] | AsyncIterator[dict[str, Any]]:
+        """The whole answer as a dict, or with ``stream=True`` its events (dicts with a ``type``)."""
+        call = await self._client._rendered(self._api, kwargs)
+        if call.request.stream:
+            return call.events(self._client.provider)
+        return await call.whole(self._client.provider)
+
+
+class _AsyncResponses(_AsyncRenderedAPI):
+    async def retrieve(self, response_id: str) -> dict[str, Any]:
+        """A response this client stored (ResourceNotFound when it did not, or it expired)."""
+        return await _stored(self._client, response_id)
+
+
+async def _stored(client: _Base, response_id: str) -> dict[str, Any]:
+    stored = await client.response_store.get(response_id)
+    if stored is None:
+        raise ResourceNotFound(f"no response {response_id!r}: it was made without store, or has expired",
+                               param="response_id")
+    return stored.response
 
 
 # -- async --------------------------------------------------------------------------------------------
@@ -203,10 +312,14 @@ class AsyncClient(_Base):
 
     chat: _AsyncChat
     models: _AsyncModels
+    messages: _AsyncRenderedAPI
+    responses: _AsyncResponses
 
     def _attach(self) -> None:
         self.chat = _AsyncChat(self)
         self.models = _AsyncModels(self)
+        self.messages = _AsyncRenderedAPI(self, "messages")
+        self.responses = _AsyncResponses(self, "responses")
 
 
 # -- sync ---------------------------------------------------------------------------------------------
@@ -254,12 +367,36 @@ class _Models:
         return run_sync(find_model(self._client.provider, model))
 
 
+class _RenderedAPI:
+    def __init__(self, client: Client, api: str) -> None:
+        self._client = client
+        self._api = api
+
+    def create(self, **kwargs: Any) -> dict[str, Any] | EventDicts:
+        """The whole answer as a dict, or with ``stream=True`` its events (see :class:`_AsyncRenderedAPI`)."""
+        client = self._client
+        call = run_sync(client._rendered(self._api, kwargs))
+        if call.request.stream:
+            client.provider.resolve_model(call.request.model)  # an unknown model fails here, not at the first event
+            return EventDicts(lambda: call.events(client.provider))
+        return run_sync(call.whole(client.provider))
+
+
+class _Responses(_RenderedAPI):
+    def retrieve(self, response_id: str) -> dict[str, Any]:
+        return run_sync(_stored(self._client, response_id))
+
+
 class Client(_Base):
     """The synchronous client: ``client.chat.completions.create(...)`` (see :class:`AsyncClient`)."""
 
     chat: _Chat
     models: _Models
+    messages: _RenderedAPI
+    responses: _Responses
 
     def _attach(self) -> None:
         self.chat = _Chat(self)
         self.models = _Models(self)
+        self.messages = _RenderedAPI(self, "messages")
+        self.responses = _Responses(self, "responses")

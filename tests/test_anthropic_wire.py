@@ -29,7 +29,6 @@ from patchbay.chat.anthropic import (
     count_tokens_body,
     decode_messages_request,
     error_envelope,
-    frame_bytes,
 )
 from patchbay.errors import (
     ERROR_TABLE,
@@ -593,15 +592,9 @@ def test_message_before_finish_is_a_programming_error() -> None:
 
 
 def sse(frames: list[Frame]) -> bytes:
-    return b"".join(frame_bytes(frame) for frame in frames)
-
-
-def test_frame_bytes_is_one_server_sent_event() -> None:
-    raw = frame_bytes(("content_block_delta", {"type": "content_block_delta", "index": 0,
-                                               "delta": {"type": "text_delta", "text": "a\nb"}}))
-    event, data, end, after = raw.split(b"\n")
-    assert event == b"event: content_block_delta" and (end, after) == (b"", b"")
-    assert json.loads(data.removeprefix(b"data: "))["delta"]["text"] == "a\nb"
+    """The frames as the server writes them (SSEWriter.event): ``event:``, then one ``data:`` line."""
+    return b"".join(b"event: " + name.encode() + b"\ndata: " + json.dumps(payload).encode() + b"\n\n"
+                    for name, payload in frames)
 
 
 def test_start_sends_message_start_once_with_the_model_known_so_far() -> None:

@@ -38,6 +38,7 @@ path (``messages[1].content[0].type``).
 from __future__ import annotations
 
 import json
+import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -59,7 +60,7 @@ __all__ = [
     "count_tokens_body",
     "decode_messages_request",
     "error_envelope",
-    "frame_bytes",
+    "message_id",
 ]
 
 #: One server-sent event: its name and its JSON payload.
@@ -81,10 +82,12 @@ _SERVER_BLOCKS = frozenset({"search_result", "server_tool_use", "web_search_tool
 _IMAGE_TYPES = ("image/jpeg", "image/png", "image/gif", "image/webp")
 
 
-def frame_bytes(frame: Frame) -> bytes:
-    """One frame as a server-sent event: ``event: <name>`` and its JSON on one ``data:`` line."""
-    name, payload = frame
-    return b"event: " + name.encode() + b"\ndata: " + msgspec.json.encode(payload) + b"\n\n"
+_ids = random.Random()  # seeded from the OS once; ids need to be unique, not unguessable
+
+
+def message_id() -> str:
+    """A fresh ``msg_`` id (96 random bits)."""
+    return f"msg_{_ids.getrandbits(96):024x}"
 
 
 # -- the request ------------------------------------------------------------------------------------

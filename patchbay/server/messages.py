@@ -3,12 +3,17 @@ chat pipeline (:mod:`patchbay.chat.anthropic` reads the request and writes the a
 
 from __future__ import annotations
 
-import random
 from collections.abc import Awaitable, Callable
 
 import msgspec
 
-from patchbay.chat.anthropic import MessageRendering, count_tokens_body, decode_messages_request, error_envelope
+from patchbay.chat.anthropic import (
+    MessageRendering,
+    count_tokens_body,
+    decode_messages_request,
+    error_envelope,
+    message_id,
+)
 from patchbay.errors import PatchbayError
 from patchbay.server.asgi import Receive, Scope, Send, read_body, send_bytes
 from patchbay.server.chat import RenderedTurn, Turn
@@ -16,13 +21,6 @@ from patchbay.server.chat import RenderedTurn, Turn
 __all__ = ["AnthropicMessages", "anthropic_error_body", "count_tokens"]
 
 _encode = msgspec.json.encode
-_ids = random.Random()  # seeded from the OS once; ids need to be unique, not unguessable
-
-
-def message_id() -> str:
-    return f"msg_{_ids.getrandbits(96):024x}"
-
-
 def anthropic_error_body(error: PatchbayError) -> bytes:
     """``{"type": "error", "error": {"type": ..., "message": ...}}`` for ``error``."""
     return _encode(error_envelope(error))

@@ -1,0 +1,70 @@
+"""``patchbay.Client`` speaks the Messages and Responses APIs in-process: the same conversions as
+the server's endpoints, answers as those APIs' JSON (dicts), events when streamed, and
+``previous_response_id`` chaining within one client."""
+
+from __future__ import annotations
+
+import pytest
+
+from patchbay import AsyncClient, Client
+from patchbay.errors import InvalidRequest, ResourceNotFound
+from patchbay.routing import Router, Target
+from tests.test_router import script
+
+HELLO = [{"role": "user", "content": "Hello"}]
+
+
+def client_for(kind: type[Client] | type[AsyncClient]) -> Client | AsyncClient:
+    provider = script("Fake", default=(["Hel", "lo!"], None))
+    return kind(Router.configure({"small": [Target(provider)]}))
+
+
+def test_messages_whole_and_streamed_agree() -> None:
+    client = client_for(Client)
+    assert isinstance(client, Client)
+    message = client.messages.create(model="small", max_tokens=20, messages=HELLO)
+    assert isinstance(message, dict)
+    assert message["type"] == "message" and message["content"] == [{"type": "text", "text": "Hello!"}]
+    assert message["stop_reason"] == "end_turn"
+    events = list(client.messages.create(model="small", max_tokens=20, messages=HELLO, stream=True))
+    types = [event["type"] for event in events]
+    assert types[0] == "message_start" and types[-1] == "message_stop"
+    text = "".join(e["delta"]["text"] for e in events if e["type"] == "content_block_delta")
+    assert text == "Hello!"
+
+
+def test_messages_reads_fields_as_anthropic_does() -> None:
+    client = client_for(Client)
+    with pytest.raises(InvalidRequest) as caught:
+        client.messages.create(model="small", messages=HELLO)
+    assert caught.value.param == "max_tokens"
+
+
+async def test_async_responses_chain_and_retrieve() -> None:
+    provider = script("Fake", default=(["Hel", "lo!"], None))
+    client = AsyncClient(Router.configure({"small": [Target(provider)]}))
+    first = await client.responses.create(model="small", input="Remember 7")
+    assert isinstance(first, dict) and first["status"] == "completed"
+    assert first["output"][0]["content"][0]["text"] == "Hello!"
+    assert await client.responses.retrieve(first["id"]) == first
+    stream = await client.responses.create(model="small", input="Which?", previous_response_id=first["id"],
+                                           stream=True)
+    assert not isinstance(stream, dict)
+    events = [event async for event in stream]
+    assert events[0]["type"] == "response.created" and events[-1]["type"] == "response.completed"
+    second = events[-1]["response"]
+    assert [(m["role"], m["content"]) for m in provider.calls[-1]] == [
+        ("user", "Remember 7"), ("assistant", "Hello!"), ("user", "Which?")]  # the stored history first
+    assert await client.responses.retrieve(second["id"]) == second
+    with pytest.raises(ResourceNotFound):
+        await client.responses.retrieve("resp_unknown")
+
+
+async def test_a_response_made_without_store_cannot_be_continued() -> None:
+    client = client_for(AsyncClient)
+    assert isinstance(client, AsyncClient)
+    first = await client.responses.create(model="small", input="Hi", store=False)
+    assert isinstance(first, dict)
+    with pytest.raises(InvalidRequest) as caught:
+        await client.responses.create(model="small", input="Again", previous_response_id=first["id"])
+    assert caught.value.param == "previous_response_id"
