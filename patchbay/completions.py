@@ -15,7 +15,7 @@ import time
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import msgspec
 
@@ -65,14 +65,20 @@ class CompletionUsage(_Object, kw_only=True):
     total_tokens: int
 
 
-class ChatCompletionMessage(_Object, kw_only=True):
-    role: str = "assistant"
-    content: str | None = None
+class ChatCompletionMessage(_Object, kw_only=True, omit_defaults=True, tag_field="role", tag="assistant"):
+    """The assistant's message of a whole answer. As OpenAI's schema has it: ``role``, ``content``
+    and ``refusal`` always written (``content`` and ``refusal`` may be null, so they have no
+    default), ``tool_calls`` left out when there are none (never null)."""
+
+    role: ClassVar[str] = "assistant"  # the struct's tag: always written, never an argument
+    content: str | None
+    refusal: str | None
     tool_calls: list[dict[str, Any]] | None = None
 
 
 class ChoiceLogprobs(_Object, kw_only=True):
     content: list[dict[str, Any]] | None = None
+    refusal: list[dict[str, Any]] | None = None
 
 
 class Choice(_Object, kw_only=True):
@@ -82,11 +88,13 @@ class Choice(_Object, kw_only=True):
     logprobs: ChoiceLogprobs | None = None
 
 
-class ChatCompletion(_Object, kw_only=True):
-    """A whole answer, shaped like the openai SDK's ``ChatCompletion``; ``provider`` says who answered."""
+class ChatCompletion(_Object, kw_only=True, omit_defaults=True, tag_field="object", tag="chat.completion"):
+    """A whole answer, shaped like the openai SDK's ``ChatCompletion``; ``provider`` says who answered.
+    ``usage``, ``provider`` and ``system_fingerprint`` are left out when unknown (OpenAI's schema
+    has no null ``usage`` on a whole answer)."""
 
+    object: ClassVar[str] = "chat.completion"  # the struct's tag: always written, never an argument
     id: str
-    object: str = "chat.completion"
     created: int
     model: str
     choices: list[Choice]
@@ -216,7 +224,8 @@ class _Answer:
     def choice(self, index: int) -> Choice:
         tool_calls = merge_tool_calls(self.calls)
         text = "".join(self.text)
-        message = ChatCompletionMessage(content=text if text or not tool_calls else None, tool_calls=tool_calls)
+        message = ChatCompletionMessage(content=text if text or not tool_calls else None, refusal=None,
+                                        tool_calls=tool_calls)
         finish = self.finish or ("tool_calls" if tool_calls else "stop")
         return Choice(index=index, message=message, finish_reason=finish,
                       logprobs=ChoiceLogprobs(content=self.logprobs) if self.logprobs else None)

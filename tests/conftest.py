@@ -3,7 +3,8 @@ test tiers (tests/tiers.py)."""
 
 from __future__ import annotations
 
-pytest_plugins = ["tests.replicas.fixtures", "tests.replicas.proxy", "tests.redis_server", "tests.tiers"]
+pytest_plugins = ["tests.replicas.fixtures", "tests.replicas.proxy", "tests.redis_server", "tests.tiers",
+                  "tests.support.openai_schema"]
 
 from collections.abc import Iterator  # noqa: E402
 

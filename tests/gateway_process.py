@@ -17,7 +17,7 @@ import re
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import aiohttp
 
@@ -30,6 +30,10 @@ _RUNNING = re.compile(r"running on http://([\d.]+):(\d+)")
 
 class GatewayProcess:
     """One ``patchbay serve`` process; ``base_url`` and ``api_base`` once started."""
+
+    #: The base URLs of the processes started and not stopped: what tests/support/openai_schema.py
+    #: validates answers from (and not a fake upstream's).
+    running: ClassVar[set[str]] = set()
 
     def __init__(self, config: dict[str, Any] | None, tmp_path: Path, *, env: dict[str, str] | None = None,
                  args: list[str] | None = None) -> None:
@@ -82,6 +86,7 @@ class GatewayProcess:
             match = _RUNNING.search(line)
             if match:
                 self.base_url = f"http://{match.group(1)}:{match.group(2)}"
+                GatewayProcess.running.add(self.base_url)
                 return
 
     async def _wait_ready(self) -> None:
@@ -106,6 +111,7 @@ class GatewayProcess:
         process = self.process
         if process is None:
             return None
+        GatewayProcess.running.discard(self.base_url)
         if process.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGTERM)

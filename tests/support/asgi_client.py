@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 __all__ = ["ASGIClient", "Response"]
 
@@ -27,6 +28,10 @@ class Response:
 
 class ASGIClient:
     """Requests to an ASGI app in this process; the response collected as uvicorn would send it."""
+
+    #: Called with (method, path, response) for every response collected (the OpenAI schema check
+    #: of tests/support/openai_schema.py adds itself here for each test).
+    observers: ClassVar[list[Callable[[str, str, Response], None]]] = []
 
     def __init__(self, app: Any) -> None:
         self.app = app
@@ -81,8 +86,11 @@ class ASGIClient:
         finally:
             answered.set()
         start = next(m for m in sent if m["type"] == "http.response.start")
-        return Response(start["status"], dict(start.get("headers", [])),
-                        b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body"))
+        response = Response(start["status"], dict(start.get("headers", [])),
+                            b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body"))
+        for observe in self.observers:
+            observe(method, path, response)
+        return response
 
     async def post(self, path: str, body: bytes) -> tuple[int, bytes]:
         response = await self.request("POST", path, body)
