@@ -10,7 +10,8 @@ the SDK sends its key as ``x-api-key``):
 - ``small``: a normal OpenAI fake (``plain``); ``claude-*``: the same fake's ``fake-large``;
 - ``tools``: a fake that calls the first tool it is given (``tool_call``);
 - ``limited`` (429), ``broken`` (500), ``midstream`` (an error event after some text), ``cut``
-  (the connection dropped halfway through the answer).
+  (the connection dropped halfway through the answer), ``stall`` (half the answer, then a long
+  silence), ``flaky`` (a streamed tool call whose connection drops after its first fragment).
 """
 
 from __future__ import annotations
@@ -98,7 +99,7 @@ class Services:
 
 
 SCENARIOS = {"plain": "normal", "tools": "tool_call", "limited": "status_429", "broken": "status_500",
-             "midstream": "mid_stream_error", "cut": "disconnect"}
+             "midstream": "mid_stream_error", "cut": "disconnect", "stall": "stall", "flaky": "tool_call_then_fail"}
 
 
 def gateway_config(fakes: dict[str, OpenAIFake], **extra: Any) -> dict[str, Any]:
@@ -109,7 +110,8 @@ def gateway_config(fakes: dict[str, OpenAIFake], **extra: Any) -> dict[str, Any]
                       for name, fake in fakes.items()},
         "routes": {"small": ["plain/fake-small"], "tools": ["tools/fake-small"], "limited": ["limited/fake-small"],
                    "broken": ["broken/fake-small"], "midstream": ["midstream/fake-small"],
-                   "cut": ["cut/fake-small"], "claude-*": ["plain/fake-large"]},
+                   "cut": ["cut/fake-small"], "stall": ["stall/fake-small"], "flaky": ["flaky/fake-small"],
+                   "claude-*": ["plain/fake-large"]},
         **extra,
     }
 
@@ -198,7 +200,8 @@ def test_stream_text_matches_create(client: anthropic.Anthropic, stack: Services
     assert "".join(pieces) == stack.plain.answer
     assert [block.model_dump() for block in final.content] == [block.model_dump() for block in whole.content]
     assert final.stop_reason == whole.stop_reason == "end_turn"
-    assert final.usage.output_tokens > 0
+    assert final.usage.output_tokens == whole.usage.output_tokens > 0
+    assert final.usage.input_tokens == whole.usage.input_tokens > 0
 
 
 def test_system_and_sampling_options_reach_the_upstream(client: anthropic.Anthropic, stack: Services) -> None:
@@ -268,19 +271,21 @@ async def test_async_stream_of_a_tool_use(stack: Services) -> None:
 
 
 def test_claude_code_style_follow_up_with_the_tool_result(client: anthropic.Anthropic, stack: Services) -> None:
+    tools: Any = [*TOOLS[:-1], {**TOOLS[-1], "cache_control": {"type": "ephemeral"}}]
     system: Any = [
         {"type": "text", "text": "You are Claude Code, an agent."},
         {"type": "text", "text": "Use tools when they help.", "cache_control": {"type": "ephemeral"}},
     ]
-    first = client.messages.create(model="tools", max_tokens=256, system=system, tools=TOOLS, messages=ASK_WEATHER)
+    first = client.messages.create(model="tools", max_tokens=256, system=system, tools=tools, messages=ASK_WEATHER)
     [call] = tool_uses(first)
     history: Any = [
         *ASK_WEATHER,
         {"role": "assistant", "content": [block.model_dump(exclude_none=True) for block in first.content]},
         {"role": "user", "content": [{"type": "tool_result", "tool_use_id": call.id,
-                                      "content": [{"type": "text", "text": "18 degrees, sunny"}]}]},
+                                      "content": [{"type": "text", "text": "18 degrees, sunny",
+                                                   "cache_control": {"type": "ephemeral"}}]}]},
     ]
-    with client.messages.stream(model="tools", max_tokens=256, system=system, tools=TOOLS,
+    with client.messages.stream(model="tools", max_tokens=256, system=system, tools=tools,
                                 messages=history) as stream:
         text = "".join(stream.text_stream)
         final = stream.get_final_message()
@@ -295,6 +300,19 @@ def test_claude_code_style_follow_up_with_the_tool_result(client: anthropic.Anth
     assert json.loads(assistant["tool_calls"][0]["function"]["arguments"]) == call.input
     assert sent[-1]["role"] == "tool" and sent[-1]["tool_call_id"] == call.id
     assert "18 degrees, sunny" in json.dumps(sent[-1]["content"])
+
+
+def test_a_failed_tool_result_says_so(client: anthropic.Anthropic, stack: Services) -> None:
+    first = client.messages.create(model="tools", max_tokens=128, tools=TOOLS, messages=ASK_WEATHER)
+    [call] = tool_uses(first)
+    history: Any = [*ASK_WEATHER, {"role": "assistant", "content": [call.model_dump(exclude_none=True)]},
+                    {"role": "user", "content": [{"type": "tool_result", "tool_use_id": call.id, "is_error": True,
+                                                  "content": "the weather service is down"}]}]
+    message = client.messages.create(model="tools", max_tokens=128, tools=TOOLS, messages=history)
+    assert texts(message) == stack.tools.answer
+    result = stack.tools.bodies[-1]["messages"][-1]
+    assert result["role"] == "tool"
+    assert json.dumps(result["content"]).startswith('"Error: ')  # the model learns the call failed
 
 
 def test_claude_code_request_shape(client: anthropic.Anthropic, stack: Services) -> None:
@@ -474,6 +492,36 @@ def test_mid_stream_failure_raises_after_the_partial_text(client: anthropic.Anth
     assert_envelope(info.value.body, "api_error")
 
 
+def test_a_tool_call_cut_mid_stream_raises_and_is_not_restarted(client: anthropic.Anthropic,
+                                                                stack: Services) -> None:
+    flaky = stack.fakes["flaky"]
+    calls = flaky.chat_count
+    events: list[Any] = []
+    with pytest.raises(anthropic.APIStatusError) as info, \
+            client.messages.stream(model="flaky", max_tokens=128, tools=TOOLS, messages=ASK_WEATHER) as stream:
+        for event in stream:
+            events.append(event)
+    starts = [e for e in events if e.type == "content_block_start"]
+    assert [e.content_block.type for e in starts] == ["tool_use"]
+    assert starts[0].content_block.name == "get_weather"
+    assert not any(e.type == "message_stop" for e in events)
+    assert_envelope(info.value.body, "api_error")
+    assert flaky.chat_count == calls + 1  # a call half delivered is never started again
+    with pytest.raises(anthropic.InternalServerError) as whole:
+        client.messages.create(model="flaky", max_tokens=128, tools=TOOLS, messages=ASK_WEATHER)
+    assert whole.value.status_code == 502
+
+
+def test_leaving_a_stream_cancels_the_upstream_request(client: anthropic.Anthropic, stack: Services) -> None:
+    stall = stack.fakes["stall"]  # half the answer, then 30 s of silence (the gateway's idle limit is 10 s)
+    left = stall.disconnects
+    with client.messages.stream(model="stall", max_tokens=64, messages=HELLO) as stream:
+        first = next(iter(stream.text_stream))
+    assert first and stall.answer.startswith(first)
+    stack.background.run(stall.wait_until(lambda: stall.disconnects == left + 1 and stall.open_streams == 0,
+                                          timeout=5))
+
+
 def test_a_whole_answer_cut_short_is_502(client: anthropic.Anthropic) -> None:
     """Not streamed, a failure halfway is an error status: no partial Message passes for a whole one."""
     with pytest.raises(anthropic.InternalServerError) as info:
@@ -519,7 +567,7 @@ def metrics_text(gateway: GatewayProcess) -> str:
 
 
 def test_rate_limits_metrics_and_request_log_see_messages(stack: Services, tmp_path: Path) -> None:
-    config = gateway_config(stack.fakes, limits={"requests_per_minute": 2})
+    config = gateway_config(stack.fakes, limits={"requests_per_minute": 3})
     gateway = stack.start_gateway(config, tmp_path, {"PATCHBAY_API_KEYS": API_KEY})
     try:
         with anthropic.Anthropic(base_url=gateway.base_url, api_key=API_KEY, max_retries=0,
@@ -529,6 +577,8 @@ def test_rate_limits_metrics_and_request_log_see_messages(stack: Services, tmp_p
             with sdk.messages.stream(model="small", max_tokens=64,
                                      messages=[{"role": "user", "content": "second question"}]) as stream:
                 streamed = "".join(stream.text_stream)
+            with pytest.raises(anthropic.InternalServerError):
+                sdk.messages.create(model="broken", max_tokens=64, messages=[{"role": "user", "content": "third"}])
             with pytest.raises(anthropic.RateLimitError) as info:
                 sdk.messages.create(model="small", max_tokens=64, messages=HELLO)
         assert texts(whole) == streamed == stack.plain.answer
@@ -538,6 +588,7 @@ def test_rate_limits_metrics_and_request_log_see_messages(stack: Services, tmp_p
         assert 'patchbay_requests_total{provider="plain",model="fake-small",status="200"} 2' in text
         assert 'patchbay_request_duration_seconds_count{provider="plain",model="fake-small"} 2' in text
         assert 'patchbay_time_to_first_token_seconds_count{provider="plain",model="fake-small"} 1' in text
+        assert 'patchbay_errors_total{provider="broken",model="fake-small",code="all_providers_failed"} 1' in text
         assert any(line.startswith("patchbay_rate_limited_total{") and 'limit="requests_per_minute"' in line
                    and line.endswith(" 1") for line in text.splitlines())
     finally:
@@ -546,11 +597,15 @@ def test_rate_limits_metrics_and_request_log_see_messages(stack: Services, tmp_p
     by_question = {json.dumps(r["messages"]): r for r in records}
     [first] = [r for key, r in by_question.items() if "first question" in key]
     [second] = [r for key, r in by_question.items() if "second question" in key]
+    [failed] = [r for key, r in by_question.items() if "third" in key]
     for record in (first, second):
         assert record["response"] == stack.plain.answer
         assert record["status"] == 200
         assert record["requested_model"] == "small"
         assert record["provider"] == "plain"
+    assert failed["status"] == 502 and failed["requested_model"] == "broken"
+    assert "AllProvidersFailed" in failed["error"]
+    assert len(records) == 3  # the refused fourth request never reached the router
 
 
 def read_request_log(home: Path) -> list[dict[str, Any]]:
