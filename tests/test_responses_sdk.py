@@ -10,7 +10,8 @@ can block the test's thread while they answer. Routes of the shared gateway (API
 - ``small``: a normal OpenAI fake (``plain``);
 - ``tools``: a fake that calls the first tool it is given (``tool_call``);
 - ``limited`` (429), ``midstream`` (an error event after some text), ``cut`` (the connection
-  dropped halfway through the answer).
+  dropped halfway through the answer), ``stall`` (half the answer, then a long silence),
+  ``flaky`` (a streamed tool call whose connection drops after its first fragment).
 """
 
 from __future__ import annotations
@@ -90,7 +91,7 @@ class Services:
 
 
 SCENARIOS = {"plain": "normal", "tools": "tool_call", "limited": "status_429", "midstream": "mid_stream_error",
-             "cut": "disconnect"}
+             "cut": "disconnect", "stall": "stall", "flaky": "tool_call_then_fail"}
 
 
 def gateway_config(fakes: dict[str, OpenAIFake], **extra: Any) -> dict[str, Any]:
@@ -99,7 +100,8 @@ def gateway_config(fakes: dict[str, OpenAIFake], **extra: Any) -> dict[str, Any]
         "router": {"retries": 1, "first_byte_timeout": 10.0, "idle_timeout": 10.0, "timeout": 20.0},
         "providers": {name: {"base_url": fake.api_base, "models": ["fake-small"]} for name, fake in fakes.items()},
         "routes": {"small": ["plain/fake-small"], "tools": ["tools/fake-small"], "limited": ["limited/fake-small"],
-                   "midstream": ["midstream/fake-small"], "cut": ["cut/fake-small"]},
+                   "midstream": ["midstream/fake-small"], "cut": ["cut/fake-small"], "stall": ["stall/fake-small"],
+                   "flaky": ["flaky/fake-small"]},
         **extra,
     }
 
@@ -278,6 +280,16 @@ def test_function_call_then_its_output(client: openai.OpenAI, stack: Services) -
         and "18 degrees, sunny" in json.dumps(messages[-1]["content"]))
 
 
+def test_tool_choice_and_parallel_tool_calls_pass_through(client: openai.OpenAI, stack: Services) -> None:
+    response = client.responses.create(model="tools", input="What time is it in Tokyo?", tools=TOOLS,
+                                       tool_choice={"type": "function", "name": "get_time"},
+                                       parallel_tool_calls=False)
+    assert [call.name for call in function_calls(response)] == ["get_time"]
+    sent = stack.tools.bodies[-1]
+    assert sent["tool_choice"] == {"type": "function", "function": {"name": "get_time"}}
+    assert sent["parallel_tool_calls"] is False
+
+
 def test_stateless_tool_loop_with_the_whole_input(client: openai.OpenAI, stack: Services) -> None:
     """As Codex does with ``store`` off: the whole conversation, function_call item included, each time."""
     question: Any = [{"role": "user", "content": [{"type": "input_text", "text": "Weather in Paris?"}]}]
@@ -379,6 +391,29 @@ def test_mid_stream_failure_raises_during_the_stream(client: openai.OpenAI, stac
     assert partial  # some text came first
     assert stack.fakes[route].answer.startswith(partial) and partial != stack.fakes[route].answer
     assert "response.completed" not in kinds
+
+
+def test_a_tool_call_cut_mid_stream_raises_and_is_not_restarted(client: openai.OpenAI, stack: Services) -> None:
+    flaky = stack.fakes["flaky"]
+    calls = flaky.chat_count
+    kinds: list[str] = []
+    with pytest.raises(openai.APIError), \
+            client.responses.stream(model="flaky", input="Weather in Paris?", tools=TOOLS) as stream:
+        for event in stream:
+            kinds.append(event.type)
+    assert "response.function_call_arguments.delta" in kinds
+    assert "response.completed" not in kinds and "response.function_call_arguments.done" not in kinds
+    assert flaky.chat_count == calls + 1  # a call half delivered is never started again
+
+
+def test_leaving_a_stream_cancels_the_upstream_request(client: openai.OpenAI, stack: Services) -> None:
+    stall = stack.fakes["stall"]  # half the answer, then 30 s of silence (the gateway's idle limit is 10 s)
+    left = stall.disconnects
+    with client.responses.stream(model="stall", input="Hello") as stream:
+        first = next(event for event in stream if event.type == "response.output_text.delta")
+    assert first.delta and stall.answer.startswith(first.delta)
+    stack.background.run(stall.wait_until(lambda: stall.disconnects == left + 1 and stall.open_streams == 0,
+                                          timeout=5))
 
 
 def test_a_failed_stream_is_not_stored(client: openai.OpenAI, stack: Services) -> None:
