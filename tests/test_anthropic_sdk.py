@@ -214,6 +214,18 @@ def test_system_and_sampling_options_reach_the_upstream(client: anthropic.Anthro
     assert body["stop"] == ["END"]
 
 
+def test_a_stop_sequence_ends_the_answer_and_is_named(client: anthropic.Anthropic, stack: Services) -> None:
+    answer = stack.plain.answer
+    stop = answer.split()[-1]  # the fake's last word
+    message = client.messages.create(model="small", max_tokens=64, messages=HELLO, stop_sequences=[stop])
+    assert texts(message) == answer[:answer.index(stop)]
+    assert message.stop_reason == "stop_sequence" and message.stop_sequence == stop
+    with client.messages.stream(model="small", max_tokens=64, messages=HELLO, stop_sequences=[stop]) as stream:
+        assert "".join(stream.text_stream) == answer[:answer.index(stop)]
+        final = stream.get_final_message()
+    assert final.stop_reason == "stop_sequence" and final.stop_sequence == stop
+
+
 def test_a_glob_route_answers_claude_names(client: anthropic.Anthropic, stack: Services) -> None:
     message = client.messages.create(model="claude-sonnet-4-5", max_tokens=64, messages=HELLO)
     assert texts(message) == stack.plain.answer
