@@ -188,6 +188,30 @@ def test_stream_deltas_add_up_to_the_final_response(client: openai.OpenAI, stack
     assert stack.plain.bodies[-1]["stream"] is True
 
 
+def test_the_raw_stream_is_ordered_and_numbered(stack: Services) -> None:
+    """The events a client without the SDK reads: names match types, sequence numbers count up from
+    0, one output item whose id every part event names, one response id throughout."""
+    with httpx.stream("POST", f"{stack.gateway.api_base}/responses", timeout=CLIENT_TIMEOUT,
+                      json={"model": "small", "input": "Hello", "stream": True},
+                      headers={"x-api-key": API_KEY}) as raw:  # Anthropic-style auth works here too
+        assert raw.status_code == 200
+        assert raw.headers["content-type"].startswith("text/event-stream")
+        lines = list(raw.iter_lines())
+    names = [line[len("event: "):] for line in lines if line.startswith("event: ")]
+    events = [json.loads(line[len("data: "):]) for line in lines if line.startswith("data: ")]
+    assert names == [event["type"] for event in events]
+    assert [event["sequence_number"] for event in events] == list(range(len(events)))
+    assert names[:3] == ["response.created", "response.in_progress", "response.output_item.added"]
+    assert names[-1] == "response.completed"
+    ids = {event["response"]["id"] for event in events if "response" in event}
+    assert len(ids) == 1
+    item = events[2]["item"]["id"]
+    assert {event["item_id"] for event in events if "item_id" in event} == {item}
+    done = next(event for event in events if event["type"] == "response.output_text.done")
+    assert done["text"] == stack.plain.answer
+    assert events[-1]["response"]["output"][0]["content"][0]["text"] == stack.plain.answer
+
+
 async def test_async_create_and_stream(stack: Services) -> None:
     async with openai.AsyncOpenAI(base_url=stack.gateway.api_base, api_key=API_KEY, max_retries=0,
                                   timeout=CLIENT_TIMEOUT) as sdk:
