@@ -317,7 +317,8 @@ def test_needs_come_in_the_order_of_the_features() -> None:
         parallel_tool_calls=True, response_format={"type": "json_object"}, logprobs=True, n=3)
     found = needs(everything)
     assert [n.feature for n in found] == [f for f in FEATURES if f in {n.feature for n in found}]
-    assert {n.feature for n in found} == set(FEATURES) - {"json_schema", "prefill"}
+    # a chat request never needs a prompt's or an embedding's features
+    assert {n.feature for n in found} == set(FEATURES) - {"json_schema", "prefill", "text_completion", "embeddings"}
     assert all(n.phrase == FEATURES[n.feature] for n in found)
 
 

@@ -76,6 +76,14 @@ def _count_generations() -> None:
         original(self, *args, **kwargs)
 
     LocalModel._generate = counting_generate  # type: ignore[method-assign]
+    embed = LocalModel._embed
+
+    def counting_embed(self: LocalModel, *args: Any, **kwargs: Any) -> Any:  # embeddings run the model too
+        with activity.lock:
+            activity.generations += 1
+        return embed(self, *args, **kwargs)
+
+    LocalModel._embed = counting_embed  # type: ignore[method-assign]
 
 
 def pytest_configure(config: pytest.Config) -> None:

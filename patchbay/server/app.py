@@ -48,6 +48,8 @@ from patchbay.server.asgi import (
     send_bytes,
 )
 from patchbay.server.chat import ChatCompletions, ChatEndpoint, Dialect
+from patchbay.server.completions import TextCompletions
+from patchbay.server.embeddings import EmbeddingsEndpoint
 from patchbay.server.messages import AnthropicMessages, anthropic_error_body, count_tokens
 from patchbay.server.metrics import OTHER, GatewayMetrics
 from patchbay.server.openapi import openapi_document
@@ -91,8 +93,9 @@ class Gateway:
         server = self.settings.server
         self.provider = provider or self.settings.build_router()
         self.metrics = GatewayMetrics(server.max_label_values)
-        self._chat_endpoints: list[ChatEndpoint] = []  # each gets the request log at startup
+        self._endpoints: list[ChatEndpoint | EmbeddingsEndpoint] = []  # each gets the request log at startup
         self.chat = self._endpoint(ChatCompletions())
+        self.embeddings = EmbeddingsEndpoint(self.provider, limits=self.settings.router.limits(), metrics=self.metrics)
         #: Stored responses: in Redis when configured; else in memory until startup opens the log's file.
         redis_url = self.settings.router.redis_url()
         self._response_redis = (RedisResponseStore(redis_url, namespace=self.settings.router.namespace)
@@ -117,13 +120,15 @@ class Gateway:
             "/v1/messages": Route("POST", self._chatting(self._endpoint(AnthropicMessages())), anthropic_error_body),
             "/v1/messages/count_tokens": Route("POST", count_tokens(server.max_body_bytes), anthropic_error_body),
             "/v1/responses": Route("POST", self._chatting(self._endpoint(self.responses))),
+            "/v1/completions": Route("POST", self._chatting(self._endpoint(TextCompletions()))),
+            "/v1/embeddings": Route("POST", self._chatting(self.embeddings)),
             "/v1/models": Route("GET", self._models),
             "/health": Route("GET", self._health),
             "/ready": Route("GET", self._ready),
             "/metrics": Route("GET", self._metrics),
             "/openapi.json": Route("GET", self._openapi_json),
         }
-        for path in ("/chat/completions", "/models"):  # clients whose base URL has no /v1
+        for path in ("/chat/completions", "/completions", "/embeddings", "/models"):  # base URLs without /v1
             self._routes[path] = self._routes["/v1" + path]
         self.public_paths = PUBLIC_PATHS
         if server.web_ui:  # the page itself is public; the API calls it makes carry the key
@@ -211,8 +216,9 @@ class Gateway:
                             keepalive_interval=server.keepalive_interval, send_timeout=server.send_timeout,
                             dialect=dialect)
 
-    def _chatting(self, endpoint: ChatEndpoint) -> Handler:
-        """The handler of a chat-answering endpoint: the client's rate limits around ``endpoint``."""
+    def _chatting(self, endpoint: ChatEndpoint | EmbeddingsEndpoint) -> Handler:
+        """The handler of an endpoint that reaches a model: the client's rate limits around
+        ``endpoint`` (which returns the tokens the request used)."""
 
         async def handle(scope: Scope, receive: Receive, send: Send) -> None:
             client: Client = scope.get(CLIENT, self.anonymous)
@@ -232,7 +238,7 @@ class Gateway:
             finally:
                 await asyncio.shield(self.limiter.finish(admission, tokens))  # also when cancelled
 
-        self._chat_endpoints.append(endpoint)
+        self._endpoints.append(endpoint)
         return handle
 
     async def _models(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -324,7 +330,7 @@ class Gateway:
         server = self.settings.server
         if server.request_log:
             log = self.request_log = RequestLog(server.request_log_file(), **server.request_log_options())
-            for endpoint in self._chat_endpoints:
+            for endpoint in self._endpoints:
                 endpoint.request_log = log
             if self._response_redis is None:
                 self._response_file = SQLiteResponseStore(server.request_log_file())  # a table of its own

@@ -36,7 +36,7 @@ from patchbay.requestlog import Exchange, RequestLog
 from patchbay.server.asgi import DisconnectWatch, Receive, Send, SSEWriter, error_body, send_bytes
 from patchbay.server.metrics import GatewayMetrics
 
-__all__ = ["ChatCompletions", "ChatEndpoint", "Dialect", "Frame", "RenderedTurn", "Turn"]
+__all__ = ["DONE", "ChatCompletions", "ChatEndpoint", "Dialect", "Frame", "Opener", "RenderedTurn", "Turn"]
 
 log = logging.getLogger("patchbay.server")
 
@@ -45,12 +45,20 @@ NO_PROVIDER = "none"
 
 #: One server-sent event: its name (None: a plain ``data:`` event) and its encoded data.
 Frame = tuple[bytes | None, bytes]
+#: How a turn's events are made: from the provider and the request's time limits.
+Opener = Callable[[type[AsyncGeneratorProvider], Timeout], EventStream]
+#: The end of an OpenAI stream.
+DONE: Frame = (None, b"[DONE]")
 
 
 class Turn(Protocol):
     """One request in one API's wire format: the chat request it makes, and how its answer is written."""
 
     request: ChatCompletionRequest
+
+    def open(self, provider: type[AsyncGeneratorProvider], timeout: Timeout) -> EventStream:
+        """Start the request on ``provider`` (an unknown model fails here, at once)."""
+        ...
 
     async def whole(self, events: EventStream) -> bytes:
         """Read ``events`` to the end; the whole answer's JSON body."""
@@ -84,12 +92,20 @@ class RenderedTurn:
 
     def __init__(self, request: ChatCompletionRequest, rendering: Rendering, result: Callable[[], Any], *,
                  done: Callable[[], Awaitable[None]] | None = None,
-                 fail: Callable[[PatchbayError], Sequence[tuple[str | None, Any]]] | None = None) -> None:
+                 fail: Callable[[PatchbayError], Sequence[tuple[str | None, Any]]] | None = None,
+                 opener: Opener | None = None, last: Frame | None = None) -> None:
         self.request = request
         self.rendering = rendering
         self.result = result
         self.done = done
         self.fail = fail
+        self.opener = opener  # how the events are made, when not by one request to the provider
+        self.last = last  # an event after the rendering's own closing ones (``[DONE]``)
+
+    def open(self, provider: type[AsyncGeneratorProvider], timeout: Timeout) -> EventStream:
+        if self.opener is not None:
+            return self.opener(provider, timeout)
+        return open_stream(provider, self.request, timeout=timeout)
 
     async def whole(self, events: EventStream) -> bytes:
         body = _encode(await rendered_whole(self.rendering, events, self.result))
@@ -102,6 +118,8 @@ class RenderedTurn:
         async with aclosing(rendered):
             async for name, payload in rendered:
                 yield _frame(name, payload)
+        if self.last is not None:
+            yield self.last
         if self.done is not None:
             await self.done()
 
@@ -129,6 +147,9 @@ class _ChatTurn:
     def __init__(self, request: ChatCompletionRequest) -> None:
         self.request = request
 
+    def open(self, provider: type[AsyncGeneratorProvider], timeout: Timeout) -> EventStream:
+        return open_stream(provider, self.request, timeout=timeout)
+
     async def whole(self, events: EventStream) -> bytes:
         return _encode(await complete(events, self.request.model))
 
@@ -137,7 +158,7 @@ class _ChatTurn:
         async with aclosing(chunks):
             async for chunk in chunks:
                 yield None, _encode(chunk)
-        yield None, b"[DONE]"
+        yield DONE
 
     def error_frames(self, error: PatchbayError) -> list[Frame]:
         return [(None, error_body(error))]
@@ -162,7 +183,7 @@ class ChatEndpoint:
         turn = await self.dialect.begin(body)
         request = turn.request
         started = time.perf_counter()
-        events = open_stream(self.provider, request, timeout=self.limits)  # unknown model: 404 here, at once
+        events = turn.open(self.provider, self.limits)  # unknown model: 404 here, at once
         self.metrics.in_flight.inc()
         try:
             if request.stream:
