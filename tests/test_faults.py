@@ -23,7 +23,8 @@ below reads its own format into the same :class:`Result`, so one :func:`check` j
 
 Beyond the matrix: faults after some text on a route whose second target continues the answer
 (the client gets the delivered text once, then the rest; on each API); the whole matrix at once
-(on each API); and a client that leaves in the middle of a fault (the upstream request is closed).
+(on each API); a tool call, whole and cut after its first fragment, on each API (its input reaches
+the client once); and a client that leaves in the middle of a fault (the upstream request is closed).
 
 Decisions the matrix pins down: invalid UTF-8 from an upstream reaches the client as U+FFFD
 (lenient, as the decoders document); one SSE event larger than the decoders' line limit
@@ -138,7 +139,7 @@ MATRIX: dict[str, tuple[Outcome, Outcome]] = {
 #: The APIs the matrix runs on: ``/v1/chat/completions``, ``/v1/messages``, ``/v1/responses``.
 APIS = ("chat", "messages", "responses")
 #: (api, case) -> (streamed, whole) where an API's outcome differs from :data:`MATRIX`'s, with the
-#: reason next to each row. None: the statuses come from one table for every API.
+#: reason next to each row. Empty: one error table gives every API the same statuses.
 API_OVERRIDES: dict[tuple[str, str], tuple[Outcome, Outcome]] = {}
 
 
