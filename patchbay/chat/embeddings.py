@@ -171,26 +171,33 @@ def _checked_input(value: Any) -> EmbeddingInput:
                 raise InvalidRequest(f"invalid field input[{index}]: must be a non-empty string (as input[0] is)",
                                      param=f"input[{index}]")
         return value
-    if _token_id(first):
-        _check_tokens(value, "input")
-        return value
+    if _token_id(first) is not None:
+        return _checked_tokens(value, "input")
+    checked: list[list[int]] = []
     for index, item in enumerate(value):
         if not isinstance(item, list) or not item:
             raise InvalidRequest(f"invalid field input[{index}]: must be a string, a token id or a non-empty "
                                  "array of token ids, one kind for every item", param=f"input[{index}]")
-        _check_tokens(item, f"input[{index}]")
-    return value
+        checked.append(_checked_tokens(item, f"input[{index}]"))
+    return checked
 
 
-def _token_id(value: Any) -> bool:
-    return type(value) is int and 0 <= value <= MAX_TOKEN_ID
+def _token_id(value: Any) -> int | None:
+    """``value`` as a token id, or None. A whole float (``2.0``) is the integer, as JSON Schema has it."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return value if type(value) is int and 0 <= value <= MAX_TOKEN_ID else None
 
 
-def _check_tokens(tokens: list[Any], where: str) -> None:
+def _checked_tokens(tokens: list[Any], where: str) -> list[int]:
+    checked = []
     for index, token in enumerate(tokens):
-        if not _token_id(token):
+        token_id = _token_id(token)
+        if token_id is None:
             raise InvalidRequest(f"invalid field {where}[{index}]: must be a token id (an integer >= 0)",
                                  param=f"{where}[{index}]")
+        checked.append(token_id)
+    return checked
 
 
 def encode_base64_vector(vector: list[float]) -> str:

@@ -11,7 +11,9 @@ from typing import Any
 
 import msgspec
 
+from patchbay.chat.embeddings import embedding_request_schema
 from patchbay.chat.request import ChatCompletionRequest
+from patchbay.chat.text_completion import completion_request_schema
 from patchbay.completions import ChatCompletion, ChatCompletionChunk, Model, ModelList
 
 __all__ = ["ErrorResponse", "openapi_document"]
@@ -114,7 +116,7 @@ def _anthropic_schemas() -> dict[str, Any]:
     }
 
 
-def _responses_schemas() -> dict[str, Any]:
+def _other_schemas() -> dict[str, Any]:
     return {
         "ResponsesRequest": {
             "type": "object", "required": ["model"],
@@ -127,6 +129,10 @@ def _responses_schemas() -> dict[str, Any]:
                            "stream": {"type": "boolean"}}},
         "Response": {"type": "object", "required": ["id", "object", "created_at", "status", "model", "output"],
                      "description": "An OpenAI Responses response."},
+        "EmbeddingRequest": embedding_request_schema(),
+        "EmbeddingResponse": {"type": "object", "required": ["object", "data", "model", "usage"]},
+        "CompletionRequest": completion_request_schema(),
+        "Completion": {"type": "object", "required": ["id", "object", "created", "model", "choices"]},
     }
 
 
@@ -143,7 +149,7 @@ def _stream(description: str) -> dict[str, Any]:
 
 
 def _api_paths(secured: dict[str, Any], auth_errors: tuple[int, ...]) -> dict[str, Any]:
-    """The Anthropic Messages and OpenAI Responses operations."""
+    """The Anthropic Messages, OpenAI Responses, embeddings and legacy completions operations."""
     statuses = (400, *auth_errors, 404, 413, 429, 502, 503, 504)
     return {
         "/v1/messages": {"post": {
@@ -169,6 +175,23 @@ def _api_paths(secured: dict[str, Any], auth_errors: tuple[int, ...]) -> dict[st
                                                  "(response.created ... response.completed; on a failure after the "
                                                  "start, `error` then `response.failed`)",
                                   "content": {**_json("Response"), **_stream("Responses stream events")}},
+                          **_errors(*statuses)},
+        }},
+        "/v1/embeddings": {"post": {
+            "operationId": "createEmbedding", "summary": "Embed texts (targets with the embeddings capability)",
+            **secured,
+            "requestBody": {"required": True, "content": _json("EmbeddingRequest")},
+            "responses": {"200": {"description": "One vector per input (`encoding_format` float or base64)",
+                                  "content": _json("EmbeddingResponse")},
+                          **_errors(*statuses)},
+        }},
+        "/v1/completions": {"post": {
+            "operationId": "createCompletion", "summary": "Complete a prompt (legacy; raw-completion targets)",
+            **secured,
+            "requestBody": {"required": True, "content": _json("CompletionRequest")},
+            "responses": {"200": {"description": "The completion; with `stream`, `data:` lines of completion "
+                                                 "chunks, then `data: [DONE]`",
+                                  "content": {**_json("Completion"), **_stream("completion chunks")}},
                           **_errors(*statuses)},
         }},
         "/v1/responses/{response_id}": {"get": {
@@ -231,7 +254,7 @@ def openapi_document(version: str, *, auth: bool) -> dict[str, Any]:
                                                        "content": {"text/plain": {"schema": {"type": "string"}}}},
                                                **_errors(*auth_errors)}}},
         },
-        "components": {"schemas": {**components, **_anthropic_schemas(), **_responses_schemas()}},
+        "components": {"schemas": {**components, **_anthropic_schemas(), **_other_schemas()}},
     }
     document["paths"].update(_api_paths(secured, auth_errors))
     if auth:
