@@ -28,6 +28,7 @@ import msgspec
 
 from patchbay import requestlog
 from patchbay.chat.anthropic import MessageRendering, decode_messages_request, message_id
+from patchbay.chat.embeddings import embedding_request_from_dict, to_response
 from patchbay.chat.rendering import Rendering, rendered_events, rendered_whole
 from patchbay.chat.request import ChatCompletionRequest, request_from_kwargs
 from patchbay.completions import (
@@ -243,6 +244,33 @@ class _AsyncResponses(_AsyncRenderedAPI):
         return await _stored(self._client, response_id)
 
 
+async def _embeddings(client: _Base, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """OpenAI's embeddings answer (a dict) for ``embeddings.create``'s arguments."""
+    transport = client._transport(kwargs)
+    request = embedding_request_from_dict(kwargs)
+    result = await client.provider.create_embedding(request, timeout=transport["timeout"], proxy=transport["proxy"],
+                                                    api_key=transport["api_key"])
+    return to_response(result, request.encoding_format)
+
+
+class _AsyncEmbeddings:
+    def __init__(self, client: AsyncClient) -> None:
+        self._client = client
+
+    async def create(self, **kwargs: Any) -> dict[str, Any]:
+        """Like ``openai.AsyncOpenAI().embeddings.create``, answering with the JSON as a dict."""
+        return await _embeddings(self._client, kwargs)
+
+
+class _Embeddings:
+    def __init__(self, client: Client) -> None:
+        self._client = client
+
+    def create(self, **kwargs: Any) -> dict[str, Any]:
+        """Like ``openai.OpenAI().embeddings.create``, answering with the JSON as a dict."""
+        return run_sync(_embeddings(self._client, kwargs))
+
+
 async def _stored(client: _Base, response_id: str) -> dict[str, Any]:
     stored = await client.response_store.get(response_id)
     if stored is None:
@@ -314,12 +342,14 @@ class AsyncClient(_Base):
     models: _AsyncModels
     messages: _AsyncRenderedAPI
     responses: _AsyncResponses
+    embeddings: _AsyncEmbeddings
 
     def _attach(self) -> None:
         self.chat = _AsyncChat(self)
         self.models = _AsyncModels(self)
         self.messages = _AsyncRenderedAPI(self, "messages")
         self.responses = _AsyncResponses(self, "responses")
+        self.embeddings = _AsyncEmbeddings(self)
 
 
 # -- sync ---------------------------------------------------------------------------------------------
@@ -394,9 +424,11 @@ class Client(_Base):
     models: _Models
     messages: _RenderedAPI
     responses: _Responses
+    embeddings: _Embeddings
 
     def _attach(self) -> None:
         self.chat = _Chat(self)
         self.models = _Models(self)
         self.messages = _RenderedAPI(self, "messages")
         self.responses = _Responses(self, "responses")
+        self.embeddings = _Embeddings(self)

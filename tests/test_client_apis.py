@@ -7,8 +7,11 @@ from __future__ import annotations
 import pytest
 
 from patchbay import AsyncClient, Client
+from patchbay.chat.embeddings import decode_base64_vector
 from patchbay.errors import InvalidRequest, ResourceNotFound
 from patchbay.routing import Router, Target
+from patchbay.settings import Settings
+from tests.replicas.openai_fake import OpenAIFake
 from tests.test_router import script
 
 HELLO = [{"role": "user", "content": "Hello"}]
@@ -68,3 +71,14 @@ async def test_a_response_made_without_store_cannot_be_continued() -> None:
     with pytest.raises(InvalidRequest) as caught:
         await client.responses.create(model="small", input="Again", previous_response_id=first["id"])
     assert caught.value.param == "previous_response_id"
+
+
+async def test_embeddings_through_the_client(openai_fake: OpenAIFake) -> None:
+    settings = Settings(providers={"fake": {"base_url": openai_fake.api_base, "models": ["m"]}},
+                        routes={"small": ["fake/m"]})
+    client = AsyncClient(settings.build_router())
+    answer = await client.embeddings.create(model="small", input=["one", "two"])
+    assert [item["index"] for item in answer["data"]] == [0, 1]
+    assert answer["data"][0]["embedding"] == openai_fake.vector("one", len(answer["data"][0]["embedding"]))
+    packed = await client.embeddings.create(model="small", input="one", encoding_format="base64")
+    assert decode_base64_vector(packed["data"][0]["embedding"]) == pytest.approx(answer["data"][0]["embedding"])
