@@ -30,8 +30,9 @@ import anthropic
 import httpx
 import pytest
 
+from patchbay.chat.anthropic import TOOL_ERROR_PREFIX
 from tests.gateway_process import GatewayProcess
-from tests.replicas.openai_fake import OpenAIFake
+from tests.replicas.openai_fake import OpenAIFake, text_of
 
 pytestmark = [pytest.mark.process]
 
@@ -160,6 +161,7 @@ def texts(message: Any) -> str:
 
 
 def tool_uses(message: Any) -> list[Any]:
+    """A Message's tool_use blocks."""
     return [block for block in message.content if block.type == "tool_use"]
 
 
@@ -323,8 +325,9 @@ def test_a_failed_tool_result_says_so(client: anthropic.Anthropic, stack: Servic
     message = client.messages.create(model="tools", max_tokens=128, tools=TOOLS, messages=history)
     assert texts(message) == stack.tools.answer
     result = stack.tools.bodies[-1]["messages"][-1]
-    assert result["role"] == "tool"
-    assert json.dumps(result["content"]).startswith('"Error: ')  # the model learns the call failed
+    assert result["role"] == "tool" and result["tool_call_id"] == call.id
+    content = result["content"] if isinstance(result["content"], str) else text_of(result["content"])
+    assert content == TOOL_ERROR_PREFIX + "the weather service is down"  # the model learns the call failed
 
 
 def test_claude_code_request_shape(client: anthropic.Anthropic, stack: Services) -> None:

@@ -31,6 +31,7 @@ import openai
 import pytest
 
 from tests.gateway_process import GatewayProcess
+from tests.replicas.base import DEFAULT_ANSWER
 from tests.replicas.openai_fake import OpenAIFake, text_of
 
 pytestmark = [pytest.mark.process]
@@ -145,6 +146,7 @@ def client(stack: Services) -> Iterator[openai.OpenAI]:
 
 
 def function_calls(response: Any) -> list[Any]:
+    """A Response's function_call output items."""
     return [item for item in response.output if item.type == "function_call"]
 
 
@@ -356,7 +358,7 @@ def test_json_schema_text_format_passes_through(client: openai.OpenAI, stack: Se
     try:
         response = client.responses.create(model="small", input="Where?", text=text)
     finally:
-        stack.plain.answer = OpenAIFake().answer
+        stack.plain.answer = DEFAULT_ANSWER
     assert json.loads(response.output_text) == {"city": "Paris"}
     assert response.text is not None and response.text.format is not None
     assert response.text.format.type == "json_schema"
