@@ -11,7 +11,8 @@ the SDK sends its key as ``x-api-key``):
 - ``tools``: a fake that calls the first tool it is given (``tool_call``);
 - ``limited`` (429), ``broken`` (500), ``midstream`` (an error event after some text), ``cut``
   (the connection dropped halfway through the answer), ``stall`` (half the answer, then a long
-  silence), ``flaky`` (a streamed tool call whose connection drops after its first fragment).
+  silence), ``flaky`` (a streamed tool call whose connection drops after its first fragment);
+- ``resilient``: ``midstream``, then the plain fake as ``backup``, which continues a partial answer.
 """
 
 from __future__ import annotations
@@ -107,12 +108,14 @@ def gateway_config(fakes: dict[str, OpenAIFake], **extra: Any) -> dict[str, Any]
     """Every fake as a provider of its own; the routes of the module docstring."""
     return {
         "router": {"retries": 1, "first_byte_timeout": 10.0, "idle_timeout": 10.0, "timeout": 20.0},
-        "providers": {name: {"base_url": fake.api_base, "models": ["fake-small", "fake-large"]}
+        "providers": {**{name: {"base_url": fake.api_base, "models": ["fake-small", "fake-large"]}
                       for name, fake in fakes.items()},
+                      # the plain fake again, as a service that continues a partial answer (prefill)
+                      "backup": {"base_url": fakes["plain"].api_base, "models": ["fake-small"], "prefill": True}},
         "routes": {"small": ["plain/fake-small"], "tools": ["tools/fake-small"], "limited": ["limited/fake-small"],
                    "broken": ["broken/fake-small"], "midstream": ["midstream/fake-small"],
                    "cut": ["cut/fake-small"], "stall": ["stall/fake-small"], "flaky": ["flaky/fake-small"],
-                   "claude-*": ["plain/fake-large"]},
+                   "resilient": ["midstream/fake-small", "backup/fake-small"], "claude-*": ["plain/fake-large"]},
         **extra,
     }
 
@@ -505,6 +508,20 @@ def test_mid_stream_failure_raises_after_the_partial_text(client: anthropic.Anth
     assert answer.startswith(partial) and partial != answer  # never repeated, never completed
     assert info.value.response.status_code == 200
     assert_envelope(info.value.body, "api_error")
+
+
+def test_a_stream_broken_mid_answer_is_continued_by_the_next_target(client: anthropic.Anthropic,
+                                                                    stack: Services) -> None:
+    """``mid_stream = "continue"``: the backup continues from the text delivered; the client sees one
+    seamless answer, nothing repeated."""
+    with client.messages.stream(model="resilient", max_tokens=64, messages=HELLO) as stream:
+        text = "".join(stream.text_stream)
+        final = stream.get_final_message()
+    prefill = stack.plain.bodies[-1]["messages"][-1]
+    assert prefill["role"] == "assistant" and stack.fakes["midstream"].answer.startswith(prefill["content"])
+    assert prefill["content"]  # the backup was given the text delivered...
+    assert text == prefill["content"] + stack.plain.continuation  # ...and only its continuation followed
+    assert texts(final) == text and final.stop_reason == "end_turn"
 
 
 def test_a_tool_call_cut_mid_stream_raises_and_is_not_restarted(client: anthropic.Anthropic,

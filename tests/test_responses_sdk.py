@@ -11,7 +11,8 @@ can block the test's thread while they answer. Routes of the shared gateway (API
 - ``tools``: a fake that calls the first tool it is given (``tool_call``);
 - ``limited`` (429), ``midstream`` (an error event after some text), ``cut`` (the connection
   dropped halfway through the answer), ``stall`` (half the answer, then a long silence),
-  ``flaky`` (a streamed tool call whose connection drops after its first fragment).
+  ``flaky`` (a streamed tool call whose connection drops after its first fragment);
+- ``resilient``: ``midstream``, then the plain fake as ``backup``, which continues a partial answer.
 """
 
 from __future__ import annotations
@@ -99,10 +100,12 @@ def gateway_config(fakes: dict[str, OpenAIFake], **extra: Any) -> dict[str, Any]
     """Every fake as a provider of its own; the routes of the module docstring."""
     return {
         "router": {"retries": 1, "first_byte_timeout": 10.0, "idle_timeout": 10.0, "timeout": 20.0},
-        "providers": {name: {"base_url": fake.api_base, "models": ["fake-small"]} for name, fake in fakes.items()},
+        "providers": {**{name: {"base_url": fake.api_base, "models": ["fake-small"]} for name, fake in fakes.items()},
+                      # the plain fake again, as a service that continues a partial answer (prefill)
+                      "backup": {"base_url": fakes["plain"].api_base, "models": ["fake-small"], "prefill": True}},
         "routes": {"small": ["plain/fake-small"], "tools": ["tools/fake-small"], "limited": ["limited/fake-small"],
                    "midstream": ["midstream/fake-small"], "cut": ["cut/fake-small"], "stall": ["stall/fake-small"],
-                   "flaky": ["flaky/fake-small"]},
+                   "flaky": ["flaky/fake-small"], "resilient": ["midstream/fake-small", "backup/fake-small"]},
         **extra,
     }
 
@@ -417,6 +420,21 @@ def test_mid_stream_failure_raises_during_the_stream(client: openai.OpenAI, stac
     assert partial  # some text came first
     assert stack.fakes[route].answer.startswith(partial) and partial != stack.fakes[route].answer
     assert "response.completed" not in kinds
+
+
+def test_a_stream_broken_mid_answer_is_continued_and_stored_whole(client: openai.OpenAI, stack: Services) -> None:
+    """``mid_stream = "continue"``: the backup continues from the text delivered; the response, and
+    the conversation a later turn continues, hold the one seamless answer."""
+    with client.responses.stream(model="resilient", input="Hello") as stream:
+        deltas = [event.delta for event in stream if event.type == "response.output_text.delta"]
+        final = stream.get_final_response()
+    prefill = stack.plain.bodies[-1]["messages"][-1]
+    assert prefill["role"] == "assistant" and prefill["content"]
+    assert stack.fakes["midstream"].answer.startswith(prefill["content"])
+    assert "".join(deltas) == final.output_text == prefill["content"] + stack.plain.continuation
+    assert final.status == "completed"
+    client.responses.create(model="small", input="next", previous_response_id=final.id)
+    assert text_of(stack.plain.bodies[-1]["messages"][1]["content"]) == final.output_text
 
 
 def test_a_tool_call_cut_mid_stream_raises_and_is_not_restarted(client: openai.OpenAI, stack: Services) -> None:
