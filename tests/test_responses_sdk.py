@@ -460,6 +460,13 @@ def test_leaving_a_stream_cancels_the_upstream_request(client: openai.OpenAI, st
                                           timeout=5))
 
 
+def test_a_whole_answer_cut_short_is_502(client: openai.OpenAI) -> None:
+    """Not streamed, a failure halfway is an error status: no partial Response passes for a whole one."""
+    with pytest.raises(openai.InternalServerError) as info:
+        client.responses.create(model="cut", input="Hello")
+    assert info.value.status_code == 502
+
+
 def test_a_failed_stream_is_not_stored(client: openai.OpenAI, stack: Services) -> None:
     """The failure events name the response; it was not completed, so it cannot be continued."""
     with httpx.stream("POST", f"{stack.gateway.api_base}/responses", timeout=CLIENT_TIMEOUT,
