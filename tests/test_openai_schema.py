@@ -5,7 +5,9 @@ receive from patchbay's server."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import struct
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -198,6 +200,20 @@ def test_the_relaxation_covers_every_nullable_mark_and_only_the_readmes_fields()
             assert "/logprobs/properties/" in pointer and name == "CreateChatCompletionStreamResponse"
         if pointer.endswith(("/finish_reason", "/logprobs", "/usage")):
             assert name in ("CreateChatCompletionStreamResponse", COMPLETION_CHUNK)  # stream chunks only
+
+
+def embeddings(embedding: Any) -> dict[str, Any]:
+    return {"object": "list", "model": "m", "usage": {"prompt_tokens": 1, "total_tokens": 1},
+            "data": [{"object": "embedding", "index": 0, "embedding": embedding}]}
+
+
+def test_an_embedding_may_be_base64_as_the_api_sends_it() -> None:
+    packed = base64.b64encode(struct.pack("<3f", 0.5, -1.0, 2.0)).decode()
+    validate("CreateEmbeddingResponse", embeddings([0.5, -1.0, 2.0]))
+    validate("CreateEmbeddingResponse", embeddings(packed))
+    rejected("CreateEmbeddingResponse", embeddings(packed), relaxed=False)
+    assert "$.data[0].embedding" in rejected("CreateEmbeddingResponse", embeddings("not base64!"))
+    rejected("CreateEmbeddingResponse", embeddings(None))
 
 
 # -- which schema an endpoint follows ------------------------------------------------------------------------

@@ -18,6 +18,9 @@ few places where OpenAI's API sends ``null`` (the README lists them: ``finish_re
 ``logprobs`` and ``usage`` on stream chunks, ``system_fingerprint``, ``service_tier``). A copy
 of the schemas allows ``null`` at exactly those places; everything else is validated as
 published. Most of them carry OpenAPI 3.0's ``nullable: true``, which Draft 2020-12 ignores.
+One form the published schema leaves out is added too, :data:`BASE64_EMBEDDING`: an embedding
+asked for with ``encoding_format: "base64"`` (what the openai SDK asks for by default) is a
+base64 string, as OpenAI's API sends it, where the schema only describes the list of floats.
 """
 
 from __future__ import annotations
@@ -58,6 +61,7 @@ def _httpx_modules() -> tuple[ModuleType, ...]:
 HTTPX_MODULES = _httpx_modules()
 
 __all__ = [
+    "BASE64_EMBEDDING",
     "COMPLETION_CHUNK",
     "HTTPX_MODULES",
     "NULLS_THE_API_SENDS",
@@ -97,6 +101,12 @@ NULLS_THE_API_SENDS: tuple[tuple[str, str], ...] = (
     ("Response", "/allOf/2/properties/service_tier"),
 )
 
+#: Where an embedding may be the base64 of its little-endian float32s (``encoding_format:
+#: "base64"``), and the form that string takes.
+BASE64_EMBEDDING: tuple[str, str] = ("Embedding", "/properties/embedding")
+_BASE64 = {"type": "string", "contentEncoding": "base64",
+           "pattern": "^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"}
+
 
 # -- the schemas ----------------------------------------------------------------------------------
 
@@ -107,11 +117,18 @@ def _published() -> dict[str, Any]:
     return document
 
 
-def _allow_null(node: dict[str, Any]) -> None:
-    """Turn the subschema ``node`` into "``node`` or null", in place."""
+def _allow(node: dict[str, Any], other: dict[str, Any]) -> None:
+    """Turn the subschema ``node`` into "``node`` or ``other``", in place."""
     inner = dict(node)
     node.clear()
-    node["anyOf"] = [inner, {"type": "null"}]
+    node["anyOf"] = [inner, other]
+
+
+def _at(schemas: dict[str, Any], name: str, pointer: str) -> dict[str, Any]:
+    node = schemas[name]
+    for part in pointer.strip("/").split("/"):
+        node = node[int(part)] if isinstance(node, list) else node[part]
+    return node  # type: ignore[no-any-return]
 
 
 @cache
@@ -121,10 +138,8 @@ def _relaxed() -> dict[str, Any]:
     schemas[COMPLETION_CHUNK] = copy.deepcopy(schemas["CreateCompletionResponse"])
     # deepest first: wrapping a node moves the nodes below it
     for name, pointer in sorted(NULLS_THE_API_SENDS, key=lambda entry: -entry[1].count("/")):
-        node = schemas[name]
-        for part in pointer.strip("/").split("/"):
-            node = node[int(part)] if isinstance(node, list) else node[part]
-        _allow_null(node)
+        _allow(_at(schemas, name, pointer), {"type": "null"})
+    _allow(_at(schemas, *BASE64_EMBEDDING), _BASE64)
     return document
 
 
