@@ -20,7 +20,7 @@ every exchange is recorded there, whole answers and streams alike.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -177,7 +177,7 @@ class _RenderedCall:
     """One Messages or Responses call, ready to run on the client's provider."""
 
     def __init__(self, request: ChatCompletionRequest, rendering: Rendering, result: Callable[[], dict[str, Any]],
-                 transport: dict[str, Any], keep: Callable[[], Any] | None = None) -> None:
+                 transport: dict[str, Any], keep: Callable[[], Awaitable[None]] | None = None) -> None:
         self.request, self.rendering, self.result = request, rendering, result
         self.transport, self.keep = transport, keep
 
@@ -201,7 +201,7 @@ class _RenderedCall:
         recording = _recording(self.request, events)
         error: BaseException | None = None
         try:
-            async for _, payload in rendered_events(self.rendering, events):
+            async for _, payload in rendered_events(self.rendering, events, self.keep):
                 if recording is not None and recording.first is None:
                     recording.first = time.perf_counter()
                 yield payload
@@ -211,8 +211,6 @@ class _RenderedCall:
         finally:
             if recording is not None:
                 recording.finish(error)
-        if self.keep is not None:
-            await self.keep()
 
 
 def _recording(request: ChatCompletionRequest, events: EventStream) -> _Recording | None:

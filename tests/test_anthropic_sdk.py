@@ -399,6 +399,9 @@ def test_count_tokens_needs_the_key_and_a_valid_body(stack: Services, client: an
     with pytest.raises(anthropic.BadRequestError) as bad:
         client.post("/v1/messages/count_tokens", body={"model": "small"}, cast_to=httpx.Response)
     assert "messages" in assert_envelope(bad.value.body, "invalid_request_error")["message"]
+    with pytest.raises(anthropic.NotFoundError) as missing:  # as /v1/messages answers an unknown model
+        client.messages.count_tokens(model="no-such-model", messages=HELLO)
+    assert_envelope(missing.value.body, "not_found_error")
 
 
 # -- errors -----------------------------------------------------------------------------------------------
@@ -485,13 +488,6 @@ def test_upstream_failure_is_502(client: anthropic.Anthropic) -> None:
             client.messages.stream(model="broken", max_tokens=64, messages=HELLO) as stream:
         list(stream.text_stream)
     assert streamed.value.status_code == 502  # failed before any text: a proper status, not in-band
-
-
-@pytest.mark.skip(reason="no configuration makes /v1/messages answer 503: a route's provider marked not working "
-                         "(AiChatOnline) is still tried and fails as 502, an upstream 503 is 502, and "
-                         "cooling-down targets are tried anyway")
-def test_nothing_to_try_is_503() -> None:
-    """A 503 (``overloaded_error``) needs a route none of whose targets could be tried at all."""
 
 
 @pytest.mark.parametrize("route", ["midstream", "cut"])

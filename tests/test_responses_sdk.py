@@ -270,6 +270,23 @@ def test_retrieve_of_an_unknown_id_is_not_found(client: openai.OpenAI) -> None:
     assert info.value.status_code == 404
 
 
+def test_input_items_are_not_an_endpoint_here(client: openai.OpenAI) -> None:
+    created = client.responses.create(model="small", input="Hello")
+    with pytest.raises(openai.NotFoundError) as info:
+        client.responses.input_items.list(created.id)
+    assert "no endpoint at" in info.value.message  # not "no response" for an id with a path after it
+
+
+def test_a_streamed_response_is_stored_before_its_completed_event(client: openai.OpenAI) -> None:
+    with client.responses.stream(model="small", input="Hello") as stream:
+        for event in stream:
+            if event.type == "response.completed":  # act on it at once, on another connection
+                assert client.responses.retrieve(event.response.id).status == "completed"
+                break
+        else:
+            pytest.fail("no response.completed event")
+
+
 def test_store_false_is_not_kept(client: openai.OpenAI, stack: Services) -> None:
     unstored = client.responses.create(model="small", input="Hello", store=False)
     assert unstored.output_text == stack.plain.answer

@@ -110,11 +110,14 @@ def decode_messages_request(body: bytes) -> MessagesRequest:
     return _decode(_document(body), count_only=False)
 
 
-def count_tokens_body(body: bytes) -> dict[str, int]:
+def count_tokens_body(body: bytes, check_model: Callable[[str], object] | None = None) -> dict[str, int]:
     """The answer of ``POST /v1/messages/count_tokens``: ``{"input_tokens": n}``, estimated by
     :func:`patchbay.context.estimate_tokens` over the converted conversation, tools included.
-    The body is checked like a create request's, except that ``max_tokens`` is not asked for."""
+    The body is checked like a create request's, except that ``max_tokens`` is not asked for;
+    ``check_model`` (when given) refuses a model nobody serves (as the provider's ``resolve_model``)."""
     request = _decode(_document(body), count_only=True)
+    if check_model is not None:
+        check_model(request.model)
     measured: list[dict[str, Any]] = []
     for message in request.chat.message_dicts():
         measured.append(message)

@@ -4,7 +4,7 @@ disagree (:mod:`patchbay.chat.anthropic`, :mod:`patchbay.chat.responses`)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from contextlib import aclosing
 from typing import Any, Protocol
 
@@ -31,14 +31,21 @@ class Rendering(Protocol):
         ...
 
 
-async def rendered_events(rendering: Rendering, events: EventStream) -> AsyncGenerator[RenderedEvent, None]:
-    """``events`` written by ``rendering``, the closing events included."""
+async def rendered_events(rendering: Rendering, events: EventStream,
+                          finished: Callable[[], Awaitable[None]] | None = None
+                          ) -> AsyncGenerator[RenderedEvent, None]:
+    """``events`` written by ``rendering``, the closing events included. ``finished`` (when
+    given) is awaited once the answer is complete, before the closing events go out: a client
+    that acts on the last event (e.g. continues a stored response) finds its effects done."""
     feed = rendering.feed
     async with aclosing(events):
         async for event in events:
             for rendered in feed(event):
                 yield rendered
-    for rendered in rendering.finish():
+    closing = rendering.finish()
+    if finished is not None:
+        await finished()
+    for rendered in closing:
         yield rendered
 
 

@@ -118,7 +118,8 @@ class Gateway:
         self._routes: dict[str, Route] = {
             "/v1/chat/completions": Route("POST", self._chatting(self.chat)),
             "/v1/messages": Route("POST", self._chatting(self._endpoint(AnthropicMessages())), anthropic_error_body),
-            "/v1/messages/count_tokens": Route("POST", count_tokens(server.max_body_bytes), anthropic_error_body),
+            "/v1/messages/count_tokens": Route("POST", count_tokens(self.provider, server.max_body_bytes),
+                                               anthropic_error_body),
             "/v1/responses": Route("POST", self._chatting(self._endpoint(self.responses))),
             "/v1/completions": Route("POST", self._chatting(self._endpoint(TextCompletions()))),
             "/v1/embeddings": Route("POST", self._chatting(self.embeddings)),

@@ -114,14 +114,12 @@ class RenderedTurn:
         return body
 
     async def frames(self, events: EventStream) -> AsyncGenerator[Frame, None]:
-        rendered = rendered_events(self.rendering, events)
+        rendered = rendered_events(self.rendering, events, self.done)
         async with aclosing(rendered):
             async for name, payload in rendered:
                 yield _frame(name, payload)
         if self.last is not None:
             yield self.last
-        if self.done is not None:
-            await self.done()
 
     def error_frames(self, error: PatchbayError) -> list[Frame]:
         if self.fail is not None:

@@ -15,6 +15,7 @@ from patchbay.chat.anthropic import (
     message_id,
 )
 from patchbay.errors import PatchbayError
+from patchbay.providers.base import AsyncGeneratorProvider
 from patchbay.server.asgi import Receive, Scope, Send, read_body, send_bytes
 from patchbay.server.chat import RenderedTurn, Turn
 
@@ -38,11 +39,13 @@ class AnthropicMessages:
         return anthropic_error_body(error)
 
 
-def count_tokens(max_body_bytes: int) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
-    """The handler of ``/v1/messages/count_tokens``: patchbay's token estimate of the request."""
+def count_tokens(provider: type[AsyncGeneratorProvider], max_body_bytes: int
+                 ) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
+    """The handler of ``/v1/messages/count_tokens``: patchbay's token estimate of the request
+    (404 for a model ``provider`` does not serve, as ``/v1/messages`` would answer)."""
 
     async def handle(scope: Scope, receive: Receive, send: Send) -> None:
         body = await read_body(scope, receive, max_body_bytes)
-        await send_bytes(send, 200, _encode(count_tokens_body(body)))
+        await send_bytes(send, 200, _encode(count_tokens_body(body, provider.resolve_model)))
 
     return handle

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import msgspec
 
-from patchbay.errors import PatchbayError, ResourceNotFound
+from patchbay.errors import EndpointNotFound, PatchbayError, ResourceNotFound
 from patchbay.requestlog.responses import ResponseStore, begin_response
 from patchbay.server.asgi import Receive, Scope, Send, error_body, send_bytes
 from patchbay.server.chat import RenderedTurn, Turn
@@ -41,6 +41,8 @@ class OpenAIResponses:
     async def show(self, scope: Scope, receive: Receive, send: Send) -> None:
         """``GET /v1/responses/{id}``."""
         wanted = scope["path"][len(RESPONSES_PREFIX):]
+        if "/" in wanted:  # /v1/responses/{id}/input_items and the like: not served
+            raise EndpointNotFound(f"no endpoint at {scope['path']}; see /openapi.json")
         stored = await self.store.get(wanted) if wanted else None
         if stored is None:
             raise ResourceNotFound(f"no response {wanted!r}: it was made without store, or has expired",
