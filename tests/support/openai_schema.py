@@ -7,11 +7,13 @@ published schemas (``../shared/openai/schemas.json``, beside the repository; see
 - :class:`TrafficCheck` and the autouse fixture :func:`openai_conformance` (a pytest plugin,
   listed in ``tests/conftest.py``) validate every answer and every stream event the tests'
   clients receive from patchbay's server: in-process through
-  :class:`tests.support.asgi_client.ASGIClient`, and from a :class:`tests.gateway_process.GatewayProcess`
-  through httpx (the openai SDK, LangChain) and aiohttp (``ClientResponse.read()``, and so
-  ``.json()``/``.text()``). Answers from fake upstreams are never checked: only addresses a
-  running ``GatewayProcess`` serves on. A test that receives a non-conformant answer fails at
-  its teardown, with every violation listed.
+  :class:`tests.support.asgi_client.ASGIClient`, and from a
+  :class:`tests.gateway_process.GatewayProcess` through httpx and httpx2 (the openai SDK,
+  LangChain), aiohttp (``ClientResponse.read()``, and so ``.json()``/``.text()``) and requests
+  (schemathesis). Answers from fake upstreams are never checked: only addresses a running
+  ``GatewayProcess`` serves on. A test that receives a non-conformant answer fails at its
+  teardown, with every violation listed. Not seen: Node clients (the Vercel AI SDK test) and
+  aiohttp bodies read piecewise through ``response.content``.
 
 The one relaxation, :data:`NULLS_THE_API_SENDS`: the published schema names a bare type in a
 few places where OpenAI's API sends ``null`` (the README lists them: ``finish_reason``,
@@ -443,6 +445,24 @@ def _install_aiohttp(monkeypatch: pytest.MonkeyPatch, traffic: TrafficCheck) -> 
     monkeypatch.setattr(aiohttp.ClientResponse, "read", checked_read)
 
 
+def _install_requests(monkeypatch: pytest.MonkeyPatch, traffic: TrafficCheck) -> None:
+    """``requests`` (schemathesis's client): each whole answer, once received."""
+    try:
+        requests = importlib.import_module("requests")
+    except ImportError:  # pragma: no cover - installed with schemathesis
+        return
+    send = requests.Session.send
+
+    def checked_send(self: Any, request: Any, **kwargs: Any) -> Any:
+        response = send(self, request, **kwargs)
+        if not kwargs.get("stream") and _served_by_patchbay(response.url):
+            traffic.whole(request.method, urlsplit(request.url).path, response.status_code,
+                          response.headers.get("content-type", ""), response.content)
+        return response
+
+    monkeypatch.setattr(requests.Session, "send", checked_send)
+
+
 @pytest.fixture(autouse=True)
 def openai_conformance(monkeypatch: pytest.MonkeyPatch) -> Iterator[TrafficCheck]:
     """Every answer this test's clients receive from patchbay's server, validated against
@@ -453,5 +473,6 @@ def openai_conformance(monkeypatch: pytest.MonkeyPatch) -> Iterator[TrafficCheck
     for http in HTTPX_MODULES:
         _install_httpx(monkeypatch, traffic, http)
     _install_aiohttp(monkeypatch, traffic)
+    _install_requests(monkeypatch, traffic)
     yield traffic
     traffic.assert_clean()
