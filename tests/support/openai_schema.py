@@ -15,14 +15,17 @@ published schemas (``../shared/openai/schemas.json``, beside the repository; see
   teardown, with every violation listed. Not seen: Node clients (the Vercel AI SDK test) and
   aiohttp bodies read piecewise through ``response.content``.
 
-The one relaxation, :data:`NULLS_THE_API_SENDS`: the published schema names a bare type in a
-few places where OpenAI's API sends ``null`` (the README lists them: ``finish_reason``,
-``logprobs`` and ``usage`` on stream chunks, ``system_fingerprint``, ``service_tier``). A copy
-of the schemas allows ``null`` at exactly those places; everything else is validated as
-published. Most of them carry OpenAPI 3.0's ``nullable: true``, which Draft 2020-12 ignores.
-One form the published schema leaves out is added too, :data:`BASE64_EMBEDDING`: an embedding
-asked for with ``encoding_format: "base64"`` (what the openai SDK asks for by default) is a
-base64 string, as OpenAI's API sends it, where the schema only describes the list of floats.
+The relaxations, each a narrow edit of a copy of the schemas (``validate(..., relaxed=False)``
+still validates as published). :data:`NULLS_THE_API_SENDS`: the published schema names a bare
+type in a few places where OpenAI's API sends ``null`` (the README lists them: ``finish_reason``,
+``logprobs`` and ``usage`` on stream chunks, ``system_fingerprint``, ``service_tier``); the copy
+allows ``null`` at exactly those places (a streamed legacy completion's chunks are
+``CreateCompletionResponse`` under this module's name :data:`COMPLETION_CHUNK`), and everything
+else is validated as published. Most of those places carry OpenAPI 3.0's ``nullable: true``,
+which Draft 2020-12 ignores. And one form the published schema leaves out,
+:data:`BASE64_EMBEDDING`: an embedding asked for with ``encoding_format: "base64"`` (what the
+openai SDK asks for by default) is a base64 string, as OpenAI's API sends it, where the schema
+only describes the list of floats.
 """
 
 from __future__ import annotations
@@ -51,17 +54,6 @@ from referencing.jsonschema import DRAFT202012
 from tests.gateway_process import GatewayProcess
 from tests.support.asgi_client import ASGIClient, Response
 
-
-def _httpx_modules() -> tuple[ModuleType, ...]:
-    """httpx, and httpx2 where installed: the openai SDK's own fork of it (openai 3)."""
-    modules = [httpx]
-    with contextlib.suppress(ImportError):
-        modules.append(importlib.import_module("httpx2"))
-    return tuple(modules)
-
-
-HTTPX_MODULES = _httpx_modules()
-
 __all__ = [
     "BASE64_EMBEDDING",
     "COMPLETION_CHUNK",
@@ -76,6 +68,17 @@ __all__ = [
 ]
 
 SCHEMAS_PATH = Path(__file__).resolve().parents[2].parent / "shared" / "openai" / "schemas.json"
+
+
+def _httpx_modules() -> tuple[ModuleType, ...]:
+    """httpx, and httpx2 where installed: the openai SDK's own fork of it (openai 3)."""
+    modules = [httpx]
+    with contextlib.suppress(ImportError):
+        modules.append(importlib.import_module("httpx2"))
+    return tuple(modules)
+
+
+HTTPX_MODULES = _httpx_modules()
 
 #: A legacy completion streamed: each chunk is a ``CreateCompletionResponse`` whose
 #: ``finish_reason`` is null until the last one (the README's "finish_reason on stream chunks").
@@ -115,6 +118,8 @@ _BASE64 = {"type": "string", "contentEncoding": "base64",
 
 @cache
 def _published() -> dict[str, Any]:
+    if not SCHEMAS_PATH.is_file():
+        raise FileNotFoundError(f"OpenAI's schemas are not at {SCHEMAS_PATH} (../shared beside the repository)")
     document: dict[str, Any] = json.loads(SCHEMAS_PATH.read_text(encoding="utf-8"))
     return document
 
@@ -194,11 +199,17 @@ def validate(schema_name: str, document: Any, *, relaxed: bool = True) -> None:
         raise AssertionError(f"{schema_name}: " + "; ".join(_describe(error) for error in errors))
 
 
+#: The endpoints patchbay also serves without the ``/v1`` prefix.
+_WITHOUT_V1 = frozenset({"/chat/completions", "/completions", "/embeddings", "/models"})
+
+
 def schema_for(method: str, path: str, streaming: bool, *, status: int = 200) -> str | None:
     """The schema of an answer of patchbay's server (``streaming``: of each event of its stream),
     or None where no OpenAI schema applies (not an OpenAI-shaped endpoint, Anthropic's Messages,
     a HEAD, an answer without a body)."""
     path = urlsplit(path).path.rstrip("/") or "/"
+    if path in _WITHOUT_V1 or path.startswith("/models/"):
+        path = "/v1" + path  # the same endpoints for a base URL without /v1
     method = method.upper()
     if (not path.startswith("/v1/") or path == "/v1/messages" or path.startswith("/v1/messages/")
             or method == "HEAD" or status in (204, 304)):
