@@ -1,5 +1,6 @@
-"""Suite-wide fixtures: replica servers and proxies (tests/replicas), a real redis-server, and the
-test tiers (tests/tiers.py)."""
+"""Suite-wide fixtures: replica servers and proxies (tests/replicas), a real redis-server, the
+test tiers (tests/tiers.py), and the check of every answer patchbay's server gives the tests'
+clients against OpenAI's published schemas (tests/support/openai_schema.py)."""
 
 from __future__ import annotations
 
