@@ -394,3 +394,12 @@ async def test_the_issue_bodies_are_400_with_an_openai_error(body: bytes, monkey
     message = answer["error"]["message"]
     assert isinstance(message, str) and message and message.splitlines() == [message] and "Traceback" not in message
     assert not [record for record in caplog.records if record.levelno >= logging.ERROR or record.exc_info]
+
+
+def test_whole_floats_in_logit_bias_are_integers_as_the_schema_counts_them() -> None:
+    base = {"model": "m", "messages": [{"role": "user", "content": "x"}]}
+    request = decode_request(json.dumps({**base, "logit_bias": {"5": 50.0, "7": -3}}).encode())
+    assert request.logit_bias == {"5": 50, "7": -3}
+    with pytest.raises(InvalidRequest) as caught:
+        decode_request(json.dumps({**base, "logit_bias": {"5": 50.5}}).encode())
+    assert caught.value.param == "logit_bias.5"

@@ -366,11 +366,16 @@ def _one_line(text: str) -> str:
 
 
 def _whole_numbers_as_ints(fields: dict[str, Any]) -> dict[str, Any]:
-    """``fields`` with whole floats in the integer fields (``max_tokens=100.0``) made ints."""
+    """``fields`` with whole floats in the integer fields (``max_tokens=100.0``, a ``logit_bias``
+    value of ``5.0``) made ints, as JSON Schema counts them integers."""
     if not isinstance(fields, dict):
         return fields
-    whole = {name: int(value) for name in INTEGER_FIELDS
-             if isinstance(value := fields.get(name), float) and value.is_integer()}
+    whole: dict[str, Any] = {name: int(value) for name in INTEGER_FIELDS
+                             if isinstance(value := fields.get(name), float) and value.is_integer()}
+    bias = fields.get("logit_bias")
+    if isinstance(bias, dict) and any(isinstance(v, float) and v.is_integer() for v in bias.values()):
+        whole["logit_bias"] = {token: int(v) if isinstance(v, float) and v.is_integer() else v
+                               for token, v in bias.items()}
     return {**fields, **whole} if whole else fields
 
 
