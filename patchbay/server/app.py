@@ -94,7 +94,6 @@ class Gateway:
         self.provider = provider or self.settings.build_router()
         self.metrics = GatewayMetrics(server.max_label_values)
         self._endpoints: list[ChatEndpoint | EmbeddingsEndpoint] = []  # each gets the request log at startup
-        self.chat = self._endpoint(ChatCompletions())
         self.embeddings = EmbeddingsEndpoint(self.provider, limits=self.settings.router.limits(), metrics=self.metrics)
         #: Stored responses: in Redis when configured; else in memory until startup opens the log's file.
         redis_url = self.settings.router.redis_url()
@@ -116,12 +115,12 @@ class Gateway:
         self.request_log: RequestLog | None = None  # opened at startup when enabled
         self._openapi = _encode(openapi_document(__version__, auth=bool(self.api_keys)))
         self._routes: dict[str, Route] = {
-            "/v1/chat/completions": Route("POST", self._chatting(self.chat)),
-            "/v1/messages": Route("POST", self._chatting(self._endpoint(AnthropicMessages())), anthropic_error_body),
+            "/v1/chat/completions": self._chat_route(ChatCompletions()),
+            "/v1/messages": self._chat_route(AnthropicMessages()),
             "/v1/messages/count_tokens": Route("POST", count_tokens(self.provider, server.max_body_bytes),
                                                anthropic_error_body),
-            "/v1/responses": Route("POST", self._chatting(self._endpoint(self.responses))),
-            "/v1/completions": Route("POST", self._chatting(self._endpoint(TextCompletions()))),
+            "/v1/responses": self._chat_route(self.responses),
+            "/v1/completions": self._chat_route(TextCompletions()),
             "/v1/embeddings": Route("POST", self._chatting(self.embeddings)),
             "/v1/models": Route("GET", self._models),
             "/health": Route("GET", self._health),
@@ -210,12 +209,14 @@ class Gateway:
 
     # -- endpoints ----------------------------------------------------------------------------------
 
-    def _endpoint(self, dialect: Dialect) -> ChatEndpoint:
-        """A chat-answering endpoint for ``dialect``, sharing the router, metrics and limits."""
+    def _chat_route(self, dialect: Dialect) -> Route:
+        """The route of a chat-answering endpoint for ``dialect`` (sharing the router, metrics and
+        limits), its errors in the dialect's envelope."""
         server = self.settings.server
-        return ChatEndpoint(self.provider, limits=self.settings.router.limits(), metrics=self.metrics,
-                            keepalive_interval=server.keepalive_interval, send_timeout=server.send_timeout,
-                            dialect=dialect)
+        endpoint = ChatEndpoint(self.provider, limits=self.settings.router.limits(), metrics=self.metrics,
+                                keepalive_interval=server.keepalive_interval, send_timeout=server.send_timeout,
+                                dialect=dialect)
+        return Route("POST", self._chatting(endpoint), dialect.error_body)
 
     def _chatting(self, endpoint: ChatEndpoint | EmbeddingsEndpoint) -> Handler:
         """The handler of an endpoint that reaches a model: the client's rate limits around
