@@ -17,15 +17,13 @@ the SDK sends its key as ``x-api-key``):
 
 from __future__ import annotations
 
-import asyncio
 import json
 import subprocess
 import sys
-import threading
-from collections.abc import Coroutine, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import anthropic
 import httpx
@@ -34,15 +32,14 @@ import pytest
 from patchbay.chat.anthropic import TOOL_ERROR_PREFIX
 from tests.gateway_process import GatewayProcess
 from tests.replicas.openai_fake import OpenAIFake, text_of
+from tests.support.background_loop import BackgroundLoop
 
 pytestmark = [pytest.mark.process]
 
-T = TypeVar("T")
 
 API_KEY = "sk-anthropic-sdk-test-7d2e"
 #: Seconds a client waits for one answer, and the background loop for a start or a stop.
 CLIENT_TIMEOUT = 30.0
-LOOP_TIMEOUT = 120.0
 CLI_TIMEOUT = 60.0
 
 HELLO: Any = [{"role": "user", "content": "Hello"}]
@@ -58,23 +55,6 @@ TOOLS: Any = [
      "input_schema": {"type": "object", "properties": {"timezone": {"type": "string"}}}},
 ]
 ASK_WEATHER: Any = [{"role": "user", "content": "What is the weather in Paris? Use the tool."}]
-
-
-class BackgroundLoop:
-    """An event loop in a daemon thread; :meth:`run` runs a coroutine there and waits for it."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name="services", daemon=True)
-        self.thread.start()
-
-    def run(self, coroutine: Coroutine[Any, Any, T], timeout: float = LOOP_TIMEOUT) -> T:
-        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(LOOP_TIMEOUT)
-        self.loop.close()
 
 
 @dataclass

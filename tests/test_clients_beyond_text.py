@@ -24,19 +24,17 @@ clients (and the ``llm`` subprocess) can block the test's thread while the repli
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import subprocess
 import sys
-import threading
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Coroutine, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import jsonschema
 import openai
@@ -48,17 +46,15 @@ from patchbay.providers.liaobots import MODELS
 from tests.gateway_process import GatewayProcess
 from tests.replicas.liaobots import ROLES, LiaobotsReplica
 from tests.replicas.openai_fake import OpenAIFake
+from tests.support.background_loop import BackgroundLoop
 
 pytestmark = [pytest.mark.process]
 
-T = TypeVar("T")
 
 #: Seconds a client waits for one answer (the embedded model shares 2 busy cores).
 CLIENT_TIMEOUT = 120.0
 #: Seconds an ``llm`` subprocess may run.
 CLI_TIMEOUT = 120.0
-#: Seconds the background loop may take for a start or a stop.
-LOOP_TIMEOUT = 120.0
 #: Output budget for the embedded model: room for one tool call or a small JSON object.
 LOCAL_TOKENS = 120
 
@@ -123,23 +119,6 @@ def call_reply(name: str, arguments: dict[str, Any]) -> str:
 
 
 # -- the services: replicas and the gateway on a loop of their own ----------------------------------
-
-
-class BackgroundLoop:
-    """An event loop in a daemon thread; :meth:`run` runs a coroutine there and waits for it."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name="services", daemon=True)
-        self.thread.start()
-
-    def run(self, coroutine: Coroutine[Any, Any, T], timeout: float = LOOP_TIMEOUT) -> T:
-        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(LOOP_TIMEOUT)
-        self.loop.close()
 
 
 @dataclass
