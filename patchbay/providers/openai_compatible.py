@@ -259,9 +259,7 @@ class OpenAICompatible(AsyncGeneratorProvider, ProviderModelMixin):
             provider=cls.name,
         ) as http:
             for _ in range(max(1, len(cls.credentials))):  # at most one attempt per key
-                key = call.api_key or cls.credentials.current()
-                if key is None and (cls.needs_auth or len(cls.credentials)):
-                    raise cls._no_key()
+                key = cls._key_for(call)
                 mark = call.transcript.mark()
                 try:
                     async with aclosing(cls._chat(http, url, body, key, text=raw)) as events:
@@ -290,9 +288,7 @@ class OpenAICompatible(AsyncGeneratorProvider, ProviderModelMixin):
             provider=cls.name,
         ) as http:
             for _ in range(max(1, len(cls.credentials))):  # at most one attempt per key
-                key = call.api_key or cls.credentials.current()
-                if key is None and (cls.needs_auth or len(cls.credentials)):
-                    raise cls._no_key()
+                key = cls._key_for(call)
                 try:
                     async with http.request("POST", url, json=body, headers=_auth(key)) as response:
                         if response.status >= 300:
@@ -303,6 +299,15 @@ class OpenAICompatible(AsyncGeneratorProvider, ProviderModelMixin):
                     continue
                 return _embedding_result(payload, request, call.model, cls.name)
             raise cls._no_key()
+
+    @classmethod
+    def _key_for(cls, call: Call) -> str | None:
+        """The key of the next attempt: the call's own, else the pool's current one; none when
+        the service takes requests without one (the pool is empty and needs_auth is false)."""
+        key = call.api_key or cls.credentials.current()
+        if key is None and (cls.needs_auth or len(cls.credentials)):
+            raise cls._no_key()
+        return key
 
     @classmethod
     def _next_key(cls, exc: PatchbayError, key: str | None, call: Call) -> None:
