@@ -81,6 +81,14 @@ def m003_exchange_size(db: sqlite3.Connection) -> None:
     db.execute("CREATE INDEX exchanges_size ON exchanges (id, size)")
 
 
+@_migration
+def m004_request_id(db: sqlite3.Connection) -> None:
+    """The server's ``x-request-id`` of each exchange (null for the CLI and the library), indexed
+    so an operator can find the row a client or a log line names."""
+    db.execute("ALTER TABLE exchanges ADD COLUMN request_id TEXT")
+    db.execute("CREATE INDEX exchanges_request_id ON exchanges (request_id)")
+
+
 def applied(db: sqlite3.Connection) -> set[str]:
     """Names of the migrations already applied to ``db``."""
     db.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at REAL NOT NULL)")

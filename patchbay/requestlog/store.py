@@ -96,6 +96,7 @@ class Exchange:
     fallbacks: Sequence[Any] = ()  # Fallback events (dicts once read back)
     options: Mapping[str, Any] = field(default_factory=dict)
     prompt: str = ""  # the last user message's text (filled in when written)
+    request_id: str | None = None  # the server's x-request-id of the request
     id: int | None = None  # assigned by the database
 
     @classmethod
@@ -148,13 +149,13 @@ _STOP = object()
 
 _ROW_FIELDS = ("time", "source", "conversation_id", "requested_model", "provider", "model", "prompt", "messages",
                "options", "response", "finish_reason", "prompt_tokens", "completion_tokens", "latency", "ttft",
-               "status", "error", "fallbacks")
+               "status", "error", "fallbacks", "request_id")
 _NESTED = frozenset({7, 8, 17})  # messages, options, fallbacks: stored as JSON text
 #: Rows per INSERT statement. Many rows per statement means one sqlite3_step, and so one release of
 #: the GIL, per chunk: executemany() releases it once per row, and under load each re-acquisition
-#: waits for the event loop's thread to yield (up to the 5 ms switch interval). 50 rows x 18
+#: waits for the event loop's thread to yield (up to the 5 ms switch interval). 45 rows x 19
 #: columns (and size) stays under SQLite's oldest variable limit (999).
-ROWS_PER_STATEMENT = 50
+ROWS_PER_STATEMENT = 45
 _encode = msgspec.json.Encoder(enc_hook=repr).encode  # anything unexpected is stored as its repr
 _decode_row = msgspec.json.Decoder(tuple[tuple(msgspec.Raw if i in _NESTED else Any  # type: ignore[misc]
                                                for i in range(len(_ROW_FIELDS)))]).decode
@@ -169,7 +170,8 @@ def _insert(rows: int) -> str:
 _INSERT_CHECK = ("INSERT INTO provider_checks (time, provider, model, ok, ttft, total, error) "
                  "VALUES (?, ?, ?, ?, ?, ?, ?)")
 _COLUMNS = ("id, time, source, conversation_id, requested_model, provider, model, prompt, messages, options, "
-            "response, finish_reason, prompt_tokens, completion_tokens, latency, ttft, status, error, fallbacks")
+            "response, finish_reason, prompt_tokens, completion_tokens, latency, ttft, status, error, fallbacks, "
+            "request_id")
 
 
 def _connect(path: Path, timeout: float = BUSY_TIMEOUT) -> sqlite3.Connection:
@@ -567,7 +569,7 @@ def _exchange_row(item: Exchange, keep: int) -> tuple[Any, ...]:
     return (item.time, item.source, item.conversation_id, item.requested_model, item.provider, item.model,
             clip(prompt, PROMPT_PREVIEW), messages, item.options, _preclip(item.response, keep), item.finish_reason,
             item.prompt_tokens, item.completion_tokens, item.latency, item.ttft, item.status, item.error,
-            list(item.fallbacks))
+            list(item.fallbacks), item.request_id)
 
 
 _MARKER = re.compile(r"…\[request log: (\d+) characters cut\]\Z")
@@ -746,5 +748,5 @@ def _exchange(row: sqlite3.Row) -> Exchange:
         prompt=_prompt_of(messages) or row["prompt"], messages=messages, options=msgspec.json.decode(row["options"]),
         response=row["response"], finish_reason=row["finish_reason"], prompt_tokens=row["prompt_tokens"],
         completion_tokens=row["completion_tokens"], latency=row["latency"], ttft=row["ttft"], status=row["status"],
-        error=row["error"], fallbacks=msgspec.json.decode(row["fallbacks"]),
+        error=row["error"], fallbacks=msgspec.json.decode(row["fallbacks"]), request_id=row["request_id"],
     )

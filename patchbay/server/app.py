@@ -14,6 +14,8 @@ import contextlib
 import hmac
 import logging
 import math
+import random
+import re
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable
@@ -37,6 +39,7 @@ from patchbay.requestlog.responses import MemoryResponseStore, RedisResponseStor
 from patchbay.routing import Router
 from patchbay.secrets import register_secret
 from patchbay.server.asgi import (
+    REQUEST_ID,
     ClientDisconnected,
     Headers,
     Receive,
@@ -58,7 +61,7 @@ from patchbay.server.responses import RESPONSES_PREFIX, OpenAIResponses
 from patchbay.server.webpage import WebPage
 from patchbay.settings import Settings, load_settings
 
-__all__ = ["HEALTH_MAX_AGE", "Gateway", "HealthView", "create_app", "target_status"]
+__all__ = ["HEALTH_MAX_AGE", "Gateway", "HealthView", "create_app", "request_id_of", "target_status"]
 
 log = logging.getLogger("patchbay.server")
 
@@ -79,6 +82,7 @@ INTERNAL_ERROR = error_body(PatchbayError("internal server error"))
 PUBLIC_PATHS = frozenset({"/health", "/ready", "/openapi.json"})
 CLIENT = "patchbay.client"  # scope key: the Client an authenticated request counts against
 HEALTH_MAX_AGE = 1.0
+_ids = random.Random()  # seeded from the OS once; request ids need to be unique, not unguessable
 """Seconds one computed ``/health`` answer is reused: a flood of probes costs one computation."""
 
 
@@ -139,12 +143,18 @@ class Gateway:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
-            if scope["method"] == "HEAD":
-                send = _without_body(send)
-            if self.cors_origins:
-                await self._with_cors(scope, receive, send)
-            else:
-                await self._dispatch(scope, receive, send)
+            request_id = request_id_of(scope)
+            token = REQUEST_ID.set(request_id)
+            try:
+                send = _with_request_id(send, request_id.encode())
+                if scope["method"] == "HEAD":
+                    send = _without_body(send)
+                if self.cors_origins:
+                    await self._with_cors(scope, receive, send)
+                else:
+                    await self._dispatch(scope, receive, send)
+            finally:
+                REQUEST_ID.reset(token)
         elif kind == "lifespan":
             await self._lifespan(receive, send)
 
@@ -401,6 +411,29 @@ def target_status(health: Any) -> str:
 def _allowed(method: str) -> str:
     """The ``Allow`` header value for a route taking ``method``."""
     return "GET, HEAD" if method == "GET" else method
+
+
+_CLIENT_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:/+=-]{1,128}")
+
+
+def request_id_of(scope: Scope) -> str:
+    """The request's id: the client's own ``x-request-id`` when it is a plain token of at most 128
+    characters (so it is safe in a header, a log line and the request log), else a new one."""
+    given = header(scope, b"x-request-id")
+    if given is not None and _CLIENT_REQUEST_ID.fullmatch(given):
+        return given.decode("ascii")
+    return f"req_{_ids.getrandbits(96):024x}"
+
+
+def _with_request_id(send: Send, request_id: bytes) -> Send:
+    """``send`` adding ``x-request-id`` to the response head."""
+
+    async def send_with_id(message: Any) -> None:
+        if message["type"] == "http.response.start":
+            message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id)]
+        await send(message)
+
+    return send_with_id
 
 
 def _without_body(send: Send) -> Send:

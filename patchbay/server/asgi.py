@@ -11,6 +11,7 @@ import asyncio
 import logging
 import math
 from collections.abc import Awaitable, Callable, MutableMapping
+from contextvars import ContextVar
 from types import TracebackType
 from typing import Any
 
@@ -18,7 +19,7 @@ import msgspec
 
 from patchbay.errors import PatchbayError, PayloadTooLarge
 
-__all__ = ["ClientDisconnected", "DisconnectWatch", "Headers", "Receive", "Scope", "Send", "SSEWriter",
+__all__ = ["REQUEST_ID", "ClientDisconnected", "DisconnectWatch", "Headers", "Receive", "Scope", "Send", "SSEWriter",
            "error_body", "read_body", "send_bytes"]
 
 Scope = MutableMapping[str, Any]
@@ -36,9 +37,18 @@ class ClientDisconnected(Exception):
     """The client went away before its request was read; there is nobody left to answer."""
 
 
+#: The ``x-request-id`` of the request being served (set by the gateway for each request; its
+#: tasks inherit it), for error bodies, the request log and log lines about the request.
+REQUEST_ID: ContextVar[str | None] = ContextVar("patchbay_request_id", default=None)
+
+
 def error_body(error: PatchbayError) -> bytes:
-    """The OpenAI error object for ``error``."""
-    return _encode({"error": error.to_dict()})
+    """The OpenAI error object for ``error``, with the request's id."""
+    body = error.to_dict()
+    request_id = REQUEST_ID.get()
+    if request_id is not None:
+        body["request_id"] = request_id
+    return _encode({"error": body})
 
 
 async def send_bytes(send: Send, status: int, body: bytes, content_type: bytes = JSON,

@@ -33,7 +33,7 @@ from patchbay.errors import AllProvidersFailed, PatchbayError, UpstreamError
 from patchbay.events import EventStream
 from patchbay.providers.base import AsyncGeneratorProvider
 from patchbay.requestlog import Exchange, RequestLog
-from patchbay.server.asgi import DisconnectWatch, Receive, Send, SSEWriter, error_body, send_bytes
+from patchbay.server.asgi import REQUEST_ID, DisconnectWatch, Receive, Send, SSEWriter, error_body, send_bytes
 from patchbay.server.metrics import GatewayMetrics
 
 __all__ = ["DONE", "ChatCompletions", "ChatEndpoint", "Dialect", "Frame", "Opener", "RenderedTurn", "Turn"]
@@ -281,7 +281,7 @@ class ChatEndpoint:
                 finish_reason=events.finish_reason, prompt_tokens=usage.prompt_tokens if usage else None,
                 completion_tokens=usage.completion_tokens if usage else None, latency=latency, ttft=first,
                 status=status, error=f"{type(error).__name__}: {error.message}" if error else None,
-                fallbacks=events.fallbacks, options=request.options()))
+                fallbacks=events.fallbacks, options=request.options(), request_id=REQUEST_ID.get()))
 
 
 def _provider_header(events: EventStream) -> bytes:

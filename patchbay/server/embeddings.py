@@ -16,7 +16,7 @@ from patchbay.config import UNSET, Timeout, TimeoutTypes
 from patchbay.errors import PatchbayError
 from patchbay.providers.base import AsyncGeneratorProvider
 from patchbay.requestlog import Exchange, RequestLog
-from patchbay.server.asgi import Receive, Send, send_bytes
+from patchbay.server.asgi import REQUEST_ID, Receive, Send, send_bytes
 from patchbay.server.metrics import GatewayMetrics
 
 __all__ = ["EmbeddingsEndpoint", "embeddings_body", "serve_embeddings"]
@@ -79,4 +79,4 @@ class EmbeddingsEndpoint:
                 time=began, source="server", messages=[], requested_model=request.model,
                 provider=None if provider == "none" else provider, model=model, prompt_tokens=tokens, latency=latency,
                 status=status, error=f"{type(error).__name__}: {error.message}" if error else None,
-                options={"endpoint": "embeddings", "inputs": len(request.inputs)}))
+                options={"endpoint": "embeddings", "inputs": len(request.inputs)}, request_id=REQUEST_ID.get()))

@@ -16,15 +16,20 @@ from patchbay.chat.anthropic import (
 )
 from patchbay.errors import PatchbayError
 from patchbay.providers.base import AsyncGeneratorProvider
-from patchbay.server.asgi import Receive, Scope, Send, read_body, send_bytes
+from patchbay.server.asgi import REQUEST_ID, Receive, Scope, Send, read_body, send_bytes
 from patchbay.server.chat import RenderedTurn, Turn
 
 __all__ = ["AnthropicMessages", "anthropic_error_body", "count_tokens"]
 
 _encode = msgspec.json.encode
 def anthropic_error_body(error: PatchbayError) -> bytes:
-    """``{"type": "error", "error": {"type": ..., "message": ...}}`` for ``error``."""
-    return _encode(error_envelope(error))
+    """``{"type": "error", "error": {"type": ..., "message": ...}, "request_id": ...}`` for ``error``
+    (the request id where Anthropic's API puts it)."""
+    envelope = error_envelope(error)
+    request_id = REQUEST_ID.get()
+    if request_id is not None:
+        envelope["request_id"] = request_id
+    return _encode(envelope)
 
 
 class AnthropicMessages:

@@ -30,9 +30,11 @@ from typing import Any
 from patchbay.errors import InvalidRequest
 from patchbay.secrets import RedactingFilter
 from patchbay.server.app import Gateway, create_app
+from patchbay.server.asgi import REQUEST_ID
 from patchbay.settings import Settings
 
-__all__ = ["ShutdownDelay", "check_bind", "configure_logging", "is_loopback", "listen", "serve", "worker_app"]
+__all__ = ["LOG_FORMAT", "RequestIdFilter", "ShutdownDelay", "check_bind", "configure_logging", "is_loopback",
+           "listen", "serve", "worker_app"]
 
 log = logging.getLogger("patchbay.server")
 
@@ -143,14 +145,28 @@ class ShutdownDelay:
         self._timer.start()
 
 
+class RequestIdFilter(logging.Filter):
+    """Gives each record a ``request`` field: `` [<x-request-id>]`` for a line logged while a
+    request is served (the log format shows it after the logger's name), else empty."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        request_id = REQUEST_ID.get()
+        record.request = f" [{request_id}]" if request_id is not None else ""
+        return True
+
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s%(request)s: %(message)s"
+
+
 def configure_logging(level: str) -> None:
-    """patchbay's log lines at ``level`` on stderr, with secrets redacted (once per process: the
-    supervisor and each worker process)."""
+    """patchbay's log lines at ``level`` on stderr, with secrets redacted and the id of the request
+    they are about (once per process: the supervisor and each worker process)."""
     root = logging.getLogger()
     if not root.handlers:
-        logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        logging.basicConfig(level=level.upper(), format=LOG_FORMAT)
         for handler in root.handlers:
             handler.addFilter(RedactingFilter())
+            handler.addFilter(RequestIdFilter())
 
 
 def worker_app() -> Gateway:
