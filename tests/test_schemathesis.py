@@ -12,12 +12,10 @@ every run; ``MAX_EXAMPLES`` bounds the work per operation.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import threading
-from collections.abc import Coroutine, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import pytest
 import requests
@@ -28,6 +26,7 @@ from patchbay import __version__
 from patchbay.server.openapi import openapi_document
 from tests.gateway_process import GatewayProcess
 from tests.replicas.openai_fake import OpenAIFake
+from tests.support.background_loop import BackgroundLoop
 
 pytestmark = [pytest.mark.process]
 
@@ -38,7 +37,6 @@ AUTH = {"Authorization": f"Bearer {API_KEY}"}
 MODEL = "small"
 MAX_EXAMPLES = 40
 CALL_TIMEOUT = 20.0  # seconds for one generated request
-SETUP_TIMEOUT = 60.0
 
 CONFIG = schemathesis.Config.from_dict({
     "generation": {"mode": "all", "max-examples": MAX_EXAMPLES, "deterministic": True, "database": "none"},
@@ -52,29 +50,11 @@ CONFIG = schemathesis.Config.from_dict({
 })
 
 
-class _LoopThread:
-    """An event loop in a daemon thread: the fake and the gateway's log reader live there while
-    the synchronous schemathesis calls run on the test's own thread."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name="schemathesis-servers", daemon=True)
-        self.thread.start()
-
-    def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
-        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(SETUP_TIMEOUT)
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(SETUP_TIMEOUT)
-        self.loop.close()
-
-
 @pytest.fixture(scope="module")
 def gateway_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The base URL of a gateway with API keys on, in front of an OpenAI fake."""
     tmp_path: Path = tmp_path_factory.mktemp("schemathesis")
-    runner = _LoopThread()
+    runner = BackgroundLoop()  # the fake and the gateway's log reader, while schemathesis blocks this thread
     fake = OpenAIFake()
     try:
         runner.run(fake.start())

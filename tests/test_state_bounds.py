@@ -15,21 +15,9 @@ import redis.asyncio as aioredis
 from patchbay.errors import InvalidRequest
 from patchbay.routing.redis_state import STATE_TTL, RedisStateStore
 from patchbay.routing.state import MAX_TARGETS, Health, MemoryStateStore
+from tests.test_state import FakeClock
 
 CAP = 50
-
-
-class FakeClock:
-    """A wall clock that only moves when told to."""
-
-    def __init__(self, now: float = 1_700_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def made_up(i: int) -> str:

@@ -388,14 +388,7 @@ def upstream_body(request: ChatCompletionRequest, model: str, extra_body: dict[s
     model name; a stream also asks for the usage chunk (docs/protocols.md#openai-usage-chunk)."""
     body = {name: value for name in BODY_FIELDS if (value := getattr(request, name)) is not None}
     body["model"] = model
-    body["stream"] = request.stream
-    if request.stream:
-        options = msgspec.to_builtins(request.stream_options) if request.stream_options else {}
-        body["stream_options"] = {**options, "include_usage": True}
-    body.update(extra_body)
-    if request.extra_body:
-        body.update(request.extra_body)
-    return body
+    return _with_stream_and_extras(body, request, extra_body)
 
 
 def completion_body(request: ChatCompletionRequest, model: str, extra_body: dict[str, Any]) -> dict[str, Any]:
@@ -406,6 +399,13 @@ def completion_body(request: ChatCompletionRequest, model: str, extra_body: dict
     if request.max_output_tokens is not None:
         body["max_tokens"] = request.max_output_tokens
     body.update({name: value for name in COMPLETION_FIELDS if (value := getattr(request, name)) is not None})
+    return _with_stream_and_extras(body, request, extra_body)
+
+
+def _with_stream_and_extras(body: dict[str, Any], request: ChatCompletionRequest, extra_body: dict[str, Any]
+                            ) -> dict[str, Any]:
+    """``body`` with ``stream`` (a stream also asks for the usage chunk), then the service's and
+    the request's extra fields laid on top, in that order."""
     body["stream"] = request.stream
     if request.stream:
         options = msgspec.to_builtins(request.stream_options) if request.stream_options else {}

@@ -269,13 +269,8 @@ class OpenAIFake(ReplicaServer):
         body = self.json_body(request)
         self.bodies.append(body)
         self._check(body)
-        if not self.authorized(request):
-            return self.error_response(401)
-        if self.fail_next > 0:
-            self.fail_next -= 1
-            return self.error_response(self.fail_status)
-        if self.scenario in STATUS_SCENARIOS:
-            return self.error_response(STATUS_SCENARIOS[self.scenario])
+        if (failure := self._failure(request)) is not None:
+            return failure
         if self.scenario == "html_200":
             return web.Response(text=HTML_ERROR_PAGE, content_type="text/html")
         tools = body.get("tools")
