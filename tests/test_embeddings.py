@@ -38,6 +38,7 @@ from patchbay.chat.embeddings import (
     to_response,
 )
 from patchbay.chat.request import ChatCompletionRequest
+from patchbay.config import Timeout
 from patchbay.errors import (
     AllProvidersFailed,
     InvalidRequest,
@@ -50,7 +51,8 @@ from patchbay.providers.capabilities import Capabilities
 from patchbay.providers.local import Local
 from patchbay.providers.openai_compatible import OpenAICompatible
 from patchbay.routing import MemoryStateStore, RetryPolicy, Router, Target
-from patchbay.server.embeddings import embeddings_body, serve_embeddings
+from patchbay.server.embeddings import EmbeddingsEndpoint
+from patchbay.server.metrics import GatewayMetrics
 from tests.replicas.openai_fake import OpenAIFake
 
 SCHEMAS = Path(__file__).resolve().parents[1].parent / "shared" / "openai" / "schemas.json"
@@ -360,7 +362,14 @@ async def test_an_unknown_route_is_model_not_supported() -> None:
 async def test_the_endpoint_body_round_trips(openai_fake: OpenAIFake, encoding: str) -> None:
     r = router(Target(fake_provider(openai_fake), "fake-embed"))
     body = json.dumps({"model": "emb", "input": ["a", "b"], "encoding_format": encoding}).encode()
-    answer, result = await serve_embeddings(r, body)
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    endpoint = EmbeddingsEndpoint(r, limits=Timeout.of(10.0), metrics=GatewayMetrics(10))
+    tokens = await endpoint(body, _no_receive, send)  # type: ignore[arg-type]
+    head, answer = sent[0], sent[1]["body"]
     document = json.loads(answer)
     assert document["object"] == "list" and document["model"] == "fake-embed"
     vectors = [item["embedding"] for item in document["data"]]
@@ -369,8 +378,12 @@ async def test_the_endpoint_body_round_trips(openai_fake: OpenAIFake, encoding: 
         document["data"] = [{**item, "embedding": v} for item, v in zip(document["data"], vectors, strict=True)]
     validate("CreateEmbeddingResponse", document)
     assert vectors == [OpenAIFake.vector("a", 8), OpenAIFake.vector("b", 8)]  # float32 both ways: exact
-    assert result.provider == "Fake"
-    assert json.loads(await embeddings_body(r, body)) == json.loads(answer)
+    assert (b"x-patchbay-provider", b"Fake") in head["headers"]
+    assert tokens == document["usage"]["prompt_tokens"]  # what the rate limits count
+
+
+async def _no_receive() -> dict[str, Any]:
+    raise AssertionError("the embeddings endpoint reads nothing more than its body")
 
 
 # -- the embedded model ---------------------------------------------------------------------------------

@@ -12,34 +12,16 @@ import time
 import msgspec
 
 from patchbay.chat.embeddings import EmbeddingRequest, EmbeddingResult, decode_embedding_request, to_response
-from patchbay.config import UNSET, Timeout, TimeoutTypes
+from patchbay.config import Timeout
 from patchbay.errors import PatchbayError
 from patchbay.providers.base import AsyncGeneratorProvider
 from patchbay.requestlog import Exchange, RequestLog
 from patchbay.server.asgi import REQUEST_ID, Receive, Send, send_bytes
 from patchbay.server.metrics import GatewayMetrics
 
-__all__ = ["EmbeddingsEndpoint", "embeddings_body", "serve_embeddings"]
+__all__ = ["EmbeddingsEndpoint"]
 
 _encode = msgspec.json.encode
-
-
-async def serve_embeddings(provider: type[AsyncGeneratorProvider], body: bytes, *, timeout: TimeoutTypes = UNSET,
-                           api_key: str | None = None) -> tuple[bytes, EmbeddingResult]:
-    """The JSON answer to an embeddings request body, and the result it was made from (who
-    answered, the tokens read: for metrics, rate limits and the request log). Bad input is
-    InvalidRequest naming the field; a route without an embedding target, UnsupportedFeature
-    naming ``model``."""
-    request = decode_embedding_request(body)
-    result = await provider.create_embedding(request, timeout=timeout, api_key=api_key)
-    return _encode(to_response(result, request.encoding_format)), result
-
-
-async def embeddings_body(provider: type[AsyncGeneratorProvider], body: bytes, *, timeout: TimeoutTypes = UNSET
-                          ) -> bytes:
-    """The JSON answer to an embeddings request body (see :func:`serve_embeddings`)."""
-    answer, _ = await serve_embeddings(provider, body, timeout=timeout)
-    return answer
 
 
 class EmbeddingsEndpoint:
