@@ -14,6 +14,7 @@ model X" and "what are X's limits", which the router and context fitting use.
     context_window = 8192
     max_output_tokens = 2048
     tools = true
+    prices = { input = 0.15, output = 0.60, cached_input = 0.075 }   # USD per million tokens
 """
 
 from __future__ import annotations
@@ -29,7 +30,55 @@ from typing import Any
 
 from patchbay.errors import InvalidRequest, ModelNotSupported
 
-__all__ = ["ModelCatalog", "ModelRecord", "add_record_source", "catalog", "config_dir", "reset_catalog"]
+__all__ = ["FREE", "ModelCatalog", "ModelRecord", "Prices", "add_record_source", "catalog", "config_dir",
+           "reset_catalog"]
+
+MILLION = 1_000_000
+PRICE_FIELDS = ("input", "output", "cached_input")
+
+
+@dataclass(frozen=True, slots=True)
+class Prices:
+    """What a model's tokens cost, in US dollars per million: prompt (``input``), answer
+    (``output``) and prompt tokens served from the upstream's cache (``cached_input``; the input
+    price when not stated)."""
+
+    input: float
+    output: float
+    cached_input: float | None = None
+
+    def cost(self, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> float:
+        """The dollars these token counts cost (cached tokens are part of ``prompt_tokens``)."""
+        cached = min(max(cached_tokens, 0), prompt_tokens)
+        cached_price = self.input if self.cached_input is None else self.cached_input
+        return ((prompt_tokens - cached) * self.input + cached * cached_price
+                + completion_tokens * self.output) / MILLION
+
+    @classmethod
+    def of(cls, value: object, where: str) -> Prices:
+        """Prices from a config table (``{input = 0.15, output = 0.60, cached_input = 0.075}``);
+        InvalidRequest names a missing, unknown or negative field."""
+        if isinstance(value, Prices):
+            return value
+        if not isinstance(value, dict):
+            raise InvalidRequest(f"{where} must be a table of input, output and cached_input (USD per million tokens)")
+        unknown = set(value) - set(PRICE_FIELDS)
+        if unknown:
+            raise InvalidRequest(f"{where}: unknown fields {sorted(unknown)}; valid: {', '.join(PRICE_FIELDS)}")
+        for name in PRICE_FIELDS:
+            number = value.get(name)
+            if name == "cached_input" and number is None:
+                continue
+            if number is None:
+                raise InvalidRequest(f"{where}: {name} is missing (USD per million tokens)")
+            if isinstance(number, bool) or not isinstance(number, int | float) or not 0 <= number < float("inf"):
+                raise InvalidRequest(f"{where}: {name} must be a number of at least 0, got {number!r}")
+        cached = value.get("cached_input")
+        return cls(float(value["input"]), float(value["output"]), None if cached is None else float(cached))
+
+
+#: The prices of a service that charges nothing (the web chat services, the embedded model).
+FREE = Prices(0.0, 0.0, 0.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +95,7 @@ class ModelRecord:
     tools: bool = False
     prefill: bool = False  # can continue a partial assistant message
     aliases: tuple[str, ...] = ()
+    prices: Prices | None = None  # None: not known (its tokens are counted, their cost is 0)
 
     def input_budget(self, max_tokens: int | None = None) -> int | None:
         """Tokens left for the prompt once the answer's share is reserved."""
@@ -133,6 +183,8 @@ class ModelCatalog:
             fields = {k: v for k, v in entry.items() if k not in ("provider", "model")}
             if "aliases" in fields and isinstance(fields["aliases"], list):
                 fields["aliases"] = tuple(fields["aliases"])
+            if "prices" in fields:
+                fields["prices"] = Prices.of(fields["prices"], f"{where}: prices")
             try:
                 self.override(entry["provider"], entry["model"], **fields)
             except InvalidRequest as exc:
@@ -148,6 +200,8 @@ def _check_field(name: str, value: Any, where: str) -> None:
         raise InvalidRequest(f"{where}: {name} must be a positive integer, got {value!r}")
     if name in _BOOL_FIELDS and not isinstance(value, bool):
         raise InvalidRequest(f"{where}: {name} must be true or false, got {value!r}")
+    if name == "prices" and value is not None and not isinstance(value, Prices):
+        raise InvalidRequest(f"{where}: prices must be a table of input, output and cached_input")
     if name == "aliases" and not (isinstance(value, tuple) and all(isinstance(a, str) for a in value)):
         raise InvalidRequest(f"{where}: aliases must be a list of strings")
 

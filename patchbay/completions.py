@@ -21,7 +21,17 @@ import msgspec
 
 from patchbay.chat.request import ChatCompletionRequest
 from patchbay.errors import ModelNotSupported
-from patchbay.events import EventStream, Finish, Logprobs, ProviderInfo, TextDelta, ToolCallDelta, Transcript, Usage
+from patchbay.events import (
+    EventStream,
+    Finish,
+    Ledger,
+    Logprobs,
+    ProviderInfo,
+    TextDelta,
+    ToolCallDelta,
+    Transcript,
+    Usage,
+)
 from patchbay.providers.base import AsyncGeneratorProvider
 
 __all__ = [
@@ -59,10 +69,15 @@ class _Object(msgspec.Struct, kw_only=True):
         return msgspec.json.encode(self).decode()
 
 
-class CompletionUsage(_Object, kw_only=True):
+class CompletionUsage(_Object, kw_only=True, omit_defaults=True):
+    """OpenAI's usage object; ``cost`` (US dollars, the request's whole cost) is patchbay's, as
+    OpenRouter adds it; ``prompt_tokens_details`` only when the upstream's cache served tokens."""
+
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    cost: float | None = None
+    prompt_tokens_details: dict[str, int] | None = None
 
 
 class ChatCompletionMessage(_Object, kw_only=True, omit_defaults=True, tag_field="role", tag="assistant"):
@@ -171,8 +186,8 @@ def open_stream(provider: type[AsyncGeneratorProvider], request: ChatCompletionR
                 ) -> EventStream:
     """Start ``request`` on ``provider`` (``options``: timeout, proxy, base_url, auth, api_key); the stream
     records what it hands over in the request's transcript."""
-    transcript = Transcript()
-    return EventStream(provider.open(request, transcript=transcript, **options), transcript)
+    transcript, ledger = Transcript(), Ledger()
+    return EventStream(provider.open(request, transcript=transcript, ledger=ledger, **options), transcript, ledger)
 
 
 _ids = random.Random()  # seeded from the OS once; ids need to be unique, not unguessable
@@ -187,7 +202,9 @@ def _usage(usage: Usage | None) -> CompletionUsage | None:
     if usage is None:
         return None
     return CompletionUsage(prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens,
-                           total_tokens=usage.total_tokens)
+                           total_tokens=usage.total_tokens, cost=usage.cost,
+                           prompt_tokens_details={"cached_tokens": usage.cached_tokens} if usage.cached_tokens
+                           else None)
 
 
 def _tool_call(delta: ToolCallDelta) -> dict[str, Any]:

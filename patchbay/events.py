@@ -21,8 +21,10 @@ from typing import Any
 
 __all__ = [
     "EventStream",
+    "Charge",
     "Fallback",
     "Finish",
+    "Ledger",
     "Logprobs",
     "Mark",
     "ProviderInfo",
@@ -66,10 +68,18 @@ class Logprobs:
 
 @dataclass(frozen=True, slots=True)
 class Usage:
-    """Token counts reported by the provider (or counted by patchbay for local models)."""
+    """Token counts reported by the provider (or counted by patchbay for local models).
+
+    ``cached_tokens`` is the part of the prompt the upstream served from its prompt cache.
+    ``cost`` is in US dollars: what the request has cost so far, this answer included (every
+    earlier attempt of a fallback too, see :class:`Ledger`); an upstream that states its own cost
+    (OpenRouter) sets it for its own tokens, and patchbay's pricing adds the rest. ``None`` until
+    priced."""
 
     prompt_tokens: int
     completion_tokens: int
+    cached_tokens: int = 0
+    cost: float | None = None
 
     @property
     def total_tokens(self) -> int:
@@ -107,6 +117,41 @@ class Fallback:
     error: str  # the error's class name
     message: str
     delivered: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Charge:
+    """What one upstream attempt cost: its tokens priced at its target's prices (or the cost the
+    upstream stated). ``estimated``: the attempt reported no usage (it was interrupted, or the
+    service never reports any), so the tokens are counted from the prompt and the delivered text."""
+
+    provider: str
+    model: str
+    prompt_tokens: int
+    completion_tokens: int
+    cost: float
+    cached_tokens: int = 0
+    estimated: bool = False
+
+
+class Ledger:
+    """Every charge of one request, in order: each attempt that consumed tokens, the failed ones
+    of a fallback included. Made with the request's outermost stream and handed down to the
+    providers (as the :class:`Transcript` is), so one ledger sees every attempt however the
+    request ends; what it holds is what the request is charged."""
+
+    __slots__ = ("charges",)
+
+    def __init__(self) -> None:
+        self.charges: list[Charge] = []
+
+    def add(self, charge: Charge) -> None:
+        self.charges.append(charge)
+
+    @property
+    def cost(self) -> float:
+        """The request's cost so far, in US dollars."""
+        return sum(charge.cost for charge in self.charges)
 
 
 StreamEvent = TextDelta | ToolCallDelta | Logprobs | Usage | Finish | ProviderInfo | Fallback
@@ -186,11 +231,14 @@ class EventStream:
     ``gen = await P.create_async_generator(...)`` working.
     """
 
-    def __init__(self, source: AsyncIterator[StreamEvent], transcript: Transcript | None = None) -> None:
+    def __init__(self, source: AsyncIterator[StreamEvent], transcript: Transcript | None = None,
+                 ledger: Ledger | None = None) -> None:
         self._source = source
         self._started = False
         #: What reached the caller: every visible event this stream handed over.
         self.transcript = transcript if transcript is not None else Transcript()
+        #: What the request was charged, attempt by attempt (complete once the stream is closed).
+        self.ledger = ledger if ledger is not None else Ledger()
         self.usage: Usage | None = None
         self.finish_reason: str | None = None
         self.provider_info: ProviderInfo | None = None

@@ -6,8 +6,10 @@ provider from one with :meth:`patchbay.providers.openai_compatible.OpenAICompati
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
+from patchbay.catalog import Prices
 from patchbay.errors import InvalidRequest
 
 __all__ = ["PRESETS", "Preset", "get_preset"]
@@ -22,13 +24,28 @@ class Preset:
     key_env: str | None  # environment variable holding the API key(s), comma-separated
     needs_auth: bool  # a request without a key is refused by the service
     local: bool  # a server on this machine rather than a hosted service
+    #: List prices (USD per million tokens) of some of its models; config and the catalog win. A
+    #: local server's models cost nothing.
+    prices: Mapping[str, Prices] = field(default_factory=dict)
+
+
+#: OpenAI's list prices (platform.openai.com/docs/pricing, as of 2026): input, output, cached input.
+OPENAI_PRICES = {
+    "gpt-4o-mini": Prices(0.15, 0.60, 0.075),
+    "gpt-4o": Prices(2.50, 10.00, 1.25),
+    "gpt-4.1": Prices(2.00, 8.00, 0.50),
+    "gpt-4.1-mini": Prices(0.40, 1.60, 0.10),
+    "gpt-4.1-nano": Prices(0.10, 0.40, 0.025),
+    "o4-mini": Prices(1.10, 4.40, 0.275),
+}
 
 
 #: Preset name -> preset.
 PRESETS: dict[str, Preset] = {
     preset.name: preset
     for preset in (
-        Preset("openai", "https://api.openai.com/v1", "OPENAI_API_KEY", needs_auth=True, local=False),
+        Preset("openai", "https://api.openai.com/v1", "OPENAI_API_KEY", needs_auth=True, local=False,
+               prices=OPENAI_PRICES),
         Preset("openrouter", "https://openrouter.ai/api/v1", "OPENROUTER_API_KEY", needs_auth=True, local=False),
         Preset("groq", "https://api.groq.com/openai/v1", "GROQ_API_KEY", needs_auth=True, local=False),
         Preset("together", "https://api.together.xyz/v1", "TOGETHER_API_KEY", needs_auth=True, local=False),

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, get_type_hints
 
-from patchbay.catalog import config_dir
+from patchbay.catalog import Prices, config_dir
 from patchbay.config import Timeout
 from patchbay.errors import InvalidRequest
 
@@ -149,8 +149,8 @@ class RateLimits:
 
 
 PROVIDER_FIELDS = {"base_url", "preset", "api_key_env", "models", "default_model", "prefill", "headers",
-                   "verify_ssl", "capabilities", "impersonate"}
-WEB_PROVIDER_FIELDS = {"impersonate"}  # what a [providers.<web chat provider>] table may set
+                   "verify_ssl", "capabilities", "impersonate", "prices"}
+WEB_PROVIDER_FIELDS = {"impersonate", "prices"}  # what a [providers.<web chat provider>] table may set
 
 
 @dataclass(frozen=True)
@@ -187,6 +187,7 @@ class Settings:
 
         options = dict(self.providers[name])
         preset = options.pop("preset", None)
+        prices = options.pop("prices", None)
         web = next((p for p in registry.all(include_not_working=True)
                     if p.name.lower() == name.lower() and is_web_provider(p)), None)
         try:
@@ -195,9 +196,15 @@ class Settings:
                 if extra or preset is not None:
                     raise InvalidRequest(f"{web.name} is a web chat provider: only "
                                          f"{', '.join(sorted(WEB_PROVIDER_FIELDS))} can be set")
-                return with_impersonation(web, options.get("impersonate"))
+                chosen = with_impersonation(web, options.get("impersonate"))
+                if prices is None:
+                    return chosen
+                return type(chosen.__name__, (chosen,), {"prices": Prices.of(prices, "prices"),
+                                                         "__module__": chosen.__module__})
             if "impersonate" in options:
                 raise InvalidRequest("impersonate applies to the web chat providers (Liaobots, AiChatOnline...)")
+            if prices is not None:
+                options["prices"] = Prices.of(prices, "prices")
             if preset is not None:
                 return OpenAICompatible.from_preset(preset, name=name, **options)
             if "base_url" not in options:

@@ -162,9 +162,11 @@ async def chain_prompts(request: TextCompletionRequest, prompts: Sequence[str],
                         ) -> AsyncGenerator[StreamEvent, None]:
     """The events of one request per prompt (``open_one`` runs each), one after another: prompt
     ``i``'s choice ``j`` becomes choice ``i * n + j``, and the usages are summed into one
-    :class:`Usage` at the end. Pure: whatever runs a request is handed in."""
+    :class:`Usage` at the end (its cost the last one's: each is the request's cost so far). Pure:
+    whatever runs a request is handed in."""
     n = request.n or 1
-    prompt_tokens = completion_tokens = 0
+    prompt_tokens = completion_tokens = cached_tokens = 0
+    cost: float | None = None
     counted = False
     for position, prompt in enumerate(prompts):
         offset = position * n
@@ -179,8 +181,10 @@ async def chain_prompts(request: TextCompletionRequest, prompts: Sequence[str],
             counted = True
             prompt_tokens += usage.prompt_tokens
             completion_tokens += usage.completion_tokens
+            cached_tokens += usage.cached_tokens
+            cost = usage.cost if usage.cost is not None else cost
     if counted:
-        yield Usage(prompt_tokens, completion_tokens)
+        yield Usage(prompt_tokens, completion_tokens, cached_tokens, cost)
 
 
 async def _closing(events: AsyncIterator[StreamEvent]) -> AsyncGenerator[StreamEvent, None]:

@@ -18,6 +18,7 @@ import string
 from collections.abc import AsyncIterator
 from typing import ClassVar
 
+from patchbay.catalog import FREE
 from patchbay.chat.request import ChatCompletionRequest
 from patchbay.errors import ProtocolError
 from patchbay.events import StreamEvent, TextDelta
@@ -58,6 +59,7 @@ class AiChatOnline(AsyncGeneratorProvider, ProviderModelMixin):
     working = False
     needs_auth = False
     supports_stream = True
+    prices = FREE  # a free web chat service
     supports_message_history = True
     supports_system_message = True
     default_model = "gpt-4o-mini"

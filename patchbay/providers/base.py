@@ -20,18 +20,19 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from patchbay.catalog import ModelRecord, catalog
+from patchbay.catalog import ModelRecord, Prices, catalog
 from patchbay.chat.embeddings import EmbeddingRequest, EmbeddingResult
 from patchbay.chat.request import ChatCompletionRequest, request_from_kwargs
 from patchbay.config import UNSET, Timeout, TimeoutTypes
 from patchbay.context import estimate_tokens, fit_messages
 from patchbay.errors import ModelNotSupported, PatchbayError, StreamInterrupted, UnsupportedFeature
-from patchbay.events import EventStream, Mark, ProviderInfo, StreamEvent, TextStream, Transcript
+from patchbay.events import EventStream, Ledger, Mark, ProviderInfo, StreamEvent, TextStream, Transcript, Usage
 from patchbay.messages import validate_messages
 from patchbay.net.session import map_transport_error
 from patchbay.net.transport import TransportError
 from patchbay.providers.capabilities import Capabilities, Support, needs
 from patchbay.providers.emulation import emulate
+from patchbay.providers.pricing import Meter
 from patchbay.stops import cut_at_stops
 from patchbay.sync import BlockingStream
 
@@ -102,6 +103,8 @@ class Call:
     base_url: str | None = None  #: this call's API address, when not the provider's default
     auth: str | None = None  #: auth code(s) for a web chat service, given for this call
     api_key: str | None = None  #: an API key for an OpenAI-compatible service, given for this call
+    #: What the request is charged, attempt by attempt (a router hands it to its targets).
+    ledger: Ledger | None = None
 
 
 class AsyncGeneratorProvider:
@@ -134,6 +137,9 @@ class AsyncGeneratorProvider:
     announces_provider: ClassVar[bool] = True
     #: True for a router: it runs other providers' :meth:`open`, which check, fit and cut for it.
     delegates: ClassVar[bool] = False
+    #: What every model of this provider costs (config's ``[providers.NAME.prices]``); None: the
+    #: catalog's prices per model.
+    prices: ClassVar[Prices | None] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -245,12 +251,14 @@ class AsyncGeneratorProvider:
         timeout: TimeoutTypes = UNSET,
         auth: str | None = None,
         api_key: str | None = None,
+        ledger: Ledger | None = None,
     ) -> AsyncGenerator[StreamEvent, None]:
         """The checked and guarded events for ``request`` (``model``: the name to resolve, default
-        the request's). A need the provider cannot honour fails here, at once."""
+        the request's). A need the provider cannot honour fails here, at once. With a ``ledger``,
+        the attempt is charged to it (see :mod:`patchbay.providers.pricing`)."""
         resolved = cls.resolve_model(request.model if model is None else model)
-        call = Call(resolved, Timeout.of(timeout), transcript, proxy, base_url, auth, api_key)
-        if cls.delegates:
+        call = Call(resolved, Timeout.of(timeout), transcript, proxy, base_url, auth, api_key, ledger)
+        if cls.delegates:  # its targets' streams are metered, not its own
             return _guarded(cls.name, resolved, cls.generate(request, call), transcript,
                             announce=cls.announces_provider)
         cls.check(request)
@@ -264,7 +272,18 @@ class AsyncGeneratorProvider:
         source = _emulated(cls, request, call) if cls.text_only else cls.generate(request, call)
         if request.stop and not (request.n or 1) > 1:
             source = cut_at_stops(source, request.stops)
-        return _guarded(cls.name, resolved, source, transcript, announce=cls.announces_provider)
+        meter = None if ledger is None else Meter(cls.name, resolved, cls.prices_for(resolved), request, transcript,
+                                                  ledger)
+        return _guarded(cls.name, resolved, source, transcript, announce=cls.announces_provider, meter=meter)
+
+    @classmethod
+    def prices_for(cls, model: str) -> Prices | None:
+        """What ``model``'s tokens cost here: the provider's configured prices, else the catalog's
+        for the model (None: not known)."""
+        if cls.prices is not None:
+            return cls.prices
+        record = catalog().get(cls.name, model)
+        return record.prices if record is not None else None
 
     @classmethod
     def check(cls, request: ChatCompletionRequest) -> None:
@@ -295,10 +314,10 @@ class AsyncGeneratorProvider:
         ``fields`` are request fields (``max_tokens``, ``tools``...; others go to ``extra_body``);
         ``auth`` (a web chat's auth codes) and ``api_key`` are credentials for this call."""
         request = cls.request(model, messages, **fields)
-        transcript = Transcript()
+        transcript, ledger = Transcript(), Ledger()
         events = cls.open(request, model=model or None, transcript=transcript, proxy=proxy, base_url=base_url,
-                          timeout=timeout, auth=auth, api_key=api_key)
-        return EventStream(events, transcript)
+                          timeout=timeout, auth=auth, api_key=api_key, ledger=ledger)
+        return EventStream(events, transcript, ledger)
 
     @classmethod
     def create_async_generator(
@@ -380,15 +399,20 @@ def _emulated(provider: type[AsyncGeneratorProvider], request: ChatCompletionReq
 
 
 async def _guarded(provider: str, model: str, source: AsyncIterator[StreamEvent], transcript: Transcript, *,
-                   announce: bool = True) -> AsyncGenerator[StreamEvent, None]:
-    """Run a provider's stream: announce who answers, attach context to errors, and turn any
-    failure after output reached the caller into StreamInterrupted with exactly that text."""
+                   announce: bool = True, meter: Meter | None = None) -> AsyncGenerator[StreamEvent, None]:
+    """Run a provider's stream: announce who answers, attach context to errors, turn any failure
+    after output reached the caller into StreamInterrupted with exactly that text, and charge the
+    attempt (``meter``) however it ends."""
     mark = transcript.mark()
     try:
         if announce:
             yield ProviderInfo(provider=provider, model=model)
-        async for event in source:
-            yield event
+        if meter is None:
+            async for event in source:
+                yield event
+        else:
+            async for event in source:
+                yield meter.priced(event) if type(event) is Usage else event
     except PatchbayError as exc:
         exc.with_context(provider=provider, model=model)
         if transcript.since(mark) and not isinstance(exc, StreamInterrupted):
@@ -400,6 +424,8 @@ async def _guarded(provider: str, model: str, source: AsyncIterator[StreamEvent]
             raise _interrupted(error, transcript, mark, provider, model) from exc
         raise error from exc
     finally:
+        if meter is not None:
+            meter.close()
         aclose = getattr(source, "aclose", None)
         if aclose is not None:
             await aclose()

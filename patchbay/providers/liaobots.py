@@ -20,7 +20,7 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
 from typing import Any, ClassVar
 
-from patchbay.catalog import ModelRecord
+from patchbay.catalog import FREE, ModelRecord
 from patchbay.chat.request import ChatCompletionRequest
 from patchbay.context import count_chars, fit_messages
 from patchbay.credentials import CredentialPool
@@ -78,6 +78,7 @@ class Liaobots(AsyncGeneratorProvider, ProviderModelMixin):
     working = True
     needs_auth = False
     supports_stream = True
+    prices = FREE  # a free web chat service
     supports_message_history = True
     supports_system_message = True
     verify_ssl = False  # the service's certificate was never verifiable (docs/protocols.md#liaobots-hosts)

@@ -16,7 +16,7 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any, ClassVar, get_type_hints
 
-from patchbay.catalog import ModelRecord
+from patchbay.catalog import FREE, ModelRecord
 from patchbay.chat.request import ChatCompletionRequest
 from patchbay.context import count_chars, fit_messages
 from patchbay.errors import AuthError
@@ -51,6 +51,7 @@ class LiaobotsLegacy(AsyncGeneratorProvider, ProviderModelMixin):
     working = False  # the service is gone; selectable by name for replicas and old code
     needs_auth = True
     supports_stream = True
+    prices = FREE  # a free web chat service
     supports_message_history = True
     supports_system_message = True
     default_model = "gpt-3.5-turbo"

@@ -42,7 +42,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
-from patchbay.catalog import ModelRecord
+from patchbay.catalog import FREE, ModelRecord
 from patchbay.chat.embeddings import EmbeddingRequest, EmbeddingResult, normalized
 from patchbay.chat.request import ChatCompletionRequest
 from patchbay.context import fit_messages
@@ -533,6 +533,7 @@ class Local(AsyncGeneratorProvider, ProviderModelMixin):
     working = True
     needs_auth = False
     supports_stream = True
+    prices = FREE  # runs on this machine
     supports_message_history = True
     supports_system_message = True
     default_model = DEFAULT_MODEL

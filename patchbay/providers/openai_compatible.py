@@ -23,6 +23,7 @@ from typing import Any, ClassVar, ParamSpec, TypeVar
 
 import msgspec
 
+from patchbay.catalog import FREE, Prices
 from patchbay.chat.embeddings import EmbeddingRequest, EmbeddingResult, decode_base64_vector
 from patchbay.chat.request import ChatCompletionRequest
 from patchbay.config import Timeout
@@ -93,6 +94,8 @@ class OpenAICompatible(AsyncGeneratorProvider, ProviderModelMixin):
     base_url: ClassVar[str] = ""
     api_key_env: ClassVar[str | None] = None
     local: ClassVar[bool] = False
+    #: List prices per model of the service a preset names (the catalog and config come first).
+    price_list: ClassVar[Mapping[str, Prices]] = {}
     headers: ClassVar[dict[str, str]] = {}
     extra_body: ClassVar[dict[str, Any]] = {}
     credentials: ClassVar[CredentialPool] = CredentialPool("OpenAICompatible")
@@ -107,6 +110,7 @@ class OpenAICompatible(AsyncGeneratorProvider, ProviderModelMixin):
         models: list[str] | None = None, default_model: str | None = None,
         headers: dict[str, str] | None = None, extra_body: dict[str, Any] | None = None, verify_ssl: bool = True,
         prefill: bool | None = None, capabilities: Mapping[str, str] | None = None,
+        prices: Prices | None = None,
     ) -> type[OpenAICompatible]:
         """A new subclass for one service, with its own key pool (``api_key``/``api_keys`` plus the
         comma-separated keys in ``api_key_env``, read at the first request). Other arguments left
@@ -114,7 +118,8 @@ class OpenAICompatible(AsyncGeneratorProvider, ProviderModelMixin):
         partial assistant message (llama.cpp, vLLM and others do), which the router uses to
         continue an interrupted answer. ``capabilities`` overrides what the service honours, per
         feature (``{"image_input": "none"}`` for a server without vision; see
-        :mod:`patchbay.providers.capabilities`): the router then skips it for such requests."""
+        :mod:`patchbay.providers.capabilities`): the router then skips it for such requests.
+        ``prices`` are what every model of the service costs (else the catalog's, per model)."""
         if not name or not base_url:
             raise InvalidRequest("a configured provider needs a name and a base_url", param="base_url")
         env = api_key_env if api_key_env is not None else cls.api_key_env
@@ -137,7 +142,7 @@ class OpenAICompatible(AsyncGeneratorProvider, ProviderModelMixin):
             "headers": merged_headers, "extra_body": {**cls.extra_body, **(extra_body or {})},
             "verify_ssl": verify_ssl, "_models_cache": None,
             "supports_prefill": cls.supports_prefill if prefill is None else prefill,
-            "features": features,
+            "features": features, "prices": prices if prices is not None else cls.prices,
             "supports_system_message": features.accepts("system_message") if capabilities
             and "system_message" in capabilities else cls.supports_system_message,
         }
@@ -152,7 +157,15 @@ class OpenAICompatible(AsyncGeneratorProvider, ProviderModelMixin):
         provider = cls.configure(overrides.pop("name", preset.name), **overrides)
         provider.needs_auth = preset.needs_auth
         provider.local = preset.local
+        provider.price_list = preset.prices
+        if preset.local and provider.prices is None:
+            provider.prices = FREE
         return provider
+
+    @classmethod
+    def prices_for(cls, model: str) -> Prices | None:
+        """The configured prices, else the catalog's for ``model``, else its preset's list price."""
+        return super().prices_for(model) or cls.price_list.get(model)
 
     # -- models --------------------------------------------------------------------------------
 
@@ -616,7 +629,12 @@ def _usage(payload: dict[str, Any]) -> list[StreamEvent]:
     usage = payload.get("usage")
     if not isinstance(usage, dict):
         return []
-    return [Usage(_count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens")))]
+    details = usage.get("prompt_tokens_details")
+    cached = _count(details.get("cached_tokens")) if isinstance(details, dict) else 0
+    stated = usage.get("cost")  # OpenRouter states what the request cost it
+    cost = float(stated) if isinstance(stated, int | float) and not isinstance(stated, bool) \
+        and 0 <= stated < float("inf") else None
+    return [Usage(_count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens")), cached, cost)]
 
 
 def _count(value: object) -> int:

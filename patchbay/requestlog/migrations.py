@@ -89,6 +89,16 @@ def m004_request_id(db: sqlite3.Connection) -> None:
     db.execute("CREATE INDEX exchanges_request_id ON exchanges (request_id)")
 
 
+@_migration
+def m005_cost(db: sqlite3.Connection) -> None:
+    """What each exchange cost (US dollars, every attempt of it), the name of the API key it was
+    charged to, and whether the response cache answered it. Not indexed: an index is paid on
+    every insert, and a spend report (``patchbay logs --cost``) can afford one scan."""
+    db.execute("ALTER TABLE exchanges ADD COLUMN cost REAL")
+    db.execute("ALTER TABLE exchanges ADD COLUMN key TEXT")
+    db.execute("ALTER TABLE exchanges ADD COLUMN cache TEXT")
+
+
 def applied(db: sqlite3.Connection) -> set[str]:
     """Names of the migrations already applied to ``db``."""
     db.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at REAL NOT NULL)")

@@ -97,6 +97,9 @@ class Exchange:
     options: Mapping[str, Any] = field(default_factory=dict)
     prompt: str = ""  # the last user message's text (filled in when written)
     request_id: str | None = None  # the server's x-request-id of the request
+    cost: float | None = None  # US dollars charged: every attempt, failed ones included (0 for a cache hit)
+    key: str | None = None  # the name of the API key the server charged (never the key)
+    cache: str | None = None  # the server's response cache: "hit" or "miss" (None: not consulted)
     id: int | None = None  # assigned by the database
 
     @classmethod
@@ -116,7 +119,7 @@ class Exchange:
                    completion_tokens=usage.completion_tokens if usage else None,
                    latency=latency, ttft=ttft, status=status,
                    error=None if error is None else describe_error(error),
-                   fallbacks=list(events.fallbacks), options=dict(options or {}))
+                   fallbacks=list(events.fallbacks), options=dict(options or {}), cost=events.ledger.cost)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for JSON output."""
@@ -149,20 +152,19 @@ _STOP = object()
 
 _ROW_FIELDS = ("time", "source", "conversation_id", "requested_model", "provider", "model", "prompt", "messages",
                "options", "response", "finish_reason", "prompt_tokens", "completion_tokens", "latency", "ttft",
-               "status", "error", "fallbacks", "request_id")
+               "status", "error", "fallbacks", "request_id", "cost", "key", "cache")
 _NESTED = frozenset({7, 8, 17})  # messages, options, fallbacks: stored as JSON text
 #: Rows per INSERT statement. Many rows per statement means one sqlite3_step, and so one release of
 #: the GIL, per chunk: executemany() releases it once per row, and under load each re-acquisition
-#: waits for the event loop's thread to yield (up to the 5 ms switch interval). 45 rows x 19
+#: waits for the event loop's thread to yield (up to the 5 ms switch interval). 43 rows x 22
 #: columns (and size) stays under SQLite's oldest variable limit (999).
-ROWS_PER_STATEMENT = 45
+ROWS_PER_STATEMENT = 43
 _encode = msgspec.json.Encoder(enc_hook=repr).encode  # anything unexpected is stored as its repr
 _decode_row = msgspec.json.Decoder(tuple[tuple(msgspec.Raw if i in _NESTED else Any  # type: ignore[misc]
                                                for i in range(len(_ROW_FIELDS)))]).decode
 
 
 def _insert(rows: int) -> str:
-    one = "(" + ", ".join("?" * len(_ROW_FIELDS)) + ")"
     one = "(" + ", ".join("?" * (len(_ROW_FIELDS) + 1)) + ")"
     return f"INSERT INTO exchanges ({', '.join(_ROW_FIELDS)}, size) VALUES " + ", ".join([one] * rows)
 
@@ -171,7 +173,7 @@ _INSERT_CHECK = ("INSERT INTO provider_checks (time, provider, model, ok, ttft, 
                  "VALUES (?, ?, ?, ?, ?, ?, ?)")
 _COLUMNS = ("id, time, source, conversation_id, requested_model, provider, model, prompt, messages, options, "
             "response, finish_reason, prompt_tokens, completion_tokens, latency, ttft, status, error, fallbacks, "
-            "request_id")
+            "request_id, cost, key, cache")
 
 
 def _connect(path: Path, timeout: float = BUSY_TIMEOUT) -> sqlite3.Connection:
@@ -569,7 +571,7 @@ def _exchange_row(item: Exchange, keep: int) -> tuple[Any, ...]:
     return (item.time, item.source, item.conversation_id, item.requested_model, item.provider, item.model,
             clip(prompt, PROMPT_PREVIEW), messages, item.options, _preclip(item.response, keep), item.finish_reason,
             item.prompt_tokens, item.completion_tokens, item.latency, item.ttft, item.status, item.error,
-            list(item.fallbacks), item.request_id)
+            list(item.fallbacks), item.request_id, item.cost, item.key, item.cache)
 
 
 _MARKER = re.compile(r"…\[request log: (\d+) characters cut\]\Z")
@@ -749,4 +751,5 @@ def _exchange(row: sqlite3.Row) -> Exchange:
         response=row["response"], finish_reason=row["finish_reason"], prompt_tokens=row["prompt_tokens"],
         completion_tokens=row["completion_tokens"], latency=row["latency"], ttft=row["ttft"], status=row["status"],
         error=row["error"], fallbacks=msgspec.json.decode(row["fallbacks"]), request_id=row["request_id"],
+        cost=row["cost"], key=row["key"], cache=row["cache"],
     )

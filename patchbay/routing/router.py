@@ -325,7 +325,7 @@ class Router(AsyncGeneratorProvider):
         try:
             stream = target.provider.open(request, model=target.model_for(state.model), transcript=state.transcript,
                                           proxy=call.proxy, base_url=target.base_url or call.base_url,
-                                          timeout=limits, auth=call.auth, api_key=call.api_key)
+                                          timeout=limits, auth=call.auth, api_key=call.api_key, ledger=call.ledger)
             async with aclosing(stream) as events:
                 async for event in events:
                     if first_output is None and isinstance(event, TextDelta | ToolCallDelta):

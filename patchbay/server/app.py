@@ -50,7 +50,7 @@ from patchbay.server.asgi import (
     read_body,
     send_bytes,
 )
-from patchbay.server.chat import ChatCompletions, ChatEndpoint, Dialect
+from patchbay.server.chat import NOTHING, ChatCompletions, ChatEndpoint, Dialect
 from patchbay.server.completions import TextCompletions
 from patchbay.server.embeddings import EmbeddingsEndpoint
 from patchbay.server.messages import AnthropicMessages, anthropic_error_body, count_tokens
@@ -230,25 +230,25 @@ class Gateway:
 
     def _chatting(self, endpoint: ChatEndpoint | EmbeddingsEndpoint) -> Handler:
         """The handler of an endpoint that reaches a model: the client's rate limits around
-        ``endpoint`` (which returns the tokens the request used)."""
+        ``endpoint`` (which returns what the request used)."""
 
         async def handle(scope: Scope, receive: Receive, send: Send) -> None:
             client: Client = scope.get(CLIENT, self.anonymous)
             if self.limiter is None or client.limits.unlimited:
                 body = await read_body(scope, receive, self.settings.server.max_body_bytes)
-                await endpoint(body, receive, send)
+                await endpoint(body, receive, send, key=client.name)
                 return
             try:  # before the body is read: a refused request costs nothing more
                 admission = await self.limiter.admit(client.id, client.limits)
             except ClientRateLimited as error:
                 self.metrics.rate_limited.inc((client.name, error.limit))
                 raise
-            tokens = 0
+            spent = NOTHING
             try:
                 body = await read_body(scope, receive, self.settings.server.max_body_bytes)
-                tokens = await endpoint(body, receive, send)
+                spent = await endpoint(body, receive, send, key=client.name)
             finally:
-                await asyncio.shield(self.limiter.finish(admission, tokens))  # also when cancelled
+                await asyncio.shield(self.limiter.finish(admission, spent.tokens))  # also when cancelled
 
         self._endpoints.append(endpoint)
         return handle

@@ -20,7 +20,7 @@ import logging
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from contextlib import aclosing
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import msgspec
 
@@ -35,8 +35,9 @@ from patchbay.providers.base import AsyncGeneratorProvider
 from patchbay.requestlog import Exchange, RequestLog
 from patchbay.server.asgi import REQUEST_ID, DisconnectWatch, Receive, Send, SSEWriter, error_body, send_bytes
 from patchbay.server.metrics import GatewayMetrics
+from patchbay.server.ratelimit import ANONYMOUS
 
-__all__ = ["DONE", "ChatCompletions", "ChatEndpoint", "Dialect", "Frame", "Opener", "RenderedTurn", "Turn"]
+__all__ = ["DONE", "ChatCompletions", "ChatEndpoint", "Dialect", "Frame", "Opener", "RenderedTurn", "Spent", "Turn"]
 
 log = logging.getLogger("patchbay.server")
 
@@ -49,6 +50,17 @@ Frame = tuple[bytes | None, bytes]
 Opener = Callable[[type[AsyncGeneratorProvider], Timeout], EventStream]
 #: The end of an OpenAI stream.
 DONE: Frame = (None, b"[DONE]")
+
+
+class Spent(NamedTuple):
+    """What one request used, for the client's limits: prompt + completion tokens (the
+    provider's usage, else an estimate) and US dollars (every attempt, see ``Ledger``)."""
+
+    tokens: int
+    cost: float
+
+
+NOTHING = Spent(0, 0.0)
 
 
 class Turn(Protocol):
@@ -176,8 +188,9 @@ class ChatEndpoint:
         #: Set by the Gateway at startup when the request log is on.
         self.request_log: RequestLog | None = None
 
-    async def __call__(self, body: bytes, receive: Receive, send: Send) -> int:
-        """Serve one request; returns the tokens it used (0 when it failed before an answer)."""
+    async def __call__(self, body: bytes, receive: Receive, send: Send, *, key: str = ANONYMOUS) -> Spent:
+        """Serve one request for the API key named ``key``; what it used (nothing when it failed
+        before reaching a provider)."""
         turn = await self.dialect.begin(body)
         request = turn.request
         started = time.perf_counter()
@@ -185,28 +198,30 @@ class ChatEndpoint:
         self.metrics.in_flight.inc()
         try:
             if request.stream:
-                await self._stream(turn, events, receive, send, started)
+                await self._stream(turn, events, receive, send, started, key)
             else:
-                await self._whole(turn, events, receive, send, started)
+                await self._whole(turn, events, receive, send, started, key)
         finally:
             self.metrics.in_flight.dec()
-        return tokens_used(request, events)
+        return Spent(tokens_used(request, events), events.ledger.cost)
 
-    async def _whole(self, turn: Turn, events: EventStream, receive: Receive, send: Send, started: float) -> None:
+    async def _whole(self, turn: Turn, events: EventStream, receive: Receive, send: Send, started: float,
+                     key: str) -> None:
         request = turn.request
         try:
-            async with DisconnectWatch(receive) as watch:
+            async with DisconnectWatch(receive) as watch, aclosing(events):
                 body = await turn.whole(events)
         except PatchbayError as error:
-            self._record(request, events, started, error.status, error=error)
+            self._record(request, events, started, error.status, key, error=error)
             raise
         if watch.disconnected:
-            self._record(request, events, started, 499, error=None)
+            self._record(request, events, started, 499, key, error=None)
             return
-        self._record(request, events, started, 200)
+        self._record(request, events, started, 200, key)
         await send_bytes(send, 200, body, headers=[(b"x-patchbay-provider", _provider_header(events))])
 
-    async def _stream(self, turn: Turn, events: EventStream, receive: Receive, send: Send, started: float) -> None:
+    async def _stream(self, turn: Turn, events: EventStream, receive: Receive, send: Send, started: float,
+                      key: str) -> None:
         request = turn.request
         writer = SSEWriter(send)
         watch = DisconnectWatch(receive)
@@ -221,7 +236,7 @@ class ChatEndpoint:
         held: list[Frame] = []  # events before the first visible piece wait for it (see the rules above)
         first: float | None = None
         try:
-            async with watch, aclosing(frames):
+            async with watch, aclosing(events), aclosing(frames):  # events closed last: charged in full
                 async for frame in frames:
                     if first is None:
                         if not events.transcript.delivered:
@@ -239,7 +254,7 @@ class ChatEndpoint:
                         await writer.event(*early)
                 await writer.end()
         except PatchbayError as error:
-            self._record(request, events, started, error.status, ttft=first, error=error)
+            self._record(request, events, started, error.status, key, ttft=first, error=error)
             if not writer.started:
                 raise  # the app answers with the error's own status
             await self._in_band(writer, turn.error_frames(error))
@@ -252,7 +267,7 @@ class ChatEndpoint:
             return
         finally:
             await writer.stop_keep_alive()  # also on the error paths: awaited, so it writes nothing later
-        self._record(request, events, started, 499 if watch.disconnected else 200, ttft=first)
+        self._record(request, events, started, 499 if watch.disconnected else 200, key, ttft=first)
 
     async def _in_band(self, writer: SSEWriter, frames: Sequence[Frame]) -> None:
         """After the headers: the error as events, then the end of the stream (the client may be
@@ -263,17 +278,18 @@ class ChatEndpoint:
                     await writer.event(*frame)
                 await writer.end()
 
-    def _record(self, request: ChatCompletionRequest, events: EventStream, started: float, status: int, *,
-                ttft: float | None = None, error: PatchbayError | None = None) -> None:
+    def _record(self, request: ChatCompletionRequest, events: EventStream, started: float, status: int, key: str,
+                *, ttft: float | None = None, error: PatchbayError | None = None) -> None:
         provider, model = _answered_by(request, events, error)
         usage = events.usage
+        cost = events.ledger.cost
         extra: dict[str, Any] = {}
         if usage is not None:
             extra = {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens}
         latency = time.perf_counter() - started
         first = None if ttft is None else ttft - started
         self.metrics.record(provider, model, status, latency, ttft=first,
-                            error_code=error.code if error else None, **extra)
+                            error_code=error.code if error else None, key=key, cost=cost, **extra)
         if self.request_log is not None:  # one encode and an append; the writer thread does the rest
             self.request_log.record(Exchange(
                 time=time.time() - latency, source="server", messages=request.messages, response=events.text,
@@ -281,7 +297,8 @@ class ChatEndpoint:
                 finish_reason=events.finish_reason, prompt_tokens=usage.prompt_tokens if usage else None,
                 completion_tokens=usage.completion_tokens if usage else None, latency=latency, ttft=first,
                 status=status, error=f"{type(error).__name__}: {error.message}" if error else None,
-                fallbacks=events.fallbacks, options=request.options(), request_id=REQUEST_ID.get()))
+                fallbacks=events.fallbacks, options=request.options(), request_id=REQUEST_ID.get(), cost=cost,
+                key=key))
 
 
 def _provider_header(events: EventStream) -> bytes:

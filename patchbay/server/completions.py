@@ -12,7 +12,7 @@ import time
 from patchbay.chat.text_completion import CompletionRendering, chain_prompts, completion_id, decode_completion_request
 from patchbay.config import Timeout
 from patchbay.errors import PatchbayError
-from patchbay.events import EventStream, Transcript
+from patchbay.events import EventStream, Ledger, Transcript
 from patchbay.providers.base import AsyncGeneratorProvider
 from patchbay.server.asgi import error_body
 from patchbay.server.chat import DONE, Opener, RenderedTurn, Turn
@@ -30,10 +30,10 @@ class TextCompletions:
         opener: Opener | None = None
         if len(prompts) > 1:
             def opener(provider: type[AsyncGeneratorProvider], timeout: Timeout) -> EventStream:
-                transcript = Transcript()
-                events = chain_prompts(request, prompts,
-                                       lambda one: provider.open(one, transcript=transcript, timeout=timeout))
-                return EventStream(events, transcript)
+                transcript, ledger = Transcript(), Ledger()
+                events = chain_prompts(request, prompts, lambda one: provider.open(
+                    one, transcript=transcript, timeout=timeout, ledger=ledger))
+                return EventStream(events, transcript, ledger)
 
         return RenderedTurn(request, rendering, rendering.result, opener=opener, last=DONE)
 

@@ -176,6 +176,7 @@ class GatewayMetrics:
         #: Bounds on the provider and model label values (see :class:`LabelCap`).
         self.providers = LabelCap(max_label_values)
         self.models = LabelCap(max_label_values)
+        self.keys = LabelCap(max_label_values)
         by_target = ("provider", "model")
         self.requests = Counter("patchbay_requests_total", "Chat completion requests by outcome.",
                                 (*by_target, "status"))
@@ -184,6 +185,11 @@ class GatewayMetrics:
         self.latency = Histogram("patchbay_request_duration_seconds", "Whole request time.", by_target)
         self.ttft = Histogram("patchbay_time_to_first_token_seconds", "Time to the first token.", by_target)
         self.tokens = Counter("patchbay_tokens_total", "Tokens reported by providers.", (*by_target, "kind"))
+        self.cost = Counter("patchbay_cost_usd_total", "US dollars charged, every attempt of a request included.",
+                            ("key", *by_target))
+        self.cache_results = Counter("patchbay_cache_results_total",
+                                     "Response cache lookups by result: hit, miss or bypass (not cacheable).",
+                                     ("result",))
         self.in_flight = Gauge("patchbay_requests_in_flight", "Chat completion requests being served.")
         self.in_flight.inc((), 0)
         self.rate_limited = Counter("patchbay_rate_limited_total",
@@ -199,13 +205,15 @@ class GatewayMetrics:
             "patchbay_request_log_records_total", "Request log records by what happened to them: written, "
             "truncated, or dropped (backlog full, database locked, write error).", ("outcome",),
             lambda: {(outcome,): value for outcome, value in self.request_log_counts().items()})
-        self.families = (self.requests, self.errors, self.latency, self.ttft, self.tokens, self.in_flight,
+        self.families = (self.requests, self.errors, self.latency, self.ttft, self.tokens, self.cost, self.cache_results,
+                         self.in_flight,
                          self.rate_limited, self.request_log, *self.process)
 
     def record(self, provider: str, model: str, status: int, duration: float, *, ttft: float | None = None,
                prompt_tokens: int | None = None, completion_tokens: int | None = None,
-               error_code: str | None = None) -> None:
-        """Record one finished request (names beyond the label cap count as ``other``)."""
+               error_code: str | None = None, key: str = "anonymous", cost: float = 0.0) -> None:
+        """Record one finished request of the API key named ``key`` (names beyond the label cap
+        count as ``other``); ``cost`` in US dollars."""
         provider, model = self.providers(provider), self.models(model)
         target = (provider, model)
         self.requests.inc((provider, model, str(status)))
@@ -218,6 +226,12 @@ class GatewayMetrics:
             self.tokens.inc((provider, model, "prompt"), prompt_tokens)
         if completion_tokens:
             self.tokens.inc((provider, model, "completion"), completion_tokens)
+        if cost:
+            self.cost.inc((self.keys(key), provider, model), cost)
+
+    def cache_result(self, result: str) -> None:
+        """Count one response cache lookup: ``hit``, ``miss`` or ``bypass``."""
+        self.cache_results.inc((result,))
 
     def render(self) -> bytes:
         """All metrics in the Prometheus text exposition format (version 0.0.4)."""

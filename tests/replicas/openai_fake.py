@@ -114,7 +114,8 @@ class OpenAIFake(ReplicaServer):
     Attributes: ``models``, ``answer``, ``continuation`` (answer to an assistant prefill),
     ``prefills`` (prefilled assistant texts seen), ``api_key`` (None = no auth check),
     ``fail_next``/``fail_status`` (the next N chat requests fail), ``retry_after`` (seconds, for
-    429), ``delay_per_chunk``, ``tool_arguments`` (the JSON arguments of the "tool_call"
+    429), ``usage_extra`` (fields merged into every chat usage object: ``cost``,
+    ``prompt_tokens_details``, or fixed token counts), ``delay_per_chunk``, ``tool_arguments`` (the JSON arguments of the "tool_call"
     scenario), ``bodies`` (every chat request body), ``last_body``, ``chat_count``.
 
     Answer selection: tool call (see the module docstring), else
@@ -164,6 +165,7 @@ class OpenAIFake(ReplicaServer):
         self.embedding_bodies: list[dict[str, Any]] = []
         self.embedding_dims = 8
         self.honours_dimensions = True
+        self.usage_extra: dict[str, Any] = {}
 
     @property
     def api_base(self) -> str:
@@ -280,7 +282,7 @@ class OpenAIFake(ReplicaServer):
             text = self.enormous_text()
         completion_id = f"chatcmpl-{secrets.token_hex(12)}"
         created = int(time.time())
-        usage = self.usage(body, text)
+        usage = {**self.usage(body, text), **self.usage_extra}
         if self.scenario == "endless":
             return await self.endless(request, body, completion_id, created)
         if body.get("stream"):
