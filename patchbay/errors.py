@@ -20,6 +20,7 @@ the class hierarchy), so the server, the CLI and the router all agree on what an
     │   └── ChallengeRequired       403  a browser challenge (Cloudflare...) stands in the way
     ├── RateLimited                 429  too many requests (``retry_after`` when known)
     │   └── ClientRateLimited       429  a client over the gateway's own limits (``limit`` names which)
+    │       └── BudgetExceeded      429  a client over its spend budget (code ``budget_exceeded``)
     ├── ProviderNotWorking          503  the provider is marked not working or is disabled
     ├── UpstreamError               502  the service failed (5xx and other statuses)
     │   ├── ProtocolError           502  the reply broke the wire protocol
@@ -53,6 +54,7 @@ __all__ = [
     "AllProvidersFailed",
     "Attempt",
     "AuthError",
+    "BudgetExceeded",
     "ChallengeRequired",
     "ClientRateLimited",
     "ConnectTimeout",
@@ -219,6 +221,11 @@ class ClientRateLimited(RateLimited):
         self.limit = limit
 
 
+class BudgetExceeded(ClientRateLimited):
+    """A client (API key) has spent its budget (``limit`` is ``budget_usd_per_day``): the same 429,
+    with its own code, so a client can tell a wait of hours from one of seconds."""
+
+
 class ProviderNotWorking(PatchbayError):
     """The provider is marked not working or disabled, and was not asked for by name."""
 
@@ -361,6 +368,7 @@ ERROR_TABLE: dict[type[PatchbayError], ErrorInfo] = {
     ChallengeRequired: ErrorInfo(403, "permission_error", "challenge_required"),
     RateLimited: ErrorInfo(429, "rate_limit_error", "rate_limit_exceeded"),
     ClientRateLimited: ErrorInfo(429, "rate_limit_error", "rate_limit_exceeded"),
+    BudgetExceeded: ErrorInfo(429, "rate_limit_error", "budget_exceeded"),
     ProviderNotWorking: ErrorInfo(503, "api_error", "provider_not_working"),
     UpstreamError: ErrorInfo(502, "api_error", "upstream_error"),
     ProtocolError: ErrorInfo(502, "api_error", "protocol_error"),

@@ -17,6 +17,7 @@ no routes, the gateway serves the embedded local model.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import tomllib
@@ -142,10 +143,12 @@ class RateLimits:
     requests_per_minute: int = 0
     tokens_per_minute: int = 0  # prompt + completion tokens
     concurrent_requests: int = 0
+    budget_usd_per_day: float = 0.0  # US dollars the key's requests may cost in the last 24 hours
 
     @property
     def unlimited(self) -> bool:
-        return not (self.requests_per_minute or self.tokens_per_minute or self.concurrent_requests)
+        return not (self.requests_per_minute or self.tokens_per_minute or self.concurrent_requests
+                    or self.budget_usd_per_day)
 
 
 PROVIDER_FIELDS = {"base_url", "preset", "api_key_env", "models", "default_model", "prefill", "headers",
@@ -302,7 +305,8 @@ def _limits(value: object, env: Mapping[str, str], where: str) -> tuple[RateLimi
         if not KEY_NAME.fullmatch(name):
             raise InvalidRequest(f"{where}.{name}: a key name is letters, digits, '_', '.' and '-'")
         _section(RateLimits, options, {}, "", f"{where}.{name}")  # names unknown options and wrong types
-        given = {option: _typed(options[option], int, f"{where}.{name}.{option}") for option in options}
+        hints = get_type_hints(RateLimits)
+        given = {option: _typed(options[option], hints[option], f"{where}.{name}.{option}") for option in options}
         named[name] = _checked(replace(defaults, **given), f"{where}.{name}")
     return defaults, named
 
@@ -396,6 +400,9 @@ def _checked(section: Any, where: str) -> Any:
         for name in ("requests_per_minute", "tokens_per_minute", "concurrent_requests"):
             if getattr(section, name) < 0:
                 raise InvalidRequest(f"{where}.{name} must be 0 (unlimited) or more, got {getattr(section, name)}")
+        if not (math.isfinite(section.budget_usd_per_day) and section.budget_usd_per_day >= 0):
+            raise InvalidRequest(f"{where}.budget_usd_per_day must be a finite number of US dollars, 0 (no budget) "
+                                 f"or more, got {section.budget_usd_per_day!r}")
     return section
 
 

@@ -14,12 +14,23 @@ import pytest
 import pytest_asyncio
 import redis
 
-from patchbay.errors import ClientRateLimited, InvalidRequest
+from patchbay.errors import BudgetExceeded, ClientRateLimited, InvalidRequest, error_info
 from patchbay.secrets import fingerprint
-from patchbay.server.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter, clients, limiter_for
+from patchbay.server.ratelimit import (
+    BUDGET,
+    DAY,
+    DAY_BUCKET,
+    MemoryRateLimiter,
+    RateLimiter,
+    RedisRateLimiter,
+    clients,
+    limiter_for,
+    nanos,
+)
 from patchbay.settings import RateLimits, Settings, load_settings, parse_api_keys
 from tests.gateway_process import GatewayProcess
 from tests.replicas.openai_fake import OpenAIFake
+from tests.test_ratelimit_degraded import Relay
 
 
 class Clock:
@@ -134,6 +145,120 @@ async def test_a_refusal_names_every_limit_reached_and_the_longest_wait(limiter:
     assert error.retry_after == pytest.approx(60.0)  # the tokens were charged at 1005
 
 
+async def test_a_budget_admits_while_the_days_spend_is_under_it(limiter: RateLimiter, clock: Clock) -> None:
+    limits = RateLimits(budget_usd_per_day=1.0)
+    minute = (1_000 // DAY_BUCKET) * DAY_BUCKET  # 960: the minute of the first charges
+    for step in range(10):  # ten charges of 0.1 in floats sum to 0.9999999999999999; in nano-dollars to 1.0
+        clock.now = 1_000.0 + step * 30
+        await limiter.finish(await limiter.admit("a", limits), 0, 0.1)
+    error = await refused(limiter.admit("a", limits))  # 1.0 is not under 1.0
+    assert isinstance(error, BudgetExceeded) and error.limit == BUDGET and error.status == 429
+    assert error_info(type(error)).code == "budget_exceeded"
+    assert "spend budget reached for budget_usd_per_day (1.0 USD)" in error.message
+    # The charge of minute 960 leaves the window at 960 + 24 h, leaving 0.9 < 1.0.
+    assert error.retry_after == pytest.approx(minute + DAY - clock.now)
+    assert f"try again in {minute + DAY - 1_270} s (23 h 55 min)" in error.message
+    clock.now = minute + DAY - 0.5
+    await refused(limiter.admit("a", limits))
+    clock.now = minute + DAY
+    await limiter.finish(await limiter.admit("a", limits), 0, 0.25)  # 0.9 + 0.25: over again
+    error = await refused(limiter.admit("a", limits))
+    assert error.retry_after == pytest.approx(1_020 + DAY - clock.now)  # the next minute, 1020, holds 0.1 + 0.1
+    await limiter.admit("b", limits)  # another client's budget is untouched
+
+
+async def test_a_request_costing_nothing_is_not_charged_and_no_budget_charges_nothing(limiter: RateLimiter,
+                                                                                      clock: Clock) -> None:
+    limits = RateLimits(budget_usd_per_day=0.01)
+    for _ in range(3):
+        await limiter.finish(await limiter.admit("a", limits), 5, 0.0)
+    await limiter.finish(await limiter.admit("a", limits), 5, 0.02)
+    await refused(limiter.admit("a", limits))
+    unlimited = RateLimits(requests_per_minute=100)
+    await limiter.finish(await limiter.admit("b", unlimited), 5, 50.0)
+    await limiter.finish(await limiter.admit("b", limits), 5, 0.0)  # b's 50 dollars were not counted
+    await limiter.admit("b", limits)
+
+
+async def test_a_refusal_over_the_budget_and_a_rate_limit_is_a_budget_refusal(limiter: RateLimiter,
+                                                                               clock: Clock) -> None:
+    limits = RateLimits(requests_per_minute=1, budget_usd_per_day=0.5)
+    await limiter.finish(await limiter.admit("a", limits), 0, 0.75)
+    clock.now += 10
+    error = await refused(limiter.admit("a", limits))
+    assert isinstance(error, BudgetExceeded) and error.limit == BUDGET
+    assert "spend budget and rate limit reached for requests_per_minute (1), budget_usd_per_day (0.5 USD)" \
+        in error.message
+    assert error.retry_after == pytest.approx(960 + DAY - clock.now)  # the longest wait: the budget's
+    clock.now += 50  # the request has left the minute's window; the spend has not
+    error = await refused(limiter.admit("a", limits))
+    assert isinstance(error, BudgetExceeded) and "rate limit" not in error.message
+
+
+async def test_spend_is_kept_in_redis_as_nano_dollars_by_minute_and_expires(redis_url: str, clock: Clock) -> None:
+    limiter = RedisRateLimiter(redis_url, namespace="ns", clock=clock)
+    limits = RateLimits(budget_usd_per_day=5.0)
+    await limiter.finish(await limiter.admit("name:alice", limits), 0, 0.1)
+    await limiter.finish(await limiter.admit("name:alice", limits), 0, 0.2)
+    clock.now += DAY_BUCKET
+    await limiter.finish(await limiter.admit("name:alice", limits), 0, 1e-9 / 3)  # rounds to nothing
+    key = "patchbay:ns:limits:{name:alice}:spend"
+    with redis.Redis.from_url(redis_url, socket_timeout=5, decode_responses=True) as raw:
+        assert sorted(raw.keys("*")) == [key]
+        assert raw.hgetall(key) == {str(1_000 // DAY_BUCKET): str(nanos(0.1) + nanos(0.2))}
+        assert DAY < raw.ttl(key) <= DAY + 2 * DAY_BUCKET
+    clock.now = 960 + DAY  # a check drops the buckets that left the window
+    await limiter.admit("name:alice", limits)
+    with redis.Redis.from_url(redis_url, socket_timeout=5, decode_responses=True) as raw:
+        assert raw.hgetall(key) == {}
+    await limiter.close()
+
+
+async def test_the_budget_is_shared_out_while_redis_is_down(unused_tcp_port: int, clock: Clock) -> None:
+    limiter = RedisRateLimiter(f"redis://127.0.0.1:{unused_tcp_port}/0", timeout=0.2, processes=2, clock=clock)
+    limits = RateLimits(budget_usd_per_day=1.0)  # 0.5 in each of the two processes
+    admitted = 0
+    async with asyncio.timeout(5):
+        for _ in range(5):
+            try:
+                admission = await limiter.admit("a", limits)
+            except BudgetExceeded as error:
+                assert "budget_usd_per_day (1.0 USD)" in error.message  # the configured budget, not the share
+                assert error.retry_after == pytest.approx(960 + DAY - clock.now)
+                continue
+            admitted += 1
+            await limiter.finish(admission, 0, 0.2)
+    assert limiter.degraded and admitted == 3  # 0, 0.2 and 0.4 are under 0.5
+    memory = MemoryRateLimiter(clock=clock)
+    memory.finish_now(memory.admit_now("b", RateLimits(budget_usd_per_day=1e-9), processes=4), 0, 1e-9)
+    with pytest.raises(BudgetExceeded):  # a share is at least one nano-dollar
+        memory.admit_now("b", RateLimits(budget_usd_per_day=1e-9), processes=4)
+    await limiter.close()
+
+
+async def test_a_request_ending_while_redis_is_down_is_charged_to_the_local_share(redis_url: str,
+                                                                                 clock: Clock) -> None:
+    port = int(redis_url.rsplit(":", 1)[1].split("/", 1)[0])
+    relay = Relay(port)
+    await relay.up()
+    limiter = RedisRateLimiter(relay.url, processes=2, timeout=2.0, retry_after=600.0, probe_interval=0.0,
+                               clock=clock)
+    limits = RateLimits(budget_usd_per_day=1.0)
+    try:
+        admission = await limiter.admit("a", limits)
+        assert not admission.local
+        await relay.down()
+        await limiter.finish(admission, 0, 0.6)  # Redis cannot take it: the local counts do
+        assert limiter.degraded
+        await refused(limiter.admit("a", limits))  # 0.6 is over this process's 0.5
+        await relay.up()
+        back = await limiter.admit("a", limits)  # Redis, which never saw the 0.6, decides again
+        assert not back.local and not limiter.degraded
+    finally:
+        await limiter.close()
+        await relay.down()
+
+
 async def test_a_lease_of_a_process_that_died_expires(redis_url: str, clock: Clock) -> None:
     limits = RateLimits(concurrent_requests=1)
     dead = RedisRateLimiter(redis_url, clock=clock, lease_seconds=10.0)
@@ -203,6 +328,7 @@ def test_the_limiter_follows_the_settings(monkeypatch: pytest.MonkeyPatch) -> No
     assert limiter_for(Settings()) is None
     assert isinstance(limiter_for(Settings(key_limits={"a": RateLimits(concurrent_requests=1)})),
                       MemoryRateLimiter)
+    assert isinstance(limiter_for(Settings(limits=RateLimits(budget_usd_per_day=0.5))), MemoryRateLimiter)
     monkeypatch.setenv("PATCHBAY_REDIS_URL", "redis://127.0.0.1:1/0")
     assert isinstance(limiter_for(Settings(limits=RateLimits(requests_per_minute=1))), RedisRateLimiter)
 
@@ -232,6 +358,17 @@ def test_limits_defaults_and_named_overrides(tmp_path: Path) -> None:
     assert load_settings(write(tmp_path, ""), environ={}).limits.unlimited
 
 
+def test_budgets_default_per_name_and_from_the_environment(tmp_path: Path) -> None:
+    path = write(tmp_path, "[limits]\nbudget_usd_per_day = 2.5\n\n[limits.alice]\nbudget_usd_per_day = 10\n\n"
+                           "[limits.bob]\nbudget_usd_per_day = 0\n")
+    settings = load_settings(path, environ={})
+    assert settings.limits.budget_usd_per_day == 2.5 and not settings.limits.unlimited
+    assert settings.limits_for("alice").budget_usd_per_day == 10.0
+    assert settings.limits_for("bob").unlimited  # 0: no budget
+    override = load_settings(path, environ={"PATCHBAY_LIMITS_BUDGET_USD_PER_DAY": "0.75"})
+    assert override.limits.budget_usd_per_day == 0.75 and override.limits_for("alice").budget_usd_per_day == 10.0
+
+
 @pytest.mark.parametrize(("text", "message"), [
     ("[limits]\nrequests_per_minute = -1\n", "limits.requests_per_minute must be 0 (unlimited) or more"),
     ("[limits]\nrequests_per_hour = 1\n", "limits: unknown options ['requests_per_hour']"),
@@ -240,6 +377,10 @@ def test_limits_defaults_and_named_overrides(tmp_path: Path) -> None:
     ("[limits.alice]\nconcurrent_requests = -2\n", "limits.alice.concurrent_requests must be 0"),
     ('[limits."a b"]\nconcurrent_requests = 2\n', "limits.a b: a key name is letters"),
     ("limits = 3\n", "limits must be a table"),
+    ("[limits]\nbudget_usd_per_day = -0.5\n", "limits.budget_usd_per_day must be a finite number of US dollars"),
+    ("[limits.alice]\nbudget_usd_per_day = inf\n", "limits.alice.budget_usd_per_day must be a finite number"),
+    ("[limits.alice]\nbudget_usd_per_day = nan\n", "limits.alice.budget_usd_per_day must be a finite number"),
+    ('[limits.alice]\nbudget_usd_per_day = "5"\n', "limits.alice.budget_usd_per_day must be a number"),
 ])
 def test_limit_mistakes_name_the_file_and_key(tmp_path: Path, text: str, message: str) -> None:
     path = write(tmp_path, text)
@@ -251,6 +392,10 @@ def test_limit_mistakes_name_the_file_and_key(tmp_path: Path, text: str, message
 def test_limit_environment_variables_are_checked() -> None:
     with pytest.raises(InvalidRequest, match="PATCHBAY_LIMITS_TOKENS_PER_MINUTE must be an integer"):
         load_settings(None, environ={"PATCHBAY_CONFIG": "", "PATCHBAY_LIMITS_TOKENS_PER_MINUTE": "lots"})
+    with pytest.raises(InvalidRequest, match="PATCHBAY_LIMITS_BUDGET_USD_PER_DAY must be a number"):
+        load_settings(None, environ={"PATCHBAY_CONFIG": "", "PATCHBAY_LIMITS_BUDGET_USD_PER_DAY": "lots"})
+    with pytest.raises(InvalidRequest, match=r"limits\.budget_usd_per_day must be a finite number"):
+        load_settings(None, environ={"PATCHBAY_CONFIG": "", "PATCHBAY_LIMITS_BUDGET_USD_PER_DAY": "nan"})
 
 
 def test_a_limits_table_for_no_key_is_warned_about(caplog: pytest.LogCaptureFixture) -> None:
@@ -401,7 +546,7 @@ def test_config_show_writes_the_limits_back(tmp_path: Path) -> None:
     from patchbay.settings import to_toml
 
     settings = load_settings(write(tmp_path, "[limits]\nconcurrent_requests = 2\n\n[limits.alice]\n"
-                                             "requests_per_minute = 5\n"), environ={})
+                                             "requests_per_minute = 5\nbudget_usd_per_day = 0.3\n"), environ={})
     again = load_settings(write(tmp_path, to_toml({"limits": _plain(settings)["limits"]})), environ={})
     assert again.limits == settings.limits and again.key_limits == settings.key_limits
 

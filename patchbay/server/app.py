@@ -248,7 +248,7 @@ class Gateway:
                 body = await read_body(scope, receive, self.settings.server.max_body_bytes)
                 spent = await endpoint(body, receive, send, key=client.name)
             finally:
-                await asyncio.shield(self.limiter.finish(admission, spent.tokens))  # also when cancelled
+                await asyncio.shield(self.limiter.finish(admission, spent.tokens, spent.cost))  # also when cancelled
 
         self._endpoints.append(endpoint)
         return handle

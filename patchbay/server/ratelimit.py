@@ -1,16 +1,18 @@
-"""Per-client limits of the gateway: requests per minute, tokens per minute, concurrent requests.
+"""Per-client limits of the gateway: requests and tokens per minute, concurrent requests, spend per day.
 
 A client is one API key, or every key given the same name in the keys variable (``alice=sk-...``;
 several keys under one name share its limits, which helps rotating a key). Before a chat request
 is routed, :meth:`RateLimiter.admit` checks every limit the client has, and either counts the
-request in or raises :class:`~patchbay.errors.ClientRateLimited` (429, with ``retry_after``);
-when the request ends, :meth:`RateLimiter.finish` frees its concurrency slot and charges its
-tokens.
+request in or raises :class:`~patchbay.errors.ClientRateLimited` (429, with ``retry_after``;
+:class:`~patchbay.errors.BudgetExceeded`, code ``budget_exceeded``, when the spend budget is among
+the limits reached); when the request ends, :meth:`RateLimiter.finish` frees its concurrency slot
+and charges its tokens and its cost.
 
 Semantics, the same for both implementations:
 
-- **Windows** are the last 60 seconds, counted in one-second buckets: a request or a token
-  charge counts until 60 to 61 seconds after the second it happened in.
+- **Windows** of the per-minute limits are the last 60 seconds, counted in one-second buckets: a
+  request or a token charge counts until 60 to 61 seconds after the second it happened in. The
+  budget's window is the last 24 hours, in one-minute buckets (below).
 - **requests_per_minute**: a request is admitted while fewer than the limit were admitted in the
   window. Every admitted request counts, whatever its outcome; refused ones do not.
 - **tokens_per_minute**: a request is admitted while the tokens charged in the window are under
@@ -19,8 +21,19 @@ Semantics, the same for both implementations:
   just under the limit may take the window over it; later requests wait until enough tokens age
   out of the window.
 - **concurrent_requests**: at most that many requests of the client in flight at once.
-- **Retry-After** is the time until the window has room again (for tokens: until enough charged
-  tokens age out); 1 second for a concurrency refusal, whose slot frees whenever a request ends.
+- **budget_usd_per_day**: a request is admitted while the US dollars charged in the last 24 hours
+  are under the budget; when it ends it is charged its cost (every upstream attempt it made, at
+  the provider's prices: :mod:`patchbay.providers.pricing`). As with tokens, the last request
+  admitted may take the spend over the budget. The day is counted in one-minute buckets (1,440):
+  a charge counts until 24 hours after the start of the minute it was made in (the minutes of
+  the clock, ``floor(time / 60)``), so between 23 h 59 min and 24 h after it was made, and spend
+  ages out a minute at a time.
+  Spend is counted in whole nano-dollars (``round(cost * 1e9)``), exact integers in both
+  implementations, so they agree to the last request.
+- **Retry-After** is the time until the window has room again (for tokens and spend: until
+  enough of what was charged ages out for the rest to be under the limit; for the budget that
+  can be hours); 1 second for a concurrency refusal, whose slot frees whenever a request ends.
+  A refusal naming several limits waits for the longest.
 
 :class:`MemoryRateLimiter` keeps the counts in this process. :class:`RedisRateLimiter` keeps them
 in Redis, shared by every process using the same server and namespace (the router's)::
@@ -29,6 +42,10 @@ in Redis, shared by every process using the same server and namespace (the route
     patchbay:{namespace}:limits:{<client>}:tokens     hash   second -> tokens charged in it
     patchbay:{namespace}:limits:{<client>}:leases     zset   one member per request in flight,
                                                              scored by when its lease expires
+    patchbay:{namespace}:limits:{<client>}:spend      hash   minute -> nano-dollars charged in it
+
+Every key expires a little after its window (the spend hash 24 hours and 2 minutes after its
+last charge), and each check deletes the buckets that have left the window.
 
 ``<client>`` is ``name:<name>`` for a named key and ``key:<fingerprint>`` (16 hex digits of its
 SHA-256) for a plain one: never the key. Each check and each finish is one Lua script, so
@@ -41,7 +58,9 @@ alone (fail open to local limits) until Redis answers again, tried after ``retry
 While Redis is unreachable each of the ``processes`` sharing it (``[router] instances`` times
 ``[server] workers``) enforces its share of every limit: the limit divided by ``processes``,
 rounded down but at least 1, so together they stay within the limit (within ``processes`` for a
-limit smaller than that). These local counts start empty when Redis fails and are dropped when it
+limit smaller than that); the budget is shared the same way, in nano-dollars. A request admitted
+through Redis that ends while Redis is unreachable is charged to the local counts. These local
+counts start empty when Redis fails and are dropped when it
 answers again: they are never added to Redis's. A request its local share refuses asks Redis
 first, even inside the ``retry_after`` back-off (at most once every ``probe_interval`` seconds), so
 exhausted local counts stop refusing requests within ``probe_interval`` of Redis being back. A
@@ -67,19 +86,28 @@ from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 from redis.typing import EncodableT
 
-from patchbay.errors import ClientRateLimited, InvalidRequest
+from patchbay.errors import BudgetExceeded, ClientRateLimited, InvalidRequest
 from patchbay.redis_link import RedisLink
 from patchbay.secrets import fingerprint
 from patchbay.settings import RateLimits, Settings
 
-__all__ = ["ANONYMOUS", "WINDOW", "Admission", "Client", "MemoryRateLimiter", "RateLimiter", "RedisRateLimiter",
-           "clients", "limiter_for", "refusal", "share"]
+__all__ = ["ANONYMOUS", "BUDGET", "DAY", "DAY_BUCKET", "NANO", "WINDOW", "Admission", "Client", "MemoryRateLimiter",
+           "RateLimiter", "RedisRateLimiter", "clients", "limiter_for", "nanos", "refusal", "share"]
 
 
 logger = logging.getLogger("patchbay.server.ratelimit")
 
 WINDOW = 60  # seconds, in one-second buckets
+DAY = 86_400  # seconds of the budget's window...
+DAY_BUCKET = 60  # ...in buckets of this many seconds (1,440 of them)
+NANO = 1_000_000_000  # spend is counted in nano-dollars: integers, no float drift
+BUDGET = "budget_usd_per_day"
 CONCURRENCY_RETRY = 1.0  # Retry-After of a concurrency refusal: a slot frees when any request ends
+
+
+def nanos(dollars: float) -> int:
+    """``dollars`` as whole nano-dollars, the unit spend is counted in."""
+    return round(dollars * NANO)
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,8 +161,9 @@ class RateLimiter(Protocol):
         """Count a request in, or raise :class:`~patchbay.errors.ClientRateLimited`."""
         ...
 
-    async def finish(self, admission: Admission, tokens: int) -> None:
-        """The request ended: free its concurrency slot and charge its ``tokens``."""
+    async def finish(self, admission: Admission, tokens: int, cost: float = 0.0) -> None:
+        """The request ended: free its concurrency slot and charge its ``tokens`` and its ``cost``
+        (US dollars)."""
         ...
 
     async def close(self) -> None:
@@ -142,13 +171,27 @@ class RateLimiter(Protocol):
 
 
 def refusal(exceeded: list[str], retry_after: float, limits: RateLimits) -> ClientRateLimited:
-    """The 429 for a refused request: names the limits (never the key) and when to come back."""
-    shown = ", ".join(f"{name} ({getattr(limits, name)})" for name in exceeded)
+    """The 429 for a refused request: names the limits (never the key) and when to come back;
+    a :class:`~patchbay.errors.BudgetExceeded` when the budget is one of them."""
+    over_budget = BUDGET in exceeded
+    shown = ", ".join(f"{name} ({limits.budget_usd_per_day!r} USD)" if name == BUDGET
+                      else f"{name} ({getattr(limits, name)})" for name in exceeded)
     # Never past the window: buckets stamped by another process's clock can be a little ahead.
-    retry_after = min(retry_after, WINDOW)
-    wait = max(1, int(-(-retry_after // 1)))
-    return ClientRateLimited(f"rate limit reached for {shown}; try again in {wait} s", limit=exceeded[0],
-                             retry_after=max(retry_after, 0.001))
+    retry_after = max(min(retry_after, DAY if over_budget else WINDOW), 0.001)
+    when = f"try again in {_duration(max(1, math.ceil(retry_after)))}"
+    if not over_budget:
+        return ClientRateLimited(f"rate limit reached for {shown}; {when}", limit=exceeded[0],
+                                 retry_after=retry_after)
+    what = "spend budget" if exceeded == [BUDGET] else "spend budget and rate limit"
+    return BudgetExceeded(f"{what} reached for {shown}; {when}", limit=BUDGET, retry_after=retry_after)
+
+
+def _duration(seconds: int) -> str:
+    """``seconds`` for a person: "40 s", or "7260 s (2 h 1 min)" when that is long."""
+    if seconds < 120:
+        return f"{seconds} s"
+    hours, minutes = divmod(-(-seconds // 60), 60)
+    return f"{seconds} s ({hours} h {minutes} min)" if hours else f"{seconds} s ({minutes} min)"
 
 
 def share(limit: int, processes: int) -> int:
@@ -157,12 +200,13 @@ def share(limit: int, processes: int) -> int:
     return max(1, limit // processes) if limit else 0
 
 
-def _wait(buckets: dict[int, int], used: int, limit: int, now: float) -> float:
-    """Seconds until the oldest buckets age out far enough that ``used`` is under ``limit``."""
-    for second in sorted(buckets):
-        used -= buckets[second]
+def _wait(buckets: dict[int, int], used: int, limit: int, now: float, span: int = WINDOW, size: int = 1) -> float:
+    """Seconds until the oldest buckets (of ``size`` seconds, in a window of ``span``) age out far
+    enough that ``used`` is under ``limit``."""
+    for index in sorted(buckets):
+        used -= buckets[index]
         if used < limit:
-            return second + WINDOW - now
+            return index * size + span - now
     return 0.0
 
 
@@ -174,11 +218,13 @@ class MemoryRateLimiter:
         self._clock = clock
         self._requests: dict[str, dict[int, int]] = {}
         self._tokens: dict[str, dict[int, int]] = {}
+        self._spend: dict[str, dict[int, int]] = {}  # minute -> nano-dollars
         self._leases: dict[str, set[str]] = {}
 
-    def _used(self, counts: dict[str, dict[int, int]], client: str, now: float) -> tuple[int, dict[int, int]]:
-        oldest = int(now // 1) - WINDOW + 1
-        buckets = {second: n for second, n in counts.get(client, {}).items() if second >= oldest}
+    def _used(self, counts: dict[str, dict[int, int]], client: str, now: float, span: int = WINDOW,
+              size: int = 1) -> tuple[int, dict[int, int]]:
+        oldest = int(now // size) - span // size + 1
+        buckets = {index: n for index, n in counts.get(client, {}).items() if index >= oldest}
         counts[client] = buckets
         return sum(buckets.values()), buckets
 
@@ -202,6 +248,12 @@ class MemoryRateLimiter:
                 if used >= limit:
                     exceeded.append(name)
                     longest = max(longest, _wait(buckets, used, limit, now))
+        budget = share(nanos(limits.budget_usd_per_day), processes)
+        if budget:
+            spent, buckets = self._used(self._spend, client, now, DAY, DAY_BUCKET)
+            if spent >= budget:
+                exceeded.append(BUDGET)
+                longest = max(longest, _wait(buckets, spent, budget, now, DAY, DAY_BUCKET))
         if exceeded:
             raise refusal(exceeded, longest, limits)
         if limits.requests_per_minute:
@@ -213,51 +265,61 @@ class MemoryRateLimiter:
             leases.add(admission.lease)
         return admission
 
-    async def finish(self, admission: Admission, tokens: int) -> None:
-        self.finish_now(admission, tokens)
+    async def finish(self, admission: Admission, tokens: int, cost: float = 0.0) -> None:
+        self.finish_now(admission, tokens, cost)
 
-    def finish_now(self, admission: Admission, tokens: int) -> None:
+    def finish_now(self, admission: Admission, tokens: int, cost: float = 0.0) -> None:
         """:meth:`finish`, synchronously."""
         if admission.lease is not None:
             self._leases.get(admission.client, set()).discard(admission.lease)
+        now = self._clock()
         if admission.limits.tokens_per_minute and tokens > 0:
-            second = int(self._clock() // 1)
+            second = int(now // 1)
             buckets = self._tokens.setdefault(admission.client, {})
             buckets[second] = buckets.get(second, 0) + tokens
+        charge = nanos(cost)
+        if admission.limits.budget_usd_per_day and charge > 0:
+            minute = int(now // DAY_BUCKET)
+            buckets = self._spend.setdefault(admission.client, {})
+            buckets[minute] = buckets.get(minute, 0) + charge
 
     async def close(self) -> None:
         return None
 
 
-# KEYS: requests hash, tokens hash, leases zset.
-# ARGV: now, requests_per_minute, tokens_per_minute, concurrent_requests, lease id, lease expiry, window.
+# KEYS: requests hash, tokens hash, leases zset, spend hash.
+# ARGV: now, requests_per_minute, tokens_per_minute, concurrent_requests, lease id, lease expiry, window,
+#       budget (nano-dollars), day, day bucket (seconds).
 ADMIT = """
 local now = tonumber(ARGV[1])
 local window = tonumber(ARGV[7])
-local oldest = math.floor(now) - window + 1
 
-local function used(key)
+-- The total of the buckets of ``size`` seconds still inside the last ``span`` seconds (the
+-- others are deleted), and those buckets.
+local function used(key, span, size)
+  local oldest = math.floor(now / size) - span / size + 1
   local flat = redis.call('HGETALL', key)
   local total, live, dead = 0, {}, {}
   for i = 1, #flat, 2 do
-    local second = tonumber(flat[i])
-    if second < oldest then
+    local index = tonumber(flat[i])
+    if index < oldest then
       dead[#dead + 1] = flat[i]
     else
       local amount = tonumber(flat[i + 1])
       total = total + amount
-      live[#live + 1] = {second, amount}
+      live[#live + 1] = {index, amount}
     end
   end
   if #dead > 0 then redis.call('HDEL', key, unpack(dead)) end
   return total, live
 end
 
-local function wait(live, total, limit)
+-- Seconds until the oldest buckets age out far enough that ``total`` is under ``limit``.
+local function wait(live, total, limit, span, size)
   table.sort(live, function(a, b) return a[1] < b[1] end)
   for _, bucket in ipairs(live) do
     total = total - bucket[2]
-    if total < limit then return bucket[1] + window - now end
+    if total < limit then return bucket[1] * size + span - now end
   end
   return 0
 end
@@ -275,11 +337,20 @@ local names = {'requests_per_minute', 'tokens_per_minute'}
 for i = 1, 2 do
   local limit = tonumber(ARGV[1 + i])
   if limit > 0 then
-    local total, live = used(KEYS[i])
+    local total, live = used(KEYS[i], window, 1)
     if total >= limit then
       exceeded[#exceeded + 1] = names[i]
-      longest = math.max(longest, wait(live, total, limit))
+      longest = math.max(longest, wait(live, total, limit, window, 1))
     end
+  end
+end
+local budget = tonumber(ARGV[8])
+if budget > 0 then
+  local day, size = tonumber(ARGV[9]), tonumber(ARGV[10])
+  local total, live = used(KEYS[4], day, size)
+  if total >= budget then
+    exceeded[#exceeded + 1] = 'budget_usd_per_day'
+    longest = math.max(longest, wait(live, total, budget, day, size))
   end
 end
 if #exceeded > 0 then
@@ -296,18 +367,22 @@ end
 return {1}
 """
 
-# KEYS: tokens hash, leases zset. ARGV: now, tokens, lease id ('' for none), window.
+# KEYS: tokens hash, leases zset, spend hash.
+# ARGV: now, tokens, lease id ('' for none), window, spend (nano-dollars), day, day bucket (seconds).
 FINISH = """
+local now = tonumber(ARGV[1])
 if ARGV[3] ~= '' then redis.call('ZREM', KEYS[2], ARGV[3]) end
-local tokens = tonumber(ARGV[2])
-if tokens > 0 then
-  redis.call('HINCRBY', KEYS[1], string.format('%d', math.floor(tonumber(ARGV[1]))), tokens)
+if tonumber(ARGV[2]) > 0 then
+  redis.call('HINCRBY', KEYS[1], string.format('%d', math.floor(now)), ARGV[2])
   redis.call('EXPIRE', KEYS[1], tonumber(ARGV[4]) + 1)
+end
+if tonumber(ARGV[5]) > 0 then
+  local size = tonumber(ARGV[7])
+  redis.call('HINCRBY', KEYS[3], string.format('%d', math.floor(now / size)), ARGV[5])
+  redis.call('EXPIRE', KEYS[3], tonumber(ARGV[6]) + 2 * size)
 end
 return 1
 """
-
-
 
 
 class RedisRateLimiter:
@@ -355,9 +430,9 @@ class RedisRateLimiter:
             scripts = self._scripts[redis] = (redis.register_script(ADMIT), redis.register_script(FINISH))
         return scripts
 
-    def _keys(self, client: str) -> tuple[str, str, str]:
+    def _keys(self, client: str) -> tuple[str, str, str, str]:
         base = f"patchbay:{self.namespace}:limits:{{{client}}}:"  # one hash slot per client (Redis Cluster)
-        return base + "requests", base + "tokens", base + "leases"
+        return base + "requests", base + "tokens", base + "leases", base + "spend"
 
     async def admit(self, client: str, limits: RateLimits) -> Admission:
         async def remote() -> Admission | ClientRateLimited:
@@ -365,7 +440,8 @@ class RedisRateLimiter:
             now = self._clock()
             lease = uuid.uuid4().hex if limits.concurrent_requests else None
             args: list[EncodableT] = [repr(now), limits.requests_per_minute, limits.tokens_per_minute,
-                                      limits.concurrent_requests, lease or "", repr(now + self.lease_seconds), WINDOW]
+                                      limits.concurrent_requests, lease or "", repr(now + self.lease_seconds), WINDOW,
+                                      nanos(limits.budget_usd_per_day), DAY, DAY_BUCKET]
             admit, _ = self._loop_scripts()
             result = await admit(keys=list(self._keys(client)), args=args)
             if int(result[0]) != 1:  # returned, not raised: Redis did answer
@@ -394,23 +470,33 @@ class RedisRateLimiter:
             self._start_renewing()
         return outcome
 
-    async def finish(self, admission: Admission, tokens: int) -> None:
+    async def finish(self, admission: Admission, tokens: int, cost: float = 0.0) -> None:
         if admission.local:
             if self._link.degraded:  # else its counts were dropped with the rest when Redis came back
-                self._local.finish_now(admission, tokens)
+                self._local.finish_now(admission, tokens, cost)
             return
         if admission.lease is not None:
             self._held.pop(admission.lease, None)
         charge = tokens if admission.limits.tokens_per_minute and tokens > 0 else 0
-        if admission.lease is None and not charge:
+        spend = max(nanos(cost), 0) if admission.limits.budget_usd_per_day else 0
+        if admission.lease is None and not charge and not spend:
             return
-        _, tokens_key, leases = self._keys(admission.client)
+        _, tokens_key, leases, spend_key = self._keys(admission.client)
+
+        charged = False
 
         async def remote() -> None:
+            nonlocal charged
             _, finish = self._loop_scripts()
-            await finish(keys=[tokens_key, leases], args=[repr(self._clock()), charge, admission.lease or "", WINDOW])
+            await finish(keys=[tokens_key, leases, spend_key],
+                         args=[repr(self._clock()), charge, admission.lease or "", WINDOW, spend, DAY, DAY_BUCKET])
+            charged = True
 
-        await self._link.attempt(remote)  # on failure the lease expires by itself; the tokens go uncharged
+        await self._link.attempt(remote)
+        if not charged and (charge or spend):
+            # Redis failed: the lease expires by itself; the charges go to the counts enforced meanwhile.
+            self._local_used = True
+            self._local.finish_now(Admission(admission.client, admission.limits, local=True), charge, cost)
 
     def _start_renewing(self) -> None:
         if self._renewer is None or self._renewer.done():
