@@ -40,9 +40,11 @@ from patchbay.errors import (
     UpstreamError,
 )
 from patchbay.events import (
+    Charge,
     EventStream,
     Fallback,
     Finish,
+    Ledger,
     Logprobs,
     Mark,
     ProviderInfo,
@@ -109,8 +111,10 @@ __all__ = [
     "FirstByteTimeout",
     "IdleTimeout",
     "EventStream",
+    "Charge",
     "Fallback",
     "Finish",
+    "Ledger",
     "InvalidRequest",
     "Logprobs",
     "Mark",

@@ -379,7 +379,7 @@ async def test_the_endpoint_body_round_trips(openai_fake: OpenAIFake, encoding: 
     validate("CreateEmbeddingResponse", document)
     assert vectors == [OpenAIFake.vector("a", 8), OpenAIFake.vector("b", 8)]  # float32 both ways: exact
     assert (b"x-patchbay-provider", b"Fake") in head["headers"]
-    assert tokens == document["usage"]["prompt_tokens"]  # what the rate limits count
+    assert tokens.tokens == document["usage"]["prompt_tokens"]  # what the rate limits count
 
 
 async def _no_receive() -> dict[str, Any]:

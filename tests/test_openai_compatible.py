@@ -62,7 +62,7 @@ async def test_streaming_text_usage_and_finish(openai_fake: OpenAIFake, scenario
     assert "".join(e.text for e in events if isinstance(e, TextDelta)) == DEFAULT_ANSWER
     assert len([e for e in events if isinstance(e, TextDelta)]) > 1  # really streamed
     usage = openai_fake.usage(openai_fake.last_body, DEFAULT_ANSWER)
-    assert events[-2:] == [Usage(usage["prompt_tokens"], usage["completion_tokens"]), Finish("stop")]
+    assert events[-2:] == [Usage(usage["prompt_tokens"], usage["completion_tokens"], cost=0.0), Finish("stop")]
     body = openai_fake.last_body
     assert body["stream"] is True and body["stream_options"] == {"include_usage": True}
     assert body["model"] == "fake-small" and body["messages"] == HELLO

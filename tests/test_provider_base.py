@@ -67,7 +67,7 @@ async def test_event_stream_records_everything() -> None:
     events = [e async for e in stream]
     assert events[0] == ProviderInfo(provider="Scripted", model="m2")
     assert stream.text == "Hello wörld 🌍"
-    assert stream.usage == Usage(3, 4) and stream.usage.total_tokens == 7
+    assert stream.usage == Usage(3, 4, cost=0.0) and stream.usage.total_tokens == 7
     assert stream.finish_reason == "stop"
     assert Scripted.seen["flavour"] == "spicy"
 

@@ -172,6 +172,7 @@ def token(text: str, logprob: float) -> dict[str, Any]:
 ANSWERS = [(["Sunny", " skies"], "stop"), (["Rain", " again"], "length")]
 LOGPROBS = [[token(piece, -0.25 * (i + 1)) for i, piece in enumerate(pieces)] for pieces, _ in ANSWERS]
 USAGE = {"prompt_tokens": 11, "completion_tokens": 4, "total_tokens": 15}
+PRICED_USAGE = {**USAGE, "cost": 0.0}  # as patchbay answers it: the fake's model has no prices
 
 
 def whole_answer(order: Sequence[int]) -> bytes:
@@ -226,7 +227,7 @@ async def test_a_whole_answer_with_two_choices_and_logprobs(gateway: ASGIClient,
         assert choice["message"]["content"] == "".join(texts)
         assert choice["finish_reason"] == finish
         assert as_json(choice["logprobs"]["content"]) == as_json(LOGPROBS[index])
-    assert answer["usage"] == USAGE
+    assert answer["usage"] == PRICED_USAGE
 
 
 async def test_a_streamed_answer_with_two_choices_and_logprobs(gateway: ASGIClient, openai_fake: OpenAIFake) -> None:
@@ -250,7 +251,7 @@ async def test_a_streamed_answer_with_two_choices_and_logprobs(gateway: ASGIClie
         assert text[index] == "".join(texts)
         assert as_json(logprobs[index]) == as_json(LOGPROBS[index])
         assert finishes[index] == finish
-    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"] == USAGE
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"] == PRICED_USAGE
 
 
 async def test_the_provider_yields_each_choices_text_and_logprobs(openai_fake: OpenAIFake) -> None:

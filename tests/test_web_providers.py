@@ -208,7 +208,7 @@ def test_the_browser_profile_is_a_per_provider_config_option(tmp_path: Path) -> 
     assert aichatonline.impersonate is None
     assert Liaobots.impersonate == "chrome"  # the registered class is untouched
     for table, message in [('impersonate = "netscape4"', "no browser profile 'netscape4'"),
-                           ('base_url = "http://127.0.0.1:9"', "only impersonate can be set")]:
+                           ('base_url = "http://127.0.0.1:9"', "only impersonate, prices can be set")]:
         config.write_text(f"[providers.Liaobots]\n{table}\n")
         with pytest.raises(InvalidRequest, match=message):
             load_settings(config).provider_class("Liaobots")

@@ -604,6 +604,16 @@ def error_envelope(error: PatchbayError) -> dict[str, Any]:
 _STOP_REASONS = {"length": "max_tokens", "tool_calls": "tool_use", "content_filter": "refusal"}
 
 
+def _usage(usage: Usage | None) -> dict[str, Any]:
+    """The usage of a ``message_delta``: Anthropic's counts (zeros when unknown), plus patchbay's
+    ``cost`` in US dollars when the answer was priced."""
+    counts: dict[str, Any] = {"input_tokens": usage.prompt_tokens if usage else 0,
+                              "output_tokens": usage.completion_tokens if usage else 0}
+    if usage is not None and usage.cost is not None:
+        counts["cost"] = usage.cost
+    return counts
+
+
 @dataclass(slots=True)
 class _ToolBlock:
     """A tool call whose block is not started yet: its name has not come."""
@@ -690,8 +700,7 @@ class MessageRendering:
         frames.append(self._emit("message_delta", {
             "type": "message_delta",
             "delta": {"stop_reason": self._stop_reason(), "stop_sequence": self._stop_sequence()},
-            "usage": {"input_tokens": usage.prompt_tokens if usage else 0,
-                      "output_tokens": usage.completion_tokens if usage else 0},
+            "usage": _usage(usage),
         }))
         frames.append(self._emit("message_stop", {"type": "message_stop"}))
         return frames

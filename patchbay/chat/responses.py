@@ -700,10 +700,14 @@ class ResponseRendering:
     def usage(self) -> dict[str, Any]:
         """The usage in the Responses shape (zeros when the provider reported none)."""
         usage = self._usage or Usage(0, 0)
-        return {"input_tokens": usage.prompt_tokens, "output_tokens": usage.completion_tokens,
-                "total_tokens": usage.total_tokens,
-                "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
-                "output_tokens_details": {"reasoning_tokens": 0}}
+        shape: dict[str, Any] = {
+            "input_tokens": usage.prompt_tokens, "output_tokens": usage.completion_tokens,
+            "total_tokens": usage.total_tokens,
+            "input_tokens_details": {"cached_tokens": usage.cached_tokens, "cache_write_tokens": 0},
+            "output_tokens_details": {"reasoning_tokens": 0}}
+        if usage.cost is not None:
+            shape["cost"] = usage.cost  # patchbay's: US dollars, every attempt included
+        return shape
 
     def conversation(self) -> list[dict[str, Any]]:
         """The turns to store for ``previous_response_id``: the history, the input and the answer as

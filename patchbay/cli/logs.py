@@ -1,5 +1,6 @@
-"""``patchbay logs``: the request log, newest first; ``logs show ID`` for one exchange in full;
-``logs prune`` applies the retention settings (or ``--days``/``--max-bytes``) now."""
+"""``patchbay logs``: the request log, newest first (``--cost``: spend by key, provider and
+model); ``logs show ID`` for one exchange in full; ``logs prune`` applies the retention settings
+(or ``--days``/``--max-bytes``) now."""
 
 from __future__ import annotations
 
@@ -16,11 +17,27 @@ from patchbay.cli.output import seconds, table
 from patchbay.secrets import clip
 
 if TYPE_CHECKING:
-    from patchbay.requestlog import Exchange
+    from patchbay.requestlog import Exchange, Spend
 
 __all__ = ["COMMANDS", "logs"]
 
 PREVIEW = 40  # characters of prompt and answer in the list
+_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*\Z", re.IGNORECASE)
+_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+class Duration(click.ParamType):
+    """A time span back from now: ``90s``, ``30m``, ``24h``, ``7d``, ``2w``; converted to seconds."""
+
+    name = "duration"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        if isinstance(value, int | float):
+            return float(value)
+        found = _DURATION.match(str(value))
+        if not found:
+            self.fail(f"{value!r} is not a duration (examples: 30m, 24h, 7d)", param, ctx)
+        return float(found.group(1)) * _SECONDS[found.group(2).lower()]
 
 
 @click.group(invoke_without_command=True)
@@ -29,17 +46,27 @@ PREVIEW = 40  # characters of prompt and answer in the list
 @click.option("-q", "--query", default=None, metavar="TEXT",
               help="Only exchanges whose messages or answer contain TEXT.")
 @click.option("--conversation", "conversation_id", default=None, metavar="ID", help="Only conversation ID.")
+@click.option("--since", type=Duration(), default=None, metavar="DURATION",
+              help="Only exchanges of the last DURATION (30m, 24h, 7d...).")
+@click.option("--cost", "by_cost", is_flag=True,
+              help="Sum the cost (US dollars) and tokens by API key, provider and model instead.")
 @json_option
 @config_option
 @verbose_option
 @click.pass_context
-def logs(ctx: click.Context, count: int, query: str | None, conversation_id: str | None, as_json: bool,
-         config_path: str | None, verbose: bool) -> None:
+def logs(ctx: click.Context, count: int, query: str | None, conversation_id: str | None, since: float | None,
+         by_cost: bool, as_json: bool, config_path: str | None, verbose: bool) -> None:
     """Show the request log: every exchange from the CLI, the server and the library."""
     if ctx.invoked_subcommand is not None:
         return
+    start = None if since is None else time.time() - since
+    if by_cost:
+        with reported(verbose):
+            _show_spend(_read(config_path, lambda log: log.spend(start)), as_json)
+        return
     with reported(verbose):
-        exchanges = _read(config_path, lambda log: log.latest(count, query=query, conversation_id=conversation_id))
+        exchanges = _read(config_path, lambda log: log.latest(count, query=query, conversation_id=conversation_id,
+                                                              since=start))
     if as_json:
         click.echo(json.dumps([e.to_dict() for e in exchanges], indent=2, ensure_ascii=False))
         return
@@ -49,6 +76,28 @@ def logs(ctx: click.Context, count: int, query: str | None, conversation_id: str
     table(["id", "time", "model", "prompt", "answer", "latency"],
           [[str(e.id), _when(e.time), _who(e), _preview(e.prompt), _preview(_outcome(e)), seconds(e.latency)]
            for e in exchanges], flexible=("model", "prompt", "answer"))
+
+
+def _show_spend(rows: list[Spend], as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps([{"key": r.key, "provider": r.provider, "model": r.model, "requests": r.requests,
+                                "prompt_tokens": r.prompt_tokens, "completion_tokens": r.completion_tokens,
+                                "cost": r.cost, "cache_hits": r.cache_hits} for r in rows], indent=2))
+        return
+    if not rows:
+        click.echo("No exchanges logged in that time.", err=True)
+        return
+    lines = [[r.key or "-", r.provider or "-", r.model or "-", str(r.requests), f"{r.prompt_tokens:,}",
+              f"{r.completion_tokens:,}", str(r.cache_hits), _dollars(r.cost)] for r in rows]
+    lines.append(["total", "", "", str(sum(r.requests for r in rows)), f"{sum(r.prompt_tokens for r in rows):,}",
+                  f"{sum(r.completion_tokens for r in rows):,}", str(sum(r.cache_hits for r in rows)),
+                  _dollars(sum(r.cost for r in rows))])
+    table(["key", "provider", "model", "requests", "prompt tokens", "completion tokens", "cache hits", "cost (USD)"],
+          lines, flexible=("provider", "model"))
+
+
+def _dollars(amount: float) -> str:
+    return f"${amount:,.6f}" if amount < 1 else f"${amount:,.2f}"
 
 
 @logs.command()
@@ -71,7 +120,9 @@ def show(exchange_id: int, as_json: bool, config_path: str | None, verbose: bool
         ("id", str(found.id)), ("time", _when(found.time)), ("source", found.source),
         ("conversation", found.conversation_id or "-"), ("requested model", found.requested_model or "-"),
         ("answered by", _who(found)), ("status", str(found.status) if found.status is not None else "-"),
-        ("finish reason", found.finish_reason or "-"), ("usage", usage), ("latency", seconds(found.latency)),
+        ("finish reason", found.finish_reason or "-"), ("usage", usage),
+        ("cost", "-" if found.cost is None else _dollars(found.cost)), ("key", found.key or "-"),
+        ("cache", found.cache or "-"), ("latency", seconds(found.latency)),
         ("first token", seconds(found.ttft)), ("error", found.error or "-"),
         ("options", json.dumps(found.options) if found.options else "-"),
     ]
@@ -161,6 +212,9 @@ class _Empty:
 
     def get(self, exchange_id: int) -> None:
         return None
+
+    def spend(self, since: float | None = None) -> list[Spend]:
+        return []
 
 
 def _when(moment: float) -> str:

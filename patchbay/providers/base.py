@@ -413,6 +413,8 @@ async def _guarded(provider: str, model: str, source: AsyncIterator[StreamEvent]
         else:
             async for event in source:
                 yield meter.priced(event) if type(event) is Usage else event
+            if not meter.charged:
+                yield meter.estimate()
     except PatchbayError as exc:
         exc.with_context(provider=provider, model=model)
         if transcript.since(mark) and not isinstance(exc, StreamInterrupted):

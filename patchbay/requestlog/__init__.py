@@ -19,12 +19,13 @@ import os
 import threading
 from pathlib import Path
 
-from patchbay.requestlog.store import Exchange, ProviderCheck, RequestLog, describe_error
+from patchbay.requestlog.store import Exchange, ProviderCheck, RequestLog, Spend, describe_error
 
 __all__ = [
     "Exchange",
     "ProviderCheck",
     "RequestLog",
+    "Spend",
     "active",
     "data_dir",
     "default_path",

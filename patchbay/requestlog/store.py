@@ -50,7 +50,7 @@ from patchbay.events import EventStream
 from patchbay.requestlog.migrations import migrate
 from patchbay.secrets import clip, redact, redact_json
 
-__all__ = ["Exchange", "ProviderCheck", "RequestLog", "describe_error", "prune_database"]
+__all__ = ["Exchange", "ProviderCheck", "RequestLog", "Spend", "describe_error", "prune_database"]
 
 log = logging.getLogger("patchbay.requestlog")
 
@@ -124,6 +124,21 @@ class Exchange:
     def to_dict(self) -> dict[str, Any]:
         """Plain data for JSON output."""
         return msgspec.to_builtins(asdict(self))  # type: ignore[no-any-return]
+
+
+@dataclass(frozen=True, slots=True)
+class Spend:
+    """The exchanges of one API key, provider and model: how many, their tokens and their cost
+    (US dollars); ``key`` None for exchanges not made through the server."""
+
+    key: str | None
+    provider: str | None
+    model: str | None
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+    cost: float
+    cache_hits: int
 
 
 @dataclass(slots=True)
@@ -494,11 +509,15 @@ class RequestLog:
         return self._reader
 
     def latest(self, count: int = 10, *, query: str | None = None,
-               conversation_id: str | None = None) -> list[Exchange]:
+               conversation_id: str | None = None, since: float | None = None) -> list[Exchange]:
         """The newest ``count`` exchanges (all when 0), newest first; ``query`` searches the text
-        of the messages and the response (case-insensitive)."""
+        of the messages and the response (case-insensitive); ``since``: started at or after that
+        Unix time."""
         where: list[str] = []
         args: list[Any] = []
+        if since is not None:
+            where.append("time >= ?")
+            args.append(since)
         if query:
             pattern = "%" + query.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
             where.append("(messages LIKE ? ESCAPE '\\' OR response LIKE ? ESCAPE '\\')")
@@ -535,6 +554,19 @@ class RequestLog:
     def count(self) -> int:
         """How many exchanges are stored."""
         return int(self._db().execute("SELECT count(*) FROM exchanges").fetchone()[0])
+
+    def spend(self, since: float | None = None) -> list[Spend]:
+        """What the exchanges since ``since`` (Unix time; None: all) cost, summed by API key,
+        provider and model, the most expensive first."""
+        sql = ("SELECT key, provider, model, count(*), sum(coalesce(prompt_tokens, 0)), "
+               "sum(coalesce(completion_tokens, 0)), sum(coalesce(cost, 0)), sum(cache = 'hit') FROM exchanges")
+        args: list[Any] = []
+        if since is not None:
+            sql += " WHERE time >= ?"
+            args.append(since)
+        sql += " GROUP BY key, provider, model ORDER BY 7 DESC, 4 DESC"
+        return [Spend(key, provider, model, requests, prompt, completion, cost, hits or 0)
+                for key, provider, model, requests, prompt, completion, cost, hits in self._db().execute(sql, args)]
 
     def latest_checks(self) -> dict[str, ProviderCheck]:
         """The last check of each provider, by provider name."""
