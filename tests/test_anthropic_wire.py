@@ -751,7 +751,7 @@ def _instance(cls: type[PatchbayError]) -> PatchbayError:
     }
     if cls in makers:
         return makers[cls]()
-    if cls.__name__ == "ClientRateLimited":
+    if cls.__name__ in ("ClientRateLimited", "BudgetExceeded"):
         return cls("over", limit="rpm", retry_after=1.0)  # type: ignore[call-arg]
     return cls("x")
 

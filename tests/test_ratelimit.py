@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -203,15 +204,55 @@ async def test_spend_is_kept_in_redis_as_nano_dollars_by_minute_and_expires(redi
     clock.now += DAY_BUCKET
     await limiter.finish(await limiter.admit("name:alice", limits), 0, 1e-9 / 3)  # rounds to nothing
     key = "patchbay:ns:limits:{name:alice}:spend"
+    minute = str(1_000 // DAY_BUCKET)
     with redis.Redis.from_url(redis_url, socket_timeout=5, decode_responses=True) as raw:
         assert sorted(raw.keys("*")) == [key]
-        assert raw.hgetall(key) == {str(1_000 // DAY_BUCKET): str(nanos(0.1) + nanos(0.2))}
+        total = str(nanos(0.1) + nanos(0.2))
+        assert raw.hgetall(key) == {minute: total, "total": total, "since": minute}
         assert DAY < raw.ttl(key) <= DAY + 2 * DAY_BUCKET
     clock.now = 960 + DAY  # a check drops the buckets that left the window
     await limiter.admit("name:alice", limits)
     with redis.Redis.from_url(redis_url, socket_timeout=5, decode_responses=True) as raw:
-        assert raw.hgetall(key) == {}
+        assert raw.hgetall(key) == {"total": "0", "since": str(int(minute) + 1)}
     await limiter.close()
+
+
+async def test_spend_left_untouched_for_days_is_gone(limiter: RateLimiter, clock: Clock) -> None:
+    limits = RateLimits(budget_usd_per_day=1.0)
+    for _ in range(3):
+        await limiter.finish(await limiter.admit("a", limits), 0, 0.4)
+    clock.now += 3 * DAY  # (Redis's key expiry follows the real clock: the hash is still there)
+    await limiter.finish(await limiter.admit("a", limits), 0, 0.6)
+    clock.now += 7_200
+    await limiter.finish(await limiter.admit("a", limits), 0, 0.6)  # 0.6 < 1.0: the 1.2 of before is gone
+    error = await refused(limiter.admit("a", limits))
+    assert error.retry_after == pytest.approx(DAY - 7_200 - 40)  # the 0.6 of minute 960 + 3 days
+
+
+async def test_both_limiters_agree_on_a_long_day(redis_url: str, clock: Clock) -> None:
+    """Hundreds of requests of random costs over two days: the same admissions and waits in memory
+    and through Redis, every wait ending at a minute's end plus 24 hours."""
+    shared = RedisRateLimiter(redis_url, clock=clock)
+    memory = MemoryRateLimiter(clock=clock)
+    limits = RateLimits(budget_usd_per_day=0.5)
+    rng = random.Random(16)
+    outcomes: dict[str, list[float]] = {"memory": [], "redis": []}
+    for _ in range(600):
+        clock.now += rng.choice([1.0, 7.5, 59.0, 300.0, 1_800.0, 5_000.0])
+        cost = rng.choice([0.0, 1e-7, 0.003, 0.01, 0.07])
+        for name, limiter in (("memory", memory), ("redis", shared)):
+            try:
+                admission = await limiter.admit("a", limits)
+            except BudgetExceeded as error:
+                assert error.retry_after is not None
+                outcomes[name].append(error.retry_after)
+                assert (clock.now + error.retry_after) % DAY_BUCKET == pytest.approx(0, abs=1e-6)
+            else:
+                outcomes[name].append(0.0)
+                await limiter.finish(admission, 0, cost)
+    assert outcomes["memory"] == pytest.approx(outcomes["redis"])
+    assert 100 < outcomes["memory"].count(0.0) < 500  # both admissions and refusals were tested
+    await shared.close()
 
 
 async def test_the_budget_is_shared_out_while_redis_is_down(unused_tcp_port: int, clock: Clock) -> None:

@@ -42,10 +42,15 @@ in Redis, shared by every process using the same server and namespace (the route
     patchbay:{namespace}:limits:{<client>}:tokens     hash   second -> tokens charged in it
     patchbay:{namespace}:limits:{<client>}:leases     zset   one member per request in flight,
                                                              scored by when its lease expires
-    patchbay:{namespace}:limits:{<client>}:spend      hash   minute -> nano-dollars charged in it
+    patchbay:{namespace}:limits:{<client>}:spend      hash   minute -> nano-dollars charged in it,
+                                                             total -> their sum, since -> no
+                                                             minute before it is held
 
 Every key expires a little after its window (the spend hash 24 hours and 2 minutes after its
-last charge), and each check deletes the buckets that have left the window.
+last charge), and each check deletes the buckets that have left the window. A budget check
+reads the spend hash's total and deletes only the minutes that left the window since the last
+check (a full day of minutes costs no more than an empty one); a refusal reads the minutes from
+the oldest on until enough would have aged out.
 
 ``<client>`` is ``name:<name>`` for a named key and ``key:<fingerprint>`` (16 hex digits of its
 SHA-256) for a plain one: never the key. Each check and each finish is one Lua script, so
@@ -77,6 +82,7 @@ import logging
 import math
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -200,14 +206,47 @@ def share(limit: int, processes: int) -> int:
     return max(1, limit // processes) if limit else 0
 
 
-def _wait(buckets: dict[int, int], used: int, limit: int, now: float, span: int = WINDOW, size: int = 1) -> float:
-    """Seconds until the oldest buckets (of ``size`` seconds, in a window of ``span``) age out far
-    enough that ``used`` is under ``limit``."""
-    for index in sorted(buckets):
-        used -= buckets[index]
+def _wait(buckets: dict[int, int], used: int, limit: int, now: float) -> float:
+    """Seconds until the oldest buckets age out far enough that ``used`` is under ``limit``."""
+    for second in sorted(buckets):
+        used -= buckets[second]
         if used < limit:
-            return index * size + span - now
+            return second + WINDOW - now
     return 0.0
+
+
+class _Spend:
+    """One client's spend in the day's window: ``[minute, nano-dollars]`` buckets, oldest first,
+    and their total, so a check only drops the minutes that have left the window."""
+
+    __slots__ = ("buckets", "total")
+
+    def __init__(self) -> None:
+        self.buckets: deque[list[int]] = deque()
+        self.total = 0
+
+    def used(self, now: float) -> int:
+        oldest = int(now // DAY_BUCKET) - DAY // DAY_BUCKET + 1
+        while self.buckets and self.buckets[0][0] < oldest:
+            self.total -= self.buckets.popleft()[1]
+        return self.total
+
+    def add(self, now: float, amount: int) -> None:
+        minute = int(now // DAY_BUCKET)
+        if self.buckets and self.buckets[-1][0] >= minute:  # the same minute (or a clock set back)
+            self.buckets[-1][1] += amount
+        else:
+            self.buckets.append([minute, amount])
+        self.total += amount
+
+    def wait(self, limit: int, now: float) -> float:
+        """Seconds until enough of the oldest minutes age out for the rest to be under ``limit``."""
+        used = self.total
+        for minute, amount in self.buckets:
+            used -= amount
+            if used < limit:
+                return minute * DAY_BUCKET + DAY - now
+        return 0.0
 
 
 class MemoryRateLimiter:
@@ -218,13 +257,12 @@ class MemoryRateLimiter:
         self._clock = clock
         self._requests: dict[str, dict[int, int]] = {}
         self._tokens: dict[str, dict[int, int]] = {}
-        self._spend: dict[str, dict[int, int]] = {}  # minute -> nano-dollars
+        self._spend: dict[str, _Spend] = {}
         self._leases: dict[str, set[str]] = {}
 
-    def _used(self, counts: dict[str, dict[int, int]], client: str, now: float, span: int = WINDOW,
-              size: int = 1) -> tuple[int, dict[int, int]]:
-        oldest = int(now // size) - span // size + 1
-        buckets = {index: n for index, n in counts.get(client, {}).items() if index >= oldest}
+    def _used(self, counts: dict[str, dict[int, int]], client: str, now: float) -> tuple[int, dict[int, int]]:
+        oldest = int(now // 1) - WINDOW + 1
+        buckets = {second: n for second, n in counts.get(client, {}).items() if second >= oldest}
         counts[client] = buckets
         return sum(buckets.values()), buckets
 
@@ -250,10 +288,10 @@ class MemoryRateLimiter:
                     longest = max(longest, _wait(buckets, used, limit, now))
         budget = share(nanos(limits.budget_usd_per_day), processes)
         if budget:
-            spent, buckets = self._used(self._spend, client, now, DAY, DAY_BUCKET)
-            if spent >= budget:
+            spend = self._spend.setdefault(client, _Spend())
+            if spend.used(now) >= budget:
                 exceeded.append(BUDGET)
-                longest = max(longest, _wait(buckets, spent, budget, now, DAY, DAY_BUCKET))
+                longest = max(longest, spend.wait(budget, now))
         if exceeded:
             raise refusal(exceeded, longest, limits)
         if limits.requests_per_minute:
@@ -279,9 +317,7 @@ class MemoryRateLimiter:
             buckets[second] = buckets.get(second, 0) + tokens
         charge = nanos(cost)
         if admission.limits.budget_usd_per_day and charge > 0:
-            minute = int(now // DAY_BUCKET)
-            buckets = self._spend.setdefault(admission.client, {})
-            buckets[minute] = buckets.get(minute, 0) + charge
+            self._spend.setdefault(admission.client, _Spend()).add(now, charge)
 
     async def close(self) -> None:
         return None
@@ -293,33 +329,84 @@ class MemoryRateLimiter:
 ADMIT = """
 local now = tonumber(ARGV[1])
 local window = tonumber(ARGV[7])
+local oldest = math.floor(now) - window + 1
 
--- The total of the buckets of ``size`` seconds still inside the last ``span`` seconds (the
--- others are deleted), and those buckets.
-local function used(key, span, size)
-  local oldest = math.floor(now / size) - span / size + 1
+local function used(key)
   local flat = redis.call('HGETALL', key)
   local total, live, dead = 0, {}, {}
   for i = 1, #flat, 2 do
-    local index = tonumber(flat[i])
-    if index < oldest then
+    local second = tonumber(flat[i])
+    if second < oldest then
       dead[#dead + 1] = flat[i]
     else
       local amount = tonumber(flat[i + 1])
       total = total + amount
-      live[#live + 1] = {index, amount}
+      live[#live + 1] = {second, amount}
     end
   end
   if #dead > 0 then redis.call('HDEL', key, unpack(dead)) end
   return total, live
 end
 
--- Seconds until the oldest buckets age out far enough that ``total`` is under ``limit``.
-local function wait(live, total, limit, span, size)
+local function wait(live, total, limit)
   table.sort(live, function(a, b) return a[1] < b[1] end)
   for _, bucket in ipairs(live) do
     total = total - bucket[2]
-    if total < limit then return bucket[1] * size + span - now end
+    if total < limit then return bucket[1] + window - now end
+  end
+  return 0
+end
+
+local function minutes(first, last)
+  local names = {}
+  for minute = first, last do names[#names + 1] = string.format('%d', minute) end
+  return names
+end
+
+-- The spend hash holds minute -> nano-dollars, 'total' (their sum) and 'since' (no minute before
+-- it is held): a check drops only the minutes that left the window since the one before.
+local function spent(key, day, size)
+  local first = math.floor(now / size) - day / size + 1
+  local meta = redis.call('HMGET', key, 'total', 'since')
+  local total, since = tonumber(meta[1]) or 0, tonumber(meta[2])
+  if since == nil or since >= first then return total, since or first end
+  if first - since <= day / size then
+    local dead = minutes(since, first - 1)
+    for _, amount in ipairs(redis.call('HMGET', key, unpack(dead))) do total = total - (tonumber(amount) or 0) end
+    redis.call('HDEL', key, unpack(dead))
+  else  -- untouched for over a day (the key outlives its charges): count what is left
+    local flat = redis.call('HGETALL', key)
+    local dead = {}
+    total = 0
+    for i = 1, #flat, 2 do
+      local minute = tonumber(flat[i])
+      if minute ~= nil and minute < first then dead[#dead + 1] = flat[i]
+      elseif minute ~= nil then total = total + tonumber(flat[i + 1]) end
+    end
+    if #dead > 0 then redis.call('HDEL', key, unpack(dead)) end
+  end
+  redis.call('HSET', key, 'total', string.format('%.0f', total), 'since', string.format('%d', first))
+  return total, first
+end
+
+-- Seconds until enough of the oldest minutes age out for the spend to be under the budget (read
+-- an hour at a time, from 'since' to a little past this minute: another host's clock may be ahead).
+-- 'since' moves up to the oldest minute found, so the next refusal starts there.
+local function spend_wait(key, total, budget, since, day, size)
+  local last = math.floor(now / size) + 60
+  local start, found = since, false
+  while start <= last do
+    local amounts = redis.call('HMGET', key, unpack(minutes(start, math.min(start + 59, last))))
+    for i, amount in ipairs(amounts) do
+      local minute = start + i - 1
+      if amount and not found then
+        found = true
+        if minute > since then redis.call('HSET', key, 'since', string.format('%d', minute)) end
+      end
+      total = total - (tonumber(amount) or 0)
+      if total < budget then return minute * size + day - now end
+    end
+    start = start + 60
   end
   return 0
 end
@@ -337,20 +424,20 @@ local names = {'requests_per_minute', 'tokens_per_minute'}
 for i = 1, 2 do
   local limit = tonumber(ARGV[1 + i])
   if limit > 0 then
-    local total, live = used(KEYS[i], window, 1)
+    local total, live = used(KEYS[i])
     if total >= limit then
       exceeded[#exceeded + 1] = names[i]
-      longest = math.max(longest, wait(live, total, limit, window, 1))
+      longest = math.max(longest, wait(live, total, limit))
     end
   end
 end
 local budget = tonumber(ARGV[8])
 if budget > 0 then
   local day, size = tonumber(ARGV[9]), tonumber(ARGV[10])
-  local total, live = used(KEYS[4], day, size)
+  local total, since = spent(KEYS[4], day, size)
   if total >= budget then
     exceeded[#exceeded + 1] = 'budget_usd_per_day'
-    longest = math.max(longest, wait(live, total, budget, day, size))
+    longest = math.max(longest, spend_wait(KEYS[4], total, budget, since, day, size))
   end
 end
 if #exceeded > 0 then
@@ -378,7 +465,11 @@ if tonumber(ARGV[2]) > 0 then
 end
 if tonumber(ARGV[5]) > 0 then
   local size = tonumber(ARGV[7])
-  redis.call('HINCRBY', KEYS[3], string.format('%d', math.floor(now / size)), ARGV[5])
+  local minute = math.floor(now / size)
+  redis.call('HINCRBY', KEYS[3], string.format('%d', minute), ARGV[5])
+  redis.call('HINCRBY', KEYS[3], 'total', ARGV[5])
+  local since = tonumber(redis.call('HGET', KEYS[3], 'since'))
+  if since == nil or minute < since then redis.call('HSET', KEYS[3], 'since', string.format('%d', minute)) end
   redis.call('EXPIRE', KEYS[3], tonumber(ARGV[6]) + 2 * size)
 end
 return 1
