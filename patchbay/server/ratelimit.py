@@ -6,7 +6,8 @@ is routed, :meth:`RateLimiter.admit` checks every limit the client has, and eith
 request in or raises :class:`~patchbay.errors.ClientRateLimited` (429, with ``retry_after``;
 :class:`~patchbay.errors.BudgetExceeded`, code ``budget_exceeded``, when the spend budget is among
 the limits reached); when the request ends, :meth:`RateLimiter.finish` frees its concurrency slot
-and charges its tokens and its cost.
+and charges its tokens and its cost. The gateway holds back the last part of each answer until
+then, so a client's next request, to any process, finds the one before counted.
 
 Semantics, the same for both implementations:
 
