@@ -10,6 +10,12 @@ Stopping: SIGTERM (what an orchestrator sends) first makes ``/ready`` answer 503
 ``[server] shutdown_delay`` seconds while everything is still served, so a load balancer takes the
 instance out before its socket closes; then uvicorn stops accepting and lets requests in flight
 finish. SIGINT (Ctrl-C) skips the delay.
+
+Metrics with workers: the supervisor makes a fresh private directory for prometheus-client's
+multiprocess files and names it in ``PROMETHEUS_MULTIPROC_DIR`` before any worker starts (a worker
+is a new interpreter, so the library sees it when first imported there); any worker then answers
+``/metrics`` for all of them (:mod:`patchbay.server.metrics`). A worker that dies or is replaced is
+marked dead (its live gauges go, its counts stay); the directory is removed when the server stops.
 """
 
 from __future__ import annotations
@@ -19,9 +25,11 @@ import ipaddress
 import logging
 import os
 import resource
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 import threading
 from collections.abc import Callable
 from types import FrameType
@@ -31,6 +39,7 @@ from patchbay.errors import InvalidRequest
 from patchbay.secrets import RedactingFilter
 from patchbay.server.app import Gateway, create_app
 from patchbay.server.asgi import REQUEST_ID
+from patchbay.server.metrics import MULTIPROC_DIR_ENV
 from patchbay.settings import Settings
 
 __all__ = ["LOG_FORMAT", "RequestIdFilter", "ShutdownDelay", "check_bind", "configure_logging", "is_loopback",
@@ -180,11 +189,33 @@ def worker_app() -> Gateway:
     return app
 
 
+def _supervisor(config: Any, sock: socket.socket, metrics_dir: str) -> Any:
+    """uvicorn's worker supervisor, which also tells prometheus-client about every worker it has
+    seen go (died and restarted, retired by SIGHUP or SIGTTOU)."""
+    from prometheus_client.multiprocess import mark_process_dead
+    from uvicorn.supervisors import Multiprocess
+
+    class Supervisor(Multiprocess):
+        def keep_subprocess_alive(self) -> None:
+            self._forgetting(super().keep_subprocess_alive)
+
+        def handle_signals(self) -> None:
+            self._forgetting(super().handle_signals)
+
+        def _forgetting(self, step: Callable[[], None]) -> None:
+            before = {process.pid for process in self.processes}
+            step()
+            for pid in before - {process.pid for process in self.processes}:
+                if pid is not None:
+                    mark_process_dead(pid, metrics_dir)
+
+    return Supervisor(config, sockets=[sock])
+
+
 def serve(settings: Settings, sock: socket.socket | None = None) -> None:
     """Serve on ``sock`` (bound by :func:`listen` when not given) until interrupted (blocks).
     Exits with status 1 when the server could not start."""
     import uvicorn
-    from uvicorn.supervisors import Multiprocess
 
     from patchbay.server.protocol import DESCRIPTOR_RESERVE, LimitedHttpProtocol, Limits
 
@@ -212,9 +243,12 @@ def serve(settings: Settings, sock: socket.socket | None = None) -> None:
     log.info("patchbay running on http://%s:%d with %d worker(s)%s", shown, port, server.workers,
              "; the chat page is at /" if server.web_ui else "")
     started = True
+    metrics_dir = tempfile.mkdtemp(prefix="patchbay-metrics-") if server.workers > 1 else None
+    if metrics_dir is not None:
+        os.environ[MULTIPROC_DIR_ENV] = metrics_dir  # before the workers start: they inherit it
     try:
-        if server.workers > 1:
-            Multiprocess(config, sockets=[sock]).run()
+        if metrics_dir is not None:
+            _supervisor(config, sock, metrics_dir).run()
         else:
             single = uvicorn.Server(config)
             single.run(sockets=[sock])
@@ -225,5 +259,8 @@ def serve(settings: Settings, sock: socket.socket | None = None) -> None:
         started = exit_.code in (0, None)
     finally:
         sock.close()
+        if metrics_dir is not None:
+            os.environ.pop(MULTIPROC_DIR_ENV, None)
+            shutil.rmtree(metrics_dir, ignore_errors=True)
     if not started:
         sys.exit(1)
