@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ pytestmark = [pytest.mark.process]
 
 BOUND = 60.0  # seconds any one wait below may take on a busy machine
 MAX_REQUESTS = 400  # sent until both workers served some; the kernel shares new connections out
+Samples = dict[str, list[tuple[dict[str, str], float]]]  # name: (labels, value) of each sample
 BODY = {"model": "small", "messages": [{"role": "user", "content": "Hello"}]}
 
 
@@ -71,25 +72,49 @@ def own_requests(directory: Path, pid: int) -> float:
                for sample in family.samples if sample.name == "patchbay_requests_total")
 
 
-async def scrape(http: aiohttp.ClientSession, gateway: GatewayProcess) -> dict[str, list[tuple[dict[str, str], float]]]:
+async def scrape(http: aiohttp.ClientSession, gateway: GatewayProcess) -> Samples:
     async with http.get(f"{gateway.base_url}/metrics") as response:
         assert response.status == 200
         text = await response.text()
     assert 'patchbay_requests_total{provider="fake",model="fake-small",status="200"} ' in text  # declared order
-    samples: dict[str, list[tuple[dict[str, str], float]]] = {}
+    samples: Samples = {}
     for family in text_string_to_metric_families(text):  # valid Prometheus text, or this raises
         for sample in family.samples:
             samples.setdefault(sample.name, []).append((sample.labels, sample.value))
     return samples
 
 
-def total(samples: dict[str, list[tuple[dict[str, str], float]]], name: str) -> float:
+def total(samples: Samples, name: str) -> float:
     return sum(value for _, value in samples.get(name, []))
 
 
 async def chat(http: aiohttp.ClientSession, gateway: GatewayProcess) -> None:
     async with http.post(f"{gateway.api_base}/chat/completions", json=BODY) as response:
         assert response.status == 200, await response.text()
+
+
+def live(samples: Samples) -> set[str]:
+    """The workers with per-process series."""
+    return {labels["pid"] for labels, _ in samples.get("process_open_fds", [])}
+
+
+async def until(http: aiohttp.ClientSession, gateway: GatewayProcess, done: Callable[[Samples], bool]) -> Samples:
+    """Scrape until ``done`` holds of what ``/metrics`` says (bounded by BOUND); the last scrape."""
+    async with asyncio.timeout(BOUND):
+        while not done(samples := await scrape(http, gateway)):
+            await asyncio.sleep(0.05)  # the next look; bounded by BOUND
+    return samples
+
+
+async def until_written(http: aiohttp.ClientSession, gateway: GatewayProcess, count: int) -> None:
+    """Until the request log records written, summed over the workers, are ``count`` (every
+    worker adds what its writer counted once a second)."""
+    def written(samples: Samples) -> bool:
+        value = sum(value for labels, value in samples.get("patchbay_request_log_records_total", [])
+                    if labels["outcome"] == "written")
+        assert value <= count
+        return value == count
+    await until(http, gateway, written)
 
 
 async def until_started(gateway: GatewayProcess, count: int) -> None:
@@ -118,9 +143,11 @@ async def test_one_metrics_sums_the_workers_and_keeps_a_replaced_workers_counts(
             samples = await scrape(http, gateway)
             assert total(samples, "patchbay_requests_total") == sent
             assert total(samples, "patchbay_request_duration_seconds_count") == sent
-            assert total(samples, "patchbay_requests_in_flight") == 0
             assert {labels["pid"] for labels, _ in samples["process_open_fds"]} <= {str(pid) for pid in pids}
+        # summed over the live workers; a worker counts a request out just after answering it
+        await until(http, gateway, lambda samples: total(samples, "patchbay_requests_in_flight") == 0)
 
+        await until_written(http, gateway, sent)  # each worker's writer counts its own records
         killed = next(iter(pids))
         os.kill(killed, signal.SIGKILL)
         await until_started(gateway, 3)  # the supervisor started a replacement
@@ -129,13 +156,9 @@ async def test_one_metrics_sums_the_workers_and_keeps_a_replaced_workers_counts(
 
         for _ in range(5):
             await chat(http, gateway)
-        async with asyncio.timeout(BOUND):  # the survivor and the new worker refresh once a second
-            while True:
-                samples = await scrape(http, gateway)
-                live = {labels["pid"] for labels, _ in samples.get("process_open_fds", [])}
-                if live == {str(pid) for pid in replaced}:
-                    break
-                await asyncio.sleep(0.05)  # the next look; bounded by BOUND
+        # the survivor and the new worker refresh their per-process series once a second
+        samples = await until(http, gateway, lambda samples: live(samples) == {str(pid) for pid in replaced})
         assert total(samples, "patchbay_requests_total") == sent + 5  # the killed worker's counts stay
-        assert str(killed) not in live  # its per-process series went with it
+        assert str(killed) not in live(samples)  # its per-process series went with it
+        await until_written(http, gateway, sent + 5)
     assert not directory.exists()  # removed when the server stopped
