@@ -1,13 +1,15 @@
 """Gateway settings: one TOML file, every option also an environment variable.
 
 The file (``--config``, ``$PATCHBAY_CONFIG``, else ``config.toml`` in the config directory when it
-exists) has five tables::
+exists) has seven tables::
 
     [server]                       # PATCHBAY_<OPTION>, e.g. PATCHBAY_PORT=9000
     [router]                       # PATCHBAY_ROUTER_<OPTION>, e.g. PATCHBAY_ROUTER_STRATEGY=shuffle
     [providers.<name>]             # OpenAI-compatible services: base_url or preset, api_key_env, ...
     [routes]                       # public model name -> ["provider/model", ...]
     [limits]                       # per API key: PATCHBAY_LIMITS_<OPTION>; [limits.<name>] per named key
+    [tracing]                      # OpenTelemetry traces (the patchbay[otel] extra): PATCHBAY_TRACING_<OPTION>
+    [cache]                        # the response cache (off by default): PATCHBAY_CACHE_<OPTION>
 
 Precedence: command-line flag, then environment variable, then file, then default. Credentials
 are never written in the file, only the names of the variables that hold them. With no file and
@@ -34,8 +36,8 @@ if TYPE_CHECKING:
     from patchbay.providers.base import AsyncGeneratorProvider
     from patchbay.routing.router import Router
 
-__all__ = ["RateLimits", "RouterSettings", "ServerSettings", "Settings", "find_config", "load_settings",
-           "parse_api_keys", "to_toml"]
+__all__ = ["CacheSettings", "RateLimits", "RouterSettings", "ServerSettings", "Settings", "TracingSettings",
+           "find_config", "load_settings", "parse_api_keys", "to_toml"]
 
 LOCAL_MODEL = "smollm2-135m-instruct"
 KEY_NAME = re.compile(r"[A-Za-z0-9_.-]+")  # a name for an API key: name=key in the keys variable
@@ -121,6 +123,50 @@ class RouterSettings:
         return (os.environ if environ is None else environ).get(self.redis_url_env) or None
 
 
+@dataclass(frozen=True)
+class TracingSettings:
+    """``[tracing]``: OpenTelemetry traces over OTLP/HTTP (``pip install 'patchbay[otel]'``), one span
+    per request and one per upstream attempt; off while there is no endpoint. Message content is
+    recorded only with ``content = true`` (redacted); credentials never."""
+
+    endpoint: str = ""  # e.g. http://127.0.0.1:4318/v1/traces; empty: $OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, else off
+    service_name: str = "patchbay"
+    content: bool = False  # record the messages and the answer in the request spans
+    headers_env: str = "PATCHBAY_TRACING_HEADERS"  # variable with the exporter's headers, "name=value,..."
+    timeout: float = 10.0  # seconds one export may take
+
+    def traces_endpoint(self, environ: Mapping[str, str] | None = None) -> str | None:
+        """Where spans are sent: ``endpoint``, else the standard variable; None: tracing is off."""
+        env = os.environ if environ is None else environ
+        return self.endpoint or env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or None
+
+    def headers(self, environ: Mapping[str, str] | None = None) -> dict[str, str] | None:
+        """The exporter's headers from ``headers_env`` (None when unset: the exporter then reads
+        the standard ``OTEL_EXPORTER_OTLP_TRACES_HEADERS``)."""
+        value = (os.environ if environ is None else environ).get(self.headers_env, "")
+        if not value.strip():
+            return None
+        headers: dict[str, str] = {}
+        for entry in value.split(","):
+            name, sep, text = entry.partition("=")
+            if not sep or not name.strip():
+                raise InvalidRequest(f"{self.headers_env} must be name=value pairs separated by commas")
+            headers[name.strip()] = text.strip()
+        return headers
+
+
+@dataclass(frozen=True)
+class CacheSettings:
+    """``[cache]``: the response cache (:mod:`patchbay.server.cache`): deterministic answers kept
+    for ``ttl`` seconds, in this process's memory or in Redis (shared by every worker and host)."""
+
+    enabled: bool = False
+    backend: str = "auto"  # "memory", "redis" ([router] redis_url_env must name a set variable), "auto": redis if set
+    max_bytes: int = 64 * 1024 * 1024  # what the memory backend keeps at most (least recently used out first)
+    max_entry_bytes: int = 1024 * 1024  # a longer answer is not cached
+    ttl: float = 3600.0  # seconds an answer is served from the cache
+
+
 def parse_api_keys(value: str) -> list[tuple[str | None, str]]:
     """``"alice=sk-1,sk-2"`` -> ``[("alice", "sk-1"), (None, "sk-2")]``. A name is letters, digits,
     ``_.-``; a plain key that itself contains ``=`` needs a name in front (``name=ab=cd``)."""
@@ -166,6 +212,8 @@ class Settings:
     routes: dict[str, list[Any]] = field(default_factory=dict)
     limits: RateLimits = field(default_factory=RateLimits)  # for every key without its own table
     key_limits: dict[str, RateLimits] = field(default_factory=dict)  # [limits.<name>], defaults filled in
+    tracing: TracingSettings = field(default_factory=TracingSettings)
+    cache: CacheSettings = field(default_factory=CacheSettings)
     source: Path | None = None
 
     def limits_for(self, name: str | None) -> RateLimits:
@@ -269,10 +317,10 @@ def load_settings(path: str | Path | None = None, environ: Mapping[str, str] | N
         except tomllib.TOMLDecodeError as exc:
             raise InvalidRequest(f"config file {source} is not valid TOML: {exc}") from None
     where = f"{source}: " if source else ""
-    unknown = set(data) - {"server", "router", "providers", "routes", "limits"}
+    unknown = set(data) - {"server", "router", "providers", "routes", "limits", "tracing", "cache"}
     if unknown:
         raise InvalidRequest(f"{where}unknown tables {sorted(unknown)}; valid: server, router, providers, routes, "
-                             "limits")
+                             "limits, tracing, cache")
     server = _section(ServerSettings, data.get("server", {}), env, "PATCHBAY_", f"{where}server")
     router = _section(RouterSettings, data.get("router", {}), env, "PATCHBAY_ROUTER_", f"{where}router")
     providers = _table(data.get("providers", {}), f"{where}providers")
@@ -288,8 +336,10 @@ def load_settings(path: str | Path | None = None, environ: Mapping[str, str] | N
         if not isinstance(targets, list) or not targets:
             raise InvalidRequest(f"{where}routes.{name} must be a non-empty list of targets")
     limits, key_limits = _limits(data.get("limits", {}), env, f"{where}limits")
+    tracing = _section(TracingSettings, data.get("tracing", {}), env, "PATCHBAY_TRACING_", f"{where}tracing")
+    cache = _section(CacheSettings, data.get("cache", {}), env, "PATCHBAY_CACHE_", f"{where}cache")
     return Settings(server=server, router=router, providers=providers, routes=routes, limits=limits,
-                    key_limits=key_limits, source=source)
+                    key_limits=key_limits, tracing=tracing, cache=cache, source=source)
 
 
 def _limits(value: object, env: Mapping[str, str], where: str) -> tuple[RateLimits, dict[str, RateLimits]]:
@@ -396,6 +446,21 @@ def _checked(section: Any, where: str) -> Any:
             raise InvalidRequest(f"{where}.retries must be at least 1")
         if section.instances < 1:
             raise InvalidRequest(f"{where}.instances must be at least 1, got {section.instances}")
+    if isinstance(section, TracingSettings):
+        if section.endpoint and not re.fullmatch(r"https?://[^\s/]+(/\S*)?", section.endpoint):
+            raise InvalidRequest(f"{where}.endpoint must be an http:// or https:// URL, got {section.endpoint!r}")
+        if not section.service_name:
+            raise InvalidRequest(f"{where}.service_name must not be empty")
+        if not (math.isfinite(section.timeout) and section.timeout > 0):
+            raise InvalidRequest(f"{where}.timeout must be a positive number of seconds")
+    if isinstance(section, CacheSettings):
+        if section.backend not in ("auto", "memory", "redis"):
+            raise InvalidRequest(f"{where}.backend must be auto, memory or redis, got {section.backend!r}")
+        for name in ("max_bytes", "max_entry_bytes"):
+            if getattr(section, name) < 1:
+                raise InvalidRequest(f"{where}.{name} must be at least 1, got {getattr(section, name)}")
+        if not (math.isfinite(section.ttl) and section.ttl > 0):
+            raise InvalidRequest(f"{where}.ttl must be a positive number of seconds, got {section.ttl!r}")
     if isinstance(section, RateLimits):
         for name in ("requests_per_minute", "tokens_per_minute", "concurrent_requests"):
             if getattr(section, name) < 0:

@@ -32,6 +32,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, 
 from contextlib import aclosing
 from typing import Any, ClassVar, Literal, TypeVar
 
+from patchbay import tracing
 from patchbay.chat.embeddings import EmbeddingRequest, EmbeddingResult
 from patchbay.chat.request import ChatCompletionRequest, ChatMessage
 from patchbay.credentials import CredentialPool
@@ -167,6 +168,13 @@ class Router(AsyncGeneratorProvider):
         return model or ""
 
     @classmethod
+    def route_of(cls, model: str | None) -> list[str]:
+        """The targets ``model`` resolves to, in order, as ``provider/model[@base_url]`` (what can
+        answer it: the response cache's key holds it); unknown -> ModelNotSupported."""
+        return [target.key(model) + (f"@{target.base_url}" if target.base_url else "")
+                for target in cls._table().targets_for(model)]
+
+    @classmethod
     def get_models(cls) -> list[str]:
         """The route names, then what the catch-all route passes through (see :meth:`list_models`).
         For sync callers: inside a running event loop it never blocks (the targets' cached or
@@ -265,6 +273,8 @@ class Router(AsyncGeneratorProvider):
                         window = target.context_window(state.model) or 0
                         pending = [t for t in pending if (t.context_window(state.model) or 0) > window]
                     if pending:
+                        tracing.fallback(target.provider.name, target.model_for(state.model) or state.model or "",
+                                         type(error).__name__, len(state.text))
                         yield Fallback(target.provider.name, target.model_for(state.model) or "",
                                        type(error).__name__, error.message, len(state.text))
                     break
@@ -322,15 +332,20 @@ class Router(AsyncGeneratorProvider):
         await cls.state.add_in_flight(key, 1)
         started = time.monotonic()
         first_output: float | None = None
+        operation = "text_completion" if request.prompt is not None else "chat"
         try:
-            stream = target.provider.open(request, model=target.model_for(state.model), transcript=state.transcript,
-                                          proxy=call.proxy, base_url=target.base_url or call.base_url,
-                                          timeout=limits, auth=call.auth, api_key=call.api_key, ledger=call.ledger)
-            async with aclosing(stream) as events:
-                async for event in events:
-                    if first_output is None and isinstance(event, TextDelta | ToolCallDelta):
-                        first_output = time.monotonic()
-                    yield event
+            with tracing.attempt_span(operation, target.provider.name,
+                                      target.model_for(state.model) or state.model or "") as span:
+                stream = target.provider.open(request, model=target.model_for(state.model),
+                                              transcript=state.transcript, proxy=call.proxy,
+                                              base_url=target.base_url or call.base_url, timeout=limits,
+                                              auth=call.auth, api_key=call.api_key, ledger=call.ledger)
+                async with aclosing(stream) as events:
+                    async for event in events:
+                        if first_output is None and isinstance(event, TextDelta | ToolCallDelta):
+                            first_output = time.monotonic()
+                        span.observe(event)
+                        yield event
         finally:
             await cls.state.add_in_flight(key, -1)
             await cls._publish_bans(pool, shared_bans)

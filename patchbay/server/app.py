@@ -29,6 +29,7 @@ from patchbay.errors import (
     AuthError,
     ClientRateLimited,
     EndpointNotFound,
+    InvalidRequest,
     MethodNotAllowed,
     PatchbayError,
     ProviderNotWorking,
@@ -42,6 +43,7 @@ from patchbay.server.asgi import (
     REQUEST_ID,
     ClientDisconnected,
     Headers,
+    Message,
     Receive,
     Scope,
     Send,
@@ -50,12 +52,14 @@ from patchbay.server.asgi import (
     read_body,
     send_bytes,
 )
+from patchbay.server.cache import CACHE_HEADER, build_cache, directives_of
 from patchbay.server.chat import NOTHING, ChatCompletions, ChatEndpoint, Dialect
 from patchbay.server.completions import TextCompletions
 from patchbay.server.embeddings import EmbeddingsEndpoint
 from patchbay.server.messages import AnthropicMessages, anthropic_error_body, count_tokens
 from patchbay.server.metrics import OTHER, GatewayMetrics
 from patchbay.server.openapi import openapi_document
+from patchbay.server.otel import Tracing, start_tracing
 from patchbay.server.ratelimit import ANONYMOUS, Client, clients, limiter_for
 from patchbay.server.responses import RESPONSES_PREFIX, OpenAIResponses
 from patchbay.server.webpage import WebPage
@@ -112,11 +116,14 @@ class Gateway:
         self.clients = clients(self.settings, keys)  # whom each key's requests count against
         self.anonymous = Client(ANONYMOUS, ANONYMOUS, self.settings.limits)  # every request, with no keys
         self.limiter = limiter_for(self.settings)
+        #: The response cache ([cache]), shared by every chat endpoint; None when it is off.
+        self.cache = build_cache(self.settings.cache, redis_url, namespace=self.settings.router.namespace)
         self.cors_origins = frozenset(origin.encode() for origin in server.cors_origins)
         self.ready = False
         self.stopping = False  # set by begin_shutdown() or the lifespan shutdown: /ready answers 503
         self.health = HealthView(self.provider, server.max_label_values)
         self.request_log: RequestLog | None = None  # opened at startup when enabled
+        self.tracing: Tracing | None = None  # started at startup when [tracing] is configured
         self._openapi = _encode(openapi_document(__version__, auth=bool(self.api_keys)))
         self._routes: dict[str, Route] = {
             "/v1/chat/completions": self._chat_route(ChatCompletions()),
@@ -226,6 +233,7 @@ class Gateway:
         endpoint = ChatEndpoint(self.provider, limits=self.settings.router.limits(), metrics=self.metrics,
                                 keepalive_interval=server.keepalive_interval, send_timeout=server.send_timeout,
                                 dialect=dialect)
+        endpoint.cache = self.cache
         return Route("POST", self._chatting(endpoint), dialect.error_body)
 
     def _chatting(self, endpoint: ChatEndpoint | EmbeddingsEndpoint) -> Handler:
@@ -234,9 +242,12 @@ class Gateway:
 
         async def handle(scope: Scope, receive: Receive, send: Send) -> None:
             client: Client = scope.get(CLIENT, self.anonymous)
+            options: dict[str, Any] = {}  # what the client asks of the response cache, in its headers
+            if self.cache is not None and isinstance(endpoint, ChatEndpoint):
+                options["cache"] = directives_of(header(scope, b"cache-control"), header(scope, CACHE_HEADER))
             if self.limiter is None or client.limits.unlimited:
                 body = await read_body(scope, receive, self.settings.server.max_body_bytes)
-                await endpoint(body, receive, send, key=client.name)
+                await endpoint(body, receive, send, key=client.name, **options)
                 return
             try:  # before the body is read: a refused request costs nothing more
                 admission = await self.limiter.admit(client.id, client.limits)
@@ -244,11 +255,21 @@ class Gateway:
                 self.metrics.rate_limited.inc((client.name, error.limit))
                 raise
             spent = NOTHING
+            ending: list[Message] = []
+
+            async def held(message: Message) -> None:
+                if message["type"] == "http.response.body" and not message.get("more_body", False):
+                    ending.append(message)  # the answer's end waits until the request is charged
+                else:
+                    await send(message)
+
             try:
                 body = await read_body(scope, receive, self.settings.server.max_body_bytes)
-                spent = await endpoint(body, receive, send, key=client.name)
+                spent = await endpoint(body, receive, held, key=client.name, **options)
             finally:
                 await asyncio.shield(self.limiter.finish(admission, spent.tokens, spent.cost))  # also when cancelled
+            for message in ending:  # so the client's next request finds this one's cost, tokens and slot counted
+                await send(message)
 
         self._endpoints.append(endpoint)
         return handle
@@ -315,6 +336,11 @@ class Gateway:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 try:
+                    self.tracing = start_tracing(self.settings.tracing)
+                except InvalidRequest as error:
+                    await send({"type": "lifespan.startup.failed", "message": f"cannot start tracing: {error.message}"})
+                    return
+                try:
                     self._open_request_log()
                 except (OSError, sqlite3.Error) as exc:
                     await send({"type": "lifespan.startup.failed",
@@ -327,6 +353,8 @@ class Gateway:
                 self.stopping = True
                 if self.request_log is not None:  # write what is still queued
                     await asyncio.to_thread(self.request_log.close)
+                if self.tracing is not None:  # export the spans still queued
+                    await asyncio.to_thread(self.tracing.shutdown)
                 if self._response_file is not None:
                     self._response_file.close()
                 if self._response_redis is not None:
@@ -335,6 +363,8 @@ class Gateway:
                     await self.provider.state.close()
                 if self.limiter is not None:
                     await self.limiter.close()
+                if self.cache is not None:
+                    await self.cache.close()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 

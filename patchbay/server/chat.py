@@ -24,6 +24,7 @@ from typing import Any, NamedTuple, Protocol
 
 import msgspec
 
+from patchbay import tracing
 from patchbay.chat.rendering import Rendering, rendered_events, rendered_whole
 from patchbay.chat.request import ChatCompletionRequest, decode_request
 from patchbay.completions import complete, open_stream, stream_chunks
@@ -33,7 +34,8 @@ from patchbay.errors import AllProvidersFailed, PatchbayError, UpstreamError
 from patchbay.events import EventStream
 from patchbay.providers.base import AsyncGeneratorProvider
 from patchbay.requestlog import Exchange, RequestLog
-from patchbay.server.asgi import REQUEST_ID, DisconnectWatch, Receive, Send, SSEWriter, error_body, send_bytes
+from patchbay.server.asgi import REQUEST_ID, DisconnectWatch, Headers, Receive, Send, SSEWriter, error_body, send_bytes
+from patchbay.server.cache import CACHE_HEADER, DEFAULT_DIRECTIVES, Directives, Lookup, ResponseCache
 from patchbay.server.metrics import GatewayMetrics
 from patchbay.server.ratelimit import ANONYMOUS
 
@@ -187,41 +189,58 @@ class ChatEndpoint:
         self.dialect: Dialect = dialect if dialect is not None else ChatCompletions()
         #: Set by the Gateway at startup when the request log is on.
         self.request_log: RequestLog | None = None
+        #: Set by the Gateway when ``[cache]`` is enabled (patchbay/server/cache.py).
+        self.cache: ResponseCache | None = None
 
-    async def __call__(self, body: bytes, receive: Receive, send: Send, *, key: str = ANONYMOUS) -> Spent:
-        """Serve one request for the API key named ``key``; what it used (nothing when it failed
-        before reaching a provider)."""
+    async def __call__(self, body: bytes, receive: Receive, send: Send, *, key: str = ANONYMOUS,
+                       cache: Directives = DEFAULT_DIRECTIVES) -> Spent:
+        """Serve one request for the API key named ``key`` (``cache``: what its headers ask of the
+        response cache); what it used (nothing when it failed before reaching a provider, or was a
+        cache hit)."""
         turn = await self.dialect.begin(body)
         request = turn.request
         started = time.perf_counter()
-        events = turn.open(self.provider, self.limits)  # unknown model: 404 here, at once
+        lookup: Lookup | None = None
+        if self.cache is None:
+            events = turn.open(self.provider, self.limits)  # unknown model: 404 here, at once
+        else:  # several legacy prompts (a turn with its own opener) are more than its request says
+            lookup = self.cache.consider(self.provider, request, cache, eligible=getattr(turn, "opener", None) is None)
+            events = await self.cache.open(lookup, lambda: turn.open(self.provider, self.limits))
+            self.metrics.cache_result(lookup.result)
+        span = tracing.request_span("text_completion" if request.prompt is not None else "chat", request.model,
+                                    request_id=REQUEST_ID.get())
         self.metrics.in_flight.inc()
         try:
             if request.stream:
-                await self._stream(turn, events, receive, send, started, key)
+                await self._stream(turn, events, receive, send, started, key, lookup)
             else:
-                await self._whole(turn, events, receive, send, started, key)
+                await self._whole(turn, events, receive, send, started, key, lookup)
         finally:
             self.metrics.in_flight.dec()
+            span.close()
+        if lookup is not None and lookup.result == "hit":
+            return NOTHING
         return Spent(tokens_used(request, events), events.ledger.cost)
 
     async def _whole(self, turn: Turn, events: EventStream, receive: Receive, send: Send, started: float,
-                     key: str) -> None:
+                     key: str, lookup: Lookup | None = None) -> None:
         request = turn.request
         try:
             async with DisconnectWatch(receive) as watch, aclosing(events):
                 body = await turn.whole(events)
         except PatchbayError as error:
-            self._record(request, events, started, error.status, key, error=error)
+            self._record(request, events, started, error.status, key, error=error, lookup=lookup)
             raise
         if watch.disconnected:
-            self._record(request, events, started, 499, key, error=None)
+            self._record(request, events, started, 499, key, error=None, lookup=lookup)
             return
-        self._record(request, events, started, 200, key)
-        await send_bytes(send, 200, body, headers=[(b"x-patchbay-provider", _provider_header(events))])
+        self._record(request, events, started, 200, key, lookup=lookup)
+        if self.cache is not None and lookup is not None:
+            await self.cache.keep(lookup, events)
+        await send_bytes(send, 200, body, headers=_headers(events, lookup))
 
     async def _stream(self, turn: Turn, events: EventStream, receive: Receive, send: Send, started: float,
-                      key: str) -> None:
+                      key: str, lookup: Lookup | None = None) -> None:
         request = turn.request
         writer = SSEWriter(send)
         watch = DisconnectWatch(receive)
@@ -243,18 +262,20 @@ class ChatEndpoint:
                             held.append(frame)
                             continue
                         first = time.perf_counter()
-                        await writer.start([(b"x-patchbay-provider", _provider_header(events))])
+                        await writer.start(_headers(events, lookup))
                         for early in held:
                             await writer.event(*early)
                         held.clear()
                     await writer.event(*frame)
                 if held:  # an answer with nothing visible (an empty text) is still an answer
-                    await writer.start([(b"x-patchbay-provider", _provider_header(events))])
+                    await writer.start(_headers(events, lookup))
                     for early in held:
                         await writer.event(*early)
+                if self.cache is not None and lookup is not None:  # complete, and the client still there
+                    await self.cache.keep(lookup, events)
                 await writer.end()
         except PatchbayError as error:
-            self._record(request, events, started, error.status, key, ttft=first, error=error)
+            self._record(request, events, started, error.status, key, ttft=first, error=error, lookup=lookup)
             if not writer.started:
                 raise  # the app answers with the error's own status
             await self._in_band(writer, turn.error_frames(error))
@@ -267,7 +288,7 @@ class ChatEndpoint:
             return
         finally:
             await writer.stop_keep_alive()  # also on the error paths: awaited, so it writes nothing later
-        self._record(request, events, started, 499 if watch.disconnected else 200, key, ttft=first)
+        self._record(request, events, started, 499 if watch.disconnected else 200, key, ttft=first, lookup=lookup)
 
     async def _in_band(self, writer: SSEWriter, frames: Sequence[Frame]) -> None:
         """After the headers: the error as events, then the end of the stream (the client may be
@@ -279,17 +300,19 @@ class ChatEndpoint:
                 await writer.end()
 
     def _record(self, request: ChatCompletionRequest, events: EventStream, started: float, status: int, key: str,
-                *, ttft: float | None = None, error: PatchbayError | None = None) -> None:
+                *, ttft: float | None = None, error: PatchbayError | None = None, lookup: Lookup | None = None
+                ) -> None:
         provider, model = _answered_by(request, events, error)
         usage = events.usage
         cost = events.ledger.cost
         extra: dict[str, Any] = {}
-        if usage is not None:
+        if usage is not None and not (lookup is not None and lookup.result == "hit"):  # a hit used no tokens
             extra = {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens}
         latency = time.perf_counter() - started
         first = None if ttft is None else ttft - started
         self.metrics.record(provider, model, status, latency, ttft=first,
                             error_code=error.code if error else None, key=key, cost=cost, **extra)
+        tracing.finish_request(status, events, error=error, messages=request.message_dicts, prompt=request.prompt)
         if self.request_log is not None:  # one encode and an append; the writer thread does the rest
             self.request_log.record(Exchange(
                 time=time.time() - latency, source="server", messages=request.messages, response=events.text,
@@ -298,12 +321,20 @@ class ChatEndpoint:
                 completion_tokens=usage.completion_tokens if usage else None, latency=latency, ttft=first,
                 status=status, error=f"{type(error).__name__}: {error.message}" if error else None,
                 fallbacks=events.fallbacks, options=request.options(), request_id=REQUEST_ID.get(), cost=cost,
-                key=key))
+                key=key, cache=lookup.logged if lookup is not None else None))
 
 
 def _provider_header(events: EventStream) -> bytes:
     info = events.provider_info
     return (info.provider if info is not None else NO_PROVIDER).encode()
+
+
+def _headers(events: EventStream, lookup: Lookup | None) -> Headers:
+    """An answer's own headers: who answered, and (with the cache on) whether it was a cache hit."""
+    headers = [(b"x-patchbay-provider", _provider_header(events))]
+    if lookup is not None:
+        headers.append((CACHE_HEADER, lookup.header))
+    return headers
 
 
 def tokens_used(request: ChatCompletionRequest, events: EventStream) -> int:
