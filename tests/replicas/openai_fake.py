@@ -116,7 +116,8 @@ class OpenAIFake(ReplicaServer):
     ``fail_next``/``fail_status`` (the next N chat requests fail), ``retry_after`` (seconds, for
     429), ``usage_extra`` (fields merged into every chat usage object: ``cost``,
     ``prompt_tokens_details``, or fixed token counts), ``delay_per_chunk``, ``tool_arguments``
-    (the JSON arguments of the "tool_call" scenario), ``bodies`` (every chat request body), ``last_body``, ``chat_count``.
+    (the JSON arguments of the "tool_call" scenario), ``bodies`` (every chat request body),
+    ``last_body``, ``chat_count``.
 
     Answer selection: tool call (see the module docstring), else
     ``continuation`` if the last message is an assistant prefill, else the text after an
