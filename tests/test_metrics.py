@@ -78,7 +78,8 @@ def test_a_request_is_counted_under_the_metric_names_and_labels_dashboards_use()
     assert samples[("patchbay_cache_results_total", (("result", "hit"),))] == 1
     assert samples[("patchbay_rate_limited_total", (("key", "alice"), ("limit", "requests_per_minute")))] == 1
     text = metrics.render().decode()
-    assert 'patchbay_requests_total{provider="fake",model="m",status="200"} ' in text  # labels in that order
+    assert 'patchbay_requests_total{provider="fake",model="m",status="200"} 1\n' in text  # labels in that order
+    assert 'patchbay_cost_usd_total{key="alice",provider="fake",model="m"} 0.25\n' in text
     assert "_created" not in text
 
 

@@ -169,10 +169,15 @@ def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else floatToGoString(value)
+
+
 def exposition(families: Iterable[Metric]) -> bytes:
     """``families`` in the Prometheus text format 0.0.4, as ``generate_latest`` writes it except
-    that each sample's labels keep their declared order (``provider,model,status``: what the
-    dashboards and tests written for patchbay's earlier output match), where it sorts them."""
+    that each sample's labels keep their declared order (``provider,model,status``) where it sorts
+    them, and whole numbers have no ``.0``: the lines patchbay wrote before prometheus-client, which
+    dashboards and tests match."""
     lines: list[str] = []
     for family in families:
         name = f"{family.name}_total" if family.type == "counter" else family.name
@@ -181,8 +186,8 @@ def exposition(families: Iterable[Metric]) -> bytes:
         lines.append(f"# TYPE {name} {family.type}")
         for sample in family.samples:
             labels = ",".join(f'{key}="{_escape(value)}"' for key, value in sample.labels.items())
-            lines.append(f"{sample.name}{{{labels}}} {floatToGoString(sample.value)}" if labels
-                         else f"{sample.name} {floatToGoString(sample.value)}")
+            lines.append(f"{sample.name}{{{labels}}} {_number(sample.value)}" if labels
+                         else f"{sample.name} {_number(sample.value)}")
     return ("\n".join(lines) + "\n").encode() if lines else b""
 
 
