@@ -1,6 +1,6 @@
 """Prometheus metrics of the gateway, kept and rendered by ``prometheus-client``.
 
-Two modes, chosen by the environment when this module is imported:
+Two modes, chosen by the environment when prometheus-client is first imported:
 
 - **One process** (``PROMETHEUS_MULTIPROC_DIR`` unset, a single worker): every
   :class:`GatewayMetrics` has a registry of its own, so several gateways in one process (the
@@ -14,9 +14,9 @@ Two modes, chosen by the environment when this module is imported:
 
 Per-process values in multiprocess mode: ``process_open_fds``, ``process_resident_memory_bytes``
 and ``patchbay_asyncio_tasks`` get a ``pid`` label, one series per live worker (``liveall``; a
-dead worker's series go with it, :func:`patchbay.server.run.forget_worker`). A worker refreshes
-its own once a second (a daemon thread hands the refresh to its event loop) and when it answers
-a scrape. In one process they are read at scrape time; an unknown value (no ``/proc``, no running
+dead worker's series go with it: the supervisor in :mod:`patchbay.server.run` marks it dead). A
+worker refreshes its own once a second (a daemon thread hands the refresh to its event loop) and
+when it answers a scrape. In one process they are read at scrape time; an unknown value (no ``/proc``, no running
 loop) has no sample.
 
 The request log's counts (``patchbay_request_log_records_total``) are kept by this process's
@@ -252,7 +252,6 @@ class GatewayMetrics:
         self._request_log_seen: dict[str, float] = {}
         self._own = own
         self._process: dict[str, prometheus_client.Gauge] = {}
-        self._lock = threading.Lock()  # the refresh and a scrape may create a process gauge at once
         if own is not None:
             self.registry = own
         else:
@@ -304,12 +303,9 @@ class GatewayMetrics:
 
     def _process_gauge(self, name: str, help_text: str) -> prometheus_client.Gauge:
         gauge = self._process.get(name)
-        if gauge is None:
-            with self._lock:
-                gauge = self._process.get(name)
-                if gauge is None:
-                    gauge = self._process[name] = prometheus_client.Gauge(
-                        name, help_text, registry=self._own, multiprocess_mode="liveall")
+        if gauge is None:  # on the event loop only (refreshes are handed to it): no race
+            gauge = self._process[name] = prometheus_client.Gauge(
+                name, help_text, registry=self._own, multiprocess_mode="liveall")
         return gauge
 
     def _tick(self) -> None:
