@@ -400,10 +400,11 @@ def test_logs_list_search_json_and_show(cli: CLI, fake: OpenAIFake) -> None:
 
 def test_config_path_and_show(cli: CLI, fake: OpenAIFake) -> None:
     assert cli.run("config", "path").stdout.strip() == str(cli.home / "config.toml")
-    shown = cli.run("config", "show", env={"PATCHBAY_PORT": "9123"})
+    shown = cli.run("config", "show", env={"PATCHBAY_PORT": "9123", "PATCHBAY_CACHE_ENABLED": "true"})
     assert shown.stdout.startswith(f"# from {cli.home / 'config.toml'}")
     settings = tomllib.loads(shown.stdout)
     assert settings["server"]["port"] == 9123 and settings["server"]["request_log"] is True
+    assert settings["cache"]["enabled"] is True and settings["tracing"]["content"] is False
     assert settings["providers"]["fake"]["base_url"] == fake.api_base
     assert settings["routes"] == {"small": ["fake/fake-small"], "large": ["fake/fake-large"]}
     as_json = json.loads(cli.run("config", "show", "--json").stdout)

@@ -53,7 +53,7 @@ def _plain(settings: Settings) -> dict[str, Any]:
     limits = {**asdict(settings.limits), **{name: asdict(value) for name, value in settings.key_limits.items()}}
     return {"source": str(settings.source) if settings.source else None, "server": asdict(settings.server),
             "router": asdict(settings.router), "providers": settings.providers, "routes": settings.routes,
-            "limits": limits}
+            "limits": limits, "cache": asdict(settings.cache), "tracing": asdict(settings.tracing)}
 
 
 # -- keys ---------------------------------------------------------------------------------------------
