@@ -252,3 +252,15 @@ async def test_chat_messages_and_responses_share_one_ledger(openai_fake: OpenAIF
     assert json.loads(nothing.output) == []
     wrong = CliRunner().invoke(cli, ["logs", "--cost", "--since", "a week", "--config", str(config)])
     assert wrong.exit_code != 0 and "not a duration" in wrong.output
+
+
+async def test_embeddings_cost_their_input_tokens(openai_fake: OpenAIFake, tmp_path: Path) -> None:
+    client = gateway(tmp_path, {"fake": {"base_url": openai_fake.api_base, "models": ["m"], "prices": CHEAP,
+                                         "capabilities": {"embeddings": "native"}}}, ["fake/m"])
+    async with client:
+        answer = await client.request("POST", "/v1/embeddings", json.dumps(
+            {"model": "priced", "input": ["one", "two"]}).encode())
+    assert answer.status == 200, answer.body
+    usage = answer.json()["usage"]
+    assert usage["prompt_tokens"] > 0 and usage["cost"] == pytest.approx(cost_of(CHEAP, usage["prompt_tokens"], 0))
+    assert logged(tmp_path)[0].cost == pytest.approx(usage["cost"])

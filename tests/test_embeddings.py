@@ -181,7 +181,7 @@ def test_the_answer_follows_openais_schema_and_base64_is_little_endian_float32()
     floats = to_response(result)
     validate("CreateEmbeddingResponse", floats)
     assert [item["embedding"] for item in floats["data"]] == vectors
-    assert floats["usage"] == {"prompt_tokens": 7, "total_tokens": 7}
+    assert floats["usage"] == {"prompt_tokens": 7, "total_tokens": 7, "cost": 0.0}
     encoded = to_response(result, "base64")
     for item, vector in zip(encoded["data"], vectors, strict=True):
         raw = base64.b64decode(item["embedding"])

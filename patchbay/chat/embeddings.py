@@ -93,6 +93,7 @@ class EmbeddingResult:
     model: str
     prompt_tokens: int = 0
     provider: str | None = None  #: who answered (set by the caller's entry point)
+    cost: float = 0.0  #: US dollars: the input tokens at the answering model's input price
 
 
 def embedding_request_schema() -> dict[str, Any]:
@@ -228,4 +229,5 @@ def to_response(result: EmbeddingResult, encoding_format: str = "float") -> dict
     data = [{"object": "embedding", "index": index, "embedding": encode(vector)}
             for index, vector in enumerate(result.vectors)]
     return {"object": "list", "data": data, "model": result.model,
-            "usage": {"prompt_tokens": result.prompt_tokens, "total_tokens": result.prompt_tokens}}
+            "usage": {"prompt_tokens": result.prompt_tokens, "total_tokens": result.prompt_tokens,
+                      "cost": result.cost}}

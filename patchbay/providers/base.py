@@ -189,7 +189,11 @@ class AsyncGeneratorProvider:
             raise
         except _TRANSPORT_EXCEPTIONS as exc:
             raise map_transport_error(exc, provider=cls.name).with_context(provider=cls.name, model=resolved) from exc
-        return result if result.provider is not None else dataclasses.replace(result, provider=cls.name)
+        if cls.delegates:  # its target priced it
+            return result if result.provider is not None else dataclasses.replace(result, provider=cls.name)
+        prices = cls.prices_for(resolved)
+        cost = prices.cost(result.prompt_tokens, 0) if prices is not None else 0.0
+        return dataclasses.replace(result, provider=result.provider or cls.name, cost=cost)
 
     @classmethod
     def capabilities(cls) -> Capabilities:

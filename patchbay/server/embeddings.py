@@ -28,8 +28,8 @@ _encode = msgspec.json.encode
 
 class EmbeddingsEndpoint:
     """``POST /v1/embeddings`` for the gateway: the answer, with the same metrics and request log
-    as the chat endpoints; returns the tokens read (for the rate limits). Embeddings are not
-    priced yet: their cost counts as 0."""
+    as the chat endpoints; returns the tokens read and their cost (for the rate limits and budgets:
+    input tokens at the model's input price)."""
 
     def __init__(self, provider: type[AsyncGeneratorProvider], *, limits: Timeout, metrics: GatewayMetrics) -> None:
         self.provider = provider
@@ -49,7 +49,7 @@ class EmbeddingsEndpoint:
         self._record(request, result, time.perf_counter() - started, began, key)
         answer = _encode(to_response(result, request.encoding_format))
         await send_bytes(send, 200, answer, headers=[(b"x-patchbay-provider", (result.provider or "none").encode())])
-        return Spent(result.prompt_tokens, 0.0)
+        return Spent(result.prompt_tokens, result.cost)
 
     def _record(self, request: EmbeddingRequest, result: EmbeddingResult | None, latency: float, began: float,
                 key: str, error: PatchbayError | None = None) -> None:
@@ -58,11 +58,12 @@ class EmbeddingsEndpoint:
         status = 200 if error is None else error.status
         tokens = result.prompt_tokens if result is not None else None
         self.metrics.record(provider, model, status, latency, prompt_tokens=tokens,
-                            error_code=error.code if error else None, key=key)
+                            error_code=error.code if error else None, key=key,
+                            cost=result.cost if result is not None else 0.0)
         if self.request_log is not None:
             self.request_log.record(Exchange(
                 time=began, source="server", messages=[], requested_model=request.model,
                 provider=None if provider == "none" else provider, model=model, prompt_tokens=tokens, latency=latency,
                 status=status, error=f"{type(error).__name__}: {error.message}" if error else None,
                 options={"endpoint": "embeddings", "inputs": len(request.inputs)}, request_id=REQUEST_ID.get(),
-                key=key))
+                key=key, cost=result.cost if result is not None else None))
