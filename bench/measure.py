@@ -21,15 +21,18 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
 from bench.upstream import TEXT
 
+if TYPE_CHECKING:
+    from bench.streamed import StreamedResult
+
 __all__ = [
     "ROOT", "LUA", "API_KEY", "HEADERS", "STREAM_WARMUP", "Unavailable", "request_body", "stream_body",
-    "MemoryWatch", "WrkResult", "parse_wrk", "wrk_command", "run_wrk", "wrk_version", "first_line",
+    "children_of", "MemoryWatch", "WrkResult", "parse_wrk", "wrk_command", "run_wrk", "wrk_version", "first_line",
     "StreamResult", "percentile", "timed_stream", "stream_ttfb", "run_async",
     "ImportTime", "measure_import", "Options", "Result", "measure_target",
 ]
@@ -334,6 +337,9 @@ class Options:
     connections: int
     warmup: float
     streams: int
+    stream_clients: int = 20  # the streamed relay measurement (bench/streamed.py): concurrent clients,
+    stream_chunks: int = 500  # content chunks per answer,
+    stream_duration: float = 10.0  # seconds of wrk (0: not measured)
 
 
 @dataclass
@@ -346,10 +352,13 @@ class Result:
     loaded: WrkResult | None = None
     single: WrkResult | None = None
     stream: StreamResult | None = None
+    streamed: StreamedResult | None = None
+    streamed_unavailable: str = ""
     peak_rss_mib: float | None = None
 
     @property
     def errors(self) -> int:
+        """Errors of the non-streaming runs and the first-byte streams (the streamed run counts its own)."""
         runs = sum(run.errors for run in (self.loaded, self.single) if run)
         return runs + (self.stream.failures if self.stream else 0)
 
@@ -359,7 +368,10 @@ class Result:
 
 
 def measure_target(key: str, url: str, pid: int, opts: Options, version: str) -> Result:
-    """Warm up, then the loaded run, the single-client run and the streaming run, watching memory."""
+    """Warm up, then the loaded run, the single-client run, the first-byte streams and the streamed relay
+    run (bench/streamed.py), watching memory."""
+    from bench.streamed import run_streamed  # imported here: bench.streamed imports this module
+
     result = Result(key, version)
     with MemoryWatch(pid) as memory:
         run_wrk(url, opts.connections, opts.warmup)
@@ -367,8 +379,22 @@ def measure_target(key: str, url: str, pid: int, opts: Options, version: str) ->
         result.single = run_wrk(url, 1, opts.single_duration)
         log.info("  %d sequential streaming requests", opts.streams)
         result.stream = run_async(lambda: stream_ttfb(url, opts.streams))
+        if opts.stream_duration > 0:
+            log.info("  streamed relay: %d clients, %d-chunk answers", opts.stream_clients, opts.stream_chunks)
+            try:
+                result.streamed = run_streamed(url, pid, opts.stream_clients, opts.stream_chunks,
+                                               opts.stream_duration, opts.warmup)
+            except (Unavailable, ValueError, subprocess.TimeoutExpired) as exc:
+                log.warning("%s: streamed relay not measured: %s", key, exc)
+                result.streamed_unavailable = " ".join(str(exc).split())[:200] or "failed"
     result.peak_rss_mib = memory.peak_mib
     log.info("%s: %.0f req/s, p50 %.2f ms, one client p50 %.3f ms, stream p50 %.2f ms, %d errors, %.0f MiB",
              key, result.loaded.requests_per_second, result.loaded.p50, result.single.p50, result.stream.p50,
              result.errors, result.peak_rss_mib)
+    if result.streamed:
+        streamed = result.streamed
+        log.info("%s streamed: %.0f chunks/s (%.1f answers/s), %.3f CPU s per 1,000 chunks (wrk %.3f), %d errors%s",
+                 key, streamed.chunks_per_second, streamed.answers_per_second, streamed.target_cpu_per_thousand,
+                 streamed.client_cpu_per_thousand, streamed.errors,
+                 f" ({streamed.first_bad})" if streamed.first_bad else "")
     return result

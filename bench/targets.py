@@ -25,21 +25,23 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.measure import API_KEY, HEADERS, ROOT, Unavailable, first_line, request_body
-from bench.upstream import TEXT
+from bench.upstream import HELD_MODEL, LONG_MODEL, MODEL, TEXT
 
 __all__ = [
     "PEERS", "CHAT_PATH", "TARGETS", "LABELS", "PINS", "free_port", "Launch", "probe", "Service", "Context",
-    "peer_python", "package_version", "ensure_peer", "launch_patchbay", "launch_litellm", "launch_g4f",
-    "launch_nginx", "nginx_version", "LAUNCHERS",
+    "peer_python", "package_version", "ensure_peer", "patchbay_config", "launch_patchbay", "launch_patchbay_nolog",
+    "launch_litellm", "launch_g4f", "launch_nginx", "nginx_version", "LAUNCHERS", "MODELS",
 ]
 
 log = logging.getLogger("bench.gateway")  # one logger for the whole benchmark, so its output reads as one
 
 PEERS = ROOT / "bench" / ".peers"
 CHAT_PATH = "/v1/chat/completions"
-TARGETS = ("direct", "patchbay", "litellm", "g4f", "nginx")
-LABELS = {"direct": "fake upstream, direct", "patchbay": "patchbay serve", "litellm": "LiteLLM proxy",
+TARGETS = ("direct", "patchbay", "patchbay-nolog", "litellm", "g4f", "nginx")
+LABELS = {"direct": "fake upstream, direct", "patchbay": "patchbay serve",
+          "patchbay-nolog": "patchbay serve, request log off", "litellm": "LiteLLM proxy",
           "g4f": "g4f API server", "nginx": "nginx proxy_pass (keep-alive)"}
+MODELS = (MODEL, LONG_MODEL, HELD_MODEL)  # every model the targets route to the upstream
 PINS = {"litellm": "litellm[proxy]==1.106.2", "g4f": "g4f[api]==8.8.6"}
 STOP_TIMEOUT = 10.0  # seconds between SIGTERM and SIGKILL
 INSTALL_TIMEOUT = 1800.0
@@ -195,23 +197,48 @@ def ensure_peer(ctx: Context, name: str) -> Path:
     return venv
 
 
-def launch_patchbay(ctx: Context) -> Launch:
-    """``patchbay serve`` (the executable next to this interpreter) routing "fake" to the upstream."""
+def patchbay_config(upstream_base: str, log_file: Path, server: dict[str, object] | None = None,
+                    router: dict[str, object] | None = None) -> str:
+    """patchbay's TOML config: each of ``MODELS`` routed to the same model of the upstream, the request
+    log in ``log_file``, no shutdown delay (a benchmark stops it at once), plus any ``[server]`` and
+    ``[router]`` options given."""
+    server_options = {"shutdown_delay": 0, "request_log_path": str(log_file), **(server or {})}
+    lines = ["[server]", *(f"{key} = {json.dumps(value)}" for key, value in server_options.items()), ""]
+    if router:
+        lines += ["[router]", *(f"{key} = {json.dumps(value)}" for key, value in router.items()), ""]
+    lines += ["[providers.upstream]", f"base_url = {json.dumps(upstream_base)}", f"models = {json.dumps(MODELS)}",
+              "", "[routes]", *(f'{model} = ["upstream/{model}"]' for model in MODELS)]
+    return "\n".join(lines) + "\n"
+
+
+def launch_patchbay(ctx: Context, *, request_log: bool = True, name: str = "patchbay",
+                    server: dict[str, object] | None = None, router: dict[str, object] | None = None) -> Launch:
+    """``patchbay serve`` (the executable next to this interpreter, or ``python -m patchbay``) routing the
+    upstream's models, with its home and request log in a scratch folder of its own; ``--no-log``
+    when ``request_log`` is False."""
     exe = Path(sys.executable).with_name("patchbay")
-    if not exe.exists():
-        raise Unavailable(f"no {exe} (pip install -e . in this virtualenv)")
-    helped = subprocess.run([str(exe), "serve", "--help"], capture_output=True, text=True, timeout=60, check=False)
+    base = [str(exe)] if exe.exists() else [sys.executable, "-m", "patchbay"]
+    helped = subprocess.run([*base, "serve", "--help"], capture_output=True, text=True, timeout=60, check=False)
     if helped.returncode != 0:
-        raise Unavailable("`patchbay serve` is not available yet")
-    config = ctx.scratch / "patchbay.toml"
-    config.write_text(f'[providers.upstream]\nbase_url = "{ctx.upstream_base}"\nmodels = ["fake"]\n\n'
-                      '[routes]\nfake = ["upstream/fake"]\n', encoding="utf-8")
+        raise Unavailable(f"`patchbay serve` is not available: {(helped.stderr or helped.stdout).strip()[-200:]}")
+    home = ctx.scratch / name
+    home.mkdir(parents=True, exist_ok=True)
+    config = home / "patchbay.toml"
+    config.write_text(patchbay_config(ctx.upstream_base, home / "logs.db", server, router), encoding="utf-8")
     port = free_port()
-    cmd = [str(exe), "serve", "--config", str(config), "--host", "127.0.0.1", "--port", str(port)]
+    cmd = [*base, "serve", "--config", str(config), "--host", "127.0.0.1", "--port", str(port)]
     if "--workers" in helped.stdout:
         cmd += ["--workers", "1"]
-    env = {"PATCHBAY_API_KEYS": API_KEY}  # check the client's key, as LiteLLM checks its master key
+    if not request_log:
+        cmd.append("--no-log")
+    # PATCHBAY_API_KEYS: check the client's key, as LiteLLM checks its master key
+    env = {"PATCHBAY_API_KEYS": API_KEY, "PATCHBAY_HOME": str(home)}
     return Launch(cmd, port, env, version=package_version(sys.executable, "patchbay"))
+
+
+def launch_patchbay_nolog(ctx: Context) -> Launch:
+    """``patchbay serve --no-log``: the same server with its request log off."""
+    return launch_patchbay(ctx, request_log=False, name="patchbay-nolog")
 
 
 def launch_litellm(ctx: Context) -> Launch:
@@ -220,8 +247,9 @@ def launch_litellm(ctx: Context) -> Launch:
     config = ctx.scratch / "litellm.yaml"
     config.write_text(
         "model_list:\n"
-        "  - model_name: fake\n"
-        f"    litellm_params: {{model: openai/fake, api_base: {ctx.upstream_base}, api_key: x}}\n"
+        + "".join(f"  - model_name: {model}\n"
+                  f"    litellm_params: {{model: openai/{model}, api_base: {ctx.upstream_base}, api_key: x}}\n"
+                  for model in MODELS) +
         "litellm_settings: {telemetry: false}\n"
         f"general_settings: {{master_key: {API_KEY}}}\n", encoding="utf-8")
     port = free_port()
@@ -299,5 +327,6 @@ def nginx_version() -> str:
 
 
 LAUNCHERS: dict[str, Callable[[Context], Launch]] = {
-    "patchbay": launch_patchbay, "litellm": launch_litellm, "g4f": launch_g4f, "nginx": launch_nginx,
+    "patchbay": launch_patchbay, "patchbay-nolog": launch_patchbay_nolog, "litellm": launch_litellm,
+    "g4f": launch_g4f, "nginx": launch_nginx,
 }

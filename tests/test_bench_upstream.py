@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from bench.upstream import CHUNKS, HELD_MODEL, MODEL, TEXT, Gate, make_app
+from bench.upstream import CHUNKS, HELD_MODEL, LONG_MODEL, MODEL, TEXT, Gate, long_events, long_text, make_app
 
 BODY = {"model": "fake", "messages": [{"role": "user", "content": "Say hello"}]}
 
@@ -122,3 +122,86 @@ async def test_a_release_lets_only_the_streams_waiting_then_go() -> None:
     assert gate.held == 1 and not later.done()
     assert gate.release() == 1
     await asyncio.wait_for(later, 10)
+
+
+def contents(payloads: list[str]) -> list[str]:
+    """The content deltas of the chunks of a stream's payloads ([DONE] and usage chunks skipped)."""
+    chunks = [json.loads(payload) for payload in payloads if payload != "[DONE]"]
+    return [chunk["choices"][0]["delta"]["content"] for chunk in chunks if chunk["choices"]]
+
+
+@pytest.mark.parametrize("include_usage", [True, False])
+async def test_long_stream_has_max_tokens_chunks_in_order(base_url: str, include_usage: bool) -> None:
+    body = {**BODY, "model": LONG_MODEL, "stream": True, "max_tokens": 7,
+            "stream_options": {"include_usage": include_usage}}
+    resp, raw = await post(base_url, body)
+    assert resp.status == 200 and resp.content_type == "text/event-stream"
+    payloads = sse_payloads(raw)
+    assert payloads[-1] == "[DONE]"
+    assert contents(payloads) == [f"t{index} " for index in range(7)]
+    assert "".join(contents(payloads)) == long_text(7)
+    chunks = [json.loads(payload) for payload in payloads[:-1]]
+    content = [chunk for chunk in chunks if chunk["choices"]]
+    assert content[0]["choices"][0]["delta"]["role"] == "assistant"
+    assert [chunk["choices"][0]["finish_reason"] for chunk in content] == [None] * 6 + ["stop"]
+    usage = [chunk for chunk in chunks if not chunk["choices"]]
+    assert [chunk["usage"]["completion_tokens"] for chunk in usage] == ([7] if include_usage else [])
+
+
+def test_long_events_are_one_event_each() -> None:
+    """Each of the long answer's events is one whole SSE event (written on its own by the handler)."""
+    events = long_events(5)
+    assert len(events) == 5
+    assert all(event.startswith(b"data: ") and event.endswith(b"\n\n") and event.count(b"\n\n") == 1
+               for event in events)
+    assert [json.loads(event[6:])["choices"][0]["delta"]["content"] for event in events] == \
+        [f"t{index} " for index in range(5)]
+
+
+@pytest.fixture
+async def short_long_url() -> AsyncIterator[str]:
+    """An upstream whose long answers default to 12 chunks."""
+    runner = web.AppRunner(make_app(long_chunks=12), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}/v1"
+    finally:
+        await runner.cleanup()
+
+
+async def test_long_stream_without_max_tokens_has_the_default_length(short_long_url: str) -> None:
+    _, raw = await post(short_long_url, {**BODY, "model": LONG_MODEL, "stream": True})
+    assert "".join(contents(sse_payloads(raw))) == long_text(12)
+    _, raw = await post(short_long_url, {**BODY, "model": LONG_MODEL, "stream": True, "max_tokens": True})
+    assert len(contents(sse_payloads(raw))) == 12  # a bool is no token count
+
+
+async def test_long_model_not_streamed_is_one_completion(base_url: str) -> None:
+    resp, raw = await post(base_url, {**BODY, "model": LONG_MODEL, "max_tokens": 4})
+    answer = json.loads(raw)
+    assert resp.status == 200 and answer["object"] == "chat.completion"
+    assert answer["choices"][0]["message"]["content"] == long_text(4)
+
+
+async def test_held_count(base_url: str) -> None:
+    """GET /control/held counts the streams waiting now: one while held, none after the release."""
+    root = base_url.removesuffix("/v1")
+    body = {**BODY, "model": HELD_MODEL, "stream": True}
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+
+        async def held() -> int:
+            async with session.get(f"{root}/control/held") as resp:
+                return int((await resp.json())["held"])
+
+        assert await held() == 0
+        async with session.post(f"{base_url}/chat/completions", json=body) as resp:
+            await resp.content.readuntil(b"\n\n")  # the first chunk: the handler is at (or just before) its wait
+            async with asyncio.timeout(10):
+                while await held() != 1:
+                    await asyncio.sleep(0.01)  # polling a condition, bounded above
+            async with session.post(f"{root}/control/release") as released:
+                assert await released.json() == {"released": 1}
+            assert sse_payloads(await resp.read())[-1] == "[DONE]"
+        assert await held() == 0
