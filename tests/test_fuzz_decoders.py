@@ -13,6 +13,7 @@ Deterministic: ``derandomize`` and no example database, so CI runs the same exam
 from __future__ import annotations
 
 import itertools
+import re
 import json
 import math
 from collections.abc import Callable, Sequence
@@ -238,3 +239,17 @@ def test_liaobots_event_parser_never_raises(text: str) -> None:
 def test_usage_counts_are_non_negative_integers(usage: dict[str, Any], counts: tuple[int, int]) -> None:
     events = openai_compatible._chunk_events({"usage": usage}, {})
     assert events == [Usage(*counts)]
+
+
+@FUZZ
+@given(text=st.text(alphabet=st.sampled_from("ab\r\n\u2028é"), max_size=80),
+       points=st.lists(st.integers(min_value=0, max_value=80), max_size=10))
+def test_line_decoder_matches_a_one_shot_split(text: str, points: list[int]) -> None:
+    """Chunks with and without CR take different paths; both give the lines of one regex split."""
+    bounds = [0, *sorted(p for p in points if p <= len(text)), len(text)]
+    decoder = LineDecoder()
+    lines = [line for a, b in itertools.pairwise(bounds) for line in decoder.decode(text[a:b])] + decoder.flush()
+    expected = re.split(r"\r\n|\r|\n", text)
+    if expected and expected[-1] == "":
+        expected.pop()  # a terminator at the very end opens no line
+    assert lines == expected

@@ -28,6 +28,7 @@ from patchbay.providers.local import (
     RepeatGuard,
     Sampling,
     default_model_path,
+    new_llama,
 )
 
 model = pytest.mark.model
@@ -83,6 +84,21 @@ async def test_no_system_message_means_the_templates_own_default() -> None:
     assert system and system in local._llama.metadata["tokenizer.chat_template"]  # the GGUF's, not ours
     assert stream.usage is not None
     assert stream.usage.prompt_tokens == len(local._llama.tokenize(prompt.encode(), add_bos=False, special=True))
+
+
+@model
+def test_models_load_without_extra_cpu_buffers() -> None:
+    """On AMX CPUs llama.cpp's repacked buffers crashed the first prompt batch: they stay off,
+    the bindings are left as they were, and a prompt of several tokens evaluates."""
+    import llama_cpp
+
+    before = llama_cpp.llama_cpp.llama_model_default_params
+    llama = new_llama(model_path=str(default_model_path()), n_ctx=256, n_threads=1, verbose=False)
+    assert llama.model_params.use_extra_bufts is False
+    assert llama_cpp.llama_cpp.llama_model_default_params is before
+    assert llama_cpp.llama_cpp.llama_model_default_params().use_extra_bufts is True  # others keep the default
+    llama.eval(llama.tokenize(b"The capital of France is"))  # a batch of several tokens
+    assert llama.n_tokens > 1
 
 
 @model

@@ -82,6 +82,8 @@ class LineDecoder:
             self._after_cr = False
             if text[0] == "\n":
                 text = text[1:]
+        if "\r" not in text:  # the usual stream: LF only, so one C-level split does it
+            return self._split_lf(text)
         lines: list[str] = []
         start = 0
         for match in _LINE_END.finditer(text):
@@ -98,6 +100,24 @@ class LineDecoder:
             self._size += len(text) - start
             self._check(self._size)
         self._after_cr = text.endswith("\r")
+        return lines
+
+    def _split_lf(self, text: str) -> list[str]:
+        """:meth:`decode` for text with no ``"\\r"``: the same lines, from ``str.split``."""
+        carried = self._size
+        lines = text.split("\n")
+        rest = lines.pop()  # after the last "\n": the start of an unfinished line ('' if none)
+        if lines and self._parts:
+            lines[0] = "".join(self._parts) + lines[0]
+            self._parts.clear()
+            self._size = 0
+        if len(text) + carried > self.max_line_size:  # only then can a line be too long
+            for line in lines:
+                self._check(len(line))
+        if rest:
+            self._parts.append(rest)
+            self._size += len(rest)
+            self._check(self._size)
         return lines
 
     def flush(self) -> list[str]:

@@ -147,6 +147,34 @@ class RepeatGuard:
 
 
 _END = object()
+_LOADING = threading.Lock()  # one model load at a time: new_llama swaps a module function meanwhile
+
+
+def new_llama(**options: Any) -> Any:
+    """``llama_cpp.Llama(**options)`` with llama.cpp's extra CPU buffer types turned off.
+
+    Those buffers repack the weights for the CPU's widest kernels; on CPUs with AMX (recent Intel
+    Xeons) that path crashed the process with SIGSEGV in the first batch of a prompt, while on
+    the AVX2 / AVX-512 machines the Q4_1 model is not repacked at all. Turning them off gives one
+    code path on every CPU. ``Llama`` takes no option for it, so its default model parameters are
+    wrapped while it loads."""
+    import llama_cpp
+
+    native = llama_cpp.llama_cpp  # the ctypes bindings, whose functions Llama looks up as it calls them
+    defaults = native.llama_model_default_params
+
+    def without_extra_buffers() -> Any:
+        params = defaults()
+        if hasattr(params, "use_extra_bufts"):
+            params.use_extra_bufts = False
+        return params
+
+    with _LOADING:
+        native.llama_model_default_params = without_extra_buffers
+        try:
+            return llama_cpp.Llama(**options)
+        finally:
+            native.llama_model_default_params = defaults
 
 
 def _turn_text(message: dict[str, Any]) -> str:
@@ -201,17 +229,16 @@ class LocalModel:
         if self._llama is not None:
             return
         try:
-            from llama_cpp import Llama
             from llama_cpp.llama_chat_format import Jinja2ChatFormatter
         except ImportError as exc:
             raise ProviderNotWorking(
                 "llama-cpp-python is not installed: pip install 'patchbay[local]'", provider="Local"
             ) from exc
-        llama = Llama(model_path=str(self.path), n_ctx=MAX_CONTEXT, n_threads=self.n_threads, verbose=False)
+        llama = new_llama(model_path=str(self.path), n_ctx=MAX_CONTEXT, n_threads=self.n_threads, verbose=False)
         trained = int(llama._model.n_ctx_train())
         if 0 < trained < MAX_CONTEXT:  # a smaller model: do not allocate more context than it knows
             del llama
-            llama = Llama(model_path=str(self.path), n_ctx=trained, n_threads=self.n_threads, verbose=False)
+            llama = new_llama(model_path=str(self.path), n_ctx=trained, n_threads=self.n_threads, verbose=False)
         template = llama.metadata.get("tokenizer.chat_template")
         if not template:
             raise ProviderNotWorking(f"{self.path.name} has no chat template", provider="Local")
@@ -452,7 +479,7 @@ class LocalModel:
                 except ImportError as exc:
                     raise ProviderNotWorking("llama-cpp-python is not installed: pip install 'patchbay[local]'",
                                              provider="Local") from exc
-                self._embedder = llama_cpp.Llama(
+                self._embedder = new_llama(
                     model_path=str(self.path), embedding=True, n_ctx=EMBED_CONTEXT, n_batch=EMBED_CONTEXT,
                     n_ubatch=EMBED_CONTEXT, pooling_type=llama_cpp.LLAMA_POOLING_TYPE_MEAN,
                     n_threads=self.n_threads, verbose=False)

@@ -180,17 +180,30 @@ class SSEWriter:
 
     async def data(self, payload: bytes) -> None:
         """One ``data:`` event (``payload`` is a single line of JSON or ``[DONE]``)."""
-        await self._write(b"data: " + payload + b"\n\n")
+        await self._put(b"data: " + payload + b"\n\n")
 
     async def event(self, name: bytes | None, payload: bytes) -> None:
         """One event: ``event: name`` (when named) and its ``data:`` line."""
         if name is None:
-            await self._write(b"data: " + payload + b"\n\n")
+            await self._put(b"data: " + payload + b"\n\n")
         else:
-            await self._write(b"event: " + name + b"\ndata: " + payload + b"\n\n")
+            await self._put(b"event: " + name + b"\ndata: " + payload + b"\n\n")
 
     async def comment(self, text: bytes = b"keep-alive") -> None:
         await self._write(b": " + text + b"\n\n")
+
+    async def _put(self, body: bytes) -> None:
+        """An event from the answer: :meth:`_write`, without the lock when no write is under way."""
+        if not self.started or self.finished or self._lock.locked():
+            await self._write(body)
+            return
+        # Only the keep-alive task writes besides this one, always under the lock, and never
+        # while ``writing_since`` is set: with no await before that is set, nothing can interleave.
+        loop = self._loop
+        self.writing_since = loop.time()
+        await self._send({"type": "http.response.body", "body": body, "more_body": True})
+        self.sent_at = loop.time()
+        self.writing_since = None
 
     async def _write(self, body: bytes, more: bool = True) -> None:
         async with self._lock:

@@ -15,6 +15,9 @@ raw response before the app sees anything:
 - an idle keep-alive connection is closed after ``keepalive_timeout``;
 - beyond ``max_connections`` open connections in this process: 503 and closed at once.
 
+Writes are joined per turn of the event loop (:mod:`patchbay.server.writes`): a head and its
+body, or the events of a stream that arrived together, leave in one system call.
+
 Memory per connection is bounded by those limits plus one socket read. HTTP/1.0 clients get an
 answer of unknown length delimited by closing the connection, never chunked (which they cannot
 read).
@@ -33,6 +36,7 @@ from uvicorn._types import ASGISendEvent
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from patchbay.errors import InvalidRequest
+from patchbay.server.writes import CoalescingTransport
 from patchbay.settings import ServerSettings, load_settings
 
 __all__ = ["DESCRIPTOR_RESERVE", "Limits", "LimitedHttpProtocol"]
@@ -160,7 +164,7 @@ class LimitedHttpProtocol(HttpToolsProtocol):
             self.transport = transport
             self._reject(503, "too many connections", linger=LINGER_REFUSED)
             return
-        super().connection_made(transport)
+        super().connection_made(CoalescingTransport(transport, self.loop))  # type: ignore[arg-type]
         self._head_timer = self.loop.call_later(self.bounds.head_timeout, self._head_timed_out)
 
     def connection_lost(self, exc: Exception | None) -> None:
