@@ -13,9 +13,9 @@ Deterministic: ``derandomize`` and no example database, so CI runs the same exam
 from __future__ import annotations
 
 import itertools
-import re
 import json
 import math
+import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
