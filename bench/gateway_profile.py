@@ -35,7 +35,7 @@ from bench.report import write_section
 from bench.streamed import cpu_spent, parse_streamed, stream_wrk_command, tree_cpu
 from bench.targets import Context, Launch, Service, free_port, launch_patchbay
 
-__all__ = ["Profile", "main", "profile_tree", "self_time"]
+__all__ = ["LAYERS", "Profile", "by_layer", "main", "profile_tree", "self_time"]
 
 log = logging.getLogger("bench.gateway_profile")
 
@@ -55,6 +55,7 @@ class Profile:
     cpu_per_request_us: float = 0.0
     requests_per_s: float = 0.0
     top: dict[str, list[tuple[str, float]]] = field(default_factory=dict)
+    layers: dict[str, list[tuple[str, float]]] = field(default_factory=dict)
 
 
 def self_time(raw: str, top: int) -> list[tuple[str, float]]:
@@ -72,6 +73,40 @@ def self_time(raw: str, top: int) -> list[tuple[str, float]]:
         counts[f"{name} ({module})" if module else name] += int(number)
         total += int(number)
     return [(name, 100 * n / total) for name, n in counts.most_common(top)] if total else []
+
+
+#: Where a frame's file belongs, by the first matching path fragment (else "other").
+LAYERS = (
+    ("uvicorn/", "HTTP server (uvicorn, httptools)"),
+    ("patchbay/server/", "patchbay.server (ASGI app, SSE writer, limits, metrics)"),
+    ("prometheus_client/", "patchbay.server (ASGI app, SSE writer, limits, metrics)"),
+    ("patchbay/net/", "patchbay.net (upstream pool, HTTP/1.1, SSE decoding)"),
+    ("patchbay/providers/", "providers (OpenAI-compatible parsing, guard, meter)"),
+    ("patchbay/routing/", "routing (router, attempts, state)"),
+    ("patchbay/events.py", "events (EventStream, transcript)"),
+    ("patchbay/completions.py", "rendering (chunks, completions)"),
+    ("patchbay/chat/", "rendering (chunks, completions)"),
+    ("patchbay/requestlog/", "request log (writer thread)"),
+    ("threading.py", "idle threads (request log writer waiting)"),
+    ("asyncio/", "event loop (asyncio, uvloop)"),
+    ("runners.py", "event loop (asyncio, uvloop)"),
+    ("<string>", "dataclass __init__ (events)"),
+)
+
+
+def by_layer(raw: str) -> list[tuple[str, float]]:
+    """Self time summed by the layer of the innermost frame whose file is known (see ``LAYERS``)."""
+    counts: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in raw.splitlines():
+        stack, _, number = line.rpartition(" ")
+        if not stack or not number.isdigit():
+            continue
+        layer = next((name for frame in reversed(stack.split(";")) if " (" in frame
+                      for fragment, name in LAYERS if fragment in frame), "other")
+        counts[layer] += int(number)
+        total += int(number)
+    return [(name, 100 * n / total) for name, n in counts.most_common()] if total else []
 
 
 def _sampled(pid: int, seconds: float, out: Path) -> threading.Thread:
@@ -115,7 +150,9 @@ def profile_tree(label: str, source: Path, ctx: Context, upstream_pid: int, seco
         result.cpu_per_request_us = 1e6 * cpu / requests if requests else 0.0
     for load in ("streamed", "whole"):
         samples = ctx.scratch / f"{label}-{load}.txt"
-        result.top[load] = self_time(samples.read_text(encoding="utf-8"), top) if samples.exists() else []
+        raw = samples.read_text(encoding="utf-8") if samples.exists() else ""
+        result.top[load] = self_time(raw, top)
+        result.layers[load] = by_layer(raw)
     return result
 
 
@@ -145,6 +182,13 @@ def render(profiles: list[Profile], command: str, seconds: float) -> str:
     lines += [f"| {p.label} | {p.chunks_per_s:,.0f} | {p.cpu_per_chunk_us:.1f} µs | {p.requests_per_s:,.0f} | "
               f"{p.cpu_per_request_us:.0f} µs |" for p in profiles]
     for load in ("streamed", "whole"):
+        names = list(dict.fromkeys(name for p in profiles for name, _ in p.layers.get(load, [])))
+        if names:
+            header = "| layer | " + " | ".join(p.label for p in profiles) + " |"
+            lines += ["", f"Self time by layer, {load}:", "", header, "|---|" + "---:|" * len(profiles)]
+            for name in names:
+                shares = [dict(p.layers.get(load, [])).get(name) for p in profiles]
+                lines.append(f"| {name} | " + " | ".join("" if v is None else f"{v:.1f}%" for v in shares) + " |")
         lines += ["", f"Top self time, {load}:", "", "| " + " | ".join(p.label for p in profiles) + " |",
                   "|" + "---|" * len(profiles)]
         depth = max((len(p.top.get(load, [])) for p in profiles), default=0)

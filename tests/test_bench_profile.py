@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bench.gateway_profile import Profile, render, self_time
+from bench.gateway_profile import Profile, by_layer, render, self_time
 
 RAW = """\
 <module> (patchbay/__main__.py:3);Server.run (uvicorn/server.py:86);send (uvicorn/h.py:544) 30
@@ -30,3 +30,10 @@ def test_render_puts_each_tree_in_a_column() -> None:
     assert "| before | 30,000 | 30.0 µs | 1,500 | 600 µs |" in text
     assert "| 34.0% `send (h.py)` | 8.0% `decode (decoders.py)` |" in text
     assert text.startswith("## Gateway: where the time goes")
+
+
+def test_by_layer_sums_self_time_by_the_innermost_file() -> None:
+    layers = dict(by_layer(RAW))
+    assert layers["HTTP server (uvicorn, httptools)"] == 40.0
+    assert layers["patchbay.net (upstream pool, HTTP/1.1, SSE decoding)"] == 50.0
+    assert layers["idle threads (request log writer waiting)"] == 10.0  # its leaf has no file: the caller's

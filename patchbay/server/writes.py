@@ -37,7 +37,7 @@ class CoalescingTransport:
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if not data:
             return
-        self._pending.append(bytes(data))
+        self._pending.append(data if type(data) is bytes else bytes(data))
         self._size += len(data)
         if self._size >= FLUSH_BYTES:
             self.flush()
