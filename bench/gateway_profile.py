@@ -43,6 +43,7 @@ CHUNKS = 500  # content chunks per streamed answer
 STREAM_CLIENTS = 20
 WHOLE_CONNECTIONS = 50
 RATE = 250  # py-spy samples per second
+IDLE = frozenset({"Condition.wait", "Event.wait", "Thread._wait_for_tstate_lock"})  # waiting, not working
 
 
 @dataclass
@@ -58,39 +59,51 @@ class Profile:
     layers: dict[str, list[tuple[str, float]]] = field(default_factory=dict)
 
 
-def self_time(raw: str, top: int) -> list[tuple[str, float]]:
-    """The functions with the most samples of their own, with their share of the process's samples
-    (py-spy's raw format: one ``frame;frame;... count`` line per distinct stack)."""
-    counts: collections.Counter[str] = collections.Counter()
-    total = 0
+def _stacks(raw: str) -> Iterator[tuple[list[str], int]]:
+    """(frames, samples) per line of py-spy's raw format (``frame;frame;... count``), leaving out
+    a thread waiting in ``threading`` (the request log's idle writer: py-spy cannot tell it is idle)."""
     for line in raw.splitlines():
         stack, _, number = line.rpartition(" ")
         if not stack or not number.isdigit():
             continue
-        leaf = stack.split(";")[-1]
+        frames = stack.split(";")
+        if frames[-1].split(" (")[0] in IDLE:
+            continue
+        yield frames, int(number)
+
+
+def self_time(raw: str, top: int) -> list[tuple[str, float]]:
+    """The functions with the most samples of their own, with their share of the busy samples."""
+    counts: collections.Counter[str] = collections.Counter()
+    total = 0
+    for frames, number in _stacks(raw):
+        leaf = frames[-1]
         name, _, where = leaf.partition(" (")
         module = where.split(":")[0].rsplit("/", 1)[-1]
-        counts[f"{name} ({module})" if module else name] += int(number)
-        total += int(number)
+        counts[f"{name} ({module})" if module else name] += number
+        total += number
     return [(name, 100 * n / total) for name, n in counts.most_common(top)] if total else []
 
 
-#: Where a frame's file belongs, by the first matching path fragment (else "other").
-LAYERS = (
-    ("uvicorn/", "HTTP server (uvicorn, httptools)"),
-    ("patchbay/server/", "patchbay.server (ASGI app, SSE writer, limits, metrics)"),
-    ("prometheus_client/", "patchbay.server (ASGI app, SSE writer, limits, metrics)"),
-    ("patchbay/net/", "patchbay.net (upstream pool, HTTP/1.1, SSE decoding)"),
-    ("patchbay/providers/", "providers (OpenAI-compatible parsing, guard, meter)"),
-    ("patchbay/routing/", "routing (router, attempts, state)"),
-    ("patchbay/events.py", "events (EventStream, transcript)"),
-    ("patchbay/completions.py", "rendering (chunks, completions)"),
-    ("patchbay/chat/", "rendering (chunks, completions)"),
-    ("patchbay/requestlog/", "request log (writer thread)"),
-    ("threading.py", "idle threads (request log writer waiting)"),
-    ("asyncio/", "event loop (asyncio, uvloop)"),
-    ("runners.py", "event loop (asyncio, uvloop)"),
-    ("<string>", "dataclass __init__ (events)"),
+#: Where a frame's file belongs: the first layer with a matching fragment (else "other"). py-spy
+#: names some files by path ("patchbay/net/pool.py") and others by their base name only
+#: ("pool.py"), so both are listed.
+LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("HTTP server (uvicorn, httptools)", ("uvicorn/", "(httptools_impl.py", "(h11_impl.py")),
+    ("patchbay.server (ASGI app, SSE writer, limits, metrics)",
+     ("patchbay/server/", "prometheus_client/", "(asgi.py", "(app.py", "(writes.py", "(protocol.py", "(metrics.py",
+      "(ratelimit.py", "(values.py", "(chat.py")),
+    ("patchbay.net (upstream pool, HTTP/1.1, SSE decoding)",
+     ("patchbay/net/", "(decoders.py", "(pool.py", "(session.py", "(transport.py", "(timeouts.py")),
+    ("rendering (chunks, completions)", ("patchbay/completions.py", "patchbay/chat/", "(completions.py",
+                                          "(rendering.py")),
+    ("providers (OpenAI-compatible parsing, guard, meter)",
+     ("patchbay/providers/", "(openai_compatible.py", "(base.py", "(pricing.py")),
+    ("routing (router, attempts, state)", ("patchbay/routing/", "(router.py", "(state.py")),
+    ("events (EventStream, transcript)", ("patchbay/events.py", "(events.py")),
+    ("request log (writer thread)", ("patchbay/requestlog/", "(store.py")),
+    ("event loop (asyncio, uvloop)", ("asyncio/", "(runners.py", "(locks.py", "(tasks.py")),
+    ("dataclass __init__ (events)", ("(<string>",)),
 )
 
 
@@ -98,14 +111,11 @@ def by_layer(raw: str) -> list[tuple[str, float]]:
     """Self time summed by the layer of the innermost frame whose file is known (see ``LAYERS``)."""
     counts: collections.Counter[str] = collections.Counter()
     total = 0
-    for line in raw.splitlines():
-        stack, _, number = line.rpartition(" ")
-        if not stack or not number.isdigit():
-            continue
-        layer = next((name for frame in reversed(stack.split(";")) if " (" in frame
-                      for fragment, name in LAYERS if fragment in frame), "other")
-        counts[layer] += int(number)
-        total += int(number)
+    for frames, number in _stacks(raw):
+        layer = next((name for frame in reversed(frames) if " (" in frame
+                      for name, fragments in LAYERS if any(fragment in frame for fragment in fragments)), "other")
+        counts[layer] += number
+        total += number
     return [(name, 100 * n / total) for name, n in counts.most_common()] if total else []
 
 
@@ -174,9 +184,13 @@ def render(profiles: list[Profile], command: str, seconds: float) -> str:
              f"Command: `{command}`. Each tree serves the fake upstream's `fake-long` model ({CHUNKS} chunks, one "
              f"write per SSE event) to `wrk -c{STREAM_CLIENTS}` with bench/wrk/stream.lua, then whole answers to "
              f"`wrk -c{WHOLE_CONNECTIONS}`, {seconds:g} s each, while `py-spy record -r {RATE}` samples it. "
-             "CPU is the server's utime + stime from /proc over the same seconds. Self time: the samples whose "
-             "innermost frame is in that function, as a share of all the server's samples (threads included; "
-             "an idle thread waiting in `Condition.wait` is the request log's writer).", "",
+             "CPU is the server's utime + stime from /proc over the same seconds, py-spy's pauses of the process "
+             "included (compare the trees with each other; the section above has the unsampled numbers). "
+             "Self time: the samples whose innermost frame is in that function, as a share of the server's "
+             "busy samples (every thread's; the request log's writer waiting in `Condition.wait` is left "
+             "out). By layer: each sample goes to "
+             "the layer of its innermost frame in a known file (a library call counts for the layer that made "
+             "it).", "",
              "| tree | streamed chunks/s | CPU per chunk | whole req/s | CPU per request |",
              "|---|---:|---:|---:|---:|"]
     lines += [f"| {p.label} | {p.chunks_per_s:,.0f} | {p.cpu_per_chunk_us:.1f} µs | {p.requests_per_s:,.0f} | "
