@@ -153,11 +153,10 @@ _LOADING = threading.Lock()  # one model load at a time: new_llama swaps a modul
 def new_llama(**options: Any) -> Any:
     """``llama_cpp.Llama(**options)`` with llama.cpp's extra CPU buffer types turned off.
 
-    Those buffers repack the weights for the CPU's widest kernels; on CPUs with AMX (recent Intel
-    Xeons) that path crashed the process with SIGSEGV in the first batch of a prompt, while on
-    the AVX2 / AVX-512 machines the Q4_1 model is not repacked at all. Turning them off gives one
-    code path on every CPU. ``Llama`` takes no option for it, so its default model parameters are
-    wrapped while it loads."""
+    Those buffers repack the weights for the CPU's widest kernels (AMX tiles on recent Intel
+    Xeons), and on such a Xeon that path crashed the process with SIGSEGV in the first batch of a
+    prompt. Off, every CPU runs the plain CPU kernels. ``Llama`` takes no option for it, so its
+    default model parameters are wrapped while it loads."""
     import llama_cpp
 
     native = llama_cpp.llama_cpp  # the ctypes bindings, whose functions Llama looks up as it calls them
