@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from llama_cpp import Llama
 
-from patchbay.providers.local import MAX_CONTEXT, PROMPT_CHUNK, Local, Sampling, default_model_path
+from patchbay.providers.local import MAX_CONTEXT, PROMPT_CHUNK, Local, Sampling, default_model_path, new_llama
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -71,7 +71,8 @@ def main() -> None:
     args = parser.parse_args()
 
     path = default_model_path()
-    llama = Llama(model_path=str(path), n_ctx=MAX_CONTEXT, n_threads=os.cpu_count(), verbose=False)
+    # Loaded as patchbay loads it (llama.cpp's extra CPU buffers off: they crash on AMX CPUs).
+    llama = new_llama(model_path=str(path), n_ctx=MAX_CONTEXT, n_threads=os.cpu_count(), verbose=False)
     loop = asyncio.new_event_loop()
     loop.run_until_complete(through_patchbay(4))  # load patchbay's model before timing
     direct(llama, 4)

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -28,6 +29,9 @@ QUESTION = [{"role": "system", "content": "You are a helpful assistant."},
             {"role": "user", "content": "What is the capital of France?"}]
 
 
+ROOT = Path(__file__).resolve().parent.parent  # where ``python -m tests.support.llama_server`` resolves
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -38,9 +42,9 @@ def free_port() -> int:
 def llama_server() -> Iterator[str]:
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "llama_cpp.server", "--model", str(default_model_path()), "--model_alias", "smollm2",
-         "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        [sys.executable, "-m", "tests.support.llama_server", "--model", str(default_model_path()),
+         "--model_alias", "smollm2", "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=ROOT,
     )
     ready = threading.Event()
     log: list[str] = []
@@ -57,7 +61,7 @@ def llama_server() -> Iterator[str]:
     watcher.start()
     try:
         if not ready.wait(START_TIMEOUT) or process.poll() is not None:
-            pytest.fail("llama_cpp.server did not start:\n" + "".join(log[-20:]))
+            pytest.fail("llama_cpp.server (tests.support.llama_server) did not start:\n" + "".join(log[-20:]))
         yield f"http://127.0.0.1:{port}/v1"
     finally:
         process.terminate()

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import contextlib
 import importlib.util
 import logging
 import os
@@ -150,30 +151,39 @@ _END = object()
 _LOADING = threading.Lock()  # one model load at a time: new_llama swaps a module function meanwhile
 
 
-def new_llama(**options: Any) -> Any:
-    """``llama_cpp.Llama(**options)`` with llama.cpp's extra CPU buffer types turned off.
+@contextlib.contextmanager
+def without_extra_buffers() -> Iterator[None]:
+    """While it lasts, llama-cpp-python loads models with llama.cpp's extra CPU buffer types off.
 
     Those buffers repack the weights for the CPU's widest kernels (AMX tiles on recent Intel
     Xeons), and on such a Xeon that path crashed the process with SIGSEGV in the first batch of a
-    prompt. Off, every CPU runs the plain CPU kernels. ``Llama`` takes no option for it, so its
-    default model parameters are wrapped while it loads."""
+    prompt. Off, every CPU runs the plain CPU kernels. ``Llama`` takes no option for it, so the
+    bindings' default model parameters are wrapped meanwhile (one load at a time)."""
     import llama_cpp
 
     native = llama_cpp.llama_cpp  # the ctypes bindings, whose functions Llama looks up as it calls them
     defaults = native.llama_model_default_params
 
-    def without_extra_buffers() -> Any:
+    def params_without_extra_buffers() -> Any:
         params = defaults()
         if hasattr(params, "use_extra_bufts"):
             params.use_extra_bufts = False
         return params
 
     with _LOADING:
-        native.llama_model_default_params = without_extra_buffers
+        native.llama_model_default_params = params_without_extra_buffers
         try:
-            return llama_cpp.Llama(**options)
+            yield
         finally:
             native.llama_model_default_params = defaults
+
+
+def new_llama(**options: Any) -> Any:
+    """``llama_cpp.Llama(**options)``, loaded :func:`without_extra_buffers`."""
+    import llama_cpp
+
+    with without_extra_buffers():
+        return llama_cpp.Llama(**options)
 
 
 def _turn_text(message: dict[str, Any]) -> str:
