@@ -196,7 +196,6 @@ def test_tables_and_section_render() -> None:
 
 @pytest.mark.process  # matplotlib may start fc-list for its font cache
 def test_the_chart_has_the_streamed_panel(tmp_path: Path) -> None:
-    pytest.importorskip("matplotlib")
     path = tmp_path / "gateway.png"
     assert write_chart(list(run_results().values()), path)
     assert path.stat().st_size > 10_000
