@@ -111,15 +111,24 @@ async def test_held_stream_waits_for_a_release(base_url: str) -> None:
     assert "".join(json.loads(p)["choices"][0]["delta"]["content"] for p in payloads[:-1]) == TEXT
 
 
+async def _until_held(gate: Gate, count: int) -> None:
+    """Let the loop run until ``count`` streams wait at ``gate`` (bounded: 1,000 loop steps)."""
+    for _ in range(1000):
+        if gate.held == count:
+            return
+        await asyncio.sleep(0)  # one loop step, then the condition again
+    raise AssertionError(f"{gate.held} streams wait, not {count}")
+
+
 async def test_a_release_lets_only_the_streams_waiting_then_go() -> None:
     gate = Gate()
     waiting = asyncio.ensure_future(gate.wait())
-    await asyncio.sleep(0)  # one loop step: the task runs up to its wait
+    await _until_held(gate, 1)
     assert gate.release() == 1
     await asyncio.wait_for(waiting, 10)
     later = asyncio.ensure_future(gate.wait())
-    await asyncio.sleep(0)
-    assert gate.held == 1 and not later.done()
+    await _until_held(gate, 1)
+    assert not later.done()
     assert gate.release() == 1
     await asyncio.wait_for(later, 10)
 
