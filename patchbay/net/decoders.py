@@ -161,7 +161,7 @@ class _TextLines:
 
 class ServerSentEvent(NamedTuple):
     """One dispatched server-sent event (a named tuple: one is made per event of every stream,
-    in a quarter of a frozen dataclass's time)."""
+    in less than half a frozen dataclass's time: 0.45 against 1.1 µs)."""
 
     data: str
     event: str = "message"
