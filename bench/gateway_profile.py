@@ -95,7 +95,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
       "(ratelimit.py", "(values.py", "(chat.py")),
     ("patchbay.net (upstream pool, HTTP/1.1, SSE decoding)",
      ("patchbay/net/", "(decoders.py", "(pool.py", "(session.py", "(transport.py", "(timeouts.py")),
-    ("rendering (chunks, completions)", ("patchbay/completions.py", "patchbay/chat/", "(completions.py",
+    ("rendering (chunks, completions)", ("patchbay/chat/response.py", "patchbay/chat/", "(completions.py",
                                           "(rendering.py")),
     ("providers (OpenAI-compatible parsing, guard, meter)",
      ("patchbay/providers/", "(openai_compatible.py", "(base.py", "(pricing.py")),

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from llama_cpp import Llama
 
-from patchbay.providers.local import MAX_CONTEXT, PROMPT_CHUNK, Local, Sampling, default_model_path, new_llama
+from patchbay.providers.local.model import MAX_CONTEXT, PROMPT_CHUNK, Local, Sampling, default_model_path, new_llama
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

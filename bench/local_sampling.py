@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from patchbay.providers.local import DEFAULT_MODEL, Local, Sampling
+from patchbay.providers.local.model import DEFAULT_MODEL, Local, Sampling
 
 __all__ = ["QUESTIONS", "SETTINGS", "Question", "Setting", "Tally", "cpu", "is_correct", "loops", "main",
            "periodic_tail", "report", "run_setting"]

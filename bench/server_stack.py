@@ -14,7 +14,7 @@
    ClientSession against patchbay's keep-alive pool (:mod:`patchbay.net.pool`).
 3. JSON and validation of a chat request body, in-process: ``json.loads`` alone, pydantic's
    ``model_validate_json`` of an equivalent model, and msgspec decoding into
-   :class:`patchbay.completions.ChatCompletionRequest` (parsing and checking in one step).
+   :class:`patchbay.chat.response.ChatCompletionRequest` (parsing and checking in one step).
 
 Throughput is wrk's (50 connections), so the numbers are comparable only within one run.
 Writes the "server-stack" section of docs/benchmarks.md.

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from patchbay.config import UNSET, Timeout
 from patchbay.errors import (
     AllProvidersFailed,
     Attempt,
@@ -56,6 +55,7 @@ from patchbay.events import (
     Transcript,
     Usage,
 )
+from patchbay.timeouts import UNSET, Timeout
 
 __version__ = "0.1.0"
 
@@ -65,10 +65,10 @@ _LAZY = {
     "AsyncClient": "patchbay.client",
     "ChunkStream": "patchbay.client",
     "Client": "patchbay.client",
-    "ChatCompletion": "patchbay.completions",
-    "ChatCompletionChunk": "patchbay.completions",
-    "Model": "patchbay.completions",
-    "ModelList": "patchbay.completions",
+    "ChatCompletion": "patchbay.chat.response",
+    "ChatCompletionChunk": "patchbay.chat.response",
+    "Model": "patchbay.chat.response",
+    "ModelList": "patchbay.chat.response",
     "providers": "patchbay.providers",
 }
 

@@ -2,7 +2,7 @@
 
 ``client.chat.completions.create(model=..., messages=..., stream=...)`` and
 ``client.models.list()`` behave like the openai SDK's, and answer with objects of the same shape
-(:mod:`patchbay.completions`). ``client.messages.create(...)`` (Anthropic's Messages API) and
+(:mod:`patchbay.chat.response`). ``client.messages.create(...)`` (Anthropic's Messages API) and
 ``client.responses.create(...)`` (OpenAI's Responses API) take those APIs' own fields and answer
 with their JSON as plain dicts: the whole message or response, or with ``stream=True`` its events
 (each a dict with its ``type``). Behind them is any provider class: by default the router described
@@ -31,23 +31,21 @@ from patchbay.chat.anthropic import MessageRendering, decode_messages_request, m
 from patchbay.chat.embeddings import embedding_request_from_dict, to_response
 from patchbay.chat.rendering import Rendering, rendered_events, rendered_whole
 from patchbay.chat.request import ChatCompletionRequest, request_from_kwargs
-from patchbay.completions import (
+from patchbay.chat.response import (
     ChatCompletion,
     ChatCompletionChunk,
     Model,
     ModelList,
     complete,
-    find_model,
-    model_list,
-    open_stream,
     stream_chunks,
 )
-from patchbay.config import UNSET, TimeoutTypes
 from patchbay.errors import InvalidRequest, ResourceNotFound
 from patchbay.events import EventStream
 from patchbay.providers.base import AsyncGeneratorProvider
+from patchbay.providers.calls import find_model, model_list, open_stream
 from patchbay.requestlog.responses import MemoryResponseStore, begin_response
 from patchbay.sync import BlockingStream, run_sync
+from patchbay.timeouts import UNSET, TimeoutTypes
 
 __all__ = ["AsyncChunkStream", "AsyncClient", "ChunkStream", "Client", "EventDicts"]
 

@@ -37,7 +37,7 @@ the class hierarchy), so the server, the CLI and the router all agree on what an
                                          be tried
 
 Context (provider, model) is attached in one place, :meth:`PatchbayError.with_context`, by the
-provider base class. Messages never contain secrets: :func:`patchbay.secrets.redact` runs on
+provider base class. Messages never contain secrets: :func:`patchbay.redact.redact` runs on
 every message when the error is made (so ``error.message`` is safe to log) and again when it is
 shown (for secrets registered in between).
 """
@@ -47,7 +47,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from patchbay.secrets import redact
+from patchbay.redact import redact
 
 __all__ = [
     "ERROR_TABLE",

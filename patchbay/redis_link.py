@@ -22,7 +22,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from patchbay.secrets import redact, register_secret
+from patchbay.redact import redact, register_secret
 
 __all__ = ["RedisLink", "masked_url"]
 

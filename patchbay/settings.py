@@ -28,9 +28,10 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, get_type_hints
 
-from patchbay.catalog import Prices, config_dir
-from patchbay.config import Timeout
 from patchbay.errors import InvalidRequest
+from patchbay.paths import config_dir
+from patchbay.providers.catalog import Prices
+from patchbay.timeouts import Timeout
 
 if TYPE_CHECKING:
     from patchbay.providers.base import AsyncGeneratorProvider

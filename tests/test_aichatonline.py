@@ -5,11 +5,11 @@ from __future__ import annotations
 import aiohttp
 import pytest
 
-from patchbay.config import Timeout
 from patchbay.errors import FirstByteTimeout, UpstreamError
 from patchbay.net.session import HTTPSession
 from patchbay.providers import AiChatOnline, registry
 from patchbay.providers.aichatonline import format_prompt
+from patchbay.timeouts import Timeout
 from tests.replicas.aichatonline import AiChatOnlineReplica
 
 MESSAGES = [{"role": "user", "content": "Hello"}]

@@ -30,6 +30,7 @@ from patchbay.chat.anthropic import (
     decode_messages_request,
     error_envelope,
 )
+from patchbay.chat.stops import cut_at_stops
 from patchbay.errors import (
     ERROR_TABLE,
     AllProvidersFailed,
@@ -50,7 +51,6 @@ from patchbay.errors import (
     UpstreamError,
 )
 from patchbay.events import Fallback, Finish, Logprobs, ProviderInfo, StreamEvent, TextDelta, ToolCallDelta, Usage
-from patchbay.stops import cut_at_stops
 
 MODEL = "claude-sonnet-4-5"
 WEATHER_SCHEMA = {"$schema": "http://json-schema.org/draft-07/schema#", "type": "object",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from bench.local_sampling import QUESTIONS, SETTINGS, Setting, Tally, is_correct, loops, periodic_tail, report
-from patchbay.providers.local import Sampling
+from patchbay.providers.local.model import Sampling
 
 
 def test_a_correct_answer_contains_an_accepted_whole_word() -> None:

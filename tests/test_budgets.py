@@ -15,7 +15,7 @@ import pytest
 import pytest_asyncio
 import redis
 
-from patchbay.catalog import Prices
+from patchbay.providers.catalog import Prices
 from patchbay.server.ratelimit import DAY, DAY_BUCKET, nanos
 from tests.gateway_process import GatewayProcess
 from tests.replicas.openai_fake import OpenAIFake

@@ -6,12 +6,12 @@ from typing import ClassVar
 
 import pytest
 
-from patchbay.catalog import ModelCatalog, ModelRecord, catalog, reset_catalog
 from patchbay.chat.request import ChatCompletionRequest
 from patchbay.errors import ContextTooLong, InvalidRequest, ModelNotSupported
 from patchbay.events import StreamEvent, TextDelta
 from patchbay.providers import registry
 from patchbay.providers.base import AsyncGeneratorProvider, Call, ProviderModelMixin
+from patchbay.providers.catalog import ModelCatalog, ModelRecord, catalog, reset_catalog
 
 
 def test_which_providers_serve_a_model_and_its_limits() -> None:

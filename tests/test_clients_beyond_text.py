@@ -42,7 +42,7 @@ import pydantic
 import pytest
 from langchain_openai import ChatOpenAI
 
-from patchbay.providers.liaobots import MODELS
+from patchbay.providers.liaobots.current import MODELS
 from tests.gateway_process import GatewayProcess
 from tests.replicas.liaobots import ROLES, LiaobotsReplica
 from tests.replicas.openai_fake import OpenAIFake

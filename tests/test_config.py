@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from patchbay.config import UNSET, Timeout
 from patchbay.errors import InvalidRequest
+from patchbay.timeouts import UNSET, Timeout
 
 
 def test_defaults_and_unset() -> None:

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from patchbay.context import count_chars, estimate_tokens, fit_messages
+from patchbay.chat.context import count_chars, estimate_tokens, fit_messages
 from patchbay.errors import ContextTooLong
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from yarl import URL
 
 from patchbay.net.cookiejar import CookieJar
-from patchbay.secrets import redact
+from patchbay.redact import redact
 
 SITE = URL("https://chat.example.com/api/chat")
 

@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from patchbay.errors import InvalidRequest
-from patchbay.secrets import redact
+from patchbay.redact import redact
 from patchbay.secrets.cookies import CookieStore, SiteCookies, from_browser, parse_cookie_file, site_of
 
 UA = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0"

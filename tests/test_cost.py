@@ -15,13 +15,13 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from patchbay.catalog import FREE, ModelCatalog, Prices
+from patchbay.chat.context import CHARS_PER_TOKEN, estimate_tokens
 from patchbay.cli import cli
-from patchbay.context import CHARS_PER_TOKEN, estimate_tokens
 from patchbay.errors import InvalidRequest
 from patchbay.events import Ledger, TextDelta, Transcript, Usage
 from patchbay.providers import Liaobots
-from patchbay.providers.local import Local
+from patchbay.providers.catalog import FREE, ModelCatalog, Prices
+from patchbay.providers.local.model import Local
 from patchbay.providers.openai_compatible import OpenAICompatible
 from patchbay.providers.pricing import Meter
 from patchbay.requestlog import Exchange, RequestLog

@@ -22,8 +22,8 @@ CITATION = re.compile(r"docs/protocols\.md#([\w-]+)")
 FENCE = re.compile(r"^( *)(```+|~~~+)(.*)$")
 #: The modules that speak (or replicate) a protocol of docs/protocols.md, and so must cite it.
 CITING = [
-    "patchbay/providers/liaobots.py",
-    "patchbay/providers/liaobots_legacy.py",
+    "patchbay/providers/liaobots/current.py",
+    "patchbay/providers/liaobots/legacy.py",
     "patchbay/providers/aichatonline.py",
     "patchbay/providers/openai_compatible.py",
     "tests/replicas/liaobots.py",

@@ -38,7 +38,6 @@ from patchbay.chat.embeddings import (
     to_response,
 )
 from patchbay.chat.request import ChatCompletionRequest
-from patchbay.config import Timeout
 from patchbay.errors import (
     AllProvidersFailed,
     InvalidRequest,
@@ -48,11 +47,12 @@ from patchbay.errors import (
 from patchbay.events import StreamEvent, TextDelta
 from patchbay.providers.base import AsyncGeneratorProvider, Call
 from patchbay.providers.capabilities import Capabilities
-from patchbay.providers.local import Local
+from patchbay.providers.local.model import Local
 from patchbay.providers.openai_compatible import OpenAICompatible
 from patchbay.routing import MemoryStateStore, RetryPolicy, Router, Target
 from patchbay.server.embeddings import EmbeddingsEndpoint
 from patchbay.server.metrics import GatewayMetrics
+from patchbay.timeouts import Timeout
 from tests.replicas.openai_fake import OpenAIFake
 
 SCHEMAS = Path(__file__).resolve().parents[1].parent / "shared" / "openai" / "schemas.json"

@@ -17,7 +17,7 @@ from patchbay.errors import (
     UpstreamError,
     error_for_status,
 )
-from patchbay.secrets import register_secret
+from patchbay.redact import register_secret
 
 
 def all_error_classes() -> list[type[PatchbayError]]:

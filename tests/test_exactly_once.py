@@ -27,8 +27,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from patchbay.chat.request import ChatCompletionRequest
-from patchbay.completions import ChatCompletion, ChatCompletionChunk, complete, stream_chunks
-from patchbay.config import Timeout
+from patchbay.chat.response import ChatCompletion, ChatCompletionChunk, complete, stream_chunks
 from patchbay.errors import (
     AuthError,
     ConnectionFailed,
@@ -41,6 +40,7 @@ from patchbay.events import EventStream, Fallback, Finish, StreamEvent, TextDelt
 from patchbay.providers.base import AsyncGeneratorProvider, Call
 from patchbay.providers.openai_compatible import OpenAICompatible
 from patchbay.routing import RetryPolicy, Router, Target
+from patchbay.timeouts import Timeout
 from tests.replicas.base import sse
 from tests.replicas.openai_fake import OpenAIFake, error_object
 

@@ -26,7 +26,8 @@ from hypothesis import strategies as st
 from patchbay.errors import PatchbayError, ProtocolError
 from patchbay.events import Finish, StreamEvent, TextDelta, ToolCallDelta, Usage
 from patchbay.net.decoders import DECODERS, LineDecoder, NDJSONDecoder, SSEDecoder, UTF8Decoder
-from patchbay.providers import liaobots, openai_compatible
+from patchbay.providers import openai_compatible
+from patchbay.providers.liaobots import current as liaobots
 
 FUZZ = settings(max_examples=120, derandomize=True, database=None, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow])

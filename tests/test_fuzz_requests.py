@@ -1,6 +1,6 @@
 """Property-based fuzzing of request validation: what the server does with a request body before
-any provider sees it (:func:`~patchbay.completions.decode_request`, then
-:func:`~patchbay.messages.validate_messages`), and the library's ``create(**kwargs)`` twin.
+any provider sees it (:func:`~patchbay.chat.response.decode_request`, then
+:func:`~patchbay.chat.messages.validate_messages`), and the library's ``create(**kwargs)`` twin.
 
 Whatever the input (arbitrary bytes, arbitrary JSON, a valid request with any field swapped for
 any JSON value), the result is a request that keeps every documented bound, or
@@ -20,9 +20,9 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from patchbay.chat.messages import validate_messages
 from patchbay.chat.request import MAX_MESSAGES, MAX_STOPS, ChatCompletionRequest, decode_request, request_from_kwargs
 from patchbay.errors import InvalidRequest
-from patchbay.messages import validate_messages
 
 FUZZ = settings(max_examples=200, derandomize=True, database=None, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow])

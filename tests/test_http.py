@@ -10,13 +10,13 @@ import pytest
 from aiohttp import web
 from yarl import URL
 
-from patchbay.config import Timeout
 from patchbay.errors import ConnectionFailed, ConnectTimeout, DeadlineExceeded, InvalidRequest, ProtocolError
 from patchbay.net.cookiejar import CookieJar
 from patchbay.net.session import HTTPSession, map_transport_error, parse_retry_after
 from patchbay.net.transport import ConnectTimeoutError, IncompleteResponse, MalformedResponse
 from patchbay.providers import AiChatOnline, Liaobots
-from patchbay.secrets import redact
+from patchbay.redact import redact
+from patchbay.timeouts import Timeout
 from tests.replicas.aichatonline import AiChatOnlineReplica
 from tests.replicas.liaobots import LiaobotsReplica
 from tests.replicas.proxy import HTTPProxy, Socks5Proxy

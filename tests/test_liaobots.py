@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from patchbay.config import Timeout
 from patchbay.errors import (
     AuthError,
     ConnectionFailed,
@@ -16,6 +15,7 @@ from patchbay.errors import (
     UpstreamError,
 )
 from patchbay.providers import Liaobots
+from patchbay.timeouts import Timeout
 from tests.replicas.base import corrupt_utf8
 from tests.replicas.liaobots import LiaobotsReplica
 from tests.replicas.threaded import threaded

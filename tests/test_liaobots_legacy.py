@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from patchbay.config import Timeout
 from patchbay.errors import AuthError, StreamInterrupted, UpstreamError
 from patchbay.providers import liaobots_legacy
+from patchbay.timeouts import Timeout
 from tests.replicas.liaobots_legacy import LiaobotsLegacyReplica
 from tests.replicas.threaded import threaded
 

@@ -19,7 +19,7 @@ import pytest
 
 from patchbay.errors import UpstreamError
 from patchbay.events import Finish, TextDelta
-from patchbay.providers.local import default_model_path
+from patchbay.providers.local.model import default_model_path
 from patchbay.providers.openai_compatible import OpenAICompatible
 
 pytestmark = [pytest.mark.process]

@@ -22,7 +22,7 @@ import pytest
 from patchbay.errors import ContextTooLong, InvalidRequest, ModelNotSupported
 from patchbay.events import EventStream, TextDelta
 from patchbay.providers import Local, registry
-from patchbay.providers.local import (
+from patchbay.providers.local.model import (
     DEFAULT_MAX_TOKENS,
     LocalModel,
     RepeatGuard,

@@ -1,7 +1,7 @@
 """The embedded model's output plans and shaper, without the model.
 
 The grammars are checked by a small GBNF recognizer written here (the subset that
-patchbay.providers.local_grammar writes): values that validate against a schema must match its
+patchbay.providers.local.grammar writes): values that validate against a schema must match its
 grammar, values that do not must not. llama.cpp's own parser is exercised by the model tier
 (tests/test_local_grammar_model.py), which runs every kind of plan.
 """
@@ -22,7 +22,7 @@ import pytest
 
 from patchbay.errors import InvalidRequest, ProtocolError
 from patchbay.events import Finish, Logprobs, StreamEvent, TextDelta, ToolCallDelta, Usage
-from patchbay.providers.local_grammar import (
+from patchbay.providers.local.grammar import (
     MAX_STRING,
     OutputPlan,
     OutputShaper,

@@ -14,8 +14,8 @@ import jsonschema
 import pytest
 
 from patchbay.events import Finish, Logprobs, StreamEvent, TextDelta, ToolCallDelta, Usage
-from patchbay.providers.local import LocalModel, Sampling, default_model_path
-from patchbay.providers.local_grammar import OutputPlan, output_plan, schema_grammar, shape_stream, with_instructions
+from patchbay.providers.local.grammar import OutputPlan, output_plan, schema_grammar, shape_stream, with_instructions
+from patchbay.providers.local.model import LocalModel, Sampling, default_model_path
 
 pytestmark = [pytest.mark.model]
 

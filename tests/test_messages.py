@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
+from patchbay.chat.messages import content_text, validate_messages
 from patchbay.errors import InvalidRequest
-from patchbay.messages import content_text, validate_messages
 
 
 def test_valid_conversation_passes() -> None:

@@ -10,7 +10,6 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from patchbay.config import Timeout
 from patchbay.errors import (
     AuthError,
     ConnectionFailed,
@@ -27,8 +26,9 @@ from patchbay.errors import (
     UpstreamError,
 )
 from patchbay.events import EventStream, Finish, ProviderInfo, TextDelta, ToolCallDelta, Usage
-from patchbay.presets import PRESETS, Preset, get_preset
 from patchbay.providers.openai_compatible import OpenAICompatible
+from patchbay.providers.presets import PRESETS, Preset, get_preset
+from patchbay.timeouts import Timeout
 from tests.replicas.base import DEFAULT_ANSWER
 from tests.replicas.openai_fake import OpenAIFake, error_object
 

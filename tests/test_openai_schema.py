@@ -19,7 +19,7 @@ import pytest
 import requests
 from aiohttp import web
 
-from patchbay.completions import complete, stream_chunks
+from patchbay.chat.response import complete, stream_chunks
 from patchbay.errors import InvalidRequest, RateLimited
 from patchbay.events import EventStream, Finish, Logprobs, ProviderInfo, TextDelta, ToolCallDelta, Transcript, Usage
 from tests.gateway_process import GatewayProcess

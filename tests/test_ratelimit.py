@@ -16,7 +16,7 @@ import pytest_asyncio
 import redis
 
 from patchbay.errors import BudgetExceeded, ClientRateLimited, InvalidRequest, error_info
-from patchbay.secrets import fingerprint
+from patchbay.redact import fingerprint
 from patchbay.server.ratelimit import (
     BUDGET,
     DAY,

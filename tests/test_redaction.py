@@ -19,12 +19,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from yarl import URL
 
-import patchbay.secrets as secrets_module
+import patchbay.redact as secrets_module
 from patchbay.errors import PatchbayError, ProtocolError
 from patchbay.net.cookiejar import CookieJar
 from patchbay.net.session import error_for_response
 from patchbay.providers.openai_compatible import _error_message, _parse_json
-from patchbay.secrets import clip, encoded_forms, redact, register_secret
+from patchbay.redact import clip, encoded_forms, redact, register_secret
 
 PIECE = 8  # the longest run of a secret's characters an output may show
 KEY_ALPHABET = string.ascii_letters + string.digits + "+/=-_"

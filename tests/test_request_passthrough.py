@@ -20,11 +20,11 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 
-from patchbay.config import Timeout
 from patchbay.events import Logprobs, StreamEvent, TextDelta
 from patchbay.providers.openai_compatible import OpenAICompatible
 from patchbay.server.app import Gateway
 from patchbay.settings import ServerSettings, Settings
+from patchbay.timeouts import Timeout
 from tests.replicas.base import sse
 from tests.replicas.openai_fake import OpenAIFake
 from tests.support.asgi_client import ASGIClient

@@ -21,9 +21,9 @@ from patchbay import requestlog
 from patchbay.chat.request import ChatCompletionRequest
 from patchbay.events import EventStream, Fallback, Finish, ProviderInfo, StreamEvent, TextDelta, Usage
 from patchbay.providers.base import AsyncGeneratorProvider, Call
+from patchbay.redact import register_secret
 from patchbay.requestlog import Exchange, ProviderCheck, RequestLog
 from patchbay.requestlog.migrations import MIGRATIONS, migrate
-from patchbay.secrets import register_secret
 
 SECRET = "sk-requestlog-test-5e1f0a"
 

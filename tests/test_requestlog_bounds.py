@@ -18,10 +18,10 @@ from click.testing import CliRunner
 
 from patchbay.chat.request import decode_request
 from patchbay.cli.logs import logs
+from patchbay.redact import register_secret
 from patchbay.requestlog import Exchange, RequestLog
 from patchbay.requestlog.migrations import migrate
 from patchbay.requestlog.store import BATCH_BYTES, CLIP_MARGIN, PROMPT_PREVIEW
-from patchbay.secrets import register_secret
 
 MB = 1024 * 1024
 MARKER = re.compile(r"…\[request log: (\d+) characters cut\]\Z")

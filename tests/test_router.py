@@ -10,9 +10,8 @@ from typing import Any, ClassVar
 
 import pytest
 
-from patchbay.catalog import ModelRecord, catalog, reset_catalog
+from patchbay.chat.messages import Messages
 from patchbay.chat.request import ChatCompletionRequest
-from patchbay.config import Timeout
 from patchbay.errors import (
     AllProvidersFailed,
     AuthError,
@@ -27,11 +26,12 @@ from patchbay.errors import (
     UpstreamError,
 )
 from patchbay.events import Fallback, ProviderInfo, StreamEvent, TextDelta
-from patchbay.messages import Messages
 from patchbay.providers.base import AsyncGeneratorProvider, Call
+from patchbay.providers.catalog import ModelRecord, catalog, reset_catalog
 from patchbay.routing import CooldownPolicy, MemoryStateStore, RetryPolicy, RetryProvider, Router, Target
 from patchbay.routing.state import Health
 from patchbay.routing.strategies import get_strategy
+from patchbay.timeouts import Timeout
 
 HELLO = [{"role": "user", "content": "hi"}]
 
@@ -355,7 +355,7 @@ async def test_cancelled_consumer_closes_the_target_stream() -> None:
 
 
 async def test_secrets_in_upstream_errors_never_reach_events_or_errors() -> None:
-    from patchbay.secrets import register_secret
+    from patchbay.redact import register_secret
 
     register_secret("sk-router-secret-999")
     a = script("A", ([], AuthError("key sk-router-secret-999 rejected")))

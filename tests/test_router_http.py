@@ -8,13 +8,13 @@ from collections.abc import Iterator
 
 import pytest
 
-from patchbay.config import Timeout
 from patchbay.errors import StreamInterrupted
 from patchbay.events import Fallback
 from patchbay.providers import Liaobots
 from patchbay.providers.openai_compatible import OpenAICompatible
+from patchbay.redact import fingerprint
 from patchbay.routing import MemoryStateStore, RetryPolicy, Router, Target
-from patchbay.secrets import fingerprint
+from patchbay.timeouts import Timeout
 from tests.replicas.liaobots import LiaobotsReplica
 from tests.replicas.openai_fake import OpenAIFake
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from patchbay.secrets import fingerprint
+from patchbay.redact import fingerprint
 from tests.replicas.liaobots import LiaobotsReplica
 from tests.replicas.openai_fake import OpenAIFake
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import logging
 
-from patchbay.secrets import RedactingFilter, register_secret
+from patchbay.redact import RedactingFilter, register_secret
 
 SECRET = "sk-test-traceback-7c1e95"
 

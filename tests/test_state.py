@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from patchbay.redact import register_secret
 from patchbay.redis_link import masked_url
 from patchbay.routing.redis_state import RedisStateStore
 from patchbay.routing.state import (
@@ -27,7 +28,6 @@ from patchbay.routing.state import (
     StateStore,
     fingerprint,
 )
-from patchbay.secrets import register_secret
 from tests import redis_server as redis_fixtures
 from tests.redis_server import free_port, start_redis
 

@@ -5,7 +5,7 @@ import itertools
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from patchbay.stops import StopSequenceFilter
+from patchbay.chat.stops import StopSequenceFilter
 
 
 def run(stops: list[str], parts: list[str]) -> tuple[str, bool]:

@@ -41,7 +41,7 @@ from patchbay.errors import InvalidRequest, StreamInterrupted, UnsupportedFeatur
 from patchbay.events import EventStream, Finish, StreamEvent, TextDelta, Transcript, Usage
 from patchbay.providers.base import AsyncGeneratorProvider, Call
 from patchbay.providers.capabilities import Capabilities, Need, needs
-from patchbay.providers.local import Local
+from patchbay.providers.local.model import Local
 from patchbay.providers.openai_compatible import OpenAICompatible
 from patchbay.routing import MemoryStateStore, RetryPolicy, Router, Target
 from tests.replicas.base import DEFAULT_ANSWER

@@ -25,10 +25,10 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-from patchbay import tracing
+import patchbay.routing.tracing as tracing
 from patchbay.errors import InvalidRequest
 from patchbay.events import EventStream
-from patchbay.secrets import encoded_forms
+from patchbay.redact import encoded_forms
 from patchbay.server.app import Gateway
 from patchbay.server.otel import INSTALL_HINT, OTelTracer, start_tracing
 from patchbay.settings import RouterSettings, ServerSettings, Settings, TracingSettings, load_settings, to_toml

@@ -18,7 +18,6 @@ import uvloop
 from aiohttp import web
 from yarl import URL
 
-from patchbay.config import Timeout
 from patchbay.errors import (
     ConnectionFailed,
     ConnectTimeout,
@@ -32,6 +31,7 @@ from patchbay.net.curl import CurlResponse
 from patchbay.net.pool import ConnectionPool, pool_for_loop
 from patchbay.net.session import TRANSPORTS, HTTPSession, parse_retry_after
 from patchbay.net.transport import READ_HIGH_WATER, ConnectError, IncompleteResponse, UpstreamRequest
+from patchbay.timeouts import Timeout
 from tests.support.raw_server import OK, RawServer, answer_first_request_only, port_that_never_connects
 from tests.tls import self_signed_server_context
 

@@ -17,8 +17,8 @@ from patchbay.errors import ChallengeRequired, ConnectionFailed, InvalidRequest,
 from patchbay.net.session import HTTPSession
 from patchbay.providers import AiChatOnline, Liaobots
 from patchbay.providers.web import cookie_store
+from patchbay.redact import redact
 from patchbay.routing import MemoryStateStore, Router, Target
-from patchbay.secrets import redact
 from patchbay.secrets.cookies import site_of
 from patchbay.settings import load_settings
 from tests.replicas.aichatonline import AiChatOnlineReplica

@@ -65,7 +65,7 @@ def _count_processes() -> None:
 
 def _count_generations() -> None:
     try:
-        from patchbay.providers.local import LocalModel
+        from patchbay.providers.local.model import LocalModel
     except ImportError:  # the package's own import failed: every test will say so
         return
     original = LocalModel._generate

@@ -45,9 +45,9 @@ from typing import Any
 
 import msgspec
 
+from patchbay.chat.context import estimate_tokens
 from patchbay.chat.output import output_spec
 from patchbay.chat.request import MAX_STOPS, NOT_JSON, TOO_DEEP, ChatCompletionRequest, request_from_kwargs
-from patchbay.context import estimate_tokens
 from patchbay.errors import InvalidRequest, PatchbayError, ProtocolError, UnsupportedFeature
 from patchbay.events import Finish, ProviderInfo, StreamEvent, TextDelta, ToolCallDelta, Usage
 
@@ -112,7 +112,7 @@ def decode_messages_request(body: bytes) -> MessagesRequest:
 
 def count_tokens_body(body: bytes, check_model: Callable[[str], object] | None = None) -> dict[str, int]:
     """The answer of ``POST /v1/messages/count_tokens``: ``{"input_tokens": n}``, estimated by
-    :func:`patchbay.context.estimate_tokens` over the converted conversation, tools included.
+    :func:`patchbay.chat.context.estimate_tokens` over the converted conversation, tools included.
     The body is checked like a create request's, except that ``max_tokens`` is not asked for;
     ``check_model`` (when given) refuses a model nobody serves (as the provider's ``resolve_model``)."""
     request = _decode(_document(body), count_only=True)

@@ -22,8 +22,8 @@ from typing import Annotated, Any, Literal
 import jsonschema
 import msgspec
 
+from patchbay.chat.messages import validate_messages
 from patchbay.errors import InvalidRequest
-from patchbay.messages import validate_messages
 
 __all__ = [
     "MAX_MESSAGES",
@@ -235,7 +235,7 @@ def request_from_kwargs(kwargs: dict[str, Any]) -> ChatCompletionRequest:
 
 def _check_messages(request: ChatCompletionRequest) -> None:
     """The rules a schema does not state (a tool message's tool_call_id, content parts...), by
-    :func:`~patchbay.messages.validate_messages`; plain text turns, the usual case, need none."""
+    :func:`~patchbay.chat.messages.validate_messages`; plain text turns, the usual case, need none."""
     if any(m.role == "tool" or not isinstance(m.content, str) for m in request.messages):
         validate_messages(request.message_dicts())
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 import click
 
 from patchbay.errors import PatchbayError
-from patchbay.secrets import redact
+from patchbay.redact import redact
 
 if TYPE_CHECKING:
     from patchbay.providers.base import AsyncGeneratorProvider
@@ -106,8 +106,8 @@ def model_for(provider: type[AsyncGeneratorProvider], model: str | None) -> str 
 def require_key(provider: type[AsyncGeneratorProvider]) -> None:
     """Raise the AuthError a request would end with because ``provider`` needs an API key and has
     none (neither in its variable nor stored), before anything is sent."""
-    from patchbay.credentials import CredentialPool
     from patchbay.errors import AuthError
+    from patchbay.secrets.pool import CredentialPool
 
     pool = getattr(provider, "credentials", None)
     if not (provider.needs_auth and isinstance(pool, CredentialPool)):
@@ -134,9 +134,9 @@ def find_provider(settings: Settings, name: str) -> type[AsyncGeneratorProvider]
     """The provider ``name`` (any case): a ``[providers]`` entry, else a built-in one, else an
     OpenAI-compatible preset (``groq``, ``ollama``...); otherwise InvalidRequest listing them."""
     from patchbay.errors import InvalidRequest
-    from patchbay.presets import PRESETS
     from patchbay.providers import registry
     from patchbay.providers.openai_compatible import OpenAICompatible
+    from patchbay.providers.presets import PRESETS
 
     configured = next((entry for entry in settings.providers if entry.lower() == name.lower()), None)
     if configured is not None:

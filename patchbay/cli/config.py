@@ -26,7 +26,7 @@ def config() -> None:
 @config.command(name="path")
 def config_path_command() -> None:
     """Print the config file's path (the one that would be created, if there is none)."""
-    from patchbay.catalog import config_dir
+    from patchbay.paths import config_dir
     from patchbay.settings import find_config
 
     click.echo(str(find_config() or config_dir() / "config.toml"))
@@ -69,7 +69,7 @@ def keys() -> None:
 @verbose_option
 def set_key(name: str, verbose: bool) -> None:
     """Store a key as NAME (asked for without echo, or read from stdin when piped)."""
-    from patchbay.keys import save_key
+    from patchbay.secrets.store import save_key
 
     if sys.stdin.isatty():
         value = click.prompt(f"Value for {name}", hide_input=True, prompt_suffix=": ").strip()
@@ -85,8 +85,8 @@ def set_key(name: str, verbose: bool) -> None:
 @verbose_option
 def list_keys(as_json: bool, verbose: bool) -> None:
     """List the stored keys, masked."""
-    from patchbay.keys import load_keys
-    from patchbay.secrets import mask
+    from patchbay.redact import mask
+    from patchbay.secrets.store import load_keys
 
     with reported(verbose):
         stored = load_keys()
@@ -106,7 +106,7 @@ def list_keys(as_json: bool, verbose: bool) -> None:
 @verbose_option
 def remove_key(name: str, verbose: bool) -> None:
     """Forget the key stored as NAME."""
-    from patchbay.keys import remove_key as remove
+    from patchbay.secrets.store import remove_key as remove
 
     with reported(verbose):
         removed = remove(name)
@@ -118,7 +118,7 @@ def remove_key(name: str, verbose: bool) -> None:
 @keys.command(name="path")
 def keys_path_command() -> None:
     """Print the keys file's path."""
-    from patchbay.keys import keys_path
+    from patchbay.secrets.store import keys_path
 
     click.echo(str(keys_path()))
 

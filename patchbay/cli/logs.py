@@ -14,7 +14,7 @@ import click
 
 from patchbay.cli.common import config_option, fail, json_option, load, reported, verbose_option
 from patchbay.cli.output import seconds, table
-from patchbay.secrets import clip
+from patchbay.redact import clip
 
 if TYPE_CHECKING:
     from patchbay.requestlog import Exchange, Spend

@@ -10,7 +10,7 @@ import click
 from patchbay.cli.common import config_option, fail, json_option, load, reported, verbose_option
 
 if TYPE_CHECKING:
-    from patchbay.catalog import ModelRecord
+    from patchbay.providers.catalog import ModelRecord
     from patchbay.settings import Settings
 
 __all__ = ["COMMANDS", "models"]

@@ -249,9 +249,9 @@ async def probe(target: Probe, timeout: float) -> ProviderCheck:
     """Ask ``target`` the probe question; any failure, or no answer within ``timeout``, fails it.
 
     Everything that may reach the network (a service's model list too) runs within ``timeout``."""
-    from patchbay.config import Timeout
     from patchbay.events import TextDelta
     from patchbay.requestlog import ProviderCheck
+    from patchbay.timeouts import Timeout
 
     started_at, started = time.time(), time.perf_counter()
     first: float | None = None

@@ -17,7 +17,7 @@ from http.cookies import CookieError, SimpleCookie
 
 from yarl import URL
 
-from patchbay.secrets import register_secret
+from patchbay.redact import register_secret
 
 __all__ = ["CookieJar"]
 

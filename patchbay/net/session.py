@@ -2,7 +2,7 @@
 
 :class:`HTTPSession` gives chat providers what they should not each write again: http(s) and
 socks proxies, TLS verification on by default (a provider may opt out), browser impersonation,
-cookies that outlive the session, the four limits of :class:`~patchbay.config.Timeout`
+cookies that outlive the session, the four limits of :class:`~patchbay.timeouts.Timeout`
 (connect, first byte, idle gap, total), redirects, and the mapping of transport exceptions onto
 patchbay's errors (:data:`TRANSPORT_ERRORS`, one table). It picks the transport by what the
 request needs (:mod:`patchbay.net.transport`): the keep-alive pool for direct requests, libcurl
@@ -22,7 +22,6 @@ from typing import Any, Protocol, TypeVar
 
 from yarl import URL
 
-from patchbay.config import Timeout
 from patchbay.errors import (
     ChallengeRequired,
     ConnectionFailed,
@@ -52,7 +51,8 @@ from patchbay.net.transport import (
     UpstreamRequest,
     encode_body,
 )
-from patchbay.secrets import clip, register_secret
+from patchbay.redact import clip, register_secret
+from patchbay.timeouts import Timeout
 
 __all__ = [
     "TRANSPORTS",

@@ -5,12 +5,12 @@
 
 from __future__ import annotations
 
-from patchbay.providers import liaobots_legacy
 from patchbay.providers.aichatonline import AiChatOnline
 from patchbay.providers.base import AsyncGeneratorProvider, ProviderModelMixin
-from patchbay.providers.liaobots import Liaobots
-from patchbay.providers.liaobots_legacy import LiaobotsLegacy
-from patchbay.providers.local import Local
+from patchbay.providers.liaobots import legacy as liaobots_legacy
+from patchbay.providers.liaobots.current import Liaobots
+from patchbay.providers.liaobots.legacy import LiaobotsLegacy
+from patchbay.providers.local.model import Local
 from patchbay.providers.openai_compatible import OpenAICompatible
 from patchbay.providers.registry import ProviderRegistry, registry
 

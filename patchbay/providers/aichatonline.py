@@ -18,18 +18,18 @@ import string
 from collections.abc import AsyncIterator
 from typing import ClassVar
 
-from patchbay.catalog import FREE
+from patchbay.chat.messages import Messages, content_text
 from patchbay.chat.request import ChatCompletionRequest
 from patchbay.errors import ProtocolError
 from patchbay.events import StreamEvent, TextDelta
-from patchbay.messages import Messages, content_text
 from patchbay.net.decoders import NDJSONDecoder
 from patchbay.net.session import BROWSER_USER_AGENT, HTTPSession, error_for_response
 from patchbay.net.transport import Response
 from patchbay.providers.base import AsyncGeneratorProvider, Call, ProviderModelMixin
 from patchbay.providers.capabilities import Capabilities
+from patchbay.providers.catalog import FREE
 from patchbay.providers.web import DEFAULT_IMPERSONATE, browser_session
-from patchbay.secrets import clip
+from patchbay.redact import clip
 
 __all__ = ["AiChatOnline", "format_prompt"]
 

@@ -20,21 +20,21 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from patchbay.catalog import ModelRecord, Prices, catalog
+from patchbay.chat.context import estimate_tokens, fit_messages
 from patchbay.chat.embeddings import EmbeddingRequest, EmbeddingResult
+from patchbay.chat.messages import validate_messages
 from patchbay.chat.request import ChatCompletionRequest, request_from_kwargs
-from patchbay.config import UNSET, Timeout, TimeoutTypes
-from patchbay.context import estimate_tokens, fit_messages
+from patchbay.chat.stops import cut_at_stops
 from patchbay.errors import ModelNotSupported, PatchbayError, StreamInterrupted, UnsupportedFeature
 from patchbay.events import EventStream, Ledger, Mark, ProviderInfo, StreamEvent, TextStream, Transcript, Usage
-from patchbay.messages import validate_messages
 from patchbay.net.session import map_transport_error
 from patchbay.net.transport import TransportError
 from patchbay.providers.capabilities import Capabilities, Support, needs
+from patchbay.providers.catalog import ModelRecord, Prices, catalog
 from patchbay.providers.emulation import emulate
 from patchbay.providers.pricing import Meter
-from patchbay.stops import cut_at_stops
 from patchbay.sync import BlockingStream
+from patchbay.timeouts import UNSET, Timeout, TimeoutTypes
 
 __all__ = ["AsyncGeneratorProvider", "Call", "ProviderModelMixin", "classproperty"]
 

@@ -34,7 +34,7 @@ from referencing.exceptions import Unresolvable
 from patchbay.chat.output import JSON_SCHEMA, AnswerFormat, OutputSpec, answer_description, output_spec, tool_listing
 from patchbay.errors import InvalidRequest, ProtocolError
 from patchbay.events import Finish, StreamEvent, TextDelta, ToolCallDelta, Usage
-from patchbay.secrets import clip
+from patchbay.redact import clip
 
 __all__ = ["Run", "emulate", "instructions", "render_history"]
 

@@ -23,11 +23,8 @@ from typing import Any, ClassVar, ParamSpec, TypeVar
 
 import msgspec
 
-from patchbay.catalog import FREE, Prices
 from patchbay.chat.embeddings import EmbeddingRequest, EmbeddingResult, decode_base64_vector
 from patchbay.chat.request import ChatCompletionRequest
-from patchbay.config import Timeout
-from patchbay.credentials import CredentialPool
 from patchbay.errors import (
     AuthError,
     InvalidRequest,
@@ -42,11 +39,14 @@ from patchbay.events import Finish, Logprobs, StreamEvent, TextDelta, ToolCallDe
 from patchbay.net.decoders import SSEDecoder
 from patchbay.net.session import HTTPSession, parse_retry_after
 from patchbay.net.transport import Response
-from patchbay.presets import get_preset
 from patchbay.providers.base import AsyncGeneratorProvider, Call, ProviderModelMixin
 from patchbay.providers.capabilities import Capabilities
-from patchbay.secrets import clip, mask, register_secret
+from patchbay.providers.catalog import FREE, Prices
+from patchbay.providers.presets import get_preset
+from patchbay.redact import clip, mask, register_secret
+from patchbay.secrets.pool import CredentialPool
 from patchbay.sync import in_event_loop, run_sync
+from patchbay.timeouts import Timeout
 
 __all__ = ["OpenAICompatible"]
 
@@ -150,7 +150,7 @@ class OpenAICompatible(AsyncGeneratorProvider, ProviderModelMixin):
 
     @classmethod
     def from_preset(cls, preset_name: str, **overrides: Any) -> type[OpenAICompatible]:
-        """A configured subclass for a named preset (see :mod:`patchbay.presets`)."""
+        """A configured subclass for a named preset (see :mod:`patchbay.providers.presets`)."""
         preset = get_preset(preset_name)
         overrides.setdefault("base_url", preset.base_url)
         overrides.setdefault("api_key_env", preset.key_env)

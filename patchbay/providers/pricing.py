@@ -3,7 +3,7 @@
 Every provider's stream passes through a :class:`Meter` (the base class's guard runs it). The
 attempt is charged once: when its :class:`~patchbay.events.Usage` arrives, at the provider's
 prices (or the cost the upstream stated, which wins); or, when the attempt ends without one, for
-an estimate of its prompt and of the text it delivered (:mod:`patchbay.context`'s count). An
+an estimate of its prompt and of the text it delivered (:mod:`patchbay.chat.context`'s count). An
 attempt that finishes without usage (a web chat service never reports any) gets the estimate as
 its usage, so every answer has one; one that is interrupted or left by the client is charged
 the estimate when it closes. The usage the caller sees carries the request's cost so
@@ -15,10 +15,10 @@ from __future__ import annotations
 import dataclasses
 import logging
 
-from patchbay.catalog import Prices
+from patchbay.chat.context import CHARS_PER_TOKEN, estimate_tokens
 from patchbay.chat.request import ChatCompletionRequest
-from patchbay.context import CHARS_PER_TOKEN, estimate_tokens
 from patchbay.events import Charge, Ledger, Mark, Transcript, Usage
+from patchbay.providers.catalog import Prices
 
 __all__ = ["Meter"]
 

@@ -11,9 +11,9 @@ from collections.abc import Iterator
 from importlib.metadata import entry_points
 from typing import Any
 
-from patchbay.catalog import ModelCatalog, ModelRecord, add_record_source, catalog
 from patchbay.errors import InvalidRequest, ProviderNotWorking
 from patchbay.providers.base import AsyncGeneratorProvider
+from patchbay.providers.catalog import ModelCatalog, ModelRecord, add_record_source, catalog
 
 __all__ = ["ENTRY_POINT_GROUP", "ProviderRegistry", "registry"]
 

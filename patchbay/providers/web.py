@@ -20,12 +20,12 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import TypeVar, cast
 
-from patchbay.catalog import config_dir
 from patchbay.errors import ChallengeRequired, InvalidRequest, SessionRejected
 from patchbay.net.cookiejar import CookieJar
 from patchbay.net.curl import browser_profile
 from patchbay.net.session import HTTPSession
 from patchbay.net.transport import InvalidRequestError
+from patchbay.paths import config_dir
 from patchbay.providers.base import AsyncGeneratorProvider, Call
 from patchbay.secrets.cookies import CookieStore, SiteCookies, site_of
 

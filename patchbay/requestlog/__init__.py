@@ -19,6 +19,7 @@ import os
 import threading
 from pathlib import Path
 
+from patchbay.paths import data_dir
 from patchbay.requestlog.store import Exchange, ProviderCheck, RequestLog, Spend, describe_error
 
 __all__ = [
@@ -27,7 +28,6 @@ __all__ = [
     "RequestLog",
     "Spend",
     "active",
-    "data_dir",
     "default_path",
     "describe_error",
     "disable",
@@ -41,14 +41,6 @@ _TRUE = frozenset({"1", "true", "yes", "on"})
 
 _lock = threading.Lock()
 _active: RequestLog | None = None
-
-
-def data_dir() -> Path:
-    """Where patchbay keeps its data: ``$PATCHBAY_HOME``, else ``$XDG_DATA_HOME/patchbay``."""
-    home = os.environ.get("PATCHBAY_HOME")
-    if home:
-        return Path(home)
-    return Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "patchbay"
 
 
 def default_path() -> Path:

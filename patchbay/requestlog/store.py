@@ -47,8 +47,8 @@ import msgspec
 
 from patchbay.errors import PatchbayError
 from patchbay.events import EventStream
+from patchbay.redact import clip, redact, redact_json
 from patchbay.requestlog.migrations import migrate
-from patchbay.secrets import clip, redact, redact_json
 
 __all__ = ["Exchange", "ProviderCheck", "RequestLog", "Spend", "describe_error", "prune_database"]
 

@@ -32,10 +32,9 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, 
 from contextlib import aclosing
 from typing import Any, ClassVar, Literal, TypeVar
 
-from patchbay import tracing
+import patchbay.routing.tracing as tracing
 from patchbay.chat.embeddings import EmbeddingRequest, EmbeddingResult
 from patchbay.chat.request import ChatCompletionRequest, ChatMessage
-from patchbay.credentials import CredentialPool
 from patchbay.errors import (
     AllProvidersFailed,
     Attempt,
@@ -51,11 +50,12 @@ from patchbay.errors import (
 from patchbay.events import Fallback, StreamEvent, TextDelta, ToolCallDelta
 from patchbay.providers.base import AsyncGeneratorProvider, Call
 from patchbay.providers.capabilities import Capabilities, needs
+from patchbay.redact import clip
 from patchbay.routing.policy import Action, CooldownPolicy, RetryPolicy, decide
 from patchbay.routing.state import Health, MemoryStateStore, StateStore
 from patchbay.routing.strategies import USES_HEALTH, get_strategy
 from patchbay.routing.targets import RouteTable, Target
-from patchbay.secrets import clip
+from patchbay.secrets.pool import CredentialPool
 from patchbay.sync import in_event_loop, run_sync
 
 __all__ = ["MidStream", "RetryProvider", "Router"]

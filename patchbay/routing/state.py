@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 from patchbay.errors import InvalidRequest
-from patchbay.secrets import clip, fingerprint
+from patchbay.redact import clip, fingerprint
 
 __all__ = [
     "EMA_ALPHA",

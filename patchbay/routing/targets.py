@@ -20,9 +20,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from patchbay.catalog import catalog
 from patchbay.errors import InvalidRequest, ModelNotSupported, PatchbayError
+from patchbay.providers import registry
 from patchbay.providers.base import AsyncGeneratorProvider
+from patchbay.providers.catalog import catalog
 
 __all__ = ["WILDCARD", "RouteTable", "Target", "default_model", "is_pattern", "target_from_config"]
 
@@ -123,8 +124,6 @@ def target_from_config(entry: Any, route: str, providers: Mapping[str, ProviderT
     """One target of ``route`` from plain data: a Target, ``"Provider/model"``, ``"Provider"`` or a
     table ``{provider, model, weight, base_url}``. Provider names are looked up in ``providers``
     first, then in the registry; mistakes are InvalidRequest naming the route."""
-    from patchbay.providers import registry
-
     def lookup(name: str) -> ProviderType:
         if providers and name in providers:
             return providers[name]

@@ -28,9 +28,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
-from patchbay.catalog import config_dir
 from patchbay.errors import InvalidRequest
-from patchbay.secrets import fingerprint, mask, redact, register_secret, write_private_json
+from patchbay.paths import config_dir, write_private_json
+from patchbay.redact import fingerprint, mask, redact, register_secret
 
 __all__ = [
     "BROWSERS",

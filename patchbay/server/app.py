@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 
 import msgspec
 
-from patchbay.completions import find_model, model_list
+from patchbay import __version__
 from patchbay.errors import (
     AuthError,
     ClientRateLimited,
@@ -35,10 +35,11 @@ from patchbay.errors import (
     ProviderNotWorking,
 )
 from patchbay.providers.base import AsyncGeneratorProvider
+from patchbay.providers.calls import find_model, model_list
+from patchbay.redact import register_secret
 from patchbay.requestlog import RequestLog
 from patchbay.requestlog.responses import MemoryResponseStore, RedisResponseStore, SQLiteResponseStore
 from patchbay.routing import Router
-from patchbay.secrets import register_secret
 from patchbay.server.asgi import (
     REQUEST_ID,
     ClientDisconnected,
@@ -95,8 +96,6 @@ class Gateway:
 
     def __init__(self, settings: Settings | None = None, provider: type[AsyncGeneratorProvider] | None = None
                  ) -> None:
-        from patchbay import __version__
-
         self.settings = settings or load_settings()
         server = self.settings.server
         self.provider = provider or self.settings.build_router()

@@ -24,20 +24,21 @@ from typing import Any, NamedTuple, Protocol
 
 import msgspec
 
-from patchbay import tracing
+import patchbay.routing.tracing as tracing
+from patchbay.chat.context import CHARS_PER_TOKEN, estimate_tokens
 from patchbay.chat.rendering import Rendering, rendered_events, rendered_whole
 from patchbay.chat.request import ChatCompletionRequest, decode_request
-from patchbay.completions import complete, open_stream, stream_chunks
-from patchbay.config import Timeout
-from patchbay.context import CHARS_PER_TOKEN, estimate_tokens
+from patchbay.chat.response import complete, stream_chunks
 from patchbay.errors import AllProvidersFailed, PatchbayError, UpstreamError
 from patchbay.events import EventStream
 from patchbay.providers.base import AsyncGeneratorProvider
+from patchbay.providers.calls import open_stream
 from patchbay.requestlog import Exchange, RequestLog
 from patchbay.server.asgi import REQUEST_ID, DisconnectWatch, Headers, Receive, Send, SSEWriter, error_body, send_bytes
 from patchbay.server.cache import CACHE_HEADER, DEFAULT_DIRECTIVES, Directives, Lookup, ResponseCache
 from patchbay.server.metrics import GatewayMetrics
 from patchbay.server.ratelimit import ANONYMOUS
+from patchbay.timeouts import Timeout
 
 __all__ = ["DONE", "ChatCompletions", "ChatEndpoint", "Dialect", "Frame", "Opener", "RenderedTurn", "Spent", "Turn"]
 

@@ -10,12 +10,12 @@ from __future__ import annotations
 import time
 
 from patchbay.chat.text_completion import CompletionRendering, chain_prompts, completion_id, decode_completion_request
-from patchbay.config import Timeout
 from patchbay.errors import PatchbayError
 from patchbay.events import EventStream, Ledger, Transcript
 from patchbay.providers.base import AsyncGeneratorProvider
 from patchbay.server.asgi import error_body
 from patchbay.server.chat import DONE, Opener, RenderedTurn, Turn
+from patchbay.timeouts import Timeout
 
 __all__ = ["TextCompletions"]
 

@@ -12,7 +12,6 @@ import time
 import msgspec
 
 from patchbay.chat.embeddings import EmbeddingRequest, EmbeddingResult, decode_embedding_request, to_response
-from patchbay.config import Timeout
 from patchbay.errors import PatchbayError
 from patchbay.providers.base import AsyncGeneratorProvider
 from patchbay.requestlog import Exchange, RequestLog
@@ -20,6 +19,7 @@ from patchbay.server.asgi import REQUEST_ID, Receive, Send, send_bytes
 from patchbay.server.chat import Spent
 from patchbay.server.metrics import GatewayMetrics
 from patchbay.server.ratelimit import ANONYMOUS
+from patchbay.timeouts import Timeout
 
 __all__ = ["EmbeddingsEndpoint"]
 

@@ -13,8 +13,8 @@ import msgspec
 
 from patchbay.chat.embeddings import embedding_request_schema
 from patchbay.chat.request import ChatCompletionRequest
+from patchbay.chat.response import ChatCompletion, ChatCompletionChunk, Model, ModelList
 from patchbay.chat.text_completion import completion_request_schema
-from patchbay.completions import ChatCompletion, ChatCompletionChunk, Model, ModelList
 
 __all__ = ["ErrorResponse", "openapi_document"]
 
@@ -58,14 +58,14 @@ SSE_EVENT = {
     },
 }
 
-#: A content part as :func:`patchbay.messages.validate_messages` checks it: typed, text parts with text.
+#: A content part as :func:`patchbay.chat.messages.validate_messages` checks it: typed, text parts with text.
 CONTENT_PART = {"type": "object", "required": ["type"], "properties": {"type": {"type": "string"}},
                 "if": {"properties": {"type": {"const": "text"}}},
                 "then": {"required": ["text"], "properties": {"text": {"type": "string"}}}}
 
 
 def _with_message_rules(message: dict[str, Any]) -> dict[str, Any]:
-    """ChatMessage plus the rules :func:`patchbay.messages.validate_messages` applies after decoding,
+    """ChatMessage plus the rules :func:`patchbay.chat.messages.validate_messages` applies after decoding,
     so that the document promises exactly what is accepted: content (text or typed parts) unless
     an assistant message carries tool calls, and ``tool_call_id`` on tool messages."""
     text_or_parts = {"anyOf": [{"type": "string"}, {"type": "array", "items": CONTENT_PART}]}

@@ -1,4 +1,4 @@
-"""OpenTelemetry behind :mod:`patchbay.tracing`: the SDK's tracer provider, exporting spans in
+"""OpenTelemetry behind :mod:`patchbay.routing.tracing`: the SDK's tracer provider, exporting spans in
 batches over OTLP/HTTP to ``[tracing] endpoint``.
 
 OpenTelemetry is an extra (``pip install 'patchbay[otel]'``): it is imported only when tracing is
@@ -14,11 +14,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from patchbay import __version__, tracing
+import patchbay.routing.tracing as tracing
+from patchbay import __version__
 from patchbay.errors import InvalidRequest
-from patchbay.secrets import register_secret
+from patchbay.redact import register_secret
+from patchbay.routing.tracing import AttributeValue, Span, SpanKind
 from patchbay.settings import TracingSettings
-from patchbay.tracing import AttributeValue, Span, SpanKind
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
@@ -30,7 +31,7 @@ INSTALL_HINT = "pip install 'patchbay[otel]'"
 
 
 class _OTelSpan:
-    """One OpenTelemetry span as a :class:`patchbay.tracing.Span`."""
+    """One OpenTelemetry span as a :class:`patchbay.routing.tracing.Span`."""
 
     __slots__ = ("span",)
 
@@ -53,7 +54,7 @@ class _OTelSpan:
 
 
 class OTelTracer:
-    """A :class:`patchbay.tracing.Tracer` recording through an OpenTelemetry tracer provider."""
+    """A :class:`patchbay.routing.tracing.Tracer` recording through an OpenTelemetry tracer provider."""
 
     def __init__(self, provider: TracerProvider) -> None:
         from opentelemetry.trace import SpanKind as Kind

@@ -18,7 +18,7 @@ Semantics, the same for both implementations:
   window. Every admitted request counts, whatever its outcome; refused ones do not.
 - **tokens_per_minute**: a request is admitted while the tokens charged in the window are under
   the limit; when it ends it is charged its prompt + completion tokens (the provider's usage, or
-  an estimate, see :mod:`patchbay.context`). A request is never cut short, so one that is admitted
+  an estimate, see :mod:`patchbay.chat.context`). A request is never cut short, so one that is admitted
   just under the limit may take the window over it; later requests wait until enough tokens age
   out of the window.
 - **concurrent_requests**: at most that many requests of the client in flight at once.
@@ -94,8 +94,8 @@ from redis.commands.core import AsyncScript
 from redis.typing import EncodableT
 
 from patchbay.errors import BudgetExceeded, ClientRateLimited, InvalidRequest
+from patchbay.redact import fingerprint
 from patchbay.redis_link import RedisLink
-from patchbay.secrets import fingerprint
 from patchbay.settings import RateLimits, Settings
 
 __all__ = ["ANONYMOUS", "BUDGET", "DAY", "DAY_BUCKET", "NANO", "WINDOW", "Admission", "Client", "MemoryRateLimiter",

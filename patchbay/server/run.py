@@ -36,7 +36,7 @@ from types import FrameType
 from typing import Any
 
 from patchbay.errors import InvalidRequest
-from patchbay.secrets import RedactingFilter
+from patchbay.redact import RedactingFilter
 from patchbay.server.app import Gateway, create_app
 from patchbay.server.asgi import REQUEST_ID
 from patchbay.server.metrics import MULTIPROC_DIR_ENV

@@ -4,7 +4,7 @@ Protocol: log in to get a session cookie, exchange it for an auth code at ``/api
 (docs/protocols.md#liaobots-auth-flow), then chat at ``/api/chat`` with the code in
 ``x-auth-code`` (docs/protocols.md#liaobots-chat-request); the answer comes as server-sent events
 ``data: {"content": ...}`` ending at EOF (docs/protocols.md#liaobots-stream-format). Auth codes
-come from a :class:`~patchbay.credentials.CredentialPool` (codes the user gave, then fetched
+come from a :class:`~patchbay.secrets.pool.CredentialPool` (codes the user gave, then fetched
 ones); a rejected code is banned and the request retried with the next one, but only before any
 text was delivered, so an answer is never repeated (docs/protocols.md#liaobots-recovery).
 """
@@ -20,10 +20,9 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
 from typing import Any, ClassVar
 
-from patchbay.catalog import FREE, ModelRecord
+from patchbay.chat.context import count_chars, fit_messages
+from patchbay.chat.messages import content_text
 from patchbay.chat.request import ChatCompletionRequest
-from patchbay.context import count_chars, fit_messages
-from patchbay.credentials import CredentialPool
 from patchbay.errors import (
     AuthError,
     PaymentRequired,
@@ -31,18 +30,19 @@ from patchbay.errors import (
     SessionRejected,
 )
 from patchbay.events import StreamEvent, TextDelta
-from patchbay.messages import content_text
 from patchbay.net.cookiejar import CookieJar
 from patchbay.net.decoders import SSEDecoder
 from patchbay.net.session import BROWSER_USER_AGENT, HTTPSession, error_for_response
 from patchbay.providers.base import AsyncGeneratorProvider, Call, ProviderModelMixin
 from patchbay.providers.capabilities import Capabilities
+from patchbay.providers.catalog import FREE, ModelRecord
 from patchbay.providers.web import DEFAULT_IMPERSONATE, browser_session
-from patchbay.secrets import clip
+from patchbay.redact import clip
+from patchbay.secrets.pool import CredentialPool
 
 __all__ = ["Liaobots"]
 
-log = logging.getLogger("patchbay.providers.liaobots")
+log = logging.getLogger("patchbay.providers.liaobots.current")
 
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
 #: The errors that mean "this auth code or session is no good": try another code

@@ -16,18 +16,18 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any, ClassVar, get_type_hints
 
-from patchbay.catalog import FREE, ModelRecord
+from patchbay.chat.context import count_chars, fit_messages
+from patchbay.chat.messages import content_text
 from patchbay.chat.request import ChatCompletionRequest
-from patchbay.context import count_chars, fit_messages
 from patchbay.errors import AuthError
 from patchbay.events import StreamEvent, TextDelta
-from patchbay.messages import content_text
 from patchbay.net.decoders import UTF8Decoder
 from patchbay.net.session import BROWSER_USER_AGENT
 from patchbay.providers.base import AsyncGeneratorProvider, Call, ProviderModelMixin
 from patchbay.providers.capabilities import Capabilities
+from patchbay.providers.catalog import FREE, ModelRecord
 from patchbay.providers.web import DEFAULT_IMPERSONATE, browser_session
-from patchbay.secrets import register_secret
+from patchbay.redact import register_secret
 from patchbay.sync import BlockingStream
 
 __all__ = ["LiaobotsLegacy", "_create_completion", "model", "models", "needs_auth", "params", "supports_stream", "url"]

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from patchbay.chat.messages import Messages, content_text
 from patchbay.errors import ContextTooLong
-from patchbay.messages import Messages, content_text
 
 __all__ = ["Measure", "count_chars", "estimate_tokens", "fit_messages"]
 

@@ -13,13 +13,12 @@ import logging
 import re
 from pathlib import Path
 
-from patchbay.catalog import config_dir
 from patchbay.errors import InvalidRequest
-from patchbay.secrets import write_private_json
+from patchbay.paths import config_dir, write_private_json
 
 __all__ = ["KEY_NAME", "keys_path", "load_keys", "remove_key", "save_key", "stored_key"]
 
-log = logging.getLogger("patchbay.keys")
+log = logging.getLogger("patchbay.secrets.store")
 
 KEY_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # a valid environment variable name
 

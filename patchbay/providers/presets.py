@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from patchbay.catalog import Prices
 from patchbay.errors import InvalidRequest
+from patchbay.providers.catalog import Prices
 
 __all__ = ["PRESETS", "Preset", "get_preset"]
 

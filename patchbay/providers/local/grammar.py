@@ -45,10 +45,10 @@ from typing import Any, Literal
 
 import jsonschema
 
+from patchbay.chat.messages import Messages, content_text
 from patchbay.chat.output import AnswerFormat, OutputSpec, answer_description, output_spec, tool_listing
 from patchbay.errors import InvalidRequest, ProtocolError
 from patchbay.events import Finish, Logprobs, StreamEvent, TextDelta, ToolCallDelta
-from patchbay.messages import Messages, content_text
 
 __all__ = [
     "CALL_CLOSE",

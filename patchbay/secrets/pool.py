@@ -2,9 +2,9 @@
 
 A pool holds credentials given by the user and ones fetched at run time. The current credential
 is used until it is banned (rejected by the service); then the next one takes over. Every value
-is registered with :mod:`patchbay.secrets`, so it is redacted wherever it might be shown. A pool
+is registered with :mod:`patchbay.redact`, so it is redacted wherever it might be shown. A pool
 reads its environment variable, or failing that the key stored under the variable's name
-(:mod:`patchbay.keys`).
+(:mod:`patchbay.secrets.store`).
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import os
 import threading
 from collections.abc import Iterable
 
-from patchbay.keys import stored_key
-from patchbay.secrets import fingerprint, mask, register_secret
+from patchbay.redact import fingerprint, mask, register_secret
+from patchbay.secrets.store import stored_key
 
 __all__ = ["CredentialPool"]
 

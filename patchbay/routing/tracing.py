@@ -8,7 +8,7 @@ configured). With none installed, every call returns the shared :data:`NO_SPAN` 
 check, so the request path pays nothing for tracing that is off.
 
 What a span may hold is decided here, once: every string value passes through
-:func:`~patchbay.secrets.redact`, error descriptions are clipped, and message content is recorded
+:func:`~patchbay.redact.redact`, error descriptions are clipped, and message content is recorded
 only when the tracer was installed with ``content=True`` (then as the GenAI conventions'
 ``gen_ai.client.inference.operation.details`` event, redacted). Upstream bodies and headers are
 never recorded.
@@ -29,7 +29,7 @@ from types import TracebackType
 from typing import Any, Literal, Protocol
 
 from patchbay.events import EventStream, Finish, ProviderInfo, StreamEvent, Usage
-from patchbay.secrets import clip, redact
+from patchbay.redact import clip, redact
 
 __all__ = ["NO_SPAN", "AttemptSpan", "AttributeValue", "NoSpan", "RequestSpan", "Span", "SpanKind", "Tracer",
            "attempt_span", "current", "fallback", "finish_request", "install", "installed", "request_span",

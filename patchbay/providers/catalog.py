@@ -20,7 +20,6 @@ model X" and "what are X's limits", which the router and context fitting use.
 from __future__ import annotations
 
 import dataclasses
-import os
 import threading
 import tomllib
 from collections.abc import Callable, Iterable
@@ -29,9 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from patchbay.errors import InvalidRequest, ModelNotSupported
+from patchbay.paths import config_dir
 
-__all__ = ["FREE", "ModelCatalog", "ModelRecord", "Prices", "add_record_source", "catalog", "config_dir",
-           "reset_catalog"]
+__all__ = ["FREE", "ModelCatalog", "ModelRecord", "Prices", "add_record_source", "catalog", "reset_catalog"]
 
 MILLION = 1_000_000
 PRICE_FIELDS = ("input", "output", "cached_input")
@@ -108,14 +107,6 @@ class ModelRecord:
 _FIELDS = {f.name: f for f in dataclasses.fields(ModelRecord)}
 _INT_FIELDS = ("context_window", "max_output_tokens", "max_chars")
 _BOOL_FIELDS = ("streaming", "system_message", "tools", "prefill")
-
-
-def config_dir() -> Path:
-    """patchbay's config directory: ``$PATCHBAY_HOME``, else ``$XDG_CONFIG_HOME/patchbay``."""
-    home = os.environ.get("PATCHBAY_HOME")
-    if home:
-        return Path(home)
-    return Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "patchbay"
 
 
 class ModelCatalog:
