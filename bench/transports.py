@@ -1113,7 +1113,7 @@ def conclusion(results: Results, opts: Options) -> str:
                      f"connection for each POST ({_median(by_load['curl'], 'connections'):,.0f} per 1,000 requests).")
         if "rnet" in measured:
             text += (" rnet can use proxies and impersonate browsers too, but its fingerprints are not the ones "
-                     "tests/test_tls_hello.py checks against published browser JA4s (curl_cffi's are)")
+                     "tests/replicas/test_tls_hello.py checks against published browser JA4s (curl_cffi's are)")
             if paced and "rnet" in paced:
                 text += f", and a chunk arriving alone costs it {_ratio(paced, 'rnet', 'cpu'):.2f}x the pool's CPU"
                 if "curl" in paced:

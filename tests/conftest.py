@@ -1,11 +1,16 @@
 """Suite-wide fixtures: replica servers and proxies (tests/replicas), a real redis-server, the
-test tiers (tests/tiers.py), and the check of every answer patchbay's server gives the tests'
+test tiers (tests/support/tiers.py), and the check of every answer patchbay's server gives the tests'
 clients against OpenAI's published schemas (tests/support/openai_schema.py)."""
 
 from __future__ import annotations
 
-pytest_plugins = ["tests.replicas.fixtures", "tests.replicas.proxy", "tests.redis_server", "tests.tiers",
-                  "tests.support.openai_schema"]
+pytest_plugins = [
+    "tests.replicas.fixtures",
+    "tests.replicas.proxy",
+    "tests.support.redis_server",
+    "tests.support.tiers",
+    "tests.support.openai_schema",
+]
 
 from collections.abc import Iterator  # noqa: E402
 

@@ -12,7 +12,7 @@ from patchbay.errors import InvalidRequest, ResourceNotFound
 from patchbay.routing import Router, Target
 from patchbay.settings import Settings
 from tests.replicas.openai_fake import OpenAIFake
-from tests.test_router import script
+from tests.routing.test_router import script
 
 HELLO = [{"role": "user", "content": "Hello"}]
 

@@ -19,8 +19,8 @@ from patchbay.providers.capabilities import Support
 from patchbay.providers.openai_compatible import OpenAICompatible
 from patchbay.routing import Router, RouteTable, Target
 from patchbay.settings import LOCAL_MODEL, load_settings
+from tests.support.paths import README
 
-README = Path(__file__).resolve().parent.parent / "README.md"
 HELLO = [{"role": "user", "content": "hi"}]
 
 EXAMPLE = """

@@ -23,7 +23,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from tests.tls import self_signed_server_context
+from tests.support.tls import self_signed_server_context
 
 #: The sixteen GREASE values of RFC 8701 (0x0a0a, 0x1a1a, ... 0xfafa), for cipher suites,
 #: extensions, groups and versions.

@@ -8,7 +8,7 @@ published schemas (``../shared/openai/schemas.json``, beside the repository; see
   listed in ``tests/conftest.py``) validate every answer and every stream event the tests'
   clients receive from patchbay's server: in-process through
   :class:`tests.support.asgi_client.ASGIClient`, and from a
-  :class:`tests.gateway_process.GatewayProcess` through httpx and httpx2 (the openai SDK,
+  :class:`tests.support.gateway_process.GatewayProcess` through httpx and httpx2 (the openai SDK,
   LangChain), aiohttp (``ClientResponse.read()``, and so ``.json()``/``.text()``) and requests
   (schemathesis). Answers from fake upstreams are never checked: only addresses a running
   ``GatewayProcess`` serves on. A test that receives a non-conformant answer fails at its
@@ -38,7 +38,6 @@ import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from functools import cache
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 from urllib.parse import urlsplit
@@ -51,8 +50,9 @@ from jsonschema.exceptions import ValidationError, best_match
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-from tests.gateway_process import GatewayProcess
 from tests.support.asgi_client import ASGIClient, Response
+from tests.support.gateway_process import GatewayProcess
+from tests.support.paths import SCHEMAS
 
 __all__ = [
     "BASE64_EMBEDDING",
@@ -67,7 +67,7 @@ __all__ = [
     "validate",
 ]
 
-SCHEMAS_PATH = Path(__file__).resolve().parents[2].parent / "shared" / "openai" / "schemas.json"
+SCHEMAS_PATH = SCHEMAS
 
 
 def _httpx_modules() -> tuple[ModuleType, ...]:

@@ -3,7 +3,7 @@
 For what a well-behaved HTTP server cannot do: broken framing, drops after reading a request,
 answers held back past a limit. It counts connections, requests read and connections the client
 closed, and a test waits on those counts (``await server.wait_until(lambda: ...)``), never on time.
-Used by tests/test_transport.py and bench/transports.py's fault matrix.
+Used by tests/net/test_transport.py and bench/transports.py's fault matrix.
 """
 
 from __future__ import annotations
