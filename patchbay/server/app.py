@@ -1,6 +1,8 @@
 """The gateway as a plain ASGI application.
 
-:class:`Gateway` dispatches on the path with one dict lookup, checks the API key, applies CORS
+:class:`Gateway` dispatches on the path from the route table of :mod:`patchbay.server.routes`
+(bound once at start-up: one dict lookup for exact paths, then the few patterns), checks the API
+key unless the route is public, applies CORS
 when an allow-list is configured, and turns every :class:`~patchbay.errors.PatchbayError` into
 the OpenAI error object with the status from the one error table. Anything else is logged and
 answered with a bare 500: never a traceback to the client. ``HEAD`` is answered wherever ``GET``
@@ -18,7 +20,7 @@ import random
 import re
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import asdict
 from typing import Any, NamedTuple
 
@@ -62,29 +64,61 @@ from patchbay.server.metrics import OTHER, GatewayMetrics
 from patchbay.server.openapi import openapi_document
 from patchbay.server.otel import Tracing, start_tracing
 from patchbay.server.ratelimit import ANONYMOUS, Client, clients, limiter_for
-from patchbay.server.responses import RESPONSES_PREFIX, OpenAIResponses
+from patchbay.server.responses import OpenAIResponses
+from patchbay.server.routes import PUBLIC_PATHS, ROUTES
 from patchbay.server.webpage import WebPage
 from patchbay.settings import Settings, load_settings
 
-__all__ = ["HEALTH_MAX_AGE", "Gateway", "HealthView", "create_app", "request_id_of", "target_status"]
+__all__ = ["HEALTH_MAX_AGE", "PUBLIC_PATHS", "Bound", "Gateway", "HealthView", "bind_routes", "create_app",
+           "request_id_of", "target_status"]
 
 log = logging.getLogger("patchbay.server")
 
 _encode = msgspec.json.encode
 Handler = Callable[[Scope, Receive, Send], Awaitable[None]]
 ErrorBody = Callable[[PatchbayError], bytes]
+Handling = tuple[Handler, ErrorBody]  # a handler, and how its errors are written (its API's envelope)
 
 
-class Route(NamedTuple):
-    """One endpoint: the method it takes, its handler, and how its errors are written (the
-    envelope of the API it speaks)."""
+class Bound(NamedTuple):
+    """A route of the table bound to its handler: what the dispatch reads for each request."""
 
-    method: str
     handler: Handler
-    error_body: ErrorBody = error_body
+    error_body: ErrorBody
+    methods: frozenset[str]  # every method answered, HEAD wherever GET
+    allow: str  # the Allow header of a 405
+    public: bool  # answered without an API key
+
+
+def bind_routes(handlers: Mapping[str, Handling], *, web_ui: bool
+                ) -> tuple[dict[str, Bound], tuple[tuple[str, Bound], ...]]:
+    """The dispatch of :data:`~patchbay.server.routes.ROUTES`: exact paths by path, and the
+    patterns as (prefix, route), longest prefix first. ``handlers`` maps each route's handler name
+    to its handler; a route without one is an error at start-up, not a 404 at the first request."""
+    exact: dict[str, Bound] = {}
+    patterns: list[tuple[str, Bound]] = []
+    seen: set[str] = set()  # each path, a pattern as its prefix and "{"
+    for route in ROUTES:
+        if route.web_ui and not web_ui:
+            continue
+        if route.handler not in handlers:
+            raise LookupError(f"route {route.path} names handler {route.handler!r}, which the gateway lacks")
+        handler, write_error = handlers[route.handler]
+        bound = Bound(handler, write_error, frozenset(route.allowed), ", ".join(route.allowed), route.public)
+        for path in route.paths:
+            prefix, brace, _ = path.partition("{")
+            if prefix + brace in seen:
+                raise ValueError(f"the route table lists {path} twice")
+            seen.add(prefix + brace)
+            if brace:
+                patterns.append((prefix, bound))
+            else:
+                exact[path] = bound
+    patterns.sort(key=lambda pattern: -len(pattern[0]))
+    return exact, tuple(patterns)
+
 
 INTERNAL_ERROR = error_body(PatchbayError("internal server error"))
-PUBLIC_PATHS = frozenset({"/health", "/ready", "/openapi.json"})
 CLIENT = "patchbay.client"  # scope key: the Client an authenticated request counts against
 HEALTH_MAX_AGE = 1.0
 _ids = random.Random()  # seeded from the OS once; request ids need to be unique, not unguessable
@@ -124,27 +158,25 @@ class Gateway:
         self.request_log: RequestLog | None = None  # opened at startup when enabled
         self.tracing: Tracing | None = None  # started at startup when [tracing] is configured
         self._openapi = _encode(openapi_document(__version__, auth=bool(self.api_keys)))
-        self._routes: dict[str, Route] = {
-            "/v1/chat/completions": self._chat_route(ChatCompletions()),
-            "/v1/messages": self._chat_route(AnthropicMessages()),
-            "/v1/messages/count_tokens": Route("POST", count_tokens(self.provider, server.max_body_bytes),
-                                               anthropic_error_body),
-            "/v1/responses": self._chat_route(self.responses),
-            "/v1/completions": self._chat_route(TextCompletions()),
-            "/v1/embeddings": Route("POST", self._chatting(self.embeddings)),
-            "/v1/models": Route("GET", self._models),
-            "/health": Route("GET", self._health),
-            "/ready": Route("GET", self._ready),
-            "/metrics": Route("GET", self._metrics),
-            "/openapi.json": Route("GET", self._openapi_json),
+        #: The handler of each name the route table uses (patchbay/server/routes.py).
+        handlers: dict[str, Handling] = {
+            "chat_completions": self._chat_route(ChatCompletions()),
+            "messages": self._chat_route(AnthropicMessages()),
+            "count_tokens": (count_tokens(self.provider, server.max_body_bytes), anthropic_error_body),
+            "responses": self._chat_route(self.responses),
+            "retrieve_response": (self.responses.show, error_body),
+            "completions": self._chat_route(TextCompletions()),
+            "embeddings": (self._chatting(self.embeddings), error_body),
+            "models": (self._models, error_body),
+            "model": (self._model, error_body),
+            "health": (self._health, error_body),
+            "ready": (self._ready, error_body),
+            "metrics": (self._metrics, error_body),
+            "openapi": (self._openapi_json, error_body),
         }
-        for path in ("/chat/completions", "/completions", "/embeddings", "/models"):  # base URLs without /v1
-            self._routes[path] = self._routes["/v1" + path]
-        self.public_paths = PUBLIC_PATHS
-        if server.web_ui:  # the page itself is public; the API calls it makes carry the key
-            page = WebPage()
-            self._routes.update((path, Route("GET", page)) for path in page.paths)
-            self.public_paths = PUBLIC_PATHS | frozenset(page.paths)
+        if server.web_ui:
+            handlers["web_page"] = (WebPage(), error_body)
+        self._exact, self._patterns = bind_routes(handlers, web_ui=server.web_ui)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -166,25 +198,25 @@ class Gateway:
 
     async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope["path"]
-        route: Route | None = None
+        route: Bound | None = None
         try:
-            route = self._routes.get(path)
+            route = self._exact.get(path)
             if route is None:
-                if path.startswith(("/v1/models/", "/models/")):
-                    route = Route("GET", self._model)
-                elif path.startswith(RESPONSES_PREFIX):
-                    route = Route("GET", self.responses.show)
+                for prefix, pattern in self._patterns:
+                    if path.startswith(prefix):
+                        route = pattern
+                        break
                 else:
                     raise EndpointNotFound(f"no endpoint at {path}; see /openapi.json")
-            if scope["method"] != route.method and not (scope["method"] == "HEAD" and route.method == "GET"):
-                raise MethodNotAllowed(f"{path} takes {_allowed(route.method)}, not {scope['method']}")
-            if self.api_keys and path not in self.public_paths:
+            if scope["method"] not in route.methods:
+                raise MethodNotAllowed(f"{path} takes {route.allow}, not {scope['method']}")
+            if self.api_keys and not route.public:
                 scope[CLIENT] = self._authenticate(scope)
             await route.handler(scope, receive, send)
         except PatchbayError as error:
             headers: Headers = []
             if isinstance(error, MethodNotAllowed) and route is not None:
-                headers.append((b"allow", _allowed(route.method).encode()))
+                headers.append((b"allow", route.allow.encode()))
             retry_after = getattr(error, "retry_after", None)
             if retry_after is not None:
                 headers.append((b"retry-after", str(max(1, math.ceil(retry_after))).encode()))
@@ -225,15 +257,15 @@ class Gateway:
 
     # -- endpoints ----------------------------------------------------------------------------------
 
-    def _chat_route(self, dialect: Dialect) -> Route:
-        """The route of a chat-answering endpoint for ``dialect`` (sharing the router, metrics and
+    def _chat_route(self, dialect: Dialect) -> Handling:
+        """The handler of a chat-answering endpoint for ``dialect`` (sharing the router, metrics and
         limits), its errors in the dialect's envelope."""
         server = self.settings.server
         endpoint = ChatEndpoint(self.provider, limits=self.settings.router.limits(), metrics=self.metrics,
                                 keepalive_interval=server.keepalive_interval, send_timeout=server.send_timeout,
                                 dialect=dialect)
         endpoint.cache = self.cache
-        return Route("POST", self._chatting(endpoint), dialect.error_body)
+        return self._chatting(endpoint), dialect.error_body
 
     def _chatting(self, endpoint: ChatEndpoint | EmbeddingsEndpoint) -> Handler:
         """The handler of an endpoint that reaches a model: the client's rate limits around
@@ -435,11 +467,6 @@ def target_status(health: Any) -> str:
     if rate is None:
         return "untried"
     return "failing" if rate < 0.5 else "ok"
-
-
-def _allowed(method: str) -> str:
-    """The ``Allow`` header value for a route taking ``method``."""
-    return "GET, HEAD" if method == "GET" else method
 
 
 _CLIENT_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:/+=-]{1,128}")

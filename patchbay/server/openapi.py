@@ -1,5 +1,9 @@
 """The OpenAPI document of the server, generated from the same types that validate requests.
 
+Which paths and methods exist, their operation ids, summaries, schemas and security come from the
+route table (:mod:`patchbay.server.routes`); this module adds the schemas and how each answer
+looks (:data:`ANSWERS`).
+
 The request schema is :class:`~patchbay.chat.request.ChatCompletionRequest`'s JSON Schema, the
 very type the server decodes bodies into, so the document cannot promise what the server
 rejects or the other way round.
@@ -7,7 +11,7 @@ rejects or the other way round.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 
@@ -15,8 +19,9 @@ from patchbay.chat.embeddings import embedding_request_schema
 from patchbay.chat.request import ChatCompletionRequest
 from patchbay.chat.response import ChatCompletion, ChatCompletionChunk, Model, ModelList
 from patchbay.chat.text_completion import completion_request_schema
+from patchbay.server.routes import Operation, Route, documented
 
-__all__ = ["ErrorResponse", "openapi_document"]
+__all__ = ["ANSWERS", "ErrorResponse", "openapi_document"]
 
 REF = "#/components/schemas/{name}"
 
@@ -136,10 +141,6 @@ def _other_schemas() -> dict[str, Any]:
     }
 
 
-def _anthropic_errors(*statuses: int) -> dict[str, Any]:
-    return {status: {**body, "content": _json("AnthropicError")} for status, body in _errors(*statuses).items()}
-
-
 def _stream(description: str) -> dict[str, Any]:
     """A streamed answer of named events (``event: <type>`` then ``data: <JSON>``)."""
     item = {"type": "object", "required": ["event", "data"],
@@ -148,115 +149,92 @@ def _stream(description: str) -> dict[str, Any]:
     return {"text/event-stream": {"itemSchema": item, "description": description}}
 
 
-def _api_paths(secured: dict[str, Any], auth_errors: tuple[int, ...]) -> dict[str, Any]:
-    """The Anthropic Messages, OpenAI Responses, embeddings and legacy completions operations."""
-    statuses = (400, *auth_errors, 404, 413, 429, 502, 503, 504)
-    return {
-        "/v1/messages": {"post": {
-            "operationId": "createMessage", "summary": "Create a message (Anthropic Messages API)", **secured,
-            "description": "The key may also be sent as `x-api-key`. Streamed: message_start, content_block_start, "
-                           "ping, content_block_delta, content_block_stop, message_delta, message_stop; a failure "
-                           "after the first event is an `error` event.",
-            "requestBody": {"required": True, "content": _json("MessagesRequest")},
-            "responses": {"200": {"description": "The message; with `stream`, server-sent events",
-                                  "content": {**_json("Message"), **_stream("Anthropic stream events")}},
-                          **_anthropic_errors(*statuses)},
-        }},
-        "/v1/messages/count_tokens": {"post": {
-            "operationId": "countMessageTokens", "summary": "Estimate a Messages request's input tokens", **secured,
-            "requestBody": {"required": True, "content": _json("CountTokensRequest")},
-            "responses": {"200": {"description": "The estimate", "content": _json("TokenCount")},
-                          **_anthropic_errors(400, *auth_errors, 413)},
-        }},
-        "/v1/responses": {"post": {
-            "operationId": "createResponse", "summary": "Create a response (OpenAI Responses API)", **secured,
-            "requestBody": {"required": True, "content": _json("ResponsesRequest")},
-            "responses": {"200": {"description": "The response; with `stream`, server-sent events "
-                                                 "(response.created ... response.completed; on a failure after the "
-                                                 "start, `error` then `response.failed`)",
-                                  "content": {**_json("Response"), **_stream("Responses stream events")}},
-                          **_errors(*statuses)},
-        }},
-        "/v1/embeddings": {"post": {
-            "operationId": "createEmbedding", "summary": "Embed texts (targets with the embeddings capability)",
-            **secured,
-            "requestBody": {"required": True, "content": _json("EmbeddingRequest")},
-            "responses": {"200": {"description": "One vector per input (`encoding_format` float or base64)",
-                                  "content": _json("EmbeddingResponse")},
-                          **_errors(*statuses)},
-        }},
-        "/v1/completions": {"post": {
-            "operationId": "createCompletion", "summary": "Complete a prompt (legacy; raw-completion targets)",
-            **secured,
-            "requestBody": {"required": True, "content": _json("CompletionRequest")},
-            "responses": {"200": {"description": "The completion; with `stream`, `data:` lines of completion "
-                                                 "chunks, then `data: [DONE]`",
-                                  "content": {**_json("Completion"), **_stream("completion chunks")}},
-                          **_errors(*statuses)},
-        }},
-        "/v1/responses/{response_id}": {"get": {
-            "operationId": "retrieveResponse", "summary": "A stored response", **secured,
-            "parameters": [{"name": "response_id", "in": "path", "required": True, "schema": {"type": "string"}}],
-            "responses": {"200": {"description": "The response", "content": _json("Response")},
-                          **_errors(*auth_errors, 404)},
-        }},
-    }
+class _Answer(NamedTuple):
+    """What the route table does not say about an operation's answer: the 200's description, its
+    content when it is not (only) the JSON of the operation's response schema, the error envelope."""
+
+    ok: str
+    content: dict[str, Any] | None = None  # added to the response schema's JSON, or the whole content without one
+    description: str | None = None
+    envelope: str = "ErrorResponse"
+    errors: dict[str, str] | None = None  # error descriptions that differ from the usual ones
+
+
+_OBJECT_JSON = {"application/json": {"schema": {"type": "object"}}}
+_STREAM_TEXT = ("server-sent events: `data: <ChatCompletionChunk JSON>` lines, then `data: [DONE]`; an error "
+                "after the first chunk arrives as `data: {\"error\": ...}` and ends the stream.")
+
+#: By operation id: the answers of the operations in :data:`~patchbay.server.routes.ROUTES`.
+ANSWERS: dict[str, _Answer] = {
+    "createChatCompletion": _Answer(f"The answer (JSON); when `stream` is true, {_STREAM_TEXT}",
+                                    {"text/event-stream": {"itemSchema": SSE_EVENT}}),
+    "createMessage": _Answer(
+        "The message; with `stream`, server-sent events", _stream("Anthropic stream events"),
+        description="The key may also be sent as `x-api-key`. Streamed: message_start, content_block_start, "
+                    "ping, content_block_delta, content_block_stop, message_delta, message_stop; a failure "
+                    "after the first event is an `error` event.", envelope="AnthropicError"),
+    "countMessageTokens": _Answer("The estimate", envelope="AnthropicError"),
+    "createResponse": _Answer("The response; with `stream`, server-sent events (response.created ... "
+                              "response.completed; on a failure after the start, `error` then `response.failed`)",
+                              _stream("Responses stream events")),
+    "retrieveResponse": _Answer("The response"),
+    "createEmbedding": _Answer("One vector per input (`encoding_format` float or base64)"),
+    "createCompletion": _Answer("The completion; with `stream`, `data:` lines of completion chunks, then "
+                                "`data: [DONE]`", _stream("completion chunks")),
+    "listModels": _Answer("The models"),
+    "retrieveModel": _Answer("The model"),
+    "health": _Answer("Alive", _OBJECT_JSON),
+    "ready": _Answer("Ready to serve", _OBJECT_JSON, errors={"503": "Starting or stopping"}),
+    "metrics": _Answer("Text exposition format", {"text/plain": {"schema": {"type": "string"}}}),
+}
+
+
+def _operation(route: Route, operation: Operation, auth: bool) -> dict[str, Any]:
+    """The OpenAPI operation of a table route: its id, summary and schemas from the table, security
+    (keyed routes when the server has keys), path parameter, and answers from :data:`ANSWERS`."""
+    answer = ANSWERS[operation.operation_id]
+    keyed = auth and not route.public
+    content = {**(_json(operation.response) if operation.response else {}), **(answer.content or {})}
+    errors = _errors(*sorted({*operation.errors, *((401,) if keyed else ())}))
+    for status, body in errors.items():
+        body["content"] = _json(answer.envelope)
+        if answer.errors and status in answer.errors:
+            body["description"] = answer.errors[status]
+    described: dict[str, Any] = {"operationId": operation.operation_id, "summary": operation.summary}
+    if keyed:
+        described["security"] = [{"bearer": []}]
+    if answer.description:
+        described["description"] = answer.description
+    if route.pattern:
+        name = route.path[route.path.index("{") + 1:-1]
+        described["parameters"] = [{"name": name, "in": "path", "required": True, "schema": {"type": "string"}}]
+    if operation.request:
+        described["requestBody"] = {"required": True, "content": _json(operation.request)}
+    described["responses"] = {"200": {"description": answer.ok, "content": content}, **errors}
+    return described
+
+
+def _paths(auth: bool) -> dict[str, Any]:
+    """The document's paths: every route of the table that has an operation, with its methods."""
+    paths: dict[str, Any] = {}
+    for route, operation in documented():
+        paths[route.path] = {method.lower(): _operation(route, operation, auth) for method in route.methods}
+    return paths
 
 
 def openapi_document(version: str, *, auth: bool) -> dict[str, Any]:
-    """The OpenAPI 3.2 document; ``auth`` adds the bearer-key requirement to the API paths."""
+    """The OpenAPI 3.2 document; ``auth`` adds the bearer-key requirement to the keyed routes."""
     _, components = msgspec.json.schema_components(
         [ChatCompletionRequest, ChatCompletion, ChatCompletionChunk, ModelList, Model, ErrorResponse], ref_template=REF)
     _with_message_rules(components["ChatMessage"])
     components["ChatCompletionRequest"].pop("additionalProperties", None)  # unknown fields go upstream
-    secured: dict[str, Any] = {"security": [{"bearer": []}]} if auth else {}
-    auth_errors = (401,) if auth else ()
-    stream_text = ("server-sent events: `data: <ChatCompletionChunk JSON>` lines, then `data: [DONE]`; an error "
-                   "after the first chunk arrives as `data: {\"error\": ...}` and ends the stream.")
     document: dict[str, Any] = {
         "openapi": "3.2.0",  # 3.2 for itemSchema: the schema of each server-sent event
         "info": {"title": "patchbay", "version": version,
                  "description": "OpenAI-compatible chat gateway with routing and fallback."},
-        "paths": {
-            "/v1/chat/completions": {"post": {
-                "operationId": "createChatCompletion", "summary": "Create a chat completion (streaming or not)",
-                **secured,
-                "requestBody": {"required": True, "content": _json("ChatCompletionRequest")},
-                "responses": {
-                    "200": {"description": f"The answer (JSON); when `stream` is true, {stream_text}",
-                            "content": {**_json("ChatCompletion"), "text/event-stream": {"itemSchema": SSE_EVENT}}},
-                    **_errors(400, *auth_errors, 404, 413, 429, 502, 503, 504),
-                },
-            }},
-            "/v1/models": {"get": {
-                "operationId": "listModels", "summary": "List the models (routes) served", **secured,
-                "responses": {"200": {"description": "The models", "content": _json("ModelList")},
-                              **_errors(*auth_errors)},
-            }},
-            "/v1/models/{model}": {"get": {
-                "operationId": "retrieveModel", "summary": "One model", **secured,
-                "parameters": [{"name": "model", "in": "path", "required": True, "schema": {"type": "string"}}],
-                "responses": {"200": {"description": "The model", "content": _json("Model")},
-                              **_errors(*auth_errors, 404)},
-            }},
-            "/health": {"get": {"operationId": "health",
-                                "summary": "Liveness and each target's status; counts and last errors with an API key",
-                                "responses": {"200": {"description": "Alive",
-                                                      "content": {"application/json": {"schema": {
-                                                          "type": "object"}}}}}}},
-            "/ready": {"get": {"operationId": "ready", "summary": "Readiness",
-                               "responses": {"200": {"description": "Ready to serve",
-                                                     "content": {"application/json": {"schema": {"type": "object"}}}},
-                                             "503": {"description": "Starting or stopping",
-                                                     "content": _json("ErrorResponse")}}}},
-            "/metrics": {"get": {"operationId": "metrics", "summary": "Prometheus metrics", **secured,
-                                 "responses": {"200": {"description": "Text exposition format",
-                                                       "content": {"text/plain": {"schema": {"type": "string"}}}},
-                                               **_errors(*auth_errors)}}},
-        },
+        "paths": _paths(auth),
         "components": {"schemas": {**components, **_anthropic_schemas(), **_other_schemas()}},
     }
-    document["paths"].update(_api_paths(secured, auth_errors))
     if auth:
         document["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
     return document

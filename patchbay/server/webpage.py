@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from importlib.resources import files
 
+from patchbay.errors import EndpointNotFound
 from patchbay.server.asgi import Headers, Receive, Scope, Send, send_bytes
 
 __all__ = ["ASSETS", "WebPage"]
@@ -38,7 +39,8 @@ SECURITY_HEADERS: Headers = [
 
 
 class WebPage:
-    """Serves :data:`ASSETS` from memory; ``paths`` are the URL paths it answers."""
+    """Serves :data:`ASSETS` from memory (``/`` and ``/ui/{asset}`` in the route table); ``paths``
+    are the URL paths it answers, any other is a 404."""
 
     def __init__(self) -> None:
         static = files("patchbay.server") / "static"
@@ -50,5 +52,8 @@ class WebPage:
         return list(self._files)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        content_type, body = self._files[scope["path"]]
+        found = self._files.get(scope["path"])
+        if found is None:  # the route table sends it every path under /ui/
+            raise EndpointNotFound(f"no endpoint at {scope['path']}; see /openapi.json")
+        content_type, body = found
         await send_bytes(send, 200, body, content_type, headers=SECURITY_HEADERS)
